@@ -1,0 +1,591 @@
+//! Configuration: built-in defaults, then an optional TOML file, then environment variables.
+//!
+//! Every setting has one name, the environment variable (`REFIT_RETRAIN_THRESHOLD`); in the file
+//! the same name is written in lower case (`refit_retrain_threshold = 50`). Unknown file keys,
+//! missing required values and out-of-range values stop start-up with a message that names the
+//! variable, the value and what is allowed. Secrets (connection URLs, tokens) are held in
+//! [`Secret`], which never prints its value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+/// A value that must never reach a log: `Debug` and `Display` print a redacted form.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret itself, for handing to a client library. Never log the result.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+/// `scheme://user:password@host/db?sslpassword=x` → `scheme://user:***@host/db?…`.
+/// Anything that is not a URL is fully redacted.
+pub fn redact_url(value: &str) -> String {
+    let Some((scheme, rest)) = value.split_once("://") else {
+        return "***".to_owned();
+    };
+    let (authority_and_path, query) = match rest.split_once('?') {
+        Some((a, _)) => (a, "?…"),
+        None => (rest, ""),
+    };
+    let redacted = match authority_and_path.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{user}:***@{host}")
+        }
+        None => authority_and_path.to_owned(),
+    };
+    format!("{scheme}://{redacted}{query}")
+}
+
+/// A configuration problem that stops start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} is required ({hint})")]
+    Missing {
+        name: &'static str,
+        hint: &'static str,
+    },
+    #[error("{name}={value:?} is invalid: expected {expected}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        expected: String,
+    },
+    #[error("config file {path}: {message}")]
+    File { path: String, message: String },
+}
+
+/// Where a raw setting came from, so messages name it the way the operator wrote it.
+type Raw = BTreeMap<String, String>;
+
+/// Every environment variable refit reads, with a one-line description (shown by `refit config`).
+pub const VARIABLES: &[(&str, &str)] = &[
+    (
+        "DATABASE_URL",
+        "PostgreSQL URL (required); sslmode and other options pass through",
+    ),
+    ("REDIS_URL", "Redis URL; rediss:// for TLS"),
+    ("KAFKA_BROKERS", "Kafka bootstrap servers, comma separated"),
+    (
+        "REFIT_CONFIG",
+        "optional TOML file with any of these settings in lower case",
+    ),
+    ("REFIT_TOPIC", "topic for model-retrained events"),
+    (
+        "REFIT_TOPIC_PARTITIONS",
+        "partitions when refit creates the topic",
+    ),
+    (
+        "REFIT_TOPIC_REPLICATION",
+        "replication factor when refit creates the topic",
+    ),
+    (
+        "REFIT_KAFKA_PROPERTIES",
+        "extra librdkafka properties, k=v;k=v (TLS/SASL)",
+    ),
+    (
+        "REFIT_RETRAIN_THRESHOLD",
+        "pending actuals that make a user due; also the batch size",
+    ),
+    (
+        "REFIT_ROUNDS_PER_RETRAIN",
+        "boosting rounds added per retrain",
+    ),
+    (
+        "REFIT_POLL_INTERVAL_MS",
+        "safety-net poll interval, besides LISTEN/NOTIFY",
+    ),
+    (
+        "REFIT_MAX_CONCURRENT_RETRAINS",
+        "retrains running at once in this process",
+    ),
+    (
+        "REFIT_FEATURES",
+        "feature order for new models, comma separated (default: sorted keys of the first batch)",
+    ),
+    (
+        "REFIT_XGB_PARAMS",
+        "XGBoost parameters for new models, JSON object",
+    ),
+    ("REFIT_XGB_NTHREAD", "XGBoost threads per retrain"),
+    (
+        "REFIT_CACHE_KEY_PREFIX",
+        "prefix of the serving cache key, model:<user_id> by default",
+    ),
+    (
+        "REFIT_OUTBOX_RETRY_MAX_MS",
+        "longest wait between retries of a cache invalidation or event",
+    ),
+    (
+        "REFIT_HTTP_ADDR",
+        "address of the HTTP server: /healthz, /readyz, /metrics",
+    ),
+    (
+        "REFIT_ENVIRONMENT",
+        "environment label on logs shipped to Loki (e.g. prod)",
+    ),
+    (
+        "LOKI_URL",
+        "Grafana Loki base URL; logs are shipped there when set",
+    ),
+    (
+        "REFIT_ADMIN_TOKEN",
+        "bearer token for HTTP writes to the model registry",
+    ),
+    ("REFIT_LOG_FORMAT", "text or json (stdout)"),
+    ("RUST_LOG", "log filter, e.g. info or refit=debug"),
+];
+
+/// The XGBoost parameters a new model starts with, unless REFIT_XGB_PARAMS overrides them.
+pub const DEFAULT_XGB_PARAMS: &str = r#"{"objective": "reg:squarederror", "tree_method": "hist", "max_depth": 6, "eta": 0.3, "seed": 0}"#;
+
+/// The validated configuration of one refit process.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// PostgreSQL holding the upstream tables and refit's registry.
+    pub database_url: Secret,
+    /// Redis holding the serving cache.
+    pub redis_url: Secret,
+    /// Kafka bootstrap servers.
+    pub kafka_brokers: String,
+    /// Extra librdkafka properties (security.protocol, sasl.*, ssl.*), may hold secrets.
+    pub kafka_properties: Vec<(String, Secret)>,
+    /// Topic the retrain events go to.
+    pub topic: String,
+    /// Partitions and replication used only when refit creates the topic.
+    pub topic_partitions: i32,
+    pub topic_replication: i32,
+    /// Pending actuals that make a user due; each retrain consumes exactly this many.
+    pub retrain_threshold: i64,
+    /// Boosting rounds added by each retrain.
+    pub rounds_per_retrain: i32,
+    /// The safety-net poll interval (LISTEN/NOTIFY wakes the loop sooner).
+    pub poll_interval: Duration,
+    /// Retrains running at once in this process.
+    pub max_concurrent_retrains: usize,
+    /// Feature order for new models; `None` takes the sorted keys of the first batch.
+    pub features: Option<Vec<String>>,
+    /// XGBoost parameters for new models (stored with each version and re-applied on load).
+    pub xgb_params: BTreeMap<String, String>,
+    /// XGBoost threads per retrain: batches are small, so one thread is fastest.
+    pub xgb_nthread: u32,
+    /// Serving cache key is `<prefix><user_id>`.
+    pub cache_key_prefix: String,
+    /// Upper bound of the outbox retry back-off.
+    pub outbox_retry_max: Duration,
+    /// Log format on stdout.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written to stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Config {
+    /// Reads the process environment (and `REFIT_CONFIG` or `file` if given).
+    pub fn from_env(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: Raw = std::env::vars().collect();
+        Self::from_sources(file, &env)
+    }
+
+    /// Builds the configuration from a file (optional) and an environment map.
+    pub fn from_sources(file: Option<&Path>, env: &Raw) -> Result<Self, ConfigError> {
+        let mut raw = Raw::new();
+        let file = file
+            .map(|p| p.to_path_buf())
+            .or_else(|| env.get("REFIT_CONFIG").map(Into::into));
+        if let Some(path) = file {
+            raw.extend(read_file(&path)?);
+        }
+        for (name, _) in VARIABLES {
+            if let Some(value) = env.get(*name) {
+                raw.insert((*name).to_owned(), value.clone());
+            }
+        }
+        Self::from_raw(&raw)
+    }
+
+    fn from_raw(raw: &Raw) -> Result<Self, ConfigError> {
+        let get = |name: &str| raw.get(name).map(|s| s.trim()).filter(|s| !s.is_empty());
+
+        let database_url = get("DATABASE_URL").ok_or(ConfigError::Missing {
+            name: "DATABASE_URL",
+            hint: "e.g. postgres://postgres@127.0.0.1:5432/refit",
+        })?;
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(invalid(
+                "DATABASE_URL",
+                database_url,
+                "a postgres:// or postgresql:// URL",
+            ));
+        }
+        let redis_url = get("REDIS_URL").unwrap_or("redis://127.0.0.1:6379");
+        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
+            return Err(invalid(
+                "REDIS_URL",
+                redis_url,
+                "a redis:// or rediss:// URL",
+            ));
+        }
+        let kafka_brokers = get("KAFKA_BROKERS").unwrap_or("127.0.0.1:9092").to_owned();
+        let topic = get("REFIT_TOPIC").unwrap_or("model-retrained").to_owned();
+        if topic.len() > 249
+            || !topic
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(invalid(
+                "REFIT_TOPIC",
+                &topic,
+                "1 to 249 characters of a-z, A-Z, 0-9, '.', '_', '-'",
+            ));
+        }
+
+        let features = match get("REFIT_FEATURES") {
+            None => None,
+            Some(list) => {
+                let names: Vec<String> = list.split(',').map(|s| s.trim().to_owned()).collect();
+                let mut seen = std::collections::BTreeSet::new();
+                if names
+                    .iter()
+                    .any(|n| n.is_empty() || !seen.insert(n.clone()))
+                {
+                    return Err(invalid(
+                        "REFIT_FEATURES",
+                        list,
+                        "a comma-separated list of distinct, non-empty feature names",
+                    ));
+                }
+                Some(names)
+            }
+        };
+
+        let mut xgb_params = parse_params("REFIT_XGB_PARAMS", DEFAULT_XGB_PARAMS)?;
+        if let Some(json) = get("REFIT_XGB_PARAMS") {
+            xgb_params.extend(parse_params("REFIT_XGB_PARAMS", json)?);
+        }
+        // Threads are a property of the process, not of the model: never stored with a version.
+        xgb_params.remove("nthread");
+
+        let kafka_properties = match get("REFIT_KAFKA_PROPERTIES") {
+            None => Vec::new(),
+            Some(list) => list
+                .split(';')
+                .filter(|kv| !kv.trim().is_empty())
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, v)) if !k.trim().is_empty() => {
+                        Ok((k.trim().to_owned(), Secret::new(v.trim())))
+                    }
+                    // Never echo the value: it may hold a SASL password.
+                    _ => Err(invalid(
+                        "REFIT_KAFKA_PROPERTIES",
+                        "(redacted)",
+                        "key=value pairs separated by ';'",
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
+        };
+
+        let log_format = match get("REFIT_LOG_FORMAT").unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(invalid("REFIT_LOG_FORMAT", other, "text or json")),
+        };
+
+        Ok(Config {
+            database_url: Secret::new(database_url),
+            redis_url: Secret::new(redis_url),
+            kafka_brokers,
+            kafka_properties,
+            topic,
+            topic_partitions: int(raw, "REFIT_TOPIC_PARTITIONS", 3, 1, 10_000)? as i32,
+            topic_replication: int(raw, "REFIT_TOPIC_REPLICATION", 1, 1, 100)? as i32,
+            retrain_threshold: int(raw, "REFIT_RETRAIN_THRESHOLD", 50, 1, 1_000_000)?,
+            rounds_per_retrain: int(raw, "REFIT_ROUNDS_PER_RETRAIN", 10, 1, 10_000)? as i32,
+            poll_interval: Duration::from_millis(int(
+                raw,
+                "REFIT_POLL_INTERVAL_MS",
+                1000,
+                10,
+                3_600_000,
+            )? as u64),
+            max_concurrent_retrains: int(raw, "REFIT_MAX_CONCURRENT_RETRAINS", 4, 1, 1024)?
+                as usize,
+            features,
+            xgb_params,
+            xgb_nthread: int(raw, "REFIT_XGB_NTHREAD", 1, 1, 256)? as u32,
+            cache_key_prefix: get("REFIT_CACHE_KEY_PREFIX").unwrap_or("model:").to_owned(),
+            outbox_retry_max: Duration::from_millis(int(
+                raw,
+                "REFIT_OUTBOX_RETRY_MAX_MS",
+                30_000,
+                10,
+                3_600_000,
+            )? as u64),
+            log_format,
+        })
+    }
+
+    /// The configuration as `NAME=value` lines, secrets redacted (for `refit config`).
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        let params = serde_json::to_string(&self.xgb_params).unwrap_or_default();
+        vec![
+            ("DATABASE_URL", self.database_url.to_string()),
+            ("REDIS_URL", self.redis_url.to_string()),
+            ("KAFKA_BROKERS", self.kafka_brokers.clone()),
+            (
+                "REFIT_KAFKA_PROPERTIES",
+                self.kafka_properties
+                    .iter()
+                    .map(|(k, _)| format!("{k}=***"))
+                    .collect::<Vec<_>>()
+                    .join(";"),
+            ),
+            ("REFIT_TOPIC", self.topic.clone()),
+            ("REFIT_TOPIC_PARTITIONS", self.topic_partitions.to_string()),
+            (
+                "REFIT_TOPIC_REPLICATION",
+                self.topic_replication.to_string(),
+            ),
+            (
+                "REFIT_RETRAIN_THRESHOLD",
+                self.retrain_threshold.to_string(),
+            ),
+            (
+                "REFIT_ROUNDS_PER_RETRAIN",
+                self.rounds_per_retrain.to_string(),
+            ),
+            (
+                "REFIT_POLL_INTERVAL_MS",
+                self.poll_interval.as_millis().to_string(),
+            ),
+            (
+                "REFIT_MAX_CONCURRENT_RETRAINS",
+                self.max_concurrent_retrains.to_string(),
+            ),
+            (
+                "REFIT_FEATURES",
+                self.features
+                    .as_ref()
+                    .map(|f| f.join(","))
+                    .unwrap_or_default(),
+            ),
+            ("REFIT_XGB_PARAMS", params),
+            ("REFIT_XGB_NTHREAD", self.xgb_nthread.to_string()),
+            ("REFIT_CACHE_KEY_PREFIX", self.cache_key_prefix.clone()),
+            (
+                "REFIT_OUTBOX_RETRY_MAX_MS",
+                self.outbox_retry_max.as_millis().to_string(),
+            ),
+            (
+                "REFIT_LOG_FORMAT",
+                match self.log_format {
+                    LogFormat::Text => "text".into(),
+                    LogFormat::Json => "json".into(),
+                },
+            ),
+        ]
+    }
+}
+
+fn invalid(name: &'static str, value: &str, expected: &str) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        value: value.to_owned(),
+        expected: expected.to_owned(),
+    }
+}
+
+/// An integer setting with a default and an inclusive range.
+fn int(
+    raw: &Raw,
+    name: &'static str,
+    default: i64,
+    min: i64,
+    max: i64,
+) -> Result<i64, ConfigError> {
+    let Some(text) = raw.get(name).map(|s| s.trim()).filter(|s| !s.is_empty()) else {
+        return Ok(default);
+    };
+    match text.parse::<i64>() {
+        Ok(v) if (min..=max).contains(&v) => Ok(v),
+        _ => Err(invalid(
+            name,
+            text,
+            &format!("an integer from {min} to {max} (default {default})"),
+        )),
+    }
+}
+
+/// XGBoost parameters as a JSON object of strings, numbers or booleans.
+fn parse_params(name: &'static str, json: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let expected = "a JSON object of XGBoost parameters, e.g. {\"max_depth\": 4, \"eta\": 0.1}";
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|_| invalid(name, json, expected))?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| invalid(name, json, expected))?;
+    object
+        .iter()
+        .map(|(k, v)| {
+            let text = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                serde_json::Value::Bool(b) => b.to_string(),
+                _ => return Err(invalid(name, json, expected)),
+            };
+            Ok((k.clone(), text))
+        })
+        .collect()
+}
+
+fn read_file(path: &Path) -> Result<Raw, ConfigError> {
+    let file_error = |message: String| ConfigError::File {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| file_error(e.message().to_owned()))?;
+    let mut raw = Raw::new();
+    for (key, value) in table {
+        let name = key.to_ascii_uppercase();
+        if !VARIABLES.iter().any(|(known, _)| *known == name) || name == "REFIT_CONFIG" {
+            return Err(file_error(format!("unknown setting {key:?}")));
+        }
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|i| {
+                    i.as_str()
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| i.to_string())
+                })
+                .collect::<Vec<_>>()
+                .join(","),
+            toml::Value::Table(t) => serde_json::to_string(&t).unwrap_or_default(),
+            toml::Value::Datetime(d) => d.to_string(),
+        };
+        raw.insert(name, text);
+    }
+    Ok(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Raw {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_apply_when_only_the_database_is_given() {
+        let c = Config::from_sources(None, &env(&[("DATABASE_URL", "postgres://u@h/db")])).unwrap();
+        assert_eq!(c.retrain_threshold, 50);
+        assert_eq!(c.rounds_per_retrain, 10);
+        assert_eq!(c.poll_interval, Duration::from_millis(1000));
+        assert_eq!(c.topic, "model-retrained");
+        assert_eq!(c.xgb_params["objective"], "reg:squarederror");
+        assert_eq!(c.cache_key_prefix, "model:");
+    }
+
+    #[test]
+    fn out_of_range_value_names_variable_value_and_range() {
+        let err = Config::from_sources(
+            None,
+            &env(&[
+                ("DATABASE_URL", "postgres://h/db"),
+                ("REFIT_RETRAIN_THRESHOLD", "0"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("REFIT_RETRAIN_THRESHOLD"), "{err}");
+        assert!(err.contains("\"0\""), "{err}");
+        assert!(err.contains("1 to 1000000"), "{err}");
+    }
+
+    #[test]
+    fn missing_database_url_is_named() {
+        let err = Config::from_sources(None, &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("DATABASE_URL is required"), "{err}");
+    }
+
+    #[test]
+    fn file_values_are_overridden_by_environment_and_unknown_keys_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("refit.toml");
+        std::fs::write(
+            &path,
+            "database_url = \"postgres://h/db\"\nrefit_retrain_threshold = 20\nrefit_rounds_per_retrain = 3\n",
+        )
+        .unwrap();
+        let c =
+            Config::from_sources(Some(&path), &env(&[("REFIT_ROUNDS_PER_RETRAIN", "7")])).unwrap();
+        assert_eq!(c.retrain_threshold, 20);
+        assert_eq!(c.rounds_per_retrain, 7);
+
+        std::fs::write(&path, "database_url = \"postgres://h/db\"\nthreshold = 5\n").unwrap();
+        let err = Config::from_sources(Some(&path), &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown setting \"threshold\""), "{err}");
+    }
+
+    #[test]
+    fn xgb_params_merge_over_defaults_and_drop_nthread() {
+        let c = Config::from_sources(
+            None,
+            &env(&[
+                ("DATABASE_URL", "postgres://h/db"),
+                ("REFIT_XGB_PARAMS", r#"{"max_depth": 3, "nthread": 8}"#),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.xgb_params["max_depth"], "3");
+        assert_eq!(c.xgb_params["eta"], "0.3");
+        assert!(!c.xgb_params.contains_key("nthread"));
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_and_display() {
+        let s = Secret::new("postgres://refit:hunter2@db:5432/refit?sslpassword=x");
+        assert_eq!(s.to_string(), "postgres://refit:***@db:5432/refit?…");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert_eq!(Secret::new("not a url").to_string(), "***");
+    }
+}

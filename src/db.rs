@@ -1,0 +1,482 @@
+//! PostgreSQL: the pending-actuals queue, the model registry and the outbox. All SQL refit runs
+//! lives here and takes its values as bound parameters, never by string formatting.
+//!
+//! Concurrency model:
+//! - a user's retrain holds that user's `refit_models` row lock (`FOR UPDATE SKIP LOCKED`) for the
+//!   whole read–train–commit transaction, so across all replicas one retrain per user runs at a
+//!   time and a replica that finds the row locked simply moves on;
+//! - pending actuals come from a trigger in the inserting transaction, so an actual becomes visible
+//!   exactly when it commits, in whatever order transactions commit;
+//! - a user's outbox is delivered under a transaction-scoped advisory lock, in id order.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgConnection, PgPool, Postgres, Row, Transaction};
+use uuid::Uuid;
+
+use crate::config::Secret;
+use crate::features::{ActualRow, SetAside};
+
+/// The channel the actual-insert trigger notifies, with the user id as payload.
+pub const ACTUALS_CHANNEL: &str = "refit_actuals";
+
+/// The migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A connection pool sized for `retrains` concurrent retrains plus the service's other tasks.
+pub async fn connect(url: &Secret, retrains: usize) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = url
+        .expose()
+        .parse::<PgConnectOptions>()
+        .with_context(|| format!("DATABASE_URL {url} is not a valid PostgreSQL URL"))?
+        .application_name("refit")
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2));
+    PgPoolOptions::new()
+        .max_connections(retrains as u32 + 4)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {url}"))
+}
+
+/// Applies the migrations (idempotent; safe to run from several replicas at once).
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR.run(pool).await.context("applying migrations")
+}
+
+/// Fails with a clear message when the database lacks refit's schema.
+pub async fn check_migrated(pool: &PgPool) -> anyhow::Result<()> {
+    let applied: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_catalog.pg_tables WHERE tablename = '_sqlx_migrations'",
+    )
+    .fetch_one(pool)
+    .await?;
+    let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    let current: Option<i64> = if applied > 0 {
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await?
+    } else {
+        None
+    };
+    match current {
+        Some(v) if v >= latest => Ok(()),
+        _ => anyhow::bail!(
+            "the database is not migrated to version {latest} (found {current:?}): run `refit migrate` first"
+        ),
+    }
+}
+
+/// A user with at least `threshold` pending actuals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueUser {
+    pub user_id: String,
+    pub pending: i64,
+}
+
+/// Users with `>= threshold` pending actuals that are not backing off after a failure,
+/// restricted to `only` when given (users named by notifications).
+pub async fn due_users(
+    pool: &PgPool,
+    threshold: i64,
+    only: Option<&[String]>,
+) -> sqlx::Result<Vec<DueUser>> {
+    sqlx::query(
+        "SELECT p.user_id, count(*) AS pending
+           FROM refit_pending p
+           LEFT JOIN refit_models m ON m.user_id = p.user_id
+          WHERE ($2::text[] IS NULL OR p.user_id = ANY($2))
+          GROUP BY p.user_id
+         HAVING count(*) >= $1
+            AND bool_and(m.retry_after IS NULL OR m.retry_after <= now())
+          ORDER BY min(p.actual_id)",
+    )
+    .bind(threshold)
+    .bind(only)
+    .map(|row: sqlx::postgres::PgRow| DueUser {
+        user_id: row.get(0),
+        pending: row.get(1),
+    })
+    .fetch_all(pool)
+    .await
+}
+
+/// All pending actuals (for the gauge).
+pub async fn pending_total(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM refit_pending")
+        .fetch_one(pool)
+        .await
+}
+
+/// Makes sure the user has a registry row to lock (outside the retrain transaction, so a second
+/// replica never waits on the first one's uncommitted insert).
+pub async fn ensure_model_row(pool: &PgPool, user_id: &str) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO refit_models (user_id) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(user_id)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+/// The locked registry head of one user, with its active version.
+#[derive(Debug, Clone)]
+pub struct ModelHead {
+    pub active_version: Option<i32>,
+    pub last_version: i32,
+    pub failures: i32,
+    pub backing_off: bool,
+    pub artifact: Option<Vec<u8>>,
+    pub params: Option<Value>,
+    pub features: Option<Value>,
+}
+
+/// Locks the user's registry row for this transaction; `None` when another retrain holds it.
+pub async fn lock_model(conn: &mut PgConnection, user_id: &str) -> sqlx::Result<Option<ModelHead>> {
+    sqlx::query(
+        "SELECT m.active_version,
+                coalesce((SELECT max(version) FROM refit_model_versions WHERE user_id = m.user_id), 0),
+                m.failures,
+                coalesce(m.retry_after > now(), false),
+                v.artifact, v.params, v.features
+           FROM refit_models m
+           LEFT JOIN refit_model_versions v
+                  ON v.user_id = m.user_id AND v.version = m.active_version
+          WHERE m.user_id = $1
+            FOR UPDATE OF m SKIP LOCKED",
+    )
+    .bind(user_id)
+    .map(|row: sqlx::postgres::PgRow| ModelHead {
+        active_version: row.get(0),
+        last_version: row.get(1),
+        failures: row.get(2),
+        backing_off: row.get(3),
+        artifact: row.get(4),
+        params: row.get(5),
+        features: row.get(6),
+    })
+    .fetch_optional(conn)
+    .await
+}
+
+/// A pending actual with its request's features, and when it became pending.
+pub struct PendingActual {
+    pub row: ActualRow,
+    pub enqueued_at: DateTime<Utc>,
+}
+
+/// The user's oldest `limit` pending actuals joined with their requests' features.
+pub async fn read_pending(
+    conn: &mut PgConnection,
+    user_id: &str,
+    limit: i64,
+) -> sqlx::Result<Vec<PendingActual>> {
+    sqlx::query(
+        "SELECT p.actual_id, a.actual_value, r.features::text, p.enqueued_at
+           FROM refit_pending p
+           JOIN actual_rentals a ON a.id = p.actual_id
+           JOIN prediction_requests r ON r.request_id = a.request_id
+          WHERE p.user_id = $1
+          ORDER BY p.actual_id
+          LIMIT $2",
+    )
+    .bind(user_id)
+    .bind(limit)
+    .map(|row: sqlx::postgres::PgRow| PendingActual {
+        row: ActualRow {
+            actual_id: row.get(0),
+            actual_value: row.get(1),
+            features: row.get(2),
+        },
+        enqueued_at: row.get(3),
+    })
+    .fetch_all(conn)
+    .await
+}
+
+/// A version to store.
+pub struct NewVersion<'a> {
+    pub user_id: &'a str,
+    pub version: i32,
+    pub status: &'a str,
+    pub parent_version: Option<i32>,
+    pub artifact: Option<&'a [u8]>,
+    pub rows_used: i32,
+    pub rows_set_aside: i32,
+    pub trees: Option<i64>,
+    pub boosted_rounds: Option<i32>,
+    pub params: &'a Value,
+    pub features: &'a Value,
+    pub timings_ms: &'a Value,
+    pub error: Option<&'a str>,
+    pub source: &'a str,
+    pub retrain_id: Uuid,
+}
+
+pub async fn insert_version(conn: &mut PgConnection, v: &NewVersion<'_>) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO refit_model_versions
+            (user_id, version, status, parent_version, artifact, rows_used, rows_set_aside,
+             trees, boosted_rounds, params, features, timings_ms, error, source, retrain_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+    )
+    .bind(v.user_id)
+    .bind(v.version)
+    .bind(v.status)
+    .bind(v.parent_version)
+    .bind(v.artifact)
+    .bind(v.rows_used)
+    .bind(v.rows_set_aside)
+    .bind(v.trees.map(|t| t as i32))
+    .bind(v.boosted_rounds)
+    .bind(v.params)
+    .bind(v.features)
+    .bind(v.timings_ms)
+    .bind(v.error)
+    .bind(v.source)
+    .bind(v.retrain_id)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// Moves the user's active version and clears any failure back-off.
+pub async fn activate(conn: &mut PgConnection, user_id: &str, version: i32) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE refit_models
+            SET active_version = $2, failures = 0, retry_after = NULL, updated_at = now()
+          WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .bind(version)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// Records a failed retrain: the user backs off for `backoff` before the next attempt.
+pub async fn record_failure(
+    conn: &mut PgConnection,
+    user_id: &str,
+    backoff: Duration,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE refit_models
+            SET failures = failures + 1,
+                retry_after = now() + make_interval(secs => $2),
+                updated_at = now()
+          WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .bind(backoff.as_secs_f64())
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// Marks actuals consumed: trained by `version`, or set aside with their reasons. The primary key
+/// of `refit_consumed_actuals` refuses any actual consumed before.
+pub async fn consume(
+    conn: &mut PgConnection,
+    user_id: &str,
+    version: Option<i32>,
+    trained: &[i64],
+    set_aside: &[SetAside],
+) -> sqlx::Result<()> {
+    let aside_ids: Vec<i64> = set_aside.iter().map(|s| s.actual_id).collect();
+    let reasons: Vec<&str> = set_aside.iter().map(|s| s.reason.as_str()).collect();
+    let details: Vec<&str> = set_aside.iter().map(|s| s.detail.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO refit_consumed_actuals (actual_id, user_id, version, outcome)
+         SELECT id, $1, $2, 'trained' FROM unnest($3::bigint[]) AS t(id)",
+    )
+    .bind(user_id)
+    .bind(version)
+    .bind(trained)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO refit_consumed_actuals (actual_id, user_id, version, outcome, reason, detail)
+         SELECT id, $1, NULL, 'set_aside', reason, detail
+           FROM unnest($2::bigint[], $3::text[], $4::text[]) AS t(id, reason, detail)",
+    )
+    .bind(user_id)
+    .bind(&aside_ids)
+    .bind(&reasons)
+    .bind(&details)
+    .execute(&mut *conn)
+    .await?;
+    let all: Vec<i64> = trained.iter().copied().chain(aside_ids).collect();
+    let deleted = sqlx::query("DELETE FROM refit_pending WHERE actual_id = ANY($1)")
+        .bind(&all)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+    if deleted != all.len() as u64 {
+        // Someone consumed these rows without holding the user's lock: refuse to double-train.
+        return Err(sqlx::Error::Protocol(format!(
+            "expected to consume {} pending actuals of user {user_id:?}, found {deleted}",
+            all.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Kinds of outbox entries, in the order they are carried out for one retrain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxKind {
+    Invalidate,
+    Announce,
+}
+
+impl OutboxKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxKind::Invalidate => "invalidate",
+            OutboxKind::Announce => "announce",
+        }
+    }
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "invalidate" => Some(OutboxKind::Invalidate),
+            "announce" => Some(OutboxKind::Announce),
+            _ => None,
+        }
+    }
+}
+
+pub async fn enqueue_outbox(
+    conn: &mut PgConnection,
+    event_id: Uuid,
+    user_id: &str,
+    kind: OutboxKind,
+    payload: &Value,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO refit_outbox (event_id, user_id, kind, payload) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(event_id)
+    .bind(user_id)
+    .bind(kind.as_str())
+    .bind(payload)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// One undone outbox entry.
+#[derive(Debug, Clone)]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub event_id: Uuid,
+    pub user_id: String,
+    pub kind: OutboxKind,
+    pub payload: Value,
+    pub attempts: i32,
+    pub due: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Takes the user's outbox lock for this transaction and returns its undone entries in order;
+/// `None` when another task is delivering this user's outbox right now.
+pub async fn lock_outbox(
+    tx: &mut Transaction<'_, Postgres>,
+    user_id: &str,
+) -> sqlx::Result<Option<Vec<OutboxEntry>>> {
+    let locked: bool = sqlx::query_scalar(
+        "SELECT pg_try_advisory_xact_lock(hashtextextended('refit_outbox:' || $1, 0))",
+    )
+    .bind(user_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    if !locked {
+        return Ok(None);
+    }
+    let entries = sqlx::query(
+        "SELECT id, event_id, user_id, kind, payload, attempts, next_attempt_at <= now(), created_at
+           FROM refit_outbox
+          WHERE user_id = $1 AND done_at IS NULL
+          ORDER BY id",
+    )
+    .bind(user_id)
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .filter_map(|row| {
+        Some(OutboxEntry {
+            id: row.get(0),
+            event_id: row.get(1),
+            user_id: row.get(2),
+            kind: OutboxKind::parse(row.get::<&str, _>(3))?,
+            payload: row.get(4),
+            attempts: row.get(5),
+            due: row.get(6),
+            created_at: row.get(7),
+        })
+    })
+    .collect();
+    Ok(Some(entries))
+}
+
+pub async fn outbox_done(conn: &mut PgConnection, id: i64) -> sqlx::Result<()> {
+    sqlx::query("UPDATE refit_outbox SET done_at = now(), attempts = attempts + 1 WHERE id = $1")
+        .bind(id)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+pub async fn outbox_failed(
+    conn: &mut PgConnection,
+    id: i64,
+    error: &str,
+    retry_in: Duration,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE refit_outbox
+            SET attempts = attempts + 1, last_error = $2,
+                next_attempt_at = now() + make_interval(secs => $3)
+          WHERE id = $1",
+    )
+    .bind(id)
+    .bind(error)
+    .bind(retry_in.as_secs_f64())
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// Users whose oldest undone outbox entry is due.
+pub async fn outbox_due_users(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT user_id FROM refit_outbox
+          WHERE done_at IS NULL
+          GROUP BY user_id
+         HAVING min(next_attempt_at) <= now()
+          ORDER BY min(id)
+          LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Undone outbox entries by kind (for the backlog gauge).
+pub async fn outbox_backlog(pool: &PgPool) -> sqlx::Result<Vec<(String, i64)>> {
+    sqlx::query_as("SELECT kind, count(*) FROM refit_outbox WHERE done_at IS NULL GROUP BY kind")
+        .fetch_all(pool)
+        .await
+}
+
+/// Forgets delivered outbox entries older than `age`.
+pub async fn purge_outbox(pool: &PgPool, age: Duration) -> sqlx::Result<u64> {
+    sqlx::query("DELETE FROM refit_outbox WHERE done_at < now() - make_interval(secs => $1)")
+        .bind(age.as_secs_f64())
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected())
+}

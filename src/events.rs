@@ -1,0 +1,281 @@
+//! Kafka: the `model-retrained` events. An idempotent producer with `acks=all`; key = user id,
+//! so one user's events stay in order on one partition; a JSON value (see [`RetrainEvent`]) and
+//! CloudEvents `ce_*` headers. The topic is created at start-up when missing.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use chrono::{DateTime, Utc};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::config::Config;
+
+/// How long one delivery may take before the outbox records a failure and retries later.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The value of a `model-retrained` message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RetrainEvent {
+    /// Unique per event: consumers dedupe on it (delivery is at least once).
+    pub event_id: Uuid,
+    pub user_id: String,
+    /// `success`, `failed` or `rejected`.
+    pub status: String,
+    /// The version this event is about (the new one, or the failed attempt).
+    pub model_version: Option<i32>,
+    /// The version that was active before.
+    pub previous_version: Option<i32>,
+    /// The version serving should use after this event.
+    pub active_version: Option<i32>,
+    pub rows_used: i64,
+    /// Rows set aside as unusable (see the `reason`s in `refit_consumed_actuals`).
+    pub rows_rejected: i64,
+    pub trees: Option<i64>,
+    /// Milliseconds per step: detect, read, train (load, boost, save), commit, invalidate.
+    pub timings_ms: serde_json::Map<String, serde_json::Value>,
+    /// Why a retrain failed or was rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub retrain_id: Uuid,
+    /// When the newest actual of the batch became pending (its insert): the data the new model
+    /// has seen. Freshness is measured from here to the event being published.
+    pub data_until: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Where the last delivery went.
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    pub partition: i32,
+    pub offset: i64,
+    pub bytes: usize,
+}
+
+/// Publishes retrain events.
+pub struct Events {
+    producer: FutureProducer,
+    client_config: ClientConfig,
+    topic: String,
+    partitions: i32,
+    replication: i32,
+}
+
+impl Events {
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let mut client_config = ClientConfig::new();
+        client_config
+            .set("bootstrap.servers", &config.kafka_brokers)
+            .set("client.id", "refit")
+            .set("log_level", "4");
+        for (key, value) in &config.kafka_properties {
+            client_config.set(key, value.expose());
+        }
+        let mut producer_config = client_config.clone();
+        producer_config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .set(
+                "message.timeout.ms",
+                DELIVERY_TIMEOUT.as_millis().to_string(),
+            );
+        let producer: FutureProducer = producer_config.create().context(
+            "cannot create the Kafka producer (check KAFKA_BROKERS and REFIT_KAFKA_PROPERTIES)",
+        )?;
+        Ok(Events {
+            producer,
+            client_config,
+            topic: config.topic.clone(),
+            partitions: config.topic_partitions,
+            replication: config.topic_replication,
+        })
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Creates the topic unless it exists.
+    pub async fn ensure_topic(&self) -> anyhow::Result<()> {
+        let admin: AdminClient<DefaultClientContext> = self
+            .client_config
+            .create()
+            .context("cannot create the Kafka admin client")?;
+        let topic = NewTopic::new(
+            &self.topic,
+            self.partitions,
+            TopicReplication::Fixed(self.replication),
+        );
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = admin
+            .create_topics([&topic], &options)
+            .await
+            .with_context(|| format!("cannot create topic {}", self.topic))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((name, code)) => return Err(anyhow!("cannot create topic {name}: {code}")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes one event and waits for the broker's acknowledgement.
+    pub async fn publish(&self, event: &RetrainEvent) -> anyhow::Result<Delivery> {
+        let value = serde_json::to_vec(event)?;
+        let id = event.event_id.to_string();
+        let time = event.created_at.to_rfc3339();
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "ce_specversion",
+                value: Some("1.0"),
+            })
+            .insert(Header {
+                key: "ce_id",
+                value: Some(id.as_str()),
+            })
+            .insert(Header {
+                key: "ce_source",
+                value: Some("refit"),
+            })
+            .insert(Header {
+                key: "ce_type",
+                value: Some("io.refit.model.retrained"),
+            })
+            .insert(Header {
+                key: "ce_subject",
+                value: Some(event.user_id.as_str()),
+            })
+            .insert(Header {
+                key: "ce_time",
+                value: Some(time.as_str()),
+            })
+            .insert(Header {
+                key: "content-type",
+                value: Some("application/json"),
+            });
+        let record = FutureRecord::to(&self.topic)
+            .key(event.user_id.as_bytes())
+            .payload(&value)
+            .headers(headers);
+        let delivery = self
+            .producer
+            .send(record, DELIVERY_TIMEOUT)
+            .await
+            .map_err(|(e, _)| anyhow!("Kafka delivery to {} failed: {e}", self.topic))?;
+        Ok(Delivery {
+            partition: delivery.partition,
+            offset: delivery.offset,
+            bytes: value.len(),
+        })
+    }
+
+    /// Waits for every queued message to be delivered (call before exit).
+    pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
+        self.producer
+            .flush(timeout)
+            .map_err(|e| anyhow!("Kafka flush failed: {e}"))
+    }
+}
+
+/// One event read back from the topic.
+#[derive(Debug, Clone)]
+pub struct ReadEvent {
+    pub event: RetrainEvent,
+    pub key: Vec<u8>,
+    pub partition: i32,
+    pub offset: i64,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Reads `model-retrained` events by partition assignment (no consumer group coordination), for
+/// the demo and the tests.
+pub struct EventReader {
+    consumer: rdkafka::consumer::BaseConsumer,
+}
+
+impl EventReader {
+    /// Assigns every partition of `topic`, from the beginning or from the end.
+    pub fn new(brokers: &str, topic: &str, from_beginning: bool) -> anyhow::Result<Self> {
+        use rdkafka::consumer::Consumer;
+        use rdkafka::{Offset, TopicPartitionList};
+        let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "refit-reader")
+            .set("enable.auto.commit", "false")
+            .set("log_level", "3")
+            .create()
+            .context("cannot create the Kafka consumer")?;
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .context("cannot read topic metadata")?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map(|t| t.partitions().len())
+            .unwrap_or(0);
+        anyhow::ensure!(
+            partitions > 0,
+            "topic {topic} has no partitions (does it exist?)"
+        );
+        let mut list = TopicPartitionList::new();
+        for p in 0..partitions as i32 {
+            let offset = if from_beginning {
+                Offset::Beginning
+            } else {
+                Offset::End
+            };
+            list.add_partition_offset(topic, p, offset)?;
+        }
+        consumer.assign(&list)?;
+        Ok(EventReader { consumer })
+    }
+
+    /// The next event, or `None` if none arrives within `timeout`.
+    pub fn next(&self, timeout: Duration) -> anyhow::Result<Option<ReadEvent>> {
+        use rdkafka::message::{Headers, Message};
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let Some(message) = self.consumer.poll(left) else {
+                return Ok(None);
+            };
+            let message = match message {
+                Ok(m) => m,
+                // Transient conditions (partition EOF, not yet leader) are retried until the deadline.
+                Err(_) if !left.is_zero() => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let event: RetrainEvent = serde_json::from_slice(message.payload().unwrap_or_default())
+                .context("a message on the topic is not a retrain event")?;
+            let headers = message
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            return Ok(Some(ReadEvent {
+                event,
+                key: message.key().unwrap_or_default().to_vec(),
+                partition: message.partition(),
+                offset: message.offset(),
+                headers,
+            }));
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! From pending actuals to a training matrix: each row's features are checked and laid out in the
+//! model's feature order; a row that cannot be used is set aside with a reason, and the rest train.
+//!
+//! Rules (documented in the README):
+//! - `features` must be a JSON object; a missing feature, or `null`, is XGBoost's *missing* (NaN).
+//! - a used feature must be a finite number that fits in `f32`; keys the model does not know are
+//!   ignored.
+//! - the actual must be finite and fit in `f32` (XGBoost labels are `f32`).
+//! - a row that carries none of the model's features is set aside (it holds no information).
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+/// Why an actual was set aside instead of trained on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SetAsideReason {
+    /// The actual is NaN or ±infinity.
+    NonFiniteActual,
+    /// The actual is finite but does not fit in `f32`.
+    ActualOutOfRange,
+    /// `features` is valid JSON but not an object.
+    FeaturesNotObject,
+    /// `features` could not be parsed (e.g. a number beyond `f64`).
+    MalformedFeatures,
+    /// A used feature is a string, boolean, array or object.
+    NonNumericFeature,
+    /// A used feature does not fit in `f32`.
+    FeatureOutOfRange,
+    /// None of the model's features is present.
+    NoKnownFeatures,
+}
+
+impl SetAsideReason {
+    /// The stable name stored in the database, logged, and used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NonFiniteActual => "non_finite_actual",
+            Self::ActualOutOfRange => "actual_out_of_range",
+            Self::FeaturesNotObject => "features_not_object",
+            Self::MalformedFeatures => "malformed_features",
+            Self::NonNumericFeature => "non_numeric_feature",
+            Self::FeatureOutOfRange => "feature_out_of_range",
+            Self::NoKnownFeatures => "no_known_features",
+        }
+    }
+}
+
+impl fmt::Display for SetAsideReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One pending actual joined with its prediction request.
+#[derive(Debug, Clone)]
+pub struct ActualRow {
+    pub actual_id: i64,
+    pub actual_value: f64,
+    /// The request's `features` as JSON text (parsed here, row by row, so one bad row cannot
+    /// fail the batch).
+    pub features: String,
+}
+
+/// A row that will not be trained on, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SetAside {
+    pub actual_id: i64,
+    pub reason: SetAsideReason,
+    pub detail: String,
+}
+
+/// The usable rows of a batch, laid out for XGBoost.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// Feature order of the matrix (the model's).
+    pub feature_names: Vec<String>,
+    /// Row-major values, `feature_names.len()` per row, NaN for missing.
+    pub values: Vec<f32>,
+    /// One label per used row.
+    pub labels: Vec<f32>,
+    /// The actuals the rows came from, in row order.
+    pub used: Vec<i64>,
+    /// The actuals that were set aside.
+    pub set_aside: Vec<SetAside>,
+}
+
+impl Batch {
+    pub fn rows(&self) -> usize {
+        self.used.len()
+    }
+}
+
+/// Lays out `rows` in `feature_order`, or, for a model that has none yet, in the sorted names of
+/// the features that hold a number in at least one row.
+pub fn prepare(rows: &[ActualRow], feature_order: Option<&[String]>) -> Batch {
+    let mut set_aside = Vec::new();
+    let mut parsed: Vec<(&ActualRow, Map<String, Value>)> = Vec::with_capacity(rows.len());
+    for row in rows {
+        match parse_row(row) {
+            Ok(object) => parsed.push((row, object)),
+            Err((reason, detail)) => set_aside.push(SetAside {
+                actual_id: row.actual_id,
+                reason,
+                detail,
+            }),
+        }
+    }
+
+    let feature_names: Vec<String> = match feature_order {
+        Some(order) => order.to_vec(),
+        None => parsed
+            .iter()
+            .flat_map(|(_, o)| {
+                o.iter()
+                    .filter(|(_, v)| v.is_number())
+                    .map(|(k, _)| k.clone())
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect(),
+    };
+
+    let mut batch = Batch {
+        feature_names,
+        ..Batch::default()
+    };
+    let width = batch.feature_names.len();
+    let mut line = Vec::with_capacity(width);
+    for (row, object) in parsed {
+        line.clear();
+        match layout(&object, &batch.feature_names, &mut line) {
+            Ok(()) => {
+                batch.values.extend_from_slice(&line);
+                batch.labels.push(row.actual_value as f32);
+                batch.used.push(row.actual_id);
+            }
+            Err((reason, detail)) => set_aside.push(SetAside {
+                actual_id: row.actual_id,
+                reason,
+                detail,
+            }),
+        }
+    }
+    set_aside.sort_by_key(|s| s.actual_id);
+    batch.set_aside = set_aside;
+    batch
+}
+
+type RowError = (SetAsideReason, String);
+
+fn parse_row(row: &ActualRow) -> Result<Map<String, Value>, RowError> {
+    if !row.actual_value.is_finite() {
+        return Err((
+            SetAsideReason::NonFiniteActual,
+            format!("actual_value is {}", row.actual_value),
+        ));
+    }
+    if row.actual_value.abs() > f32::MAX as f64 {
+        return Err((
+            SetAsideReason::ActualOutOfRange,
+            format!("actual_value {} does not fit in f32", row.actual_value),
+        ));
+    }
+    match serde_json::from_str::<Value>(&row.features) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(other) => Err((
+            SetAsideReason::FeaturesNotObject,
+            format!("features is a JSON {}", json_kind(&other)),
+        )),
+        Err(e) => Err((SetAsideReason::MalformedFeatures, e.to_string())),
+    }
+}
+
+fn layout(
+    object: &Map<String, Value>,
+    names: &[String],
+    out: &mut Vec<f32>,
+) -> Result<(), RowError> {
+    let mut known = 0;
+    for name in names {
+        let value = match object.get(name) {
+            None | Some(Value::Null) => f32::NAN,
+            Some(Value::Number(n)) => {
+                known += 1;
+                let v = n.as_f64().unwrap_or(f64::NAN);
+                if !v.is_finite() || v.abs() > f32::MAX as f64 {
+                    return Err((
+                        SetAsideReason::FeatureOutOfRange,
+                        format!("feature {name:?} = {n} does not fit in f32"),
+                    ));
+                }
+                v as f32
+            }
+            Some(other) => {
+                return Err((
+                    SetAsideReason::NonNumericFeature,
+                    format!("feature {name:?} is a JSON {}", json_kind(other)),
+                ))
+            }
+        };
+        out.push(value);
+    }
+    if known == 0 {
+        return Err((
+            SetAsideReason::NoKnownFeatures,
+            format!("none of the model's {} features is present", names.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, actual: f64, features: &str) -> ActualRow {
+        ActualRow {
+            actual_id: id,
+            actual_value: actual,
+            features: features.to_owned(),
+        }
+    }
+
+    #[test]
+    fn fresh_model_takes_sorted_numeric_keys_and_missing_is_nan() {
+        let rows = [
+            row(1, 3.0, r#"{"temp": 20.5, "hour": 8}"#),
+            row(2, 4.0, r#"{"hour": 9, "holiday": 1, "city": "x"}"#),
+        ];
+        let b = prepare(&rows, None);
+        assert_eq!(b.feature_names, ["holiday", "hour", "temp"]);
+        assert_eq!(b.used, [1, 2]);
+        assert!(b.values[0].is_nan());
+        assert_eq!(&b.values[1..3], &[8.0, 20.5]);
+        assert_eq!(&b.values[3..5], &[1.0, 9.0]);
+        assert!(b.values[5].is_nan());
+        assert_eq!(b.labels, [3.0, 4.0]);
+        assert!(b.set_aside.is_empty());
+    }
+
+    #[test]
+    fn bad_rows_are_set_aside_with_reasons_and_the_rest_kept() {
+        let order = vec!["a".to_owned(), "b".to_owned()];
+        let rows = [
+            row(1, f64::NAN, r#"{"a": 1}"#),
+            row(2, f64::INFINITY, r#"{"a": 1}"#),
+            row(3, 1.0, r#"[1, 2]"#),
+            row(4, 1.0, r#"{"a": "high"}"#),
+            row(5, 1.0, r#"{"a": 1e300}"#),
+            row(6, 1.0, r#"{"zzz": 1}"#),
+            row(7, 1.0, r#"{"a": -5, "unknown": "ignored"}"#),
+            row(8, 1e300, r#"{"a": 1}"#),
+            row(9, 1.0, r#"{"a": 1e400}"#),
+            row(10, 1.0, r#"{}"#),
+        ];
+        let b = prepare(&rows, Some(&order));
+        let reasons: Vec<_> = b
+            .set_aside
+            .iter()
+            .map(|s| (s.actual_id, s.reason))
+            .collect();
+        use SetAsideReason::*;
+        assert_eq!(
+            reasons,
+            [
+                (1, NonFiniteActual),
+                (2, NonFiniteActual),
+                (3, FeaturesNotObject),
+                (4, NonNumericFeature),
+                (5, FeatureOutOfRange),
+                (6, NoKnownFeatures),
+                (8, ActualOutOfRange),
+                (9, MalformedFeatures),
+                (10, NoKnownFeatures),
+            ]
+        );
+        assert_eq!(b.used, [7]);
+        assert_eq!(b.values[0], -5.0);
+        assert!(b.values[1].is_nan());
+    }
+}

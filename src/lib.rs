@@ -1,0 +1,28 @@
+//! refit: event-driven incremental retraining of per-user XGBoost models.
+//!
+//! Map of the crate, in the order of one retrain:
+//! - [`config`]: settings from the environment and an optional file, validated at start-up;
+//! - [`db`]: PostgreSQL — pending actuals (trigger-fed queue), model registry, outbox;
+//! - [`service`]: the running service — LISTEN/NOTIFY + poll, scheduling, shutdown;
+//! - [`retrain`]: one retrain of one user, read → train → commit in one transaction;
+//! - [`features`]: rows checked and laid out for XGBoost, bad rows set aside with a reason;
+//! - [`trainer`]: continued training, exactly as Python's `xgb.train(xgb_model=...)`;
+//! - [`xgboost`]: the safe wrapper over the XGBoost C API (the only `unsafe` code);
+//! - [`outbox`]: after the commit, the cache invalidation ([`cache`]) and the event ([`events`]);
+//! - [`metrics`], [`telemetry`]: Prometheus metrics and logs;
+//! - [`demo`]: generated rental data for `refit demo`.
+#![deny(unsafe_code)]
+
+pub mod cache;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod events;
+pub mod features;
+pub mod metrics;
+pub mod outbox;
+pub mod retrain;
+pub mod service;
+pub mod telemetry;
+pub mod trainer;
+pub mod xgboost;

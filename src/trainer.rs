@@ -1,0 +1,203 @@
+//! Continued training of one user's booster, step for step as Python does it:
+//!
+//! ```python
+//! bst = xgb.train(params, dtrain, num_boost_round=k, xgb_model=previous)
+//! # = Booster(params, [dtrain], model_file=previous), then
+//! #   for i in range(bst.num_boosted_rounds(), bst.num_boosted_rounds() + k): bst.update(dtrain, i)
+//! ```
+//!
+//! Everything here is CPU-bound and blocking: callers run it on a blocking thread.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::features::Batch;
+use crate::xgboost::{Booster, Matrix, XgbError};
+
+/// What a retrain needs to train.
+pub struct TrainInput<'a> {
+    /// The active version's UBJSON artifact; `None` trains a fresh model.
+    pub previous: Option<&'a [u8]>,
+    /// Training parameters, stored with the version and re-applied after loading.
+    pub params: &'a BTreeMap<String, String>,
+    /// Boosting rounds to add.
+    pub rounds: i32,
+    /// XGBoost threads (not stored with the model).
+    pub nthread: u32,
+    /// The rows, already laid out in the model's feature order.
+    pub batch: &'a Batch,
+}
+
+/// A newly trained model.
+pub struct Trained {
+    pub artifact: Vec<u8>,
+    pub trees: i64,
+    pub boosted_rounds: i32,
+    /// Time spent loading the previous model.
+    pub load: Duration,
+    /// Time spent in boosting rounds.
+    pub train: Duration,
+    /// Time spent serialising the new model.
+    pub save: Duration,
+}
+
+/// Why a retrain could not produce a model.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// The stored artifact of the active version cannot be loaded.
+    #[error("the active model artifact cannot be loaded: {0}")]
+    CorruptArtifact(XgbError),
+    /// The active model was trained on other features than the batch is laid out in.
+    #[error("the active model has {model} features but its recorded feature list has {recorded}")]
+    FeatureMismatch { model: u64, recorded: usize },
+    /// XGBoost refused the parameters or the data.
+    #[error("training failed: {0}")]
+    Xgboost(#[from] XgbError),
+}
+
+/// Continues (or starts) a model on `input.batch`.
+pub fn train(input: &TrainInput<'_>) -> Result<Trained, TrainError> {
+    let batch = input.batch;
+    let mut dtrain = Matrix::dense(&batch.values, batch.rows(), &batch.feature_names)?;
+    dtrain.set_labels(&batch.labels)?;
+
+    let started = Instant::now();
+    let mut booster = match input.previous {
+        Some(artifact) => {
+            let booster =
+                Booster::load(artifact, &[&dtrain]).map_err(TrainError::CorruptArtifact)?;
+            let model_features = booster.num_features()?;
+            if model_features != batch.feature_names.len() as u64 {
+                return Err(TrainError::FeatureMismatch {
+                    model: model_features,
+                    recorded: batch.feature_names.len(),
+                });
+            }
+            booster
+        }
+        None => Booster::new(&[&dtrain])?,
+    };
+    booster.set_feature_names(&batch.feature_names)?;
+    let load = started.elapsed();
+
+    booster.set_param("validate_parameters", "1")?;
+    for (name, value) in input.params {
+        booster.set_param(name, value)?;
+    }
+    booster.set_param("nthread", &input.nthread.to_string())?;
+
+    let started = Instant::now();
+    let first = booster.boosted_rounds()?;
+    for iteration in first..first + input.rounds {
+        booster.update(iteration, &dtrain)?;
+    }
+    let train = started.elapsed();
+
+    let started = Instant::now();
+    let artifact = booster.save_ubjson()?;
+    let save = started.elapsed();
+
+    Ok(Trained {
+        artifact,
+        trees: booster.trees()?,
+        boosted_rounds: booster.boosted_rounds()?,
+        load,
+        train,
+        save,
+    })
+}
+
+/// Predicts with a stored model; rows are laid out in `batch.feature_names` order.
+pub fn predict(artifact: &[u8], batch: &Batch) -> Result<Vec<f32>, TrainError> {
+    let data = Matrix::dense(&batch.values, batch.rows(), &batch.feature_names)?;
+    let booster = Booster::load(artifact, &[]).map_err(TrainError::CorruptArtifact)?;
+    Ok(booster.predict(&data)?)
+}
+
+/// The feature names stored inside a model file, if it has them.
+pub fn artifact_features(artifact: &[u8]) -> Result<Vec<String>, TrainError> {
+    let booster = Booster::load(artifact, &[]).map_err(TrainError::CorruptArtifact)?;
+    Ok(booster.feature_names()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::features::{prepare, ActualRow};
+
+    fn batch(offset: usize) -> Batch {
+        let rows: Vec<ActualRow> = (0..50)
+            .map(|i| {
+                let x = (i + offset) as f64;
+                ActualRow {
+                    actual_id: i as i64,
+                    actual_value: 2.0 * x + (x * 0.7).sin(),
+                    features: format!(r#"{{"x": {x}, "y": {}}}"#, (x * 1.3) % 7.0),
+                }
+            })
+            .collect();
+        prepare(&rows, None)
+    }
+
+    fn params() -> BTreeMap<String, String> {
+        crate::config::Config::from_sources(
+            None,
+            &[("DATABASE_URL".to_owned(), "postgres://h/db".to_owned())].into(),
+        )
+        .unwrap()
+        .xgb_params
+    }
+
+    #[test]
+    fn continued_training_adds_rounds_and_keeps_features() {
+        let params = params();
+        let first = train(&TrainInput {
+            previous: None,
+            params: &params,
+            rounds: 5,
+            nthread: 1,
+            batch: &batch(0),
+        })
+        .unwrap();
+        assert_eq!(first.boosted_rounds, 5);
+        assert_eq!(first.trees, 5);
+
+        let second = train(&TrainInput {
+            previous: Some(&first.artifact),
+            params: &params,
+            rounds: 5,
+            nthread: 1,
+            batch: &batch(50),
+        })
+        .unwrap();
+        assert_eq!(second.boosted_rounds, 10);
+        assert_eq!(artifact_features(&second.artifact).unwrap(), ["x", "y"]);
+        // The continued model fits the new rows better than the old one did.
+        let b = batch(50);
+        let err = |artifact: &[u8]| -> f32 {
+            let p = predict(artifact, &b).unwrap();
+            p.iter()
+                .zip(&b.labels)
+                .map(|(p, y)| (p - y).powi(2))
+                .sum::<f32>()
+        };
+        assert!(err(&second.artifact) < err(&first.artifact));
+    }
+
+    #[test]
+    fn corrupt_artifact_is_reported_as_such() {
+        let params = params();
+        let result = train(&TrainInput {
+            previous: Some(b"definitely not a model"),
+            params: &params,
+            rounds: 1,
+            nthread: 1,
+            batch: &batch(0),
+        });
+        assert!(
+            matches!(result, Err(TrainError::CorruptArtifact(_))),
+            "{:?}",
+            result.err()
+        );
+    }
+}

@@ -1,0 +1,309 @@
+//! Safe wrapper over the XGBoost 3.4 C API (`xgboost_lib-sys`, the native layer of the `xgb`
+//! binding). This is the only module in refit with `unsafe` code.
+//!
+//! The `xgb` crate's own `Booster` keeps its handle private and does not expose
+//! `XGBoosterBoostedRounds`, which continued training needs to number its iterations exactly as
+//! Python's `xgb.train(..., xgb_model=booster)` does; so refit wraps the few calls it uses itself.
+//!
+//! Handles are not thread-safe in XGBoost: a [`Booster`] or [`Matrix`] may move between threads
+//! (`Send`) but is never shared (`!Sync`). XGBoost keeps its last error per thread, so every call
+//! reads it on the thread that made the call.
+#![allow(unsafe_code)]
+
+use std::ffi::{c_char, CStr, CString};
+use std::ptr;
+
+use xgboost_lib_sys as sys;
+
+/// An error reported by XGBoost, with XGBoost's own message.
+#[derive(Debug, thiserror::Error)]
+#[error("xgboost: {0}")]
+pub struct XgbError(pub String);
+
+type Result<T> = std::result::Result<T, XgbError>;
+
+/// Turns an XGBoost return code into a `Result`, reading the thread's last error on failure.
+fn check(code: i32) -> Result<()> {
+    if code == 0 {
+        return Ok(());
+    }
+    // SAFETY: XGBGetLastError returns a pointer to a thread-local, NUL-terminated string that
+    // stays valid until the next XGBoost call on this thread; it is copied out at once.
+    let message = unsafe { CStr::from_ptr(sys::XGBGetLastError()) };
+    Err(XgbError(message.to_string_lossy().trim().to_owned()))
+}
+
+fn c_string(value: &str) -> Result<CString> {
+    CString::new(value).map_err(|_| XgbError(format!("{value:?} contains a NUL byte")))
+}
+
+/// Sets XGBoost's process-wide configuration (for example `{"verbosity": 0}`).
+pub fn set_global_config(json: &str) -> Result<()> {
+    let config = c_string(json)?;
+    // SAFETY: `config` is a valid NUL-terminated string for the duration of the call.
+    check(unsafe { sys::XGBSetGlobalConfig(config.as_ptr()) })
+}
+
+/// A dense training or prediction matrix (row-major, `NaN` = missing).
+pub struct Matrix {
+    handle: sys::DMatrixHandle,
+    rows: usize,
+}
+
+// SAFETY: a DMatrix handle is owned by exactly one `Matrix` and never shared between threads.
+unsafe impl Send for Matrix {}
+
+impl Matrix {
+    /// Builds a matrix of `rows` rows from row-major `values`; `NaN` marks a missing value.
+    pub fn dense(values: &[f32], rows: usize, feature_names: &[String]) -> Result<Self> {
+        let columns = feature_names.len();
+        if rows == 0 || columns == 0 || values.len() != rows * columns {
+            return Err(XgbError(format!(
+                "a {rows} x {columns} matrix needs {} values, got {}",
+                rows * columns,
+                values.len()
+            )));
+        }
+        let mut handle = ptr::null_mut();
+        // SAFETY: `values` holds rows * columns floats and outlives the call (XGBoost copies).
+        check(unsafe {
+            sys::XGDMatrixCreateFromMat(
+                values.as_ptr(),
+                rows as sys::bst_ulong,
+                columns as sys::bst_ulong,
+                f32::NAN,
+                &mut handle,
+            )
+        })?;
+        let matrix = Matrix { handle, rows };
+        matrix.set_str_info("feature_name", feature_names)?;
+        Ok(matrix)
+    }
+
+    /// Sets the training labels, one per row.
+    pub fn set_labels(&mut self, labels: &[f32]) -> Result<()> {
+        if labels.len() != self.rows {
+            return Err(XgbError(format!(
+                "{} labels for {} rows",
+                labels.len(),
+                self.rows
+            )));
+        }
+        let field = c_string("label")?;
+        // SAFETY: `labels` holds exactly `rows` floats; XGBoost copies them.
+        check(unsafe {
+            sys::XGDMatrixSetFloatInfo(
+                self.handle,
+                field.as_ptr(),
+                labels.as_ptr(),
+                labels.len() as sys::bst_ulong,
+            )
+        })
+    }
+
+    fn set_str_info(&self, field: &str, values: &[String]) -> Result<()> {
+        let field = c_string(field)?;
+        let owned = values
+            .iter()
+            .map(|v| c_string(v))
+            .collect::<Result<Vec<_>>>()?;
+        let mut pointers: Vec<*const c_char> = owned.iter().map(|s| s.as_ptr()).collect();
+        // SAFETY: `pointers` holds `owned.len()` valid C strings that outlive the call.
+        check(unsafe {
+            sys::XGDMatrixSetStrFeatureInfo(
+                self.handle,
+                field.as_ptr(),
+                pointers.as_mut_ptr(),
+                pointers.len() as sys::bst_ulong,
+            )
+        })
+    }
+}
+
+impl Drop for Matrix {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from XGDMatrixCreateFromMat and is freed exactly once.
+        unsafe { sys::XGDMatrixFree(self.handle) };
+    }
+}
+
+/// A gradient-boosted model.
+pub struct Booster {
+    handle: sys::BoosterHandle,
+}
+
+// SAFETY: a Booster handle is owned by exactly one `Booster` and never used from two threads at once.
+unsafe impl Send for Booster {}
+
+impl Booster {
+    /// An empty booster, as Python's `xgb.Booster(params, cache=[dtrain])` creates one.
+    pub fn new(cache: &[&Matrix]) -> Result<Self> {
+        let handles: Vec<sys::DMatrixHandle> = cache.iter().map(|m| m.handle).collect();
+        let mut handle = ptr::null_mut();
+        // SAFETY: `handles` holds live DMatrix handles for the duration of the call.
+        check(unsafe {
+            sys::XGBoosterCreate(
+                handles.as_ptr(),
+                handles.len() as sys::bst_ulong,
+                &mut handle,
+            )
+        })?;
+        Ok(Booster { handle })
+    }
+
+    /// A booster holding the model in `bytes` (UBJSON or JSON, as saved by any XGBoost >= 1.0).
+    pub fn load(bytes: &[u8], cache: &[&Matrix]) -> Result<Self> {
+        let booster = Booster::new(cache)?;
+        // SAFETY: `bytes` is valid for its length for the duration of the call.
+        check(unsafe {
+            sys::XGBoosterLoadModelFromBuffer(
+                booster.handle,
+                bytes.as_ptr().cast(),
+                bytes.len() as sys::bst_ulong,
+            )
+        })?;
+        Ok(booster)
+    }
+
+    /// Sets one training parameter.
+    pub fn set_param(&mut self, name: &str, value: &str) -> Result<()> {
+        let (name, value) = (c_string(name)?, c_string(value)?);
+        // SAFETY: both strings are valid and NUL-terminated for the duration of the call.
+        check(unsafe { sys::XGBoosterSetParam(self.handle, name.as_ptr(), value.as_ptr()) })
+    }
+
+    /// Runs one boosting round numbered `iteration` on `train`.
+    pub fn update(&mut self, iteration: i32, train: &Matrix) -> Result<()> {
+        // SAFETY: both handles are live.
+        check(unsafe { sys::XGBoosterUpdateOneIter(self.handle, iteration, train.handle) })
+    }
+
+    /// How many boosting rounds the model holds (`Booster.num_boosted_rounds()` in Python).
+    pub fn boosted_rounds(&self) -> Result<i32> {
+        let mut rounds = 0;
+        // SAFETY: the handle is live and `rounds` is a valid out pointer.
+        check(unsafe { sys::XGBoosterBoostedRounds(self.handle, &mut rounds) })?;
+        Ok(rounds)
+    }
+
+    /// The model as UBJSON, the format `Booster.save_model("m.ubj")` writes.
+    pub fn save_ubjson(&self) -> Result<Vec<u8>> {
+        let config = c_string(r#"{"format": "ubj"}"#)?;
+        let mut length: sys::bst_ulong = 0;
+        let mut data: *const c_char = ptr::null();
+        // SAFETY: out pointers are valid; XGBoost owns the returned buffer until the next call
+        // on this handle, and it is copied out at once.
+        check(unsafe {
+            sys::XGBoosterSaveModelToBuffer(self.handle, config.as_ptr(), &mut length, &mut data)
+        })?;
+        // SAFETY: XGBoost guarantees `data` points at `length` bytes.
+        Ok(unsafe { std::slice::from_raw_parts(data.cast::<u8>(), length as usize) }.to_vec())
+    }
+
+    /// The booster's configuration as JSON (`Booster.save_config()` in Python).
+    pub fn config_json(&self) -> Result<String> {
+        let mut length: sys::bst_ulong = 0;
+        let mut data: *const c_char = ptr::null();
+        // SAFETY: as in `save_ubjson`.
+        check(unsafe { sys::XGBoosterSaveJsonConfig(self.handle, &mut length, &mut data) })?;
+        // SAFETY: XGBoost guarantees `data` points at `length` bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(data.cast::<u8>(), length as usize) };
+        Ok(String::from_utf8_lossy(bytes).into_owned())
+    }
+
+    /// The number of trees in the model.
+    pub fn trees(&self) -> Result<i64> {
+        let config: serde_json::Value = serde_json::from_str(&self.config_json()?)
+            .map_err(|e| XgbError(format!("unreadable booster config: {e}")))?;
+        let trees = config
+            .pointer("/learner/gradient_booster/gbtree_model_param/num_trees")
+            .and_then(|v| v.as_str()?.parse::<i64>().ok());
+        match trees {
+            Some(n) => Ok(n),
+            // Linear boosters (gblinear) have no trees.
+            None => Ok(0),
+        }
+    }
+
+    /// Sets the model's feature names (stored in the saved model).
+    pub fn set_feature_names(&mut self, names: &[String]) -> Result<()> {
+        let field = c_string("feature_name")?;
+        let owned = names
+            .iter()
+            .map(|v| c_string(v))
+            .collect::<Result<Vec<_>>>()?;
+        let mut pointers: Vec<*const c_char> = owned.iter().map(|s| s.as_ptr()).collect();
+        // SAFETY: `pointers` holds valid C strings that outlive the call.
+        check(unsafe {
+            sys::XGBoosterSetStrFeatureInfo(
+                self.handle,
+                field.as_ptr(),
+                pointers.as_mut_ptr(),
+                pointers.len() as sys::bst_ulong,
+            )
+        })
+    }
+
+    /// The model's feature names, empty when the model was saved without them.
+    pub fn feature_names(&self) -> Result<Vec<String>> {
+        let field = c_string("feature_name")?;
+        let mut length: sys::bst_ulong = 0;
+        let mut names: *mut *const c_char = ptr::null_mut();
+        // SAFETY: out pointers are valid; XGBoost owns the returned strings until the next call.
+        check(unsafe {
+            sys::XGBoosterGetStrFeatureInfo(self.handle, field.as_ptr(), &mut length, &mut names)
+        })?;
+        let mut out = Vec::with_capacity(length as usize);
+        for i in 0..length as usize {
+            // SAFETY: XGBoost returned `length` valid C strings at `names`.
+            out.push(
+                unsafe { CStr::from_ptr(*names.add(i)) }
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
+        Ok(out)
+    }
+
+    /// How many features the model was trained on (0 for an untrained booster).
+    pub fn num_features(&self) -> Result<u64> {
+        let mut n: sys::bst_ulong = 0;
+        // SAFETY: the handle is live and `n` is a valid out pointer.
+        check(unsafe { sys::XGBoosterGetNumFeature(self.handle, &mut n) })?;
+        Ok(n)
+    }
+
+    /// Predicts one value per row of `data`.
+    pub fn predict(&self, data: &Matrix) -> Result<Vec<f32>> {
+        let config = c_string(
+            r#"{"type": 0, "training": false, "iteration_begin": 0, "iteration_end": 0, "strict_shape": false}"#,
+        )?;
+        let mut shape: *const sys::bst_ulong = ptr::null();
+        let mut dims: sys::bst_ulong = 0;
+        let mut result: *const f32 = ptr::null();
+        // SAFETY: all out pointers are valid; the result buffer belongs to the booster until the
+        // next prediction and is copied out at once.
+        check(unsafe {
+            sys::XGBoosterPredictFromDMatrix(
+                self.handle,
+                data.handle,
+                config.as_ptr(),
+                &mut shape,
+                &mut dims,
+                &mut result,
+            )
+        })?;
+        // SAFETY: XGBoost returned `dims` extents at `shape`.
+        let extents = unsafe { std::slice::from_raw_parts(shape, dims as usize) };
+        let len = extents.iter().product::<sys::bst_ulong>() as usize;
+        // SAFETY: the result holds the product of the extents' floats.
+        Ok(unsafe { std::slice::from_raw_parts(result, len) }.to_vec())
+    }
+}
+
+impl Drop for Booster {
+    fn drop(&mut self) {
+        // SAFETY: the handle came from XGBoosterCreate and is freed exactly once.
+        unsafe { sys::XGBoosterFree(self.handle) };
+    }
+}
