@@ -23,7 +23,8 @@ ENV REFIT_DEPS_DIR=/opt/refit \
 WORKDIR /src
 
 # install-deps.sh needs pip (to fetch the wheel) and venv (it also prepares the test oracle venv);
-# the rest of the Debian build dependencies it installs itself.
+# the rest of the Debian build dependencies it installs itself. Debian package versions are not
+# pinned (DL3008): a stable release only moves for security fixes, which the image should take.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3-pip python3-venv \

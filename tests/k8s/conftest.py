@@ -70,9 +70,6 @@ def parse_manifests(texts: dict[str, str]) -> list[dict[str, Any]]:
             continue
         for doc in yaml.safe_load_all(text):
             if doc:
-                doc.setdefault("metadata", {}).setdefault("annotations", None)
-                if doc["metadata"]["annotations"] is None:
-                    del doc["metadata"]["annotations"]
                 docs.append(doc)
     return docs
 
