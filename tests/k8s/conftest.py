@@ -111,8 +111,12 @@ HELM_VALUE_SETS = {
 }
 
 
+@lru_cache(maxsize=1)
 def all_manifest_sets() -> dict[str, list[dict[str, Any]]]:
-    """Every rendering under test: Helm value sets and kustomize entry points."""
+    """Every rendering under test: Helm value sets and kustomize entry points.
+
+    Rendered once per session and shared: tests must not modify these documents.
+    """
     sets = {f"helm:{k}": render(v()) for k, v in HELM_VALUE_SETS.items()}
     for k in KUSTOMIZATIONS:
         sets[f"kustomize:{k}"] = kustomize(DEPLOY / k)

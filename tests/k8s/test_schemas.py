@@ -102,11 +102,10 @@ def test_kubernetes_version_is_supported():
     assert any(v.startswith(KUBE_VERSION.rsplit(".", 1)[0]) for v in versions), versions
 
 
-def _sets():
-    return sorted(all_manifest_sets().items())
+SETS = sorted(all_manifest_sets().items())
 
 
-@pytest.mark.parametrize("label,docs", _sets(), ids=[k for k, _ in _sets()])
+@pytest.mark.parametrize("label,docs", SETS, ids=[label for label, _ in SETS])
 def test_every_manifest_validates(label, docs):
     assert docs, f"{label} rendered nothing"
     for doc in docs:
