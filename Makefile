@@ -1,0 +1,49 @@
+# refit — build, test and demo. `make demo` and `make test` install and start what they need.
+SHELL := bash
+.DEFAULT_GOAL := help
+
+DEPS_DIR ?= $(HOME)/.cache/refit
+KAFKA_PORT ?= 19092
+export REFIT_KAFKA_PORT := $(KAFKA_PORT)
+export KAFKA_BROKERS ?= 127.0.0.1:$(KAFKA_PORT)
+export REDIS_URL ?= redis://127.0.0.1:6379
+export REFIT_TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
+export REFIT_PYTHON ?= $(DEPS_DIR)/venv/bin/python
+DEMO_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/refit_demo
+DEMO_SECONDS ?= 45
+
+.PHONY: help deps services build release test test-rust test-k8s lint demo bench clean-test-dbs
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+deps: ## install build/test dependencies (Debian packages, libxgboost, tansu, Python oracle)
+	@scripts/install-deps.sh
+
+services: deps ## start PostgreSQL, Redis and the Kafka-compatible broker (idempotent); prints the env
+	@scripts/services.sh
+
+build: deps ## debug build
+	cargo build --locked
+
+release: deps ## release build (what the container image ships)
+	cargo build --release --locked
+
+lint: deps ## rustfmt and clippy, warnings are errors
+	cargo fmt --check
+	cargo clippy --locked --all-targets -- -D warnings
+
+test: services lint test-rust test-k8s ## the whole suite
+
+test-rust: services clean-test-dbs
+	cargo test --locked --no-fail-fast -- --test-threads=4
+
+test-k8s: build ## Kubernetes manifests, Helm chart and Dockerfile checks
+	REFIT_BIN=$(CURDIR)/target/debug/refit scripts/test-k8s.sh
+
+clean-test-dbs: ## drop databases left by earlier test runs
+	@psql "$(REFIT_TEST_DATABASE_URL)" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'refit\_test\_%'" \
+	  | while read -r db; do psql "$(REFIT_TEST_DATABASE_URL)" -qc "DROP DATABASE IF EXISTS \"$$db\" WITH (FORCE)"; done
+
+demo: services build ## run the service on generated rental data for DEMO_SECONDS seconds
+	DATABASE_URL=$(DEMO_DATABASE_URL) target/debug/refit demo --seconds $(DEMO_SECONDS)

@@ -1,0 +1,8 @@
+//! Integration tests against the real PostgreSQL, Redis and Kafka-compatible broker
+//! (`make services` starts them). All compile into this one binary.
+
+mod bad_input;
+mod pipeline;
+mod processes;
+mod python_oracle;
+mod support;

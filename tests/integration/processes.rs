@@ -1,0 +1,305 @@
+//! The `refit` binary as operators run it: several replicas, signals, bad configuration.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_refit");
+
+struct Process {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Process {
+    fn spawn(env: &TestEnv, extra: &[(&str, &str)]) -> Process {
+        let mut child = Command::new(BIN)
+            .arg("run")
+            .env_clear()
+            .envs(env.vars(&[("REFIT_LOG_FORMAT", "json")]))
+            .envs(extra.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Process {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a log line containing `needle`.
+    fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no log line with {needle:?} within {timeout:?}; saw:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn terminate(&mut self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for exit (draining the remaining output) and returns the exit code.
+    fn wait(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            while let Ok(line) = self.lines.try_recv() {
+                self.seen.push(line);
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.seen.push(line);
+                }
+                return status.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "refit did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_one_database_train_every_actual_exactly_once() {
+    let env = TestEnv::new().await;
+    // The topic exists before both replicas start.
+    env.service(&[]).await;
+    let mut a = Process::spawn(&env, &[]);
+    let mut b = Process::spawn(&env, &[]);
+    a.wait_for_line("refit starting", Duration::from_secs(20));
+    b.wait_for_line("refit starting", Duration::from_secs(20));
+
+    // Four writers insert 1,200 actuals for eight users while both replicas run.
+    let users: Vec<String> = (0..8).map(|u| format!("user {u}:ü")).collect();
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let pool = env.pool.clone();
+        let users = users.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..300 {
+                let user = &users[(i + w) % users.len()];
+                insert_actual(&pool, user, &rental_features(i), rental_actual(i)).await;
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let inserted = 1200i64;
+    eventually(Duration::from_secs(60), "every full batch trained and announced", || async {
+        env.count("SELECT count(*) FROM (SELECT user_id FROM refit_pending GROUP BY user_id HAVING count(*) >= 50) due").await == 0
+            && env.count("SELECT count(*) FROM refit_outbox WHERE done_at IS NULL").await == 0
+    })
+    .await;
+
+    let consumed = env
+        .count("SELECT count(*) FROM refit_consumed_actuals")
+        .await;
+    let pending = env.count("SELECT count(*) FROM refit_pending").await;
+    assert_eq!(consumed + pending, inserted, "an actual was lost");
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM refit_consumed_actuals c JOIN refit_pending p USING (actual_id)"
+        )
+        .await,
+        0,
+        "an actual is both pending and trained"
+    );
+    for user in &users {
+        let versions: Vec<(i32, Option<i32>, i32)> = sqlx::query_as(
+            "SELECT version, parent_version, rows_used FROM refit_model_versions WHERE user_id = $1 ORDER BY version",
+        )
+        .bind(user)
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+        let inserted: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM prediction_requests WHERE user_id = $1")
+                .bind(user)
+                .fetch_one(&env.pool)
+                .await
+                .unwrap();
+        assert!(inserted >= 100);
+        assert_eq!(
+            versions.len() as i64,
+            inserted / 50,
+            "{user}: {inserted} actuals: {versions:?}"
+        );
+        for (i, (version, parent, rows)) in versions.iter().enumerate() {
+            assert_eq!(*version, i as i32 + 1);
+            // One retrain per user at a time: each version continues the one before it.
+            assert_eq!(*parent, (i > 0).then_some(i as i32));
+            assert_eq!(*rows, 50);
+        }
+    }
+    let versions = env.count("SELECT count(*) FROM refit_model_versions").await;
+    assert_eq!(
+        versions * 50,
+        consumed,
+        "every consumed actual belongs to exactly one 50-row version"
+    );
+    let announced = env
+        .count("SELECT count(*) FROM refit_outbox WHERE kind = 'announce' AND done_at IS NOT NULL")
+        .await;
+    assert_eq!(announced, versions);
+    let events = read_events(&env.reader(), versions as usize, Duration::from_secs(20));
+    let mut ids: Vec<_> = events
+        .iter()
+        .map(|e| (e.event.user_id.clone(), e.event.model_version))
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len() as i64, versions, "every version announced");
+    // Both replicas did work.
+    for p in [&mut a, &mut b] {
+        p.terminate();
+        assert_eq!(p.wait(Duration::from_secs(30)), 0);
+    }
+    let committed_by = |p: &Process| {
+        p.seen
+            .iter()
+            .filter(|l| l.contains("version committed"))
+            .count()
+    };
+    assert_eq!((committed_by(&a) + committed_by(&b)) as i64, versions);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_retrain_lets_it_commit_and_announce_then_exits_zero() {
+    let env = TestEnv::new().await;
+    env.service(&[]).await;
+    // A batch big enough that training takes a while.
+    sqlx::query(
+        "WITH r AS (INSERT INTO prediction_requests (request_id, user_id, features)
+                    SELECT gen_random_uuid(), 'judy', jsonb_build_object('x', g, 'y', g % 17, 'z', sin(g))
+                      FROM generate_series(1, 4000) g RETURNING request_id, features)
+         INSERT INTO actual_rentals (request_id, actual_value) SELECT request_id, (features->>'y')::float * 3 FROM r",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let mut p = Process::spawn(
+        &env,
+        &[
+            ("REFIT_RETRAIN_THRESHOLD", "4000"),
+            ("REFIT_ROUNDS_PER_RETRAIN", "300"),
+            ("REFIT_XGB_PARAMS", r#"{"max_depth": 10}"#),
+        ],
+    );
+    p.wait_for_line("\"step\":\"read\"", Duration::from_secs(30));
+    p.terminate();
+    assert_eq!(p.wait(Duration::from_secs(60)), 0, "clean exit");
+
+    let position = |needle: &str| p.seen.iter().position(|l| l.contains(needle));
+    let signal = position("SIGTERM received").expect("signal logged");
+    let commit = position("version committed").expect("the in-flight retrain committed");
+    assert!(
+        signal < commit,
+        "the signal arrived during the retrain:\n{}",
+        p.seen.join("\n")
+    );
+    assert_eq!(env.versions("judy", "ready").await, [1]);
+    assert_eq!(env.pending("judy").await, 0);
+    assert_eq!(
+        env.count("SELECT count(*) FROM refit_outbox WHERE done_at IS NULL")
+            .await,
+        0,
+        "side effects done before exit"
+    );
+    let events = read_events(&env.reader(), 1, Duration::from_secs(10));
+    assert_eq!(events[0].event.rows_used, 4000);
+}
+
+#[tokio::test]
+async fn invalid_configuration_stops_startup_naming_variable_value_and_range() {
+    for (name, value, expected) in [
+        (
+            "REFIT_RETRAIN_THRESHOLD",
+            "0",
+            "an integer from 1 to 1000000",
+        ),
+        (
+            "REFIT_POLL_INTERVAL_MS",
+            "fast",
+            "an integer from 10 to 3600000",
+        ),
+        ("REFIT_XGB_PARAMS", "max_depth=4", "a JSON object"),
+        ("REDIS_URL", "localhost:6379", "a redis:// or rediss:// URL"),
+    ] {
+        let out = Command::new(BIN)
+            .arg("run")
+            .env_clear()
+            .env(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/postgres",
+            )
+            .env(name, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}={value}: {stderr}");
+        assert!(
+            stderr.contains(name)
+                && stderr.contains(&format!("{value:?}"))
+                && stderr.contains(expected),
+            "{name}={value}: {stderr}"
+        );
+    }
+    let out = Command::new(BIN).arg("run").env_clear().output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DATABASE_URL is required"));
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in ["migrate", "run", "demo", "config"] {
+        let out = Command::new(BIN).args([sub, "--help"]).output().unwrap();
+        assert!(out.status.success(), "{sub} --help");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage: refit"),
+            "{sub}"
+        );
+    }
+}

@@ -1,0 +1,293 @@
+//! Shared test fixtures: each test gets its own database, topic and Redis key prefix on the real
+//! services (PostgreSQL, Redis, the Kafka-compatible broker started by `make services`).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use refit::config::Config;
+use refit::events::{EventReader, ReadEvent};
+use refit::service::Service;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub fn admin_url() -> String {
+    std::env::var("REFIT_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+pub fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+
+/// Logs of the code under test are silent unless `TEST_LOG` is set.
+pub fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        refit::telemetry::init(refit::config::LogFormat::Text, "info,sqlx=warn");
+    }
+}
+
+/// An isolated environment: database, topic and cache key prefix of its own.
+pub struct TestEnv {
+    pub database_url: String,
+    pub pool: PgPool,
+    pub topic: String,
+    pub key_prefix: String,
+    pub redis: redis::Client,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        init_logs();
+        let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let name = format!("refit_test_{id}");
+        let admin = PgPool::connect(&admin_url())
+            .await
+            .expect("PostgreSQL reachable (make services)");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let base = admin_url();
+        let database_url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
+        let pool = PgPool::connect(&database_url).await.unwrap();
+        refit::db::migrate(&pool).await.unwrap();
+        TestEnv {
+            database_url,
+            pool,
+            topic: format!("refit-test-{id}"),
+            key_prefix: format!("test:{id}:model:"),
+            redis: redis::Client::open(redis_url()).unwrap(),
+        }
+    }
+
+    /// Environment variables for a refit process (or `Config`) pointed at this environment.
+    pub fn vars(&self, extra: &[(&str, &str)]) -> BTreeMap<String, String> {
+        let mut vars: BTreeMap<String, String> = [
+            ("DATABASE_URL", self.database_url.clone()),
+            ("REDIS_URL", redis_url()),
+            ("KAFKA_BROKERS", brokers()),
+            ("REFIT_TOPIC", self.topic.clone()),
+            ("REFIT_TOPIC_PARTITIONS", "2".into()),
+            ("REFIT_CACHE_KEY_PREFIX", self.key_prefix.clone()),
+            ("REFIT_POLL_INTERVAL_MS", "100".into()),
+            ("REFIT_ROUNDS_PER_RETRAIN", "5".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        for (k, v) in extra {
+            vars.insert((*k).to_owned(), (*v).to_owned());
+        }
+        vars
+    }
+
+    pub fn config(&self, extra: &[(&str, &str)]) -> Config {
+        Config::from_sources(None, &self.vars(extra)).unwrap()
+    }
+
+    /// A built service whose topic exists, not yet running.
+    pub async fn service(&self, extra: &[(&str, &str)]) -> Service {
+        let service = Service::build(self.config(extra)).await.unwrap();
+        service.events.ensure_topic().await.unwrap();
+        service
+    }
+
+    /// Starts the service in the background.
+    pub async fn start(&self, extra: &[(&str, &str)]) -> Running {
+        let service = Arc::new(self.service(extra).await);
+        let token = CancellationToken::new();
+        let handle = tokio::spawn({
+            let service = service.clone();
+            let token = token.clone();
+            async move { service.run(token).await }
+        });
+        Running {
+            service,
+            token,
+            handle,
+        }
+    }
+
+    pub fn reader(&self) -> EventReader {
+        EventReader::new(&brokers(), &self.topic, true).unwrap()
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        self.redis.get_multiplexed_async_connection().await.unwrap()
+    }
+
+    /// Puts a stale model in the serving cache, as serving would have.
+    pub async fn cache_model(&self, user: &str) {
+        let mut r = self.redis().await;
+        let _: () = redis::cmd("SET")
+            .arg(format!("{}{user}", self.key_prefix))
+            .arg("stale")
+            .query_async(&mut r)
+            .await
+            .unwrap();
+    }
+
+    pub async fn cached(&self, user: &str) -> bool {
+        let mut r = self.redis().await;
+        redis::cmd("EXISTS")
+            .arg(format!("{}{user}", self.key_prefix))
+            .query_async::<i64>(&mut r)
+            .await
+            .unwrap()
+            == 1
+    }
+
+    /// Inserts `n` requests with their actuals for `user`, each in its own transaction.
+    pub async fn insert_actuals(&self, user: &str, n: usize) -> Vec<i64> {
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            ids.push(insert_actual(&self.pool, user, &rental_features(i), rental_actual(i)).await);
+        }
+        ids
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+
+    pub async fn pending(&self, user: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM refit_pending WHERE user_id = $1")
+            .bind(user)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Version numbers of a user with the given status.
+    pub async fn versions(&self, user: &str, status: &str) -> Vec<i32> {
+        sqlx::query_scalar("SELECT version FROM refit_model_versions WHERE user_id = $1 AND status = $2 ORDER BY version")
+            .bind(user)
+            .bind(status)
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn active_version(&self, user: &str) -> Option<i32> {
+        sqlx::query_scalar("SELECT active_version FROM refit_models WHERE user_id = $1")
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await
+            .unwrap()
+            .flatten()
+    }
+
+    /// Waits until the outbox holds nothing undone.
+    pub async fn outbox_drained(&self, timeout: Duration) {
+        eventually(timeout, "outbox drained", || async {
+            self.count("SELECT count(*) FROM refit_outbox WHERE done_at IS NULL")
+                .await
+                == 0
+        })
+        .await;
+    }
+}
+
+/// A service running in the background of a test.
+pub struct Running {
+    pub service: Arc<Service>,
+    pub token: CancellationToken,
+    pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        self.token.cancel();
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+pub async fn insert_actual(pool: &PgPool, user: &str, features: &Value, actual: f64) -> i64 {
+    let request_id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO prediction_requests (request_id, user_id, features) VALUES ($1, $2, $3)",
+    )
+    .bind(request_id)
+    .bind(user)
+    .bind(features)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query_scalar(
+        "INSERT INTO actual_rentals (request_id, actual_value) VALUES ($1, $2) RETURNING id",
+    )
+    .bind(request_id)
+    .bind(actual)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// Deterministic rental-like features; every 7th row lacks `temperature` (missing → NaN).
+pub fn rental_features(i: usize) -> Value {
+    let hour = (i * 5 % 24) as f64;
+    let mut f =
+        json!({"hour": hour, "weekday": (i / 3 % 7) as f64, "humidity": (40 + i * 13 % 50) as f64});
+    if i % 7 != 3 {
+        f["temperature"] = json!(8.0 + (i * 7 % 23) as f64 * 0.9);
+    }
+    f
+}
+
+pub fn rental_actual(i: usize) -> f64 {
+    let hour = (i * 5 % 24) as f64;
+    (20.0 + 30.0 * (-((hour - 8.0) * (hour - 8.0)) / 6.0).exp() + (i * 7 % 23) as f64).round()
+}
+
+/// Polls `condition` until it holds or `timeout` passes (then panics naming `what`).
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads events until `n` arrived (or panics after `timeout`).
+pub fn read_events(reader: &EventReader, n: usize, timeout: Duration) -> Vec<ReadEvent> {
+    let deadline = Instant::now() + timeout;
+    let mut events = Vec::new();
+    while events.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "timed out waiting for {n} events, got {}: {events:?}",
+            events.len()
+        );
+        if let Some(e) = reader.next(left.min(Duration::from_millis(500))).unwrap() {
+            events.push(e);
+        }
+    }
+    events
+}
+
+/// Events that arrive within `window` (for asserting that no more come).
+pub fn drain_events(reader: &EventReader, window: Duration) -> Vec<ReadEvent> {
+    let mut events = Vec::new();
+    while let Some(e) = reader.next(window).unwrap() {
+        events.push(e);
+    }
+    events
+}
