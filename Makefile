@@ -31,12 +31,12 @@ release: deps ## release build (what the container image ships)
 
 lint: deps ## rustfmt and clippy, warnings are errors
 	cargo fmt --check
-	cargo clippy --locked --all-targets -- -D warnings
+	cargo clippy --locked --all-targets --features fault-injection -- -D warnings
 
 test: services lint test-rust test-k8s ## the whole suite
 
 test-rust: services clean-test-dbs
-	cargo test --locked --no-fail-fast -- --test-threads=4
+	cargo test --locked --features fault-injection --no-fail-fast -- --test-threads=4
 
 test-k8s: build ## Kubernetes manifests, Helm chart and Dockerfile checks
 	REFIT_BIN=$(CURDIR)/target/debug/refit scripts/test-k8s.sh

@@ -195,6 +195,12 @@ pub struct Config {
     pub outbox_retry_max: Duration,
     /// Log format on stdout.
     pub log_format: LogFormat,
+    /// Where /healthz, /readyz and /metrics are served; `None` when REFIT_HTTP_ADDR=off.
+    pub http_addr: Option<std::net::SocketAddr>,
+    /// Grafana Loki base URL (may carry credentials); logs are shipped there when set.
+    pub loki_url: Option<Secret>,
+    /// The `environment` label of shipped logs.
+    pub environment: String,
 }
 
 /// How log lines are written to stdout.
@@ -315,7 +321,34 @@ impl Config {
             other => return Err(invalid("REFIT_LOG_FORMAT", other, "text or json")),
         };
 
+        let http_addr = match get("REFIT_HTTP_ADDR").unwrap_or("0.0.0.0:8080") {
+            "off" => None,
+            addr => Some(addr.parse().map_err(|_| {
+                invalid(
+                    "REFIT_HTTP_ADDR",
+                    addr,
+                    "host:port, e.g. 0.0.0.0:8080, or off",
+                )
+            })?),
+        };
+        let loki_url = match get("LOKI_URL") {
+            None => None,
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                Some(Secret::new(url))
+            }
+            Some(_) => {
+                return Err(invalid(
+                    "LOKI_URL",
+                    "(redacted)",
+                    "an http:// or https:// URL",
+                ))
+            }
+        };
+
         Ok(Config {
+            http_addr,
+            loki_url,
+            environment: get("REFIT_ENVIRONMENT").unwrap_or("dev").to_owned(),
             database_url: Secret::new(database_url),
             redis_url: Secret::new(redis_url),
             kafka_brokers,
@@ -400,6 +433,18 @@ impl Config {
                 "REFIT_OUTBOX_RETRY_MAX_MS",
                 self.outbox_retry_max.as_millis().to_string(),
             ),
+            (
+                "REFIT_HTTP_ADDR",
+                self.http_addr.map_or("off".into(), |a| a.to_string()),
+            ),
+            (
+                "LOKI_URL",
+                self.loki_url
+                    .as_ref()
+                    .map(|u| u.to_string())
+                    .unwrap_or_default(),
+            ),
+            ("REFIT_ENVIRONMENT", self.environment.clone()),
             (
                 "REFIT_LOG_FORMAT",
                 match self.log_format {

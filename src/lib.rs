@@ -9,7 +9,7 @@
 //! - [`trainer`]: continued training, exactly as Python's `xgb.train(xgb_model=...)`;
 //! - [`xgboost`]: the safe wrapper over the XGBoost C API (the only `unsafe` code);
 //! - [`outbox`]: after the commit, the cache invalidation ([`cache`]) and the event ([`events`]);
-//! - [`metrics`], [`telemetry`]: Prometheus metrics and logs;
+//! - [`metrics`], [`telemetry`], [`http`]: Prometheus metrics, logs (stdout, Loki), probes;
 //! - [`demo`]: generated rental data for `refit demo`.
 #![deny(unsafe_code)]
 
@@ -18,7 +18,9 @@ pub mod config;
 pub mod db;
 pub mod demo;
 pub mod events;
+pub mod faults;
 pub mod features;
+pub mod http;
 pub mod metrics;
 pub mod outbox;
 pub mod retrain;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use refit::config::{Config, LogFormat, VARIABLES};
+use refit::config::{Config, VARIABLES};
 use refit::{db, demo, events, service, telemetry};
 use tokio_util::sync::CancellationToken;
 
@@ -66,15 +66,22 @@ fn main() -> ExitCode {
         Command::Demo { .. } => "warn",
         _ => "info,sqlx=warn",
     };
-    telemetry::init(config.log_format, default_filter);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match runtime.block_on(execute(cli.command, config)) {
+    let result = runtime.block_on(async {
+        let telemetry = telemetry::init(&config, default_filter)?;
+        let result = execute(cli.command, config).await;
+        if let Err(e) = &result {
+            tracing::error!(error = format!("{e:#}"), "refit failed");
+        }
+        telemetry.shutdown().await;
+        result
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "refit failed");
             eprintln!("refit: {e:#}");
             ExitCode::FAILURE
         }
@@ -110,7 +117,6 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             for (name, value) in config.describe() {
                 println!("{name}={value}");
             }
-            let _ = LogFormat::Text;
             Ok(())
         }
     }

@@ -117,6 +117,7 @@ impl Outbox {
                     match self.cache.invalidate(user_id).await {
                         Ok(key) => {
                             let ms = elapsed_ms(started);
+                            crate::faults::point("after_invalidate");
                             invalidate_ms.insert(entry.event_id, ms);
                             self.metrics.observe_step("invalidate", ms);
                             self.redis_healthy.store(true, Ordering::Relaxed);

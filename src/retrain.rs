@@ -121,6 +121,7 @@ impl Retrainer {
         info!(step = "detect", %retrain_id, user_id, pending, "user due for retrain");
         info!(step = "read", %retrain_id, user_id, rows = pending_rows.len(), duration_ms = read_ms, "pending actuals read");
 
+        crate::faults::point("after_read");
         let data_until = pending_rows.iter().map(|p| p.enqueued_at).max();
         let rows: Vec<_> = pending_rows.into_iter().map(|p| p.row).collect();
         let version = head.last_version + 1;
@@ -175,6 +176,7 @@ impl Retrainer {
             let span = tracing::Span::current();
             tokio::task::spawn_blocking(move || {
                 let _entered = span.enter();
+                crate::faults::point("during_train");
                 let result = trainer::train(&TrainInput {
                     previous: previous.as_deref(),
                     params: &params,
@@ -261,6 +263,7 @@ impl Retrainer {
         .await?;
         db::enqueue_outbox(&mut tx, event_id, user_id, OutboxKind::Announce, &payload).await?;
         tx.commit().await?;
+        crate::faults::point("after_commit");
         let commit_ms = elapsed_ms(started);
         self.metrics.observe_step("commit", commit_ms);
         self.metrics.retrains.with_label_values(&["success"]).inc();

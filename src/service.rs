@@ -49,6 +49,12 @@ pub struct Service {
     pub events: Arc<Events>,
     pub outbox: Arc<Outbox>,
     pub retrainer: Arc<Retrainer>,
+    /// Beaten by the scheduler loop; read by /healthz.
+    pub heartbeat: Arc<crate::http::Heartbeat>,
+    /// The bound HTTP listener (taken by `run`), bound at build time so its port is known.
+    http_listener: std::sync::Mutex<Option<tokio::net::TcpListener>>,
+    /// Where the HTTP server listens, if enabled.
+    pub http_addr: Option<std::net::SocketAddr>,
 }
 
 impl Service {
@@ -75,7 +81,19 @@ impl Service {
             outbox.clone(),
         ));
         crate::xgboost::set_global_config(r#"{"verbosity": 1}"#)?;
+        let http_listener = match config.http_addr {
+            None => None,
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on REFIT_HTTP_ADDR {addr}"))?,
+            ),
+        };
+        let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         Ok(Service {
+            heartbeat: Arc::new(crate::http::Heartbeat::default()),
+            http_listener: std::sync::Mutex::new(http_listener),
+            http_addr,
             config,
             pool,
             metrics,
@@ -109,6 +127,23 @@ impl Service {
             background.clone(),
         ));
         tasks.spawn(ensure_topic(self.events.clone(), background.clone()));
+        let listener = self.http_listener.lock().expect("not poisoned").take();
+        if let Some(listener) = listener {
+            let state = crate::http::AppState {
+                pool: self.pool.clone(),
+                metrics: self.metrics.clone(),
+                outbox: self.outbox.clone(),
+                heartbeat: self.heartbeat.clone(),
+                stale_after: (self.config.poll_interval * 10).max(Duration::from_secs(30)),
+            };
+            info!(addr = ?self.http_addr, "serving /healthz, /readyz, /metrics");
+            let stop = background.clone();
+            tasks.spawn(async move {
+                if let Err(e) = crate::http::serve(listener, state, stop).await {
+                    error!(error = format!("{e:#}"), "HTTP server failed");
+                }
+            });
+        }
 
         let result = self.schedule(notify_rx, shutdown).await;
 
@@ -138,6 +173,7 @@ impl Service {
         let mut workers: JoinSet<String> = JoinSet::new();
 
         loop {
+            self.heartbeat.beat();
             let scope: Option<Vec<String>> = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = ticker.tick() => None,

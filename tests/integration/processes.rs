@@ -9,14 +9,14 @@ use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_refit");
 
-struct Process {
+pub struct Process {
     child: Child,
     lines: mpsc::Receiver<String>,
-    seen: Vec<String>,
+    pub seen: Vec<String>,
 }
 
 impl Process {
-    fn spawn(env: &TestEnv, extra: &[(&str, &str)]) -> Process {
+    pub fn spawn(env: &TestEnv, extra: &[(&str, &str)]) -> Process {
         let mut child = Command::new(BIN)
             .arg("run")
             .env_clear()
@@ -44,7 +44,7 @@ impl Process {
     }
 
     /// Waits for a log line containing `needle`.
-    fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -63,7 +63,7 @@ impl Process {
         }
     }
 
-    fn terminate(&mut self) {
+    pub fn terminate(&mut self) {
         let status = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -73,7 +73,7 @@ impl Process {
     }
 
     /// Waits for exit (draining the remaining output) and returns the exit code.
-    fn wait(&mut self, timeout: Duration) -> i32 {
+    pub fn wait(&mut self, timeout: Duration) -> i32 {
         let deadline = Instant::now() + timeout;
         loop {
             while let Ok(line) = self.lines.try_recv() {

@@ -28,7 +28,7 @@ pub fn brokers() -> String {
 /// Logs of the code under test are silent unless `TEST_LOG` is set.
 pub fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
-        refit::telemetry::init(refit::config::LogFormat::Text, "info,sqlx=warn");
+        refit::telemetry::init_stdout(refit::config::LogFormat::Text, "info,sqlx=warn");
     }
 }
 
@@ -78,6 +78,8 @@ impl TestEnv {
             ("REFIT_CACHE_KEY_PREFIX", self.key_prefix.clone()),
             ("REFIT_POLL_INTERVAL_MS", "100".into()),
             ("REFIT_ROUNDS_PER_RETRAIN", "5".into()),
+            ("REFIT_HTTP_ADDR", "127.0.0.1:0".into()),
+            ("REFIT_ENVIRONMENT", "test".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
