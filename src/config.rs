@@ -152,6 +152,14 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "REFIT_ADMIN_TOKEN",
         "bearer token for HTTP writes to the model registry",
     ),
+    ("REFIT_VALIDATION_HOLDOUT", "fraction of each batch held out to score the new version against the active one (0 disables the gate)"),
+    ("REFIT_VALIDATION_METRIC", "rmse or mae"),
+    ("REFIT_VALIDATION_TOLERANCE", "how much worse (relative) the new version may score before it is rejected"),
+    ("REFIT_MAX_TREES", "tree cap per model; a retrain that would pass it compacts the model (0 = no cap)"),
+    ("REFIT_COMPACTION", "at the cap: refit (fresh model on recent actuals) or update (refresh leaves in place)"),
+    ("REFIT_REFIT_WINDOW", "most recent actuals a compaction refit trains on"),
+    ("REFIT_COMPACTION_ROUNDS", "boosting rounds of a compaction refit (default: half the cap)"),
+    ("REFIT_CACHE_TTL_SECS", "TTL of the serving cache entry that `refit predict` fills"),
     ("REFIT_LOG_FORMAT", "text or json (stdout)"),
     ("RUST_LOG", "log filter, e.g. info or refit=debug"),
 ];
@@ -195,12 +203,51 @@ pub struct Config {
     pub outbox_retry_max: Duration,
     /// Log format on stdout.
     pub log_format: LogFormat,
+    /// The validation gate: fraction of each batch held out (0 disables it).
+    pub validation_holdout: f64,
+    pub validation_metric: ValidationMetric,
+    /// Relative tolerance: rejected when candidate > active × (1 + tolerance).
+    pub validation_tolerance: f64,
+    /// Tree cap per model (0 = none).
+    pub max_trees: i64,
+    pub compaction: Compaction,
+    /// Most recent actuals a compaction refit trains on.
+    pub refit_window: i64,
+    /// Boosting rounds of a compaction refit.
+    pub compaction_rounds: i32,
+    /// TTL of the cache entry the serving reference fills.
+    pub cache_ttl: Duration,
     /// Where /healthz, /readyz and /metrics are served; `None` when REFIT_HTTP_ADDR=off.
     pub http_addr: Option<std::net::SocketAddr>,
     /// Grafana Loki base URL (may carry credentials); logs are shipped there when set.
     pub loki_url: Option<Secret>,
     /// The `environment` label of shipped logs.
     pub environment: String,
+}
+
+/// How the validation gate scores a version on held-out actuals (lower is better).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValidationMetric {
+    Rmse,
+    Mae,
+}
+
+impl ValidationMetric {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValidationMetric::Rmse => "rmse",
+            ValidationMetric::Mae => "mae",
+        }
+    }
+}
+
+/// What happens when a retrain would pass the tree cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compaction {
+    /// A fresh model trained on the most recent `refit_window` actuals.
+    Refit,
+    /// XGBoost's `process_type=update` with the `refresh` updater: leaves re-fitted, no new trees.
+    Update,
 }
 
 /// How log lines are written to stdout.
@@ -345,7 +392,36 @@ impl Config {
             }
         };
 
+        let validation_metric = match get("REFIT_VALIDATION_METRIC").unwrap_or("rmse") {
+            "rmse" => ValidationMetric::Rmse,
+            "mae" => ValidationMetric::Mae,
+            other => return Err(invalid("REFIT_VALIDATION_METRIC", other, "rmse or mae")),
+        };
+        let compaction = match get("REFIT_COMPACTION").unwrap_or("refit") {
+            "refit" => Compaction::Refit,
+            "update" => Compaction::Update,
+            other => return Err(invalid("REFIT_COMPACTION", other, "refit or update")),
+        };
+        let max_trees = int(raw, "REFIT_MAX_TREES", 500, 0, 1_000_000)?;
+        let compaction_default = (max_trees / 2).clamp(1, 10_000);
+
         Ok(Config {
+            validation_holdout: float(raw, "REFIT_VALIDATION_HOLDOUT", 0.2, 0.0, 0.9)?,
+            validation_metric,
+            validation_tolerance: float(raw, "REFIT_VALIDATION_TOLERANCE", 0.1, 0.0, 100.0)?,
+            max_trees,
+            compaction,
+            refit_window: int(raw, "REFIT_REFIT_WINDOW", 1000, 1, 10_000_000)?,
+            compaction_rounds: int(
+                raw,
+                "REFIT_COMPACTION_ROUNDS",
+                compaction_default,
+                1,
+                10_000,
+            )? as i32,
+            cache_ttl: Duration::from_secs(
+                int(raw, "REFIT_CACHE_TTL_SECS", 3600, 1, 30 * 86_400)? as u64
+            ),
             http_addr,
             loki_url,
             environment: get("REFIT_ENVIRONMENT").unwrap_or("dev").to_owned(),
@@ -429,6 +505,32 @@ impl Config {
             ("REFIT_XGB_PARAMS", params),
             ("REFIT_XGB_NTHREAD", self.xgb_nthread.to_string()),
             ("REFIT_CACHE_KEY_PREFIX", self.cache_key_prefix.clone()),
+            ("REFIT_CACHE_TTL_SECS", self.cache_ttl.as_secs().to_string()),
+            (
+                "REFIT_VALIDATION_HOLDOUT",
+                self.validation_holdout.to_string(),
+            ),
+            (
+                "REFIT_VALIDATION_METRIC",
+                self.validation_metric.as_str().into(),
+            ),
+            (
+                "REFIT_VALIDATION_TOLERANCE",
+                self.validation_tolerance.to_string(),
+            ),
+            ("REFIT_MAX_TREES", self.max_trees.to_string()),
+            (
+                "REFIT_COMPACTION",
+                match self.compaction {
+                    Compaction::Refit => "refit".into(),
+                    Compaction::Update => "update".into(),
+                },
+            ),
+            ("REFIT_REFIT_WINDOW", self.refit_window.to_string()),
+            (
+                "REFIT_COMPACTION_ROUNDS",
+                self.compaction_rounds.to_string(),
+            ),
             (
                 "REFIT_OUTBOX_RETRY_MAX_MS",
                 self.outbox_retry_max.as_millis().to_string(),
@@ -481,6 +583,27 @@ fn int(
             name,
             text,
             &format!("an integer from {min} to {max} (default {default})"),
+        )),
+    }
+}
+
+/// A decimal setting with a default and an inclusive range.
+fn float(
+    raw: &Raw,
+    name: &'static str,
+    default: f64,
+    min: f64,
+    max: f64,
+) -> Result<f64, ConfigError> {
+    let Some(text) = raw.get(name).map(|s| s.trim()).filter(|s| !s.is_empty()) else {
+        return Ok(default);
+    };
+    match text.parse::<f64>() {
+        Ok(v) if (min..=max).contains(&v) => Ok(v),
+        _ => Err(invalid(
+            name,
+            text,
+            &format!("a number from {min} to {max} (default {default})"),
         )),
     }
 }
@@ -624,6 +747,26 @@ mod tests {
         assert_eq!(c.xgb_params["max_depth"], "3");
         assert_eq!(c.xgb_params["eta"], "0.3");
         assert!(!c.xgb_params.contains_key("nthread"));
+    }
+
+    #[test]
+    fn every_variable_read_is_listed() {
+        let source = include_str!("config.rs");
+        let code =
+            &source[source.find("fn from_raw").unwrap()..source.find("pub fn describe").unwrap()];
+        let mut read = Vec::new();
+        for piece in code.split('"').skip(1).step_by(2) {
+            if piece.len() > 3 && piece.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+                read.push(piece);
+            }
+        }
+        assert!(read.len() > 20, "{read:?}");
+        for name in read {
+            assert!(
+                VARIABLES.iter().any(|(v, _)| *v == name),
+                "{name} is read but not in VARIABLES"
+            );
+        }
     }
 
     #[test]

@@ -133,6 +133,8 @@ pub struct ModelHead {
     pub artifact: Option<Vec<u8>>,
     pub params: Option<Value>,
     pub features: Option<Value>,
+    /// Trees of the active version.
+    pub trees: Option<i32>,
 }
 
 /// Locks the user's registry row for this transaction; `None` when another retrain holds it.
@@ -142,7 +144,7 @@ pub async fn lock_model(conn: &mut PgConnection, user_id: &str) -> sqlx::Result<
                 coalesce((SELECT max(version) FROM refit_model_versions WHERE user_id = m.user_id), 0),
                 m.failures,
                 coalesce(m.retry_after > now(), false),
-                v.artifact, v.params, v.features
+                v.artifact, v.params, v.features, v.trees
            FROM refit_models m
            LEFT JOIN refit_model_versions v
                   ON v.user_id = m.user_id AND v.version = m.active_version
@@ -158,6 +160,7 @@ pub async fn lock_model(conn: &mut PgConnection, user_id: &str) -> sqlx::Result<
         artifact: row.get(4),
         params: row.get(5),
         features: row.get(6),
+        trees: row.get(7),
     })
     .fetch_optional(conn)
     .await
@@ -212,6 +215,7 @@ pub struct NewVersion<'a> {
     pub params: &'a Value,
     pub features: &'a Value,
     pub timings_ms: &'a Value,
+    pub metrics: &'a Value,
     pub error: Option<&'a str>,
     pub source: &'a str,
     pub retrain_id: Uuid,
@@ -221,8 +225,8 @@ pub async fn insert_version(conn: &mut PgConnection, v: &NewVersion<'_>) -> sqlx
     sqlx::query(
         "INSERT INTO refit_model_versions
             (user_id, version, status, parent_version, artifact, rows_used, rows_set_aside,
-             trees, boosted_rounds, params, features, timings_ms, error, source, retrain_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+             trees, boosted_rounds, params, features, timings_ms, error, source, retrain_id, metrics)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
     )
     .bind(v.user_id)
     .bind(v.version)
@@ -239,6 +243,7 @@ pub async fn insert_version(conn: &mut PgConnection, v: &NewVersion<'_>) -> sqlx
     .bind(v.error)
     .bind(v.source)
     .bind(v.retrain_id)
+    .bind(v.metrics)
     .execute(conn)
     .await
     .map(|_| ())
@@ -285,20 +290,24 @@ pub async fn consume(
     user_id: &str,
     version: Option<i32>,
     trained: &[i64],
+    held_out: &[i64],
     set_aside: &[SetAside],
 ) -> sqlx::Result<()> {
     let aside_ids: Vec<i64> = set_aside.iter().map(|s| s.actual_id).collect();
     let reasons: Vec<&str> = set_aside.iter().map(|s| s.reason.as_str()).collect();
     let details: Vec<&str> = set_aside.iter().map(|s| s.detail.as_str()).collect();
-    sqlx::query(
-        "INSERT INTO refit_consumed_actuals (actual_id, user_id, version, outcome)
-         SELECT id, $1, $2, 'trained' FROM unnest($3::bigint[]) AS t(id)",
-    )
-    .bind(user_id)
-    .bind(version)
-    .bind(trained)
-    .execute(&mut *conn)
-    .await?;
+    for (outcome, ids) in [("trained", trained), ("held_out", held_out)] {
+        sqlx::query(
+            "INSERT INTO refit_consumed_actuals (actual_id, user_id, version, outcome)
+             SELECT id, $1, $2, $4 FROM unnest($3::bigint[]) AS t(id)",
+        )
+        .bind(user_id)
+        .bind(version)
+        .bind(ids)
+        .bind(outcome)
+        .execute(&mut *conn)
+        .await?;
+    }
     sqlx::query(
         "INSERT INTO refit_consumed_actuals (actual_id, user_id, version, outcome, reason, detail)
          SELECT id, $1, NULL, 'set_aside', reason, detail
@@ -310,7 +319,12 @@ pub async fn consume(
     .bind(&details)
     .execute(&mut *conn)
     .await?;
-    let all: Vec<i64> = trained.iter().copied().chain(aside_ids).collect();
+    let all: Vec<i64> = trained
+        .iter()
+        .chain(held_out)
+        .copied()
+        .chain(aside_ids)
+        .collect();
     let deleted = sqlx::query("DELETE FROM refit_pending WHERE actual_id = ANY($1)")
         .bind(&all)
         .execute(&mut *conn)
@@ -324,6 +338,33 @@ pub async fn consume(
         )));
     }
     Ok(())
+}
+
+/// The user's most recently consumed (trained or held-out) actuals, newest first: the window a
+/// compaction refit trains on.
+pub async fn recent_actuals(
+    conn: &mut PgConnection,
+    user_id: &str,
+    limit: i64,
+) -> sqlx::Result<Vec<ActualRow>> {
+    sqlx::query(
+        "SELECT c.actual_id, a.actual_value, r.features::text
+           FROM refit_consumed_actuals c
+           JOIN actual_rentals a ON a.id = c.actual_id
+           JOIN prediction_requests r ON r.request_id = a.request_id
+          WHERE c.user_id = $1 AND c.outcome IN ('trained', 'held_out')
+          ORDER BY c.actual_id DESC
+          LIMIT $2",
+    )
+    .bind(user_id)
+    .bind(limit)
+    .map(|row: sqlx::postgres::PgRow| ActualRow {
+        actual_id: row.get(0),
+        actual_value: row.get(1),
+        features: row.get(2),
+    })
+    .fetch_all(conn)
+    .await
 }
 
 /// Kinds of outbox entries, in the order they are carried out for one retrain.

@@ -28,6 +28,9 @@ pub struct RetrainEvent {
     pub user_id: String,
     /// `success`, `failed` or `rejected`.
     pub status: String,
+    /// What made the version: `retrain`, `compaction`, `promote`, `rollback` or `import`.
+    #[serde(default = "default_action")]
+    pub action: String,
     /// The version this event is about (the new one, or the failed attempt).
     pub model_version: Option<i32>,
     /// The version that was active before.
@@ -40,6 +43,9 @@ pub struct RetrainEvent {
     pub trees: Option<i64>,
     /// Milliseconds per step: detect, read, train (load, boost, save), commit, invalidate.
     pub timings_ms: serde_json::Map<String, serde_json::Value>,
+    /// The validation gate's scores (metric, candidate, active, holdout_rows, tolerance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<serde_json::Value>,
     /// Why a retrain failed or was rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -48,6 +54,10 @@ pub struct RetrainEvent {
     /// has seen. Freshness is measured from here to the event being published.
     pub data_until: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+}
+
+fn default_action() -> String {
+    "retrain".into()
 }
 
 /// Where the last delivery went.

@@ -90,6 +90,30 @@ impl Batch {
     pub fn rows(&self) -> usize {
         self.used.len()
     }
+
+    /// Splits off the last `n` rows (the newest actuals) as a held-out set; set-aside rows stay
+    /// with the first part.
+    pub fn split_last(mut self, n: usize) -> (Batch, Batch) {
+        let n = n.min(self.rows());
+        let keep = self.rows() - n;
+        let width = self.feature_names.len();
+        let held = Batch {
+            feature_names: self.feature_names.clone(),
+            values: self.values.split_off(keep * width),
+            labels: self.labels.split_off(keep),
+            used: self.used.split_off(keep),
+            set_aside: Vec::new(),
+        };
+        (self, held)
+    }
+
+    /// Appends `other`'s usable rows (same feature order) after this batch's.
+    pub fn extend(&mut self, other: Batch) {
+        debug_assert_eq!(self.feature_names, other.feature_names);
+        self.values.extend(other.values);
+        self.labels.extend(other.labels);
+        self.used.extend(other.used);
+    }
 }
 
 /// Lays out `rows` in `feature_order`, or, for a model that has none yet, in the sorted names of
@@ -249,6 +273,19 @@ mod tests {
         assert!(b.values[5].is_nan());
         assert_eq!(b.labels, [3.0, 4.0]);
         assert!(b.set_aside.is_empty());
+    }
+
+    #[test]
+    fn split_last_holds_out_the_newest_rows() {
+        let rows: Vec<_> = (1..=5)
+            .map(|i| row(i, i as f64, &format!(r#"{{"a": {i}}}"#)))
+            .collect();
+        let (train, held) = prepare(&rows, None).split_last(2);
+        assert_eq!(train.used, [1, 2, 3]);
+        assert_eq!(train.values, [1.0, 2.0, 3.0]);
+        assert_eq!(held.used, [4, 5]);
+        assert_eq!(held.labels, [4.0, 5.0]);
+        assert_eq!(held.feature_names, ["a"]);
     }
 
     #[test]

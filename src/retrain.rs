@@ -1,10 +1,20 @@
-//! One retrain of one user: detect → read → train → commit, then the outbox (invalidate,
-//! announce). [`Retrainer::retrain_user`] is the whole unit of work and returns what it did, so
-//! tests can drive it deterministically and the service loop can schedule it.
+//! One retrain of one user: detect → read → train → validate → commit, then the outbox
+//! (invalidate, announce). [`Retrainer::retrain_user`] is the whole unit of work and returns what
+//! it did, so tests can drive it deterministically and the service loop can schedule it.
 //!
 //! The read, the training and the commit happen inside one transaction that holds the user's
 //! registry row lock: a crash anywhere before the commit rolls everything back and the actuals
 //! stay pending; after the commit, the outbox carries the side effects out.
+//!
+//! Model lifecycle inside a retrain:
+//! - **validation gate**: with an active version, the newest `REFIT_VALIDATION_HOLDOUT` share of
+//!   the batch is held out; the new version and the active one are scored on it, and a new
+//!   version worse than `active × (1 + tolerance)` is stored as `rejected`: serving is untouched
+//!   and the batch stays consumed by (attributed to) the rejected version, so a harmful batch is
+//!   not retried forever and can still be inspected or promoted;
+//! - **bounded growth**: a retrain that would pass `REFIT_MAX_TREES` compacts instead — a fresh
+//!   model on the most recent `REFIT_REFIT_WINDOW` actuals (`refit`), or XGBoost's in-place leaf
+//!   refresh (`update`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,13 +27,13 @@ use sqlx::PgPool;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::config::Config;
-use crate::db::{self, NewVersion, OutboxKind};
+use crate::config::{Compaction, Config};
+use crate::db::{self, ModelHead, NewVersion, OutboxKind};
 use crate::events::RetrainEvent;
 use crate::features::{self, Batch};
 use crate::metrics::Metrics;
 use crate::outbox::{elapsed_ms, FastPath, Outbox};
-use crate::trainer::{self, TrainInput};
+use crate::trainer::{self, TrainInput, TrainMode, Trained};
 
 /// The longest a user backs off after repeated failed retrains.
 const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(300);
@@ -37,6 +47,9 @@ pub enum Outcome {
         rows_used: usize,
         rows_set_aside: usize,
     },
+    /// The new version scored worse than the active one on held-out actuals: stored as
+    /// `rejected`, the active version unchanged.
+    Rejected { version: i32, reason: String },
     /// Every row of the batch was unusable: they are set aside, no version was made.
     AllSetAside { rows_set_aside: usize },
     /// Training failed (e.g. a corrupt artifact): recorded, announced, rows still pending.
@@ -52,7 +65,10 @@ pub enum Outcome {
 impl Outcome {
     /// Whether another batch may be waiting right behind this one.
     pub fn consumed_rows(&self) -> bool {
-        matches!(self, Outcome::Trained { .. } | Outcome::AllSetAside { .. })
+        matches!(
+            self,
+            Outcome::Trained { .. } | Outcome::Rejected { .. } | Outcome::AllSetAside { .. }
+        )
     }
 }
 
@@ -64,6 +80,24 @@ pub struct Retrainer {
     outbox: Arc<Outbox>,
     /// Fast-path deliveries run here so a retrain never waits for Redis or Kafka.
     deliveries: tokio_util::task::TaskTracker,
+}
+
+/// How this retrain produces its model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// Continue the active version (or start fresh).
+    Continue,
+    /// The tree cap is reached: compact as configured.
+    Compact(Compaction),
+}
+
+/// The validation gate's verdict.
+#[derive(Debug, Clone)]
+struct Validation {
+    candidate: f64,
+    active: f64,
+    rows: usize,
+    passed: bool,
 }
 
 impl Retrainer {
@@ -120,16 +154,15 @@ impl Retrainer {
         self.metrics.observe_step("read", read_ms);
         info!(step = "detect", %retrain_id, user_id, pending, "user due for retrain");
         info!(step = "read", %retrain_id, user_id, rows = pending_rows.len(), duration_ms = read_ms, "pending actuals read");
-
         crate::faults::point("after_read");
+
         let data_until = pending_rows.iter().map(|p| p.enqueued_at).max();
         let rows: Vec<_> = pending_rows.into_iter().map(|p| p.row).collect();
-        let version = head.last_version + 1;
         let attempt = Attempt {
             user_id,
             retrain_id,
             event_id: Uuid::new_v4(),
-            version,
+            version: head.last_version + 1,
             active_version: head.active_version,
             failures: head.failures,
             data_until,
@@ -160,7 +193,7 @@ impl Retrainer {
             );
         }
         if batch.rows() == 0 {
-            db::consume(&mut tx, user_id, None, &[], &batch.set_aside).await?;
+            db::consume(&mut tx, user_id, None, &[], &[], &batch.set_aside).await?;
             tx.commit().await?;
             warn!(%retrain_id, user_id, rows_set_aside = batch.set_aside.len(), "no usable actual in the batch; no new version");
             return Ok(Outcome::AllSetAside {
@@ -168,23 +201,82 @@ impl Retrainer {
             });
         }
 
+        // Hold out the newest rows to score the new version against the active one.
+        let holdout_rows = match head.artifact {
+            Some(_) if self.config.validation_holdout > 0.0 => {
+                let n = (batch.rows() as f64 * self.config.validation_holdout).round() as usize;
+                n.min(batch.rows() - 1)
+            }
+            _ => 0,
+        };
+        let (batch, holdout) = batch.split_last(holdout_rows);
+        let plan = self.plan(&head);
+        let mut training = batch.clone();
+        if plan == Plan::Compact(Compaction::Refit) {
+            let window = self.config.refit_window - training.rows() as i64;
+            let mut recent = db::recent_actuals(&mut tx, user_id, window.max(0)).await?;
+            recent.reverse();
+            let mut all = features::prepare(&recent, Some(&training.feature_names));
+            all.extend(training);
+            training = all;
+        }
+        let (mode, previous, rounds, action, source) = match plan {
+            Plan::Continue => (
+                TrainMode::Continue,
+                head.artifact.clone(),
+                self.config.rounds_per_retrain,
+                "retrain",
+                if head.active_version.is_some() {
+                    "retrain"
+                } else {
+                    "fresh"
+                },
+            ),
+            Plan::Compact(Compaction::Refit) => (
+                TrainMode::Continue,
+                None,
+                self.config.compaction_rounds,
+                "compaction",
+                "compaction-refit",
+            ),
+            Plan::Compact(Compaction::Update) => (
+                TrainMode::Refresh,
+                head.artifact.clone(),
+                0,
+                "compaction",
+                "compaction-update",
+            ),
+        };
+
         let started = Instant::now();
-        let previous = head.artifact.clone();
-        let rounds = self.config.rounds_per_retrain;
         let nthread = self.config.xgb_nthread;
-        let (trained, batch, params) = {
+        let metric = self.config.validation_metric;
+        let active = head.artifact.clone();
+        let (result, training, params) = {
             let span = tracing::Span::current();
             tokio::task::spawn_blocking(move || {
                 let _entered = span.enter();
                 crate::faults::point("during_train");
-                let result = trainer::train(&TrainInput {
+                let input = TrainInput {
                     previous: previous.as_deref(),
+                    mode,
                     params: &params,
                     rounds,
                     nthread,
-                    batch: &batch,
+                    batch: &training,
+                };
+                let result = trainer::train(&input).and_then(|trained| {
+                    let validation = match (&active, holdout.rows()) {
+                        (Some(active), n) if n > 0 => Some((
+                            trainer::score(&trained.artifact, &holdout, metric)?,
+                            trainer::score(active, &holdout, metric)?,
+                            n,
+                        )),
+                        _ => None,
+                    };
+                    Ok((trained, validation, holdout))
                 });
-                (result, batch, params)
+                (result, training, params)
             })
             .await
             .context("training thread panicked")?
@@ -194,8 +286,8 @@ impl Retrainer {
         self.metrics.observe_step("train", train_ms);
 
         let params_json = json!(params);
-        let trained = match trained {
-            Ok(trained) => trained,
+        let (trained, scores, holdout) = match result {
+            Ok(ok) => ok,
             Err(error) => {
                 let features_json = json!(batch.feature_names);
                 let rejected = batch.set_aside.len();
@@ -212,71 +304,173 @@ impl Retrainer {
                     .await;
             }
         };
-
+        let validation = scores.map(|(candidate, active, rows)| Validation {
+            candidate,
+            active,
+            rows,
+            passed: candidate <= active * (1.0 + self.config.validation_tolerance) + 1e-9,
+        });
         info!(
-            step = "train", %retrain_id, user_id, samples_used = batch.rows(),
-            processing_time_ms = train_ms, load_ms = ms(trained.load), boost_ms = ms(trained.train),
-            save_ms = ms(trained.save), trees = trained.trees, "model trained"
+            step = "train", %retrain_id, user_id, samples_used = training.rows(), processing_time_ms = train_ms,
+            load_ms = ms(trained.load), boost_ms = ms(trained.train), save_ms = ms(trained.save),
+            trees = trained.trees, source, "model trained"
         );
+        self.commit_version(
+            tx,
+            &attempt,
+            &head,
+            Commit {
+                batch: &batch,
+                holdout: &holdout,
+                trained: &trained,
+                params: &params_json,
+                timings,
+                validation,
+                action,
+                source,
+            },
+        )
+        .await
+    }
+
+    /// Compaction when the next retrain would pass the tree cap.
+    fn plan(&self, head: &ModelHead) -> Plan {
+        let cap = self.config.max_trees;
+        match head.trees {
+            Some(trees)
+                if cap > 0
+                    && i64::from(trees) + i64::from(self.config.rounds_per_retrain) > cap =>
+            {
+                Plan::Compact(self.config.compaction)
+            }
+            _ => Plan::Continue,
+        }
+    }
+
+    /// Stores the version (ready or rejected), consumes the batch, activates a ready version and
+    /// records its side effects, in the retrain's transaction.
+    async fn commit_version(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        attempt: &Attempt<'_>,
+        head: &ModelHead,
+        c: Commit<'_>,
+    ) -> anyhow::Result<Outcome> {
+        let (user_id, version) = (attempt.user_id, attempt.version);
+        let rejected = c.validation.as_ref().is_some_and(|v| !v.passed);
+        let validation_json = c.validation.as_ref().map(|v| {
+            json!({
+                "metric": self.config.validation_metric.as_str(),
+                "candidate": v.candidate,
+                "active": v.active,
+                "holdout_rows": v.rows,
+                "tolerance": self.config.validation_tolerance,
+            })
+        });
+        let reason = c.validation.as_ref().filter(|_| rejected).map(|v| {
+            format!(
+                "validation {} {:.4} on {} held-out actuals is worse than the active version's {:.4} by more than {}%",
+                self.config.validation_metric.as_str(), v.candidate, v.rows, v.active,
+                self.config.validation_tolerance * 100.0
+            )
+        });
         let started = Instant::now();
-        store_trained(
+        db::insert_version(
             &mut tx,
-            &TrainedVersion {
+            &NewVersion {
                 user_id,
                 version,
-                parent: head.active_version,
-                batch: &batch,
-                artifact: &trained.artifact,
-                trees: trained.trees,
-                boosted_rounds: trained.boosted_rounds,
-                params: &params_json,
-                timings: &timings,
-                retrain_id,
+                status: if rejected { "rejected" } else { "ready" },
+                parent_version: head.active_version,
+                artifact: Some(&c.trained.artifact),
+                rows_used: c.batch.rows() as i32,
+                rows_set_aside: c.batch.set_aside.len() as i32,
+                trees: Some(c.trained.trees),
+                boosted_rounds: Some(c.trained.boosted_rounds),
+                params: c.params,
+                features: &json!(c.batch.feature_names),
+                timings_ms: &Value::Object(c.timings.clone()),
+                metrics: &json!({ "validation": validation_json }),
+                error: reason.as_deref(),
+                source: c.source,
+                retrain_id: attempt.retrain_id,
             },
         )
         .await?;
-        let event_id = attempt.event_id;
-        let event = RetrainEvent {
-            event_id,
-            user_id: user_id.to_owned(),
-            status: "success".into(),
-            model_version: Some(version),
-            previous_version: head.active_version,
-            active_version: Some(version),
-            rows_used: batch.rows() as i64,
-            rows_rejected: batch.set_aside.len() as i64,
-            trees: Some(trained.trees),
-            timings_ms: timings,
-            reason: None,
-            retrain_id,
-            data_until,
-            created_at: Utc::now(),
-        };
-        let payload = json!(event);
-        db::enqueue_outbox(
+        db::consume(
             &mut tx,
-            event_id,
             user_id,
-            OutboxKind::Invalidate,
-            &json!({"retrain_id": retrain_id}),
+            Some(version),
+            &c.batch.used,
+            &c.holdout.used,
+            &c.batch.set_aside,
         )
         .await?;
-        db::enqueue_outbox(&mut tx, event_id, user_id, OutboxKind::Announce, &payload).await?;
+        let active_after = if rejected {
+            head.active_version
+        } else {
+            Some(version)
+        };
+        let event = RetrainEvent {
+            event_id: attempt.event_id,
+            user_id: user_id.to_owned(),
+            status: if rejected { "rejected" } else { "success" }.into(),
+            action: c.action.into(),
+            model_version: Some(version),
+            previous_version: head.active_version,
+            active_version: active_after,
+            rows_used: c.batch.rows() as i64,
+            rows_rejected: c.batch.set_aside.len() as i64,
+            trees: Some(c.trained.trees),
+            timings_ms: c.timings,
+            validation: validation_json,
+            reason: reason.clone(),
+            retrain_id: attempt.retrain_id,
+            data_until: attempt.data_until,
+            created_at: Utc::now(),
+        };
+        if !rejected {
+            db::activate(&mut tx, user_id, version).await?;
+            db::enqueue_outbox(
+                &mut tx,
+                attempt.event_id,
+                user_id,
+                OutboxKind::Invalidate,
+                &json!({"retrain_id": attempt.retrain_id}),
+            )
+            .await?;
+        }
+        db::enqueue_outbox(
+            &mut tx,
+            attempt.event_id,
+            user_id,
+            OutboxKind::Announce,
+            &json!(event),
+        )
+        .await?;
         tx.commit().await?;
         crate::faults::point("after_commit");
         let commit_ms = elapsed_ms(started);
         self.metrics.observe_step("commit", commit_ms);
-        self.metrics.retrains.with_label_values(&["success"]).inc();
+        let status = if rejected { "rejected" } else { "success" };
+        self.metrics.retrains.with_label_values(&[status]).inc();
         info!(
-            step = "commit", %retrain_id, user_id, model_version = version,
-            previous_version = head.active_version, rows_used = batch.rows(),
-            rows_set_aside = batch.set_aside.len(), duration_ms = commit_ms, "version committed"
+            step = "commit", retrain_id = %attempt.retrain_id, user_id, model_version = version, status,
+            previous_version = head.active_version, active_version = active_after, rows_used = c.batch.rows(),
+            rows_held_out = c.holdout.rows(), rows_set_aside = c.batch.set_aside.len(), duration_ms = commit_ms,
+            "version committed"
         );
+        if let Some(reason) = &reason {
+            warn!(retrain_id = %attempt.retrain_id, user_id, model_version = version, reason = %reason, "version rejected by the validation gate; serving unchanged");
+        }
         self.after_commit(user_id, commit_ms);
-        Ok(Outcome::Trained {
-            version,
-            rows_used: batch.rows(),
-            rows_set_aside: batch.set_aside.len(),
+        Ok(match reason {
+            Some(reason) => Outcome::Rejected { version, reason },
+            None => Outcome::Trained {
+                version,
+                rows_used: c.batch.rows(),
+                rows_set_aside: c.batch.set_aside.len(),
+            },
         })
     }
 
@@ -317,6 +511,7 @@ impl Retrainer {
                 params,
                 features,
                 timings_ms: &Value::Object(timings.clone()),
+                metrics: &json!({}),
                 error: Some(&reason),
                 source: "retrain",
                 retrain_id: attempt.retrain_id,
@@ -328,6 +523,7 @@ impl Retrainer {
             event_id: attempt.event_id,
             user_id: user_id.to_owned(),
             status: "failed".into(),
+            action: "retrain".into(),
             model_version: Some(version),
             previous_version: attempt.active_version,
             active_version: attempt.active_version,
@@ -335,6 +531,7 @@ impl Retrainer {
             rows_rejected: rows_rejected as i64,
             trees: None,
             timings_ms: timings,
+            validation: None,
             reason: Some(reason.clone()),
             retrain_id: attempt.retrain_id,
             data_until: attempt.data_until,
@@ -373,7 +570,7 @@ struct Attempt<'a> {
     user_id: &'a str,
     retrain_id: Uuid,
     event_id: Uuid,
-    /// The version number this attempt gets, successful or not.
+    /// The version number this attempt gets, whatever its outcome.
     version: i32,
     active_version: Option<i32>,
     /// Consecutive failures before this attempt (for the back-off).
@@ -381,61 +578,18 @@ struct Attempt<'a> {
     data_until: Option<chrono::DateTime<Utc>>,
 }
 
-/// A successfully trained version and what it consumed.
-struct TrainedVersion<'a> {
-    user_id: &'a str,
-    version: i32,
-    parent: Option<i32>,
+/// A trained version ready to commit.
+struct Commit<'a> {
+    /// The pending rows trained on (and the ones set aside).
     batch: &'a Batch,
-    artifact: &'a [u8],
-    trees: i64,
-    boosted_rounds: i32,
+    /// The pending rows held out for validation.
+    holdout: &'a Batch,
+    trained: &'a Trained,
     params: &'a Value,
-    timings: &'a Map<String, Value>,
-    retrain_id: Uuid,
-}
-
-/// Stores the version, marks its rows consumed and makes it active (inside the caller's
-/// transaction).
-async fn store_trained(
-    conn: &mut sqlx::PgConnection,
-    v: &TrainedVersion<'_>,
-) -> anyhow::Result<()> {
-    db::insert_version(
-        conn,
-        &NewVersion {
-            user_id: v.user_id,
-            version: v.version,
-            status: "ready",
-            parent_version: v.parent,
-            artifact: Some(v.artifact),
-            rows_used: v.batch.rows() as i32,
-            rows_set_aside: v.batch.set_aside.len() as i32,
-            trees: Some(v.trees),
-            boosted_rounds: Some(v.boosted_rounds),
-            params: v.params,
-            features: &json!(v.batch.feature_names),
-            timings_ms: &Value::Object(v.timings.clone()),
-            error: None,
-            source: if v.parent.is_some() {
-                "retrain"
-            } else {
-                "fresh"
-            },
-            retrain_id: v.retrain_id,
-        },
-    )
-    .await?;
-    db::consume(
-        conn,
-        v.user_id,
-        Some(v.version),
-        &v.batch.used,
-        &v.batch.set_aside,
-    )
-    .await?;
-    db::activate(conn, v.user_id, v.version).await?;
-    Ok(())
+    timings: Map<String, Value>,
+    validation: Option<Validation>,
+    action: &'a str,
+    source: &'a str,
 }
 
 fn ms(d: Duration) -> f64 {

@@ -11,13 +11,25 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::config::ValidationMetric;
 use crate::features::Batch;
 use crate::xgboost::{Booster, Matrix, XgbError};
+
+/// How a model is produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrainMode {
+    /// Add `rounds` boosting rounds to `previous` (or start fresh without one).
+    Continue,
+    /// Re-fit the leaves of every tree of `previous` on the batch (`process_type=update`,
+    /// `updater=refresh`): the tree count stays the same.
+    Refresh,
+}
 
 /// What a retrain needs to train.
 pub struct TrainInput<'a> {
     /// The active version's UBJSON artifact; `None` trains a fresh model.
     pub previous: Option<&'a [u8]>,
+    pub mode: TrainMode,
     /// Training parameters, stored with the version and re-applied after loading.
     pub params: &'a BTreeMap<String, String>,
     /// Boosting rounds to add.
@@ -87,9 +99,24 @@ pub fn train(input: &TrainInput<'_>) -> Result<Trained, TrainError> {
     booster.set_param("nthread", &input.nthread.to_string())?;
 
     let started = Instant::now();
-    let first = booster.boosted_rounds()?;
-    for iteration in first..first + input.rounds {
-        booster.update(iteration, &dtrain)?;
+    match input.mode {
+        TrainMode::Continue => {
+            let first = booster.boosted_rounds()?;
+            for iteration in first..first + input.rounds {
+                booster.update(iteration, &dtrain)?;
+            }
+        }
+        TrainMode::Refresh => {
+            let rounds = booster.boosted_rounds()?;
+            booster.set_param("process_type", "update")?;
+            booster.set_param("updater", "refresh")?;
+            booster.set_param("refresh_leaf", "1")?;
+            for iteration in 0..rounds {
+                booster.update(iteration, &dtrain)?;
+            }
+            // Later retrains grow trees again.
+            booster.set_param("process_type", "default")?;
+        }
     }
     let train = started.elapsed();
 
@@ -112,6 +139,20 @@ pub fn predict(artifact: &[u8], batch: &Batch) -> Result<Vec<f32>, TrainError> {
     let data = Matrix::dense(&batch.values, batch.rows(), &batch.feature_names)?;
     let booster = Booster::load(artifact, &[]).map_err(TrainError::CorruptArtifact)?;
     Ok(booster.predict(&data)?)
+}
+
+/// Root mean squared error or mean absolute error of `artifact` on `batch` (lower is better).
+pub fn score(artifact: &[u8], batch: &Batch, metric: ValidationMetric) -> Result<f64, TrainError> {
+    let predictions = predict(artifact, batch)?;
+    let n = predictions.len().max(1) as f64;
+    let errors = predictions
+        .iter()
+        .zip(&batch.labels)
+        .map(|(p, y)| (*p as f64) - (*y as f64));
+    Ok(match metric {
+        ValidationMetric::Rmse => (errors.map(|e| e * e).sum::<f64>() / n).sqrt(),
+        ValidationMetric::Mae => errors.map(f64::abs).sum::<f64>() / n,
+    })
 }
 
 /// The feature names stored inside a model file, if it has them.
@@ -153,6 +194,7 @@ mod tests {
         let params = params();
         let first = train(&TrainInput {
             previous: None,
+            mode: TrainMode::Continue,
             params: &params,
             rounds: 5,
             nthread: 1,
@@ -164,6 +206,7 @@ mod tests {
 
         let second = train(&TrainInput {
             previous: Some(&first.artifact),
+            mode: TrainMode::Continue,
             params: &params,
             rounds: 5,
             nthread: 1,
@@ -185,10 +228,46 @@ mod tests {
     }
 
     #[test]
+    fn refresh_keeps_the_tree_count_and_refits_leaves() {
+        let params = params();
+        let first = train(&TrainInput {
+            previous: None,
+            mode: TrainMode::Continue,
+            params: &params,
+            rounds: 8,
+            nthread: 1,
+            batch: &batch(0),
+        })
+        .unwrap();
+        let shifted = {
+            let mut b = batch(0);
+            b.labels.iter_mut().for_each(|y| *y += 100.0);
+            b
+        };
+        let refreshed = train(&TrainInput {
+            previous: Some(&first.artifact),
+            mode: TrainMode::Refresh,
+            params: &params,
+            rounds: 0,
+            nthread: 1,
+            batch: &shifted,
+        })
+        .unwrap();
+        assert_eq!(refreshed.trees, 8);
+        let before = score(&first.artifact, &shifted, ValidationMetric::Mae).unwrap();
+        let after = score(&refreshed.artifact, &shifted, ValidationMetric::Mae).unwrap();
+        assert!(
+            after < before / 2.0,
+            "refreshed leaves fit the shifted labels: {before} -> {after}"
+        );
+    }
+
+    #[test]
     fn corrupt_artifact_is_reported_as_such() {
         let params = params();
         let result = train(&TrainInput {
             previous: Some(b"definitely not a model"),
+            mode: TrainMode::Continue,
             params: &params,
             rounds: 1,
             nthread: 1,

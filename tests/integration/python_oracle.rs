@@ -48,7 +48,7 @@ async fn continued_model_matches_python_xgboost_continuing_the_same_version() {
     let rows: Vec<(String, f64)> = sqlx::query_as(
         "SELECT r.features::text, a.actual_value FROM refit_consumed_actuals c
            JOIN actual_rentals a ON a.id = c.actual_id JOIN prediction_requests r USING (request_id)
-          WHERE c.user_id = 'ivy' AND c.version = 2 ORDER BY c.actual_id",
+          WHERE c.user_id = 'ivy' AND c.version = 2 AND c.outcome = 'trained' ORDER BY c.actual_id",
     )
     .fetch_all(&env.pool)
     .await

@@ -80,6 +80,8 @@ impl TestEnv {
             ("REFIT_ROUNDS_PER_RETRAIN", "5".into()),
             ("REFIT_HTTP_ADDR", "127.0.0.1:0".into()),
             ("REFIT_ENVIRONMENT", "test".into()),
+            // The validation gate has its own tests (lifecycle.rs); elsewhere every row trains.
+            ("REFIT_VALIDATION_HOLDOUT", "0".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
