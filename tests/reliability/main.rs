@@ -1,0 +1,18 @@
+//! The reliability campaign (issue 5): crashes, outages, concurrency, bad input, security and
+//! shutdown, each checked with the exactly-once accounting of `harness::verify`. A separate test
+//! binary from the integration suite; run it with
+//! `cargo test --features fault-injection --test reliability` (fast slice, part of `make test`)
+//! and `CHAOS=1 … -- --ignored` for the long soak runs (`make chaos`). See RELIABILITY.md.
+
+#[path = "../integration/support.rs"]
+#[allow(dead_code)]
+mod support;
+
+mod bad_input;
+mod chaos;
+mod concurrency;
+mod crash;
+mod harness;
+mod outage;
+mod security;
+mod shutdown;
