@@ -13,6 +13,14 @@ use tokio::sync::Mutex;
 
 use crate::config::Secret;
 
+/// A model as the serving cache holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CachedModel {
+    pub version: i32,
+    pub features: Vec<String>,
+    pub artifact: Vec<u8>,
+}
+
 /// Deletes serving-cache keys.
 pub struct Cache {
     client: redis::Client,
@@ -63,6 +71,60 @@ impl Cache {
             .await
             .context("Redis DEL failed")?;
         Ok(key)
+    }
+
+    /// The cached model entry of a user, if any: a hash of `version`, `features` (JSON) and
+    /// `artifact` (UBJSON), the layout serving and `refit predict` share.
+    pub async fn get_model(&self, user_id: &str) -> anyhow::Result<Option<CachedModel>> {
+        let mut conn = self.connection().await?;
+        let (version, features, artifact): (Option<i32>, Option<String>, Option<Vec<u8>>) =
+            redis::cmd("HMGET")
+                .arg(self.key(user_id))
+                .arg("version")
+                .arg("features")
+                .arg("artifact")
+                .query_async(&mut conn)
+                .await?;
+        Ok(match (version, features, artifact) {
+            (Some(version), Some(features), Some(artifact)) => Some(CachedModel {
+                version,
+                features: serde_json::from_str(&features)?,
+                artifact,
+            }),
+            _ => None,
+        })
+    }
+
+    /// Stores a model entry with a TTL.
+    pub async fn put_model(
+        &self,
+        user_id: &str,
+        model: &CachedModel,
+        ttl: Duration,
+    ) -> anyhow::Result<()> {
+        let mut conn = self.connection().await?;
+        let key = self.key(user_id);
+        redis::pipe()
+            .atomic()
+            .cmd("DEL")
+            .arg(&key)
+            .ignore()
+            .cmd("HSET")
+            .arg(&key)
+            .arg("version")
+            .arg(model.version)
+            .arg("features")
+            .arg(serde_json::to_string(&model.features)?)
+            .arg("artifact")
+            .arg(&model.artifact[..])
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(ttl.as_secs())
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await?;
+        Ok(())
     }
 
     /// `PING`, for readiness reporting.

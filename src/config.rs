@@ -223,6 +223,8 @@ pub struct Config {
     pub loki_url: Option<Secret>,
     /// The `environment` label of shipped logs.
     pub environment: String,
+    /// Bearer token for HTTP writes to the registry; writes answer 401 without it.
+    pub admin_token: Option<Secret>,
 }
 
 /// How the validation gate scores a version on held-out actuals (lower is better).
@@ -425,6 +427,7 @@ impl Config {
             http_addr,
             loki_url,
             environment: get("REFIT_ENVIRONMENT").unwrap_or("dev").to_owned(),
+            admin_token: get("REFIT_ADMIN_TOKEN").map(Secret::new),
             database_url: Secret::new(database_url),
             redis_url: Secret::new(redis_url),
             kafka_brokers,

@@ -10,10 +10,13 @@
 //! - [`xgboost`]: the safe wrapper over the XGBoost C API (the only `unsafe` code);
 //! - [`outbox`]: after the commit, the cache invalidation ([`cache`]) and the event ([`events`]);
 //! - [`metrics`], [`telemetry`], [`http`]: Prometheus metrics, logs (stdout, Loki), probes;
+//! - [`registry`]: list/show/export/import/promote/rollback/prune versions (CLI and HTTP);
+//! - [`serving`]: the serving reference, `refit predict`, reading through the Redis cache;
 //! - [`demo`]: generated rental data for `refit demo`.
 #![deny(unsafe_code)]
 
 pub mod cache;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod demo;
@@ -23,8 +26,10 @@ pub mod features;
 pub mod http;
 pub mod metrics;
 pub mod outbox;
+pub mod registry;
 pub mod retrain;
 pub mod service;
+pub mod serving;
 pub mod telemetry;
 pub mod trainer;
 pub mod xgboost;

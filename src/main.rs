@@ -2,11 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use refit::config::{Config, VARIABLES};
-use refit::{db, demo, events, service, telemetry};
+use refit::registry::Filter;
+use refit::{cli, db, service, telemetry};
 use tokio_util::sync::CancellationToken;
 
 /// Keeps per-user XGBoost models fresh: actuals in PostgreSQL → continued training → Redis
@@ -39,11 +40,102 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seconds: u64,
     },
+    /// The model registry: versions, artifacts, the active version.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+    /// Predict with a user's active model, read through the Redis cache as serving does.
+    Predict {
+        #[arg(long)]
+        user: String,
+        /// A JSON object of features, e.g. '{"hour": 8, "temperature": 18.5}'.
+        #[arg(long)]
+        features: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the effective configuration (secrets redacted).
     Config {
         /// Only list the environment variables refit reads, one per line.
         #[arg(long)]
         env_names: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// List versions, newest first.
+    List {
+        #[arg(long)]
+        user: Option<String>,
+        /// ready, rejected or failed.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only versions created at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<DateTime<Utc>>,
+        #[arg(long)]
+        limit: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one version (the active one by default): metadata, metrics, params, features, error.
+    Show {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        version: Option<i32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a version's artifact (UBJSON, loadable by Python xgboost) to a file.
+    Export {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        version: Option<i32>,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Make a model file the user's next, active version (checked loadable first).
+    Import {
+        #[arg(long)]
+        user: String,
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+        /// Feature names, comma separated, when the file carries none.
+        #[arg(long, value_delimiter = ',')]
+        features: Option<Vec<String>>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a version active; invalidates the cache and announces it.
+    Promote {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        version: i32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move the active version back (default: the newest ready version before it).
+    Rollback {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        to: Option<i32>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete all but the newest N versions per user; never the active one.
+    Prune {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        keep: i64,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -63,8 +155,8 @@ fn main() -> ExitCode {
         }
     };
     let default_filter = match cli.command {
-        Command::Demo { .. } => "warn",
-        _ => "info,sqlx=warn",
+        Command::Run | Command::Migrate => "info,sqlx=warn",
+        _ => "warn",
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -112,70 +204,70 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             stations,
             rate,
             seconds,
-        } => run_demo(config, stations, rate, seconds).await,
+        } => cli::demo(config, stations, rate, seconds).await,
         Command::Config { .. } => {
             for (name, value) in config.describe() {
                 println!("{name}={value}");
             }
             Ok(())
         }
-    }
-}
-
-async fn run_demo(config: Config, stations: usize, rate: u32, seconds: u64) -> anyhow::Result<()> {
-    demo::create_database(config.database_url.expose()).await?;
-    let pool = db::connect(&config.database_url, 2).await?;
-    db::migrate(&pool).await?;
-    let service = service::Service::build(config.clone()).await?;
-    service.events.ensure_topic().await?;
-    println!(
-        "refit demo: {stations} stations, {rate} actuals/s, retrain every {} actuals, {} rounds each; topic {} on {}",
-        config.retrain_threshold, config.rounds_per_retrain, config.topic, config.kafka_brokers
-    );
-    let reader = events::EventReader::new(&config.kafka_brokers, &config.topic, false)?;
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        let timer = async {
-            if seconds == 0 {
-                std::future::pending::<()>().await
-            } else {
-                tokio::time::sleep(Duration::from_secs(seconds)).await
-            }
-        };
-        tokio::select! { _ = service::shutdown_signal() => {}, _ = timer => {} }
-        stop.cancel();
-    });
-    let generator = tokio::spawn(demo::generate(
-        pool.clone(),
-        stations,
-        rate,
-        shutdown.clone(),
-    ));
-    let printer_stop = shutdown.clone();
-    let printer = tokio::task::spawn_blocking(move || {
-        let mut seen = 0u64;
-        while !printer_stop.is_cancelled() {
-            match reader.next(Duration::from_millis(200)) {
-                Ok(Some(e)) => {
-                    seen += 1;
-                    println!("{}", demo::describe_event(&e));
+        Command::Predict {
+            user,
+            features,
+            json,
+        } => {
+            let pool = db::connect(&config.database_url, 1).await?;
+            cli::predict(&config, &pool, &user, &features, json).await
+        }
+        Command::Models { command } => {
+            let pool = db::connect(&config.database_url, 1).await?;
+            db::check_migrated(&pool).await?;
+            match command {
+                ModelsCommand::List {
+                    user,
+                    status,
+                    since,
+                    limit,
+                    json,
+                } => {
+                    cli::list(
+                        &pool,
+                        &Filter {
+                            user,
+                            status,
+                            since,
+                            limit,
+                        },
+                        json,
+                    )
+                    .await
                 }
-                Ok(None) => {}
-                Err(err) => eprintln!("reading events: {err:#}"),
+                ModelsCommand::Show {
+                    user,
+                    version,
+                    json,
+                } => cli::show(&pool, &user, version, json).await,
+                ModelsCommand::Export { user, version, out } => {
+                    cli::export(&pool, &user, version, &out).await
+                }
+                ModelsCommand::Import {
+                    user,
+                    file,
+                    features,
+                    json,
+                } => cli::import(&config, &pool, &user, &file, features, json).await,
+                ModelsCommand::Promote {
+                    user,
+                    version,
+                    json,
+                } => cli::activate(&config, &pool, &user, version, json).await,
+                ModelsCommand::Rollback { user, to, json } => {
+                    cli::rollback(&config, &pool, &user, to, json).await
+                }
+                ModelsCommand::Prune { user, keep, json } => {
+                    cli::prune(&pool, user.as_deref(), keep, json).await
+                }
             }
         }
-        // Events published during shutdown.
-        while let Ok(Some(e)) = reader.next(Duration::from_millis(1500)) {
-            seen += 1;
-            println!("{}", demo::describe_event(&e));
-        }
-        seen
-    });
-    service.run(shutdown).await?;
-    let inserted = generator.await??;
-    let seen = printer.await?;
-    let pending = db::pending_total(&pool).await?;
-    println!("refit demo: {inserted} actuals inserted, {seen} retrain events seen, {pending} actuals still pending");
-    Ok(())
+    }
 }

@@ -135,8 +135,9 @@ impl Service {
                 outbox: self.outbox.clone(),
                 heartbeat: self.heartbeat.clone(),
                 stale_after: (self.config.poll_interval * 10).max(Duration::from_secs(30)),
+                config: self.config.clone(),
             };
-            info!(addr = ?self.http_addr, "serving /healthz, /readyz, /metrics");
+            info!(addr = ?self.http_addr, "serving /healthz, /readyz, /metrics, /models");
             let stop = background.clone();
             tasks.spawn(async move {
                 if let Err(e) = crate::http::serve(listener, state, stop).await {

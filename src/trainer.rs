@@ -155,6 +155,35 @@ pub fn score(artifact: &[u8], batch: &Batch, metric: ValidationMetric) -> Result
     })
 }
 
+/// What a model file holds.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    /// Feature names stored in the file (empty when it has none).
+    pub features: Vec<String>,
+    pub num_features: u64,
+    pub trees: i64,
+    pub boosted_rounds: i32,
+    /// The learning objective, e.g. `reg:squarederror`.
+    pub objective: Option<String>,
+}
+
+/// Loads a model file and describes it; fails when XGBoost cannot load it.
+pub fn inspect(artifact: &[u8]) -> Result<ModelInfo, TrainError> {
+    let booster = Booster::load(artifact, &[]).map_err(TrainError::CorruptArtifact)?;
+    let config: serde_json::Value =
+        serde_json::from_str(&booster.config_json()?).unwrap_or_default();
+    Ok(ModelInfo {
+        features: booster.feature_names()?,
+        num_features: booster.num_features()?,
+        trees: booster.trees()?,
+        boosted_rounds: booster.boosted_rounds()?,
+        objective: config
+            .pointer("/learner/objective/name")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned),
+    })
+}
+
 /// The feature names stored inside a model file, if it has them.
 pub fn artifact_features(artifact: &[u8]) -> Result<Vec<String>, TrainError> {
     let booster = Booster::load(artifact, &[]).map_err(TrainError::CorruptArtifact)?;

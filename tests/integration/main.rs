@@ -2,6 +2,7 @@
 //! (`make services` starts them). All compile into this one binary.
 
 mod bad_input;
+mod lifecycle;
 mod observability;
 mod pipeline;
 mod processes;

@@ -1,0 +1,295 @@
+//! What the `refit` subcommands do beyond running the service: the model registry, the serving
+//! reference and the demo. Output is a table for people or JSON (`--json`) for scripts.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Serialize;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::events::{EventReader, Events};
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+use crate::registry::{self, Activation, Filter, VersionSummary};
+use crate::{db, demo, service, serving};
+
+/// Prints `value` as JSON, or runs `table` for people.
+fn emit<T: Serialize>(json: bool, value: &T, table: impl FnOnce(&T)) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        table(value);
+    }
+    Ok(())
+}
+
+fn print_versions(versions: &Vec<VersionSummary>) {
+    println!(
+        "{:<20} {:>7} {:<9} {:<6} {:>6} {:>5} {:>6} {:>6} {:<17} {:<20} ERROR",
+        "USER",
+        "VERSION",
+        "STATUS",
+        "ACTIVE",
+        "PARENT",
+        "ROWS",
+        "ASIDE",
+        "TREES",
+        "SOURCE",
+        "CREATED"
+    );
+    for v in versions {
+        println!(
+            "{:<20} {:>7} {:<9} {:<6} {:>6} {:>5} {:>6} {:>6} {:<17} {:<20} {}",
+            v.user_id,
+            v.version,
+            v.status,
+            if v.active { "*" } else { "" },
+            v.parent_version.map_or("-".into(), |p| p.to_string()),
+            v.rows_used,
+            v.rows_set_aside,
+            v.trees.map_or("-".into(), |t| t.to_string()),
+            v.source,
+            v.created_at.format("%Y-%m-%d %H:%M:%S"),
+            v.error.as_deref().unwrap_or("")
+        );
+    }
+}
+
+pub async fn list(pool: &PgPool, filter: &Filter, json: bool) -> anyhow::Result<()> {
+    let versions = registry::list(pool, filter).await?;
+    emit(json, &versions, print_versions)
+}
+
+pub async fn show(
+    pool: &PgPool,
+    user: &str,
+    version: Option<i32>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let detail = registry::show(pool, user, version).await?;
+    emit(json, &detail, |d| {
+        let s = &d.summary;
+        println!("user:            {}", s.user_id);
+        println!(
+            "version:         {}{}",
+            s.version,
+            if s.active { " (active)" } else { "" }
+        );
+        println!("status:          {}", s.status);
+        println!(
+            "parent:          {}",
+            s.parent_version.map_or("-".into(), |p| p.to_string())
+        );
+        println!("source:          {}", s.source);
+        println!("created:         {}", s.created_at.to_rfc3339());
+        println!(
+            "rows used:       {} (set aside {})",
+            s.rows_used, s.rows_set_aside
+        );
+        println!(
+            "trees:           {}",
+            s.trees.map_or("-".into(), |t| t.to_string())
+        );
+        println!(
+            "artifact bytes:  {}",
+            d.artifact_bytes.map_or("-".into(), |b| b.to_string())
+        );
+        println!("features:        {}", d.features);
+        println!("params:          {}", d.params);
+        println!("timings (ms):    {}", d.timings_ms);
+        println!("metrics:         {}", d.metrics);
+        if let Some(error) = &s.error {
+            println!("error:           {error}");
+        }
+    })
+}
+
+pub async fn export(
+    pool: &PgPool,
+    user: &str,
+    version: Option<i32>,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let (version, bytes) = registry::artifact(pool, user, version).await?;
+    std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "exported version {version} of {user:?} ({} bytes, UBJSON) to {}",
+        bytes.len(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// Carries out an activation's outbox entries now; the running service's sweep retries
+/// anything that fails here.
+async fn deliver(config: &Config, pool: &PgPool, user: &str) {
+    let delivered = async {
+        let cache = Arc::new(Cache::new(&config.redis_url, &config.cache_key_prefix)?);
+        let events = Arc::new(Events::new(config)?);
+        let outbox = Outbox::new(
+            pool.clone(),
+            cache,
+            events.clone(),
+            Arc::new(Metrics::new()),
+            config.outbox_retry_max,
+        );
+        let result = outbox.deliver_user(user, None).await?;
+        events.flush(Duration::from_secs(10))?;
+        anyhow::Ok(result)
+    }
+    .await;
+    match delivered {
+        Ok(d) if d.failed == 0 && !d.busy => {}
+        Ok(_) => eprintln!("note: the cache invalidation or event is still pending; the running service will deliver it"),
+        Err(e) => eprintln!("note: {e:#}; the running service will deliver the invalidation and event"),
+    }
+}
+
+fn print_activation(a: &Activation) {
+    println!(
+        "{} {:?}: active version {} (was {}); cache invalidation and event {} recorded",
+        a.action,
+        a.user_id,
+        a.active_version,
+        a.previous_version.map_or("none".into(), |v| v.to_string()),
+        a.event_id
+    );
+}
+
+pub async fn activate(
+    config: &Config,
+    pool: &PgPool,
+    user: &str,
+    version: i32,
+    json: bool,
+) -> anyhow::Result<()> {
+    let activation = registry::activate(pool, user, version, "promote").await?;
+    deliver(config, pool, user).await;
+    emit(json, &activation, print_activation)
+}
+
+pub async fn rollback(
+    config: &Config,
+    pool: &PgPool,
+    user: &str,
+    to: Option<i32>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let activation = registry::rollback(pool, user, to).await?;
+    deliver(config, pool, user).await;
+    emit(json, &activation, print_activation)
+}
+
+pub async fn import(
+    config: &Config,
+    pool: &PgPool,
+    user: &str,
+    file: &Path,
+    features: Option<Vec<String>>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let activation = registry::import(pool, user, bytes, features, &config.xgb_params).await?;
+    deliver(config, pool, user).await;
+    emit(json, &activation, print_activation)
+}
+
+pub async fn prune(pool: &PgPool, user: Option<&str>, keep: i64, json: bool) -> anyhow::Result<()> {
+    let deleted = registry::prune(pool, user, keep).await?;
+    emit(
+        json,
+        &serde_json::json!({"deleted": deleted, "keep": keep}),
+        |_| {
+            println!("deleted {deleted} version(s), kept the newest {keep} per user and every active one")
+        },
+    )
+}
+
+pub async fn predict(
+    config: &Config,
+    pool: &PgPool,
+    user: &str,
+    features: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let cache = Cache::new(&config.redis_url, &config.cache_key_prefix)?;
+    let prediction = serving::predict(pool, &cache, config.cache_ttl, user, features).await?;
+    emit(json, &prediction, |p| {
+        println!(
+            "{} (user {:?}, version {}, cache {})",
+            p.prediction, p.user_id, p.version, p.cache
+        )
+    })
+}
+
+/// `refit demo`: generated rentals through the real service, one line per event.
+pub async fn demo(config: Config, stations: usize, rate: u32, seconds: u64) -> anyhow::Result<()> {
+    demo::create_database(config.database_url.expose()).await?;
+    let pool = db::connect(&config.database_url, 2).await?;
+    db::migrate(&pool).await?;
+    let service = service::Service::build(config.clone()).await?;
+    service.events.ensure_topic().await?;
+    println!(
+        "refit demo: {stations} stations, {rate} actuals/s, retrain every {} actuals, {} rounds each; topic {} on {}",
+        config.retrain_threshold, config.rounds_per_retrain, config.topic, config.kafka_brokers
+    );
+    let reader = EventReader::new(&config.kafka_brokers, &config.topic, false)?;
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let timer = async {
+            if seconds == 0 {
+                std::future::pending::<()>().await
+            } else {
+                tokio::time::sleep(Duration::from_secs(seconds)).await
+            }
+        };
+        tokio::select! { _ = service::shutdown_signal() => {}, _ = timer => {} }
+        stop.cancel();
+    });
+    let generator = tokio::spawn(demo::generate(
+        pool.clone(),
+        stations,
+        rate,
+        shutdown.clone(),
+    ));
+    let printer_stop = shutdown.clone();
+    let printer = tokio::task::spawn_blocking(move || {
+        let mut seen = 0u64;
+        while !printer_stop.is_cancelled() {
+            match reader.next(Duration::from_millis(200)) {
+                Ok(Some(e)) => {
+                    seen += 1;
+                    println!("{}", demo::describe_event(&e));
+                }
+                Ok(None) => {}
+                Err(err) => eprintln!("reading events: {err:#}"),
+            }
+        }
+        // Events published during shutdown.
+        while let Ok(Some(e)) = reader.next(Duration::from_millis(1500)) {
+            seen += 1;
+            println!("{}", demo::describe_event(&e));
+        }
+        seen
+    });
+    service.run(shutdown).await?;
+    let inserted = generator.await??;
+    let seen = printer.await?;
+    let pending = db::pending_total(&pool).await?;
+    println!("refit demo: {inserted} actuals inserted, {seen} retrain events seen, {pending} actuals still pending");
+    // The serving reference on the demo's data: a cache fill, then a hit.
+    let station = "station-01";
+    let features = r#"{"hour": 8, "weekday": 1, "holiday": 0, "temperature": 18.5, "humidity": 60, "windspeed": 7.5}"#;
+    for _ in 0..2 {
+        if let Err(e) = predict(&config, &pool, station, features, false).await {
+            println!("predict: {e:#}");
+        }
+    }
+    Ok(())
+}

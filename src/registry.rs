@@ -1,0 +1,447 @@
+//! The model registry: list, show, export, import, promote, rollback and prune versions, for the
+//! CLI (`refit models …`) and the HTTP API (`/models…`).
+//!
+//! Every change of a user's active version (promote, rollback, import) takes the user's registry
+//! row lock — so it waits for a retrain in flight — and records the cache invalidation and the
+//! `model-retrained` event in the outbox in the same transaction, exactly as a retrain does.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use crate::db::{self, OutboxKind};
+use crate::events::RetrainEvent;
+use crate::trainer;
+
+/// Why a registry operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("user {0:?} has no model")]
+    UnknownUser(String),
+    #[error("user {user:?} has no version {version}")]
+    UnknownVersion { user: String, version: i32 },
+    #[error("version {version} of user {user:?} has no artifact (status {status})")]
+    NoArtifact {
+        user: String,
+        version: i32,
+        status: String,
+    },
+    #[error("invalid model: {0}")]
+    InvalidModel(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// One version in a listing.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct VersionSummary {
+    pub user_id: String,
+    pub version: i32,
+    pub status: String,
+    pub active: bool,
+    pub parent_version: Option<i32>,
+    pub rows_used: i32,
+    pub rows_set_aside: i32,
+    pub trees: Option<i32>,
+    pub source: String,
+    pub created_at: DateTime<Utc>,
+    pub error: Option<String>,
+}
+
+/// Everything about one version but its artifact.
+#[derive(Debug, Clone, Serialize)]
+pub struct VersionDetail {
+    #[serde(flatten)]
+    pub summary: VersionSummary,
+    pub boosted_rounds: Option<i32>,
+    pub artifact_bytes: Option<i32>,
+    pub params: Value,
+    pub features: Value,
+    pub timings_ms: Value,
+    pub metrics: Value,
+    pub retrain_id: Option<Uuid>,
+}
+
+/// Listing filters.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub user: Option<String>,
+    pub status: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub limit: Option<i64>,
+}
+
+const SUMMARY_COLUMNS: &str =
+    "v.user_id, v.version, v.status, (m.active_version = v.version) IS TRUE,
+    v.parent_version, v.rows_used, v.rows_set_aside, v.trees, v.source, v.created_at, v.error";
+
+fn summary(row: &sqlx::postgres::PgRow) -> VersionSummary {
+    VersionSummary {
+        user_id: row.get(0),
+        version: row.get(1),
+        status: row.get(2),
+        active: row.get(3),
+        parent_version: row.get(4),
+        rows_used: row.get(5),
+        rows_set_aside: row.get(6),
+        trees: row.get(7),
+        source: row.get(8),
+        created_at: row.get(9),
+        error: row.get(10),
+    }
+}
+
+/// Versions matching `filter`, newest first.
+pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Vec<VersionSummary>, RegistryError> {
+    let sql = format!(
+        "SELECT {SUMMARY_COLUMNS} FROM refit_model_versions v JOIN refit_models m USING (user_id)
+          WHERE ($1::text IS NULL OR v.user_id = $1)
+            AND ($2::text IS NULL OR v.status = $2)
+            AND ($3::timestamptz IS NULL OR v.created_at >= $3)
+          ORDER BY v.created_at DESC, v.user_id, v.version DESC
+          LIMIT $4"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(&filter.user)
+        .bind(&filter.status)
+        .bind(filter.since)
+        .bind(filter.limit.unwrap_or(1000))
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.iter().map(summary).collect())
+}
+
+/// One version, or the active one when `version` is `None`.
+pub async fn show(
+    pool: &PgPool,
+    user: &str,
+    version: Option<i32>,
+) -> Result<VersionDetail, RegistryError> {
+    let version = resolve(pool, user, version).await?;
+    let sql = format!(
+        "SELECT {SUMMARY_COLUMNS}, v.boosted_rounds, octet_length(v.artifact), v.params, v.features,
+                v.timings_ms, v.metrics, v.retrain_id
+           FROM refit_model_versions v JOIN refit_models m USING (user_id)
+          WHERE v.user_id = $1 AND v.version = $2"
+    );
+    let row = sqlx::query(&sql)
+        .bind(user)
+        .bind(version)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| RegistryError::UnknownVersion {
+            user: user.into(),
+            version,
+        })?;
+    Ok(VersionDetail {
+        summary: summary(&row),
+        boosted_rounds: row.get(11),
+        artifact_bytes: row.get(12),
+        params: row.get(13),
+        features: row.get(14),
+        timings_ms: row.get(15),
+        metrics: row.get(16),
+        retrain_id: row.get(17),
+    })
+}
+
+/// The version number `version` names, or the active one.
+async fn resolve(pool: &PgPool, user: &str, version: Option<i32>) -> Result<i32, RegistryError> {
+    if let Some(v) = version {
+        return Ok(v);
+    }
+    let active: Option<Option<i32>> =
+        sqlx::query_scalar("SELECT active_version FROM refit_models WHERE user_id = $1")
+            .bind(user)
+            .fetch_optional(pool)
+            .await?;
+    match active {
+        None => Err(RegistryError::UnknownUser(user.into())),
+        Some(None) => Err(RegistryError::Conflict(format!(
+            "user {user:?} has no active version"
+        ))),
+        Some(Some(v)) => Ok(v),
+    }
+}
+
+/// The UBJSON artifact of a version (the active one by default): what `xgb.Booster(model_file=…)`
+/// loads.
+pub async fn artifact(
+    pool: &PgPool,
+    user: &str,
+    version: Option<i32>,
+) -> Result<(i32, Vec<u8>), RegistryError> {
+    let version = resolve(pool, user, version).await?;
+    let row: Option<(String, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT status, artifact FROM refit_model_versions WHERE user_id = $1 AND version = $2",
+    )
+    .bind(user)
+    .bind(version)
+    .fetch_optional(pool)
+    .await?;
+    match row {
+        None => Err(RegistryError::UnknownVersion {
+            user: user.into(),
+            version,
+        }),
+        Some((status, None)) => Err(RegistryError::NoArtifact {
+            user: user.into(),
+            version,
+            status,
+        }),
+        Some((_, Some(bytes))) => Ok((version, bytes)),
+    }
+}
+
+/// What an activation changed.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Activation {
+    pub user_id: String,
+    pub action: String,
+    pub previous_version: Option<i32>,
+    pub active_version: i32,
+    pub event_id: Uuid,
+}
+
+/// Makes `version` the user's active version (`action`: promote or rollback).
+pub async fn activate(
+    pool: &PgPool,
+    user: &str,
+    version: i32,
+    action: &str,
+) -> Result<Activation, RegistryError> {
+    let mut tx = pool.begin().await?;
+    let previous = lock_user(&mut tx, user).await?;
+    let row: Option<(String, bool, Option<i32>)> = sqlx::query_as(
+        "SELECT status, artifact IS NOT NULL, trees FROM refit_model_versions WHERE user_id = $1 AND version = $2",
+    )
+    .bind(user)
+    .bind(version)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let (status, has_artifact, trees) = row.ok_or_else(|| RegistryError::UnknownVersion {
+        user: user.into(),
+        version,
+    })?;
+    if !has_artifact {
+        return Err(RegistryError::NoArtifact {
+            user: user.into(),
+            version,
+            status,
+        });
+    }
+    if previous == Some(version) {
+        return Err(RegistryError::Conflict(format!(
+            "version {version} is already active"
+        )));
+    }
+    sqlx::query(
+        "UPDATE refit_model_versions SET status = 'ready' WHERE user_id = $1 AND version = $2",
+    )
+    .bind(user)
+    .bind(version)
+    .execute(&mut *tx)
+    .await?;
+    let activation = record_activation(&mut tx, user, previous, version, trees, action).await?;
+    tx.commit().await?;
+    Ok(activation)
+}
+
+/// Moves the active version back: to `to`, or to the newest ready version older than the active.
+pub async fn rollback(
+    pool: &PgPool,
+    user: &str,
+    to: Option<i32>,
+) -> Result<Activation, RegistryError> {
+    let target = match to {
+        Some(v) => v,
+        None => {
+            let active = resolve(pool, user, None).await?;
+            sqlx::query_scalar::<_, Option<i32>>(
+                "SELECT max(version) FROM refit_model_versions
+                  WHERE user_id = $1 AND version < $2 AND status = 'ready' AND artifact IS NOT NULL",
+            )
+            .bind(user)
+            .bind(active)
+            .fetch_one(pool)
+            .await?
+            .ok_or_else(|| RegistryError::Conflict(format!("user {user:?} has no ready version before {active}")))?
+        }
+    };
+    activate(pool, user, target, "rollback").await
+}
+
+/// Stores a model file (UBJSON or JSON, from any XGBoost >= 1.0) as the user's next version and
+/// activates it. Features come from the file, or from `features` (which must match its count).
+pub async fn import(
+    pool: &PgPool,
+    user: &str,
+    bytes: Vec<u8>,
+    features: Option<Vec<String>>,
+    default_params: &BTreeMap<String, String>,
+) -> Result<Activation, RegistryError> {
+    let info = tokio::task::spawn_blocking(move || trainer::inspect(&bytes).map(|i| (i, bytes)))
+        .await
+        .map_err(|e| RegistryError::InvalidModel(e.to_string()))?;
+    let (info, bytes) = info.map_err(|e| RegistryError::InvalidModel(e.to_string()))?;
+    let features = match (features, info.features.is_empty()) {
+        (Some(given), _) if given.len() as u64 != info.num_features => {
+            return Err(RegistryError::InvalidModel(format!(
+                "the model has {} features but {} names were given",
+                info.num_features,
+                given.len()
+            )))
+        }
+        (Some(given), _) => given,
+        (None, false) => info.features.clone(),
+        (None, true) => {
+            return Err(RegistryError::InvalidModel(
+                "the model file carries no feature names: pass them (--features a,b,c)".into(),
+            ))
+        }
+    };
+    let mut params = default_params.clone();
+    if let Some(objective) = &info.objective {
+        params.insert("objective".into(), objective.clone());
+    }
+    db::ensure_model_row(pool, user).await?;
+    let mut tx = pool.begin().await?;
+    let previous = lock_user(&mut tx, user).await?;
+    let version: i32 = sqlx::query_scalar(
+        "SELECT coalesce(max(version), 0) + 1 FROM refit_model_versions WHERE user_id = $1",
+    )
+    .bind(user)
+    .fetch_one(&mut *tx)
+    .await?;
+    db::insert_version(
+        &mut tx,
+        &db::NewVersion {
+            user_id: user,
+            version,
+            status: "ready",
+            parent_version: previous,
+            artifact: Some(&bytes),
+            rows_used: 0,
+            rows_set_aside: 0,
+            trees: Some(info.trees),
+            boosted_rounds: Some(info.boosted_rounds),
+            params: &json!(params),
+            features: &json!(features),
+            timings_ms: &json!({}),
+            metrics: &json!({}),
+            error: None,
+            source: "import",
+            retrain_id: Uuid::now_v7(),
+        },
+    )
+    .await?;
+    let activation = record_activation(
+        &mut tx,
+        user,
+        previous,
+        version,
+        Some(info.trees as i32),
+        "import",
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(activation)
+}
+
+/// Deletes all but the newest `keep` versions (of `user`, or of every user); the active version
+/// is never deleted. Returns how many were deleted.
+pub async fn prune(pool: &PgPool, user: Option<&str>, keep: i64) -> Result<u64, RegistryError> {
+    if keep < 1 {
+        return Err(RegistryError::Conflict("--keep must be at least 1".into()));
+    }
+    let deleted = sqlx::query(
+        "DELETE FROM refit_model_versions v
+          USING (SELECT user_id, version,
+                        row_number() OVER (PARTITION BY user_id ORDER BY version DESC) AS rank
+                   FROM refit_model_versions
+                  WHERE $1::text IS NULL OR user_id = $1) ranked, refit_models m
+          WHERE v.user_id = ranked.user_id AND v.version = ranked.version
+            AND m.user_id = v.user_id
+            AND ranked.rank > $2
+            AND m.active_version IS DISTINCT FROM v.version",
+    )
+    .bind(user)
+    .bind(keep)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(deleted)
+}
+
+/// Locks the user's registry row (waiting for a retrain in flight); returns the active version.
+async fn lock_user(
+    conn: &mut sqlx::PgConnection,
+    user: &str,
+) -> Result<Option<i32>, RegistryError> {
+    let row: Option<Option<i32>> =
+        sqlx::query_scalar("SELECT active_version FROM refit_models WHERE user_id = $1 FOR UPDATE")
+            .bind(user)
+            .fetch_optional(&mut *conn)
+            .await?;
+    row.ok_or_else(|| RegistryError::UnknownUser(user.into()))
+}
+
+/// Activates `version` and records the invalidation and the event in the outbox.
+async fn record_activation(
+    conn: &mut sqlx::PgConnection,
+    user: &str,
+    previous: Option<i32>,
+    version: i32,
+    trees: Option<i32>,
+    action: &str,
+) -> Result<Activation, RegistryError> {
+    db::activate(conn, user, version).await?;
+    let event_id = Uuid::new_v4();
+    let event = RetrainEvent {
+        event_id,
+        user_id: user.into(),
+        status: "success".into(),
+        action: action.into(),
+        model_version: Some(version),
+        previous_version: previous,
+        active_version: Some(version),
+        rows_used: 0,
+        rows_rejected: 0,
+        trees: trees.map(i64::from),
+        timings_ms: Map::new(),
+        validation: None,
+        reason: None,
+        retrain_id: Uuid::now_v7(),
+        data_until: None,
+        created_at: Utc::now(),
+    };
+    db::enqueue_outbox(
+        conn,
+        event_id,
+        user,
+        OutboxKind::Invalidate,
+        &json!({"retrain_id": event.retrain_id}),
+    )
+    .await?;
+    db::enqueue_outbox(conn, event_id, user, OutboxKind::Announce, &json!(event)).await?;
+    tracing::info!(
+        user_id = user,
+        action,
+        previous_version = previous,
+        active_version = version,
+        "active version changed"
+    );
+    Ok(Activation {
+        user_id: user.into(),
+        action: action.into(),
+        previous_version: previous,
+        active_version: version,
+        event_id,
+    })
+}

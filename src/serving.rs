@@ -1,0 +1,108 @@
+//! The serving reference (`refit predict`): reads a user's model the way a serving system should,
+//! through the Redis cache `model:<user>`, so the invalidation protocol can be seen end to end.
+//!
+//! On a miss it loads the active version from PostgreSQL, fills the cache (with a TTL), and then
+//! re-reads the active version: if a retrain committed in between, its `DEL` may have run before
+//! this fill, so the fill is deleted again and the read retried. This closes the classic
+//! "stale refill" race that a plain read-through cache has.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::cache::{Cache, CachedModel};
+use crate::features::{self, ActualRow};
+use crate::trainer;
+
+/// One prediction and where its model came from.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Prediction {
+    pub user_id: String,
+    pub version: i32,
+    pub prediction: f32,
+    /// `hit` when the model came from the cache, `miss` when it was loaded and cached.
+    pub cache: &'static str,
+}
+
+/// Predicts for one feature object (JSON text) with the user's model.
+pub async fn predict(
+    pool: &PgPool,
+    cache: &Cache,
+    ttl: Duration,
+    user: &str,
+    features_json: &str,
+) -> anyhow::Result<Prediction> {
+    let (model, source) = load(pool, cache, ttl, user).await?;
+    let row = ActualRow {
+        actual_id: 0,
+        actual_value: 0.0,
+        features: features_json.to_owned(),
+    };
+    let batch = features::prepare(&[row], Some(&model.features));
+    if let Some(aside) = batch.set_aside.first() {
+        bail!(
+            "cannot use these features: {} ({})",
+            aside.reason,
+            aside.detail
+        );
+    }
+    let artifact = model.artifact;
+    let values = tokio::task::spawn_blocking(move || trainer::predict(&artifact, &batch)).await??;
+    Ok(Prediction {
+        user_id: user.to_owned(),
+        version: model.version,
+        prediction: values[0],
+        cache: source,
+    })
+}
+
+async fn load(
+    pool: &PgPool,
+    cache: &Cache,
+    ttl: Duration,
+    user: &str,
+) -> anyhow::Result<(CachedModel, &'static str)> {
+    if let Some(model) = cache.get_model(user).await? {
+        return Ok((model, "hit"));
+    }
+    for _ in 0..3 {
+        let model = active_model(pool, user).await?;
+        cache.put_model(user, &model, ttl).await?;
+        if active_version(pool, user).await? == Some(model.version) {
+            return Ok((model, "miss"));
+        }
+        // A retrain committed while we filled: our entry may be stale.
+        cache.invalidate(user).await?;
+    }
+    bail!("the active version of {user:?} keeps changing; try again")
+}
+
+async fn active_version(pool: &PgPool, user: &str) -> sqlx::Result<Option<i32>> {
+    Ok(sqlx::query_scalar::<_, Option<i32>>(
+        "SELECT active_version FROM refit_models WHERE user_id = $1",
+    )
+    .bind(user)
+    .fetch_optional(pool)
+    .await?
+    .flatten())
+}
+
+async fn active_model(pool: &PgPool, user: &str) -> anyhow::Result<CachedModel> {
+    let row: Option<(i32, Vec<u8>, serde_json::Value)> = sqlx::query_as(
+        "SELECT v.version, v.artifact, v.features
+           FROM refit_models m JOIN refit_model_versions v ON v.user_id = m.user_id AND v.version = m.active_version
+          WHERE m.user_id = $1",
+    )
+    .bind(user)
+    .fetch_optional(pool)
+    .await?;
+    let (version, artifact, features) =
+        row.with_context(|| format!("user {user:?} has no active model"))?;
+    Ok(CachedModel {
+        version,
+        features: serde_json::from_value(features)?,
+        artifact,
+    })
+}
