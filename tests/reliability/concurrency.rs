@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
 use crate::harness::*;
@@ -234,8 +234,4 @@ async fn three_processes_twenty_users_out_of_order_commits_exactly_once() {
         .count();
     assert!(working >= 2, "the replicas shared the work");
     println!("written: {written:?}; retrains seen in logs: {retrains}");
-}
-
-pub async fn pool_of(url: &str) -> PgPool {
-    PgPool::connect(url).await.unwrap()
 }

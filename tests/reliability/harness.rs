@@ -26,11 +26,6 @@ use crate::support::{eventually, TestEnv};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_refit");
 
-/// Long soak runs only with `CHAOS=1` (`make chaos`).
-pub fn chaos() -> bool {
-    std::env::var("CHAOS").is_ok_and(|v| v == "1")
-}
-
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .unwrap()
@@ -100,10 +95,6 @@ impl FaultProxy {
     /// Listen again (same port).
     pub fn resume(&self) {
         self.up.send_replace(true);
-    }
-
-    pub fn is_up(&self) -> bool {
-        *self.up.borrow()
     }
 
     /// Connections accepted so far.
@@ -393,10 +384,6 @@ impl Refit {
             lines,
             exited: None,
         }
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
     }
 
     pub fn lines(&self) -> Vec<String> {

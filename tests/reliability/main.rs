@@ -11,7 +11,7 @@ mod support;
 mod bad_input;
 mod chaos;
 mod concurrency;
-mod crash;
+pub mod crash;
 mod harness;
 mod outage;
 mod security;

@@ -232,7 +232,11 @@ async fn secrets_never_appear_in_logs_or_error_output() {
     refit.signal("TERM");
     assert!(refit.wait_exit(WAIT).await.success());
     let mut outputs = vec![("refit run".to_owned(), refit.lines().join("\n"))];
-    assert!(outputs[0].1.len() > 10_000, "debug logs were captured");
+    assert!(
+        outputs[0].1.matches("\"level\":\"DEBUG\"").count() > 0,
+        "debug logs were captured: {}",
+        outputs[0].1.len()
+    );
 
     // Start-up failures and the configuration dump.
     let unreachable_db = format!("postgres://refit:{pg_secret}@127.0.0.1:{}/x", free_port());
