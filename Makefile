@@ -38,6 +38,9 @@ test: services lint test-rust test-k8s ## the whole suite
 test-rust: services clean-test-dbs
 	cargo test --locked --features fault-injection --no-fail-fast -- --test-threads=4
 
+chaos: services ## long soak: replicas killed, outages, crash loop, 10,000 actuals (RELIABILITY.md)
+	cargo test --locked --features fault-injection --test reliability chaos:: -- --ignored --test-threads=1 --nocapture
+
 test-k8s: build ## Kubernetes manifests, Helm chart and Dockerfile checks
 	REFIT_BIN=$(CURDIR)/target/debug/refit scripts/test-k8s.sh
 
