@@ -37,6 +37,19 @@ fn c_string(value: &str) -> Result<CString> {
     CString::new(value).map_err(|_| XgbError(format!("{value:?} contains a NUL byte")))
 }
 
+/// Calls `f` with `values` as a C array of C strings (pointer, length), valid during the call.
+fn with_c_strings(
+    values: &[String],
+    f: impl FnOnce(*mut *const c_char, sys::bst_ulong) -> i32,
+) -> Result<()> {
+    let owned = values
+        .iter()
+        .map(|v| c_string(v))
+        .collect::<Result<Vec<_>>>()?;
+    let mut pointers: Vec<*const c_char> = owned.iter().map(|s| s.as_ptr()).collect();
+    check(f(pointers.as_mut_ptr(), pointers.len() as sys::bst_ulong))
+}
+
 /// Sets XGBoost's process-wide configuration (for example `{"verbosity": 0}`).
 pub fn set_global_config(json: &str) -> Result<()> {
     let config = c_string(json)?;
@@ -103,19 +116,9 @@ impl Matrix {
 
     fn set_str_info(&self, field: &str, values: &[String]) -> Result<()> {
         let field = c_string(field)?;
-        let owned = values
-            .iter()
-            .map(|v| c_string(v))
-            .collect::<Result<Vec<_>>>()?;
-        let mut pointers: Vec<*const c_char> = owned.iter().map(|s| s.as_ptr()).collect();
-        // SAFETY: `pointers` holds `owned.len()` valid C strings that outlive the call.
-        check(unsafe {
-            sys::XGDMatrixSetStrFeatureInfo(
-                self.handle,
-                field.as_ptr(),
-                pointers.as_mut_ptr(),
-                pointers.len() as sys::bst_ulong,
-            )
+        // SAFETY: the array and its strings are valid for the duration of the call.
+        with_c_strings(values, |names, len| unsafe {
+            sys::XGDMatrixSetStrFeatureInfo(self.handle, field.as_ptr(), names, len)
         })
     }
 }
@@ -228,19 +231,9 @@ impl Booster {
     /// Sets the model's feature names (stored in the saved model).
     pub fn set_feature_names(&mut self, names: &[String]) -> Result<()> {
         let field = c_string("feature_name")?;
-        let owned = names
-            .iter()
-            .map(|v| c_string(v))
-            .collect::<Result<Vec<_>>>()?;
-        let mut pointers: Vec<*const c_char> = owned.iter().map(|s| s.as_ptr()).collect();
-        // SAFETY: `pointers` holds valid C strings that outlive the call.
-        check(unsafe {
-            sys::XGBoosterSetStrFeatureInfo(
-                self.handle,
-                field.as_ptr(),
-                pointers.as_mut_ptr(),
-                pointers.len() as sys::bst_ulong,
-            )
+        // SAFETY: the array and its strings are valid for the duration of the call.
+        with_c_strings(names, |names, len| unsafe {
+            sys::XGBoosterSetStrFeatureInfo(self.handle, field.as_ptr(), names, len)
         })
     }
 

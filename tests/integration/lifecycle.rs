@@ -413,32 +413,11 @@ async fn http_registry_reads_are_open_and_writes_need_the_token() {
     let base = format!("http://{}", running.service.http_addr.unwrap());
     let client = reqwest::Client::new();
 
-    let user: Value = client
-        .get(format!("{base}/models/rita"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let user: Value = get_json(&client, &format!("{base}/models/rita")).await;
     assert_eq!(user["active_version"], 2);
-    let version: Value = client
-        .get(format!("{base}/models/rita/versions/1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let version: Value = get_json(&client, &format!("{base}/models/rita/versions/1")).await;
     assert_eq!(version["rows_used"], 50);
-    let listed: Value = client
-        .get(format!("{base}/models?status=ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = get_json(&client, &format!("{base}/models?status=ready")).await;
     assert_eq!(listed.as_array().unwrap().len(), 2);
     assert_eq!(
         client
@@ -486,6 +465,10 @@ async fn http_registry_reads_are_open_and_writes_need_the_token() {
         .unwrap();
     assert_eq!(refused.status(), 401);
     running.stop().await;
+}
+
+async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
 }
 
 async fn grow(env: &TestEnv, extra: &[(&str, &str)], retrains: usize) -> Vec<(i32, String, f64)> {

@@ -12,7 +12,8 @@ use serde_json::Value;
 use crate::processes::Process;
 use crate::support::*;
 
-const WAIT: Duration = Duration::from_secs(20);
+/// A deadline, not a sleep: generous so a loaded machine does not fail the test.
+const WAIT: Duration = Duration::from_secs(60);
 
 /// One log line received by the fake Loki, with its stream's labels.
 #[derive(Debug, Clone)]
