@@ -293,7 +293,8 @@ impl Config {
         if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
             return Err(invalid(
                 "DATABASE_URL",
-                database_url,
+                // Never echo the password of a malformed URL.
+                &redact_url(database_url),
                 "a postgres:// or postgresql:// URL",
             ));
         }
@@ -301,7 +302,8 @@ impl Config {
         if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
             return Err(invalid(
                 "REDIS_URL",
-                redis_url,
+                // Never echo the password of a malformed URL.
+                &redact_url(redis_url),
                 "a redis:// or rediss:// URL",
             ));
         }

@@ -420,30 +420,40 @@ pub struct OutboxEntry {
     pub attempts: i32,
     pub due: bool,
     pub created_at: DateTime<Utc>,
+    /// An announcement whose version's invalidation is not done yet.
+    pub waiting: bool,
 }
 
-/// Takes the user's outbox lock for this transaction and returns its undone entries in order;
-/// `None` when another task is delivering this user's outbox right now.
+/// Takes the user's outbox lock for one kind for this transaction and returns that kind's undone
+/// entries in order; `None` when another task is delivering them right now. An announcement is
+/// `waiting` while its own event's invalidation is undone.
 pub async fn lock_outbox(
     tx: &mut Transaction<'_, Postgres>,
     user_id: &str,
+    kind: OutboxKind,
 ) -> sqlx::Result<Option<Vec<OutboxEntry>>> {
     let locked: bool = sqlx::query_scalar(
-        "SELECT pg_try_advisory_xact_lock(hashtextextended('refit_outbox:' || $1, 0))",
+        "SELECT pg_try_advisory_xact_lock(hashtextextended('refit_outbox:' || $2 || ':' || $1, 0))",
     )
     .bind(user_id)
+    .bind(kind.as_str())
     .fetch_one(&mut **tx)
     .await?;
     if !locked {
         return Ok(None);
     }
     let entries = sqlx::query(
-        "SELECT id, event_id, user_id, kind, payload, attempts, next_attempt_at <= now(), created_at
-           FROM refit_outbox
-          WHERE user_id = $1 AND done_at IS NULL
-          ORDER BY id",
+        "SELECT o.id, o.event_id, o.user_id, o.kind, o.payload, o.attempts, o.next_attempt_at <= now(),
+                o.created_at,
+                EXISTS (SELECT 1 FROM refit_outbox i
+                         WHERE i.event_id = o.event_id AND i.kind = 'invalidate' AND i.done_at IS NULL
+                           AND o.kind = 'announce')
+           FROM refit_outbox o
+          WHERE o.user_id = $1 AND o.kind = $2 AND o.done_at IS NULL
+          ORDER BY o.id",
     )
     .bind(user_id)
+    .bind(kind.as_str())
     .fetch_all(&mut **tx)
     .await?
     .into_iter()
@@ -457,6 +467,7 @@ pub async fn lock_outbox(
             attempts: row.get(5),
             due: row.get(6),
             created_at: row.get(7),
+            waiting: row.get(8),
         })
     })
     .collect();

@@ -6,13 +6,13 @@
 //!
 //! Order, per user: invalidations in id order, announcements in id order, and an announcement
 //! only after its own version's invalidation (an event means "serving will load the new model").
-//! Invalidations never wait for Kafka, so a broker outage does not leave a stale model cached.
-//! A user's outbox is delivered by one task at a time (advisory lock), across all replicas.
+//! Each kind of a user's outbox is delivered by one task at a time (an advisory lock per user and
+//! kind, across all replicas), so invalidations never wait for a slow or unreachable broker.
 //!
 //! When a system fails, it is marked unhealthy: the fast path then leaves its entries to the
 //! sweep, so an outage never slows retrains down; the sweep's next success marks it healthy.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use sqlx::PgPool;
 use tracing::{info, warn};
+use uuid::Uuid;
 
 use crate::cache::Cache;
 use crate::db::{self, OutboxKind};
@@ -53,6 +54,17 @@ pub struct Delivered {
     pub failed: usize,
     /// Another task held the user's outbox.
     pub busy: bool,
+    /// An invalidation failed (Redis is unreachable).
+    pub redis_failed: bool,
+    /// An announcement failed (Kafka is unreachable).
+    pub kafka_failed: bool,
+}
+
+/// Systems a delivery pass leaves alone (known to be down).
+#[derive(Debug, Default, Clone, Copy)]
+struct Skip {
+    redis: bool,
+    kafka: bool,
 }
 
 impl Outbox {
@@ -89,72 +101,84 @@ impl Outbox {
         user_id: &str,
         fast: Option<&FastPath>,
     ) -> anyhow::Result<Delivered> {
-        let mut tx = self.pool.begin().await?;
-        let Some(entries) = db::lock_outbox(&mut tx, user_id).await? else {
-            return Ok(Delivered {
-                busy: true,
-                ..Delivered::default()
-            });
+        let skip = Skip {
+            redis: fast.is_some() && !self.redis_healthy(),
+            kafka: fast.is_some() && !self.kafka_healthy(),
         };
-        let mut result = Delivered::default();
-        let skip_redis = fast.is_some() && !self.redis_healthy();
-        let skip_kafka = fast.is_some() && !self.kafka_healthy();
-        let (mut invalidate_blocked, mut announce_blocked) = (skip_redis, skip_kafka);
-        // Events whose invalidation is not done: their announcement must wait.
-        let mut not_invalidated = HashSet::new();
-        // Invalidation time per event, added to the event's timings.
-        let mut invalidate_ms = std::collections::HashMap::new();
+        self.deliver(user_id, fast, skip).await
+    }
 
+    async fn deliver(
+        &self,
+        user_id: &str,
+        fast: Option<&FastPath>,
+        skip: Skip,
+    ) -> anyhow::Result<Delivered> {
+        let mut result = Delivered::default();
+        // Invalidation time per event, added to the event's timings.
+        let mut invalidate_ms = HashMap::new();
+        if !skip.redis {
+            self.deliver_kind(
+                user_id,
+                OutboxKind::Invalidate,
+                fast,
+                &mut invalidate_ms,
+                &mut result,
+            )
+            .await?;
+        }
+        if !skip.kafka {
+            self.deliver_kind(
+                user_id,
+                OutboxKind::Announce,
+                fast,
+                &mut invalidate_ms,
+                &mut result,
+            )
+            .await?;
+        }
+        Ok(result)
+    }
+
+    /// Delivers one kind of the user's entries in order, stopping at the first that is not due,
+    /// waits for its invalidation, or fails. Each kind has its own lock, so a slow broker never
+    /// holds up invalidations.
+    async fn deliver_kind(
+        &self,
+        user_id: &str,
+        kind: OutboxKind,
+        fast: Option<&FastPath>,
+        invalidate_ms: &mut HashMap<Uuid, f64>,
+        result: &mut Delivered,
+    ) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let Some(entries) = db::lock_outbox(&mut tx, user_id, kind).await? else {
+            result.busy = true;
+            return Ok(());
+        };
         for entry in entries {
+            if !entry.due || entry.waiting {
+                break;
+            }
             let started = Instant::now();
-            let outcome = match entry.kind {
-                OutboxKind::Invalidate => {
-                    if invalidate_blocked || !entry.due {
-                        invalidate_blocked = true;
-                        not_invalidated.insert(entry.event_id);
-                        continue;
-                    }
-                    match self.cache.invalidate(user_id).await {
-                        Ok(key) => {
-                            let ms = elapsed_ms(started);
-                            crate::faults::point("after_invalidate");
-                            invalidate_ms.insert(entry.event_id, ms);
-                            self.metrics.observe_step("invalidate", ms);
-                            self.redis_healthy.store(true, Ordering::Relaxed);
-                            let retrain_id =
-                                entry.payload.get("retrain_id").and_then(|v| v.as_str());
-                            info!(step = "invalidate", retrain_id, user_id, key = %key, duration_ms = ms, "cache invalidated");
-                            Ok(())
-                        }
-                        Err(e) => {
-                            invalidate_blocked = true;
-                            not_invalidated.insert(entry.event_id);
-                            self.redis_healthy.store(false, Ordering::Relaxed);
-                            Err(e)
-                        }
-                    }
-                }
+            let outcome = match kind {
+                OutboxKind::Invalidate => self.cache.invalidate(user_id).await.map(|key| {
+                    crate::faults::point("after_invalidate");
+                    let ms = elapsed_ms(started);
+                    invalidate_ms.insert(entry.event_id, ms);
+                    self.metrics.observe_step("invalidate", ms);
+                    let retrain_id = entry.payload.get("retrain_id").and_then(|v| v.as_str());
+                    info!(step = "invalidate", retrain_id, user_id, key = %key, duration_ms = ms, "cache invalidated");
+                }),
                 OutboxKind::Announce => {
-                    if announce_blocked || !entry.due || not_invalidated.contains(&entry.event_id) {
-                        announce_blocked = true;
-                        continue;
-                    }
-                    match self
-                        .announce(&entry.payload, fast, invalidate_ms.get(&entry.event_id))
-                        .await
-                    {
-                        Ok(()) => {
-                            self.kafka_healthy.store(true, Ordering::Relaxed);
-                            Ok(())
-                        }
-                        Err(e) => {
-                            announce_blocked = true;
-                            self.kafka_healthy.store(false, Ordering::Relaxed);
-                            Err(e)
-                        }
-                    }
+                    self.announce(&entry.payload, fast, invalidate_ms.get(&entry.event_id)).await
                 }
             };
+            let healthy = match kind {
+                OutboxKind::Invalidate => &self.redis_healthy,
+                OutboxKind::Announce => &self.kafka_healthy,
+            };
+            healthy.store(outcome.is_ok(), Ordering::Relaxed);
             match outcome {
                 Ok(()) => {
                     db::outbox_done(&mut tx, entry.id).await?;
@@ -163,7 +187,7 @@ impl Outbox {
                 Err(error) => {
                     let retry_in = self.backoff(entry.attempts);
                     warn!(
-                        step = entry.kind.as_str(),
+                        step = kind.as_str(),
                         user_id,
                         event_id = %entry.event_id,
                         attempts = entry.attempts + 1,
@@ -173,11 +197,16 @@ impl Outbox {
                     );
                     db::outbox_failed(&mut tx, entry.id, &format!("{error:#}"), retry_in).await?;
                     result.failed += 1;
+                    match kind {
+                        OutboxKind::Invalidate => result.redis_failed = true,
+                        OutboxKind::Announce => result.kafka_failed = true,
+                    }
+                    break;
                 }
             }
         }
         tx.commit().await?;
-        Ok(result)
+        Ok(())
     }
 
     async fn announce(
@@ -226,17 +255,23 @@ impl Outbox {
     }
 
     /// One sweep: delivers every user's due entries. Once a system fails in this pass, the other
-    /// users' entries for it wait for the next pass.
+    /// users' entries for it wait for the next pass, while the other system's entries go on: a
+    /// Kafka outage costs one delivery timeout per pass, and invalidations keep flowing.
     pub async fn sweep(&self) -> anyhow::Result<Delivered> {
         let mut total = Delivered::default();
+        let mut skip = Skip::default();
         for user_id in db::outbox_due_users(&self.pool, 1000).await? {
-            let delivered = self.deliver_user(&user_id, None).await?;
-            total.done += delivered.done;
-            total.failed += delivered.failed;
-            if delivered.failed > 0 {
+            if skip.redis && skip.kafka {
                 break;
             }
+            let delivered = self.deliver(&user_id, None, skip).await?;
+            total.done += delivered.done;
+            total.failed += delivered.failed;
+            skip.redis |= delivered.redis_failed;
+            skip.kafka |= delivered.kafka_failed;
         }
+        total.redis_failed = skip.redis;
+        total.kafka_failed = skip.kafka;
         Ok(total)
     }
 

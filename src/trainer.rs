@@ -59,9 +59,12 @@ pub enum TrainError {
     /// The stored artifact of the active version cannot be loaded.
     #[error("the active model artifact cannot be loaded: {0}")]
     CorruptArtifact(XgbError),
-    /// The active model was trained on other features than the batch is laid out in.
-    #[error("the active model has {model} features but its recorded feature list has {recorded}")]
-    FeatureMismatch { model: u64, recorded: usize },
+    /// The active model was trained on other features than its recorded feature list.
+    #[error("the active model's features {model:?} are not its recorded features {recorded:?}")]
+    FeatureMismatch {
+        model: Vec<String>,
+        recorded: Vec<String>,
+    },
     /// XGBoost refused the parameters or the data.
     #[error("training failed: {0}")]
     Xgboost(#[from] XgbError),
@@ -78,11 +81,21 @@ pub fn train(input: &TrainInput<'_>) -> Result<Trained, TrainError> {
         Some(artifact) => {
             let booster =
                 Booster::load(artifact, &[&dtrain]).map_err(TrainError::CorruptArtifact)?;
-            let model_features = booster.num_features()?;
-            if model_features != batch.feature_names.len() as u64 {
+            // A model with other features (by count, or by name when the file carries names)
+            // would be continued on misaligned columns: refuse it.
+            let count = booster.num_features()? as usize;
+            let names = booster.feature_names()?;
+            if count != batch.feature_names.len()
+                || (!names.is_empty() && names != batch.feature_names)
+            {
+                let model = if names.is_empty() {
+                    vec![format!("<{count} unnamed>")]
+                } else {
+                    names
+                };
                 return Err(TrainError::FeatureMismatch {
-                    model: model_features,
-                    recorded: batch.feature_names.len(),
+                    model,
+                    recorded: batch.feature_names.clone(),
                 });
             }
             booster

@@ -266,7 +266,8 @@ async fn invalid_configuration_stops_startup_naming_variable_value_and_range() {
             "an integer from 10 to 3600000",
         ),
         ("REFIT_XGB_PARAMS", "max_depth=4", "a JSON object"),
-        ("REDIS_URL", "localhost:6379", "a redis:// or rediss:// URL"),
+        // Connection URLs are redacted, even malformed ones: "localhost:6379" prints as "***".
+        ("REDIS_URL", "***", "a redis:// or rediss:// URL"),
     ] {
         let out = Command::new(BIN)
             .arg("run")
@@ -275,7 +276,14 @@ async fn invalid_configuration_stops_startup_naming_variable_value_and_range() {
                 "DATABASE_URL",
                 "postgres://postgres@127.0.0.1:5432/postgres",
             )
-            .env(name, value)
+            .env(
+                name,
+                if value == "***" {
+                    "localhost:6379"
+                } else {
+                    value
+                },
+            )
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
