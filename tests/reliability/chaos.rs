@@ -63,7 +63,7 @@ async fn chaos_three_replicas_ten_thousand_actuals_with_kills_and_outages() {
                         users.clone(),
                         per_writer,
                         100 + w,
-                        Duration::from_millis(2),
+                        Duration::from_millis(25),
                     ))
                 })
                 .collect();

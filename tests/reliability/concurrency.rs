@@ -127,13 +127,17 @@ pub async fn write_all(
     total
 }
 
+/// A retrain in the logs: user, `read` time, `train` time.
+type Span = (String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+/// From `read` to `train` (or to `read` when it never trained).
+type Interval = (DateTime<Utc>, DateTime<Utc>);
+
 /// From the JSON logs of every process: per user, the span from each retrain's `read` line to its
 /// `train` line (both written while the user's row lock is held) never overlaps another retrain's.
 /// Returns how many retrains were seen.
 pub fn assert_one_retrain_per_user_at_a_time(logs: &[Vec<String>]) -> usize {
     // retrain_id → (user, read, train)
-    let mut spans: BTreeMap<String, (String, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> =
-        BTreeMap::new();
+    let mut spans: BTreeMap<String, Span> = BTreeMap::new();
     for lines in logs {
         for line in json_lines(lines) {
             let (Some(step), Some(id), Some(user), Some(ts)) = (
@@ -155,7 +159,7 @@ pub fn assert_one_retrain_per_user_at_a_time(logs: &[Vec<String>]) -> usize {
             }
         }
     }
-    let mut by_user: BTreeMap<&str, Vec<(DateTime<Utc>, DateTime<Utc>)>> = BTreeMap::new();
+    let mut by_user: BTreeMap<&str, Vec<Interval>> = BTreeMap::new();
     for (user, read, train) in spans.values() {
         if let Some(read) = read {
             by_user

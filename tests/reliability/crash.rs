@@ -13,10 +13,9 @@ use crate::support::*;
 const WAIT: Duration = Duration::from_secs(30);
 
 pub fn require_fault_injection() {
-    assert!(
-        cfg!(feature = "fault-injection"),
-        "crash tests need the fault points: cargo test --features fault-injection --test reliability"
-    );
+    if !cfg!(feature = "fault-injection") {
+        panic!("crash tests need the fault points: cargo test --features fault-injection --test reliability");
+    }
 }
 
 async fn crash_then_restart(point: &str) {

@@ -43,6 +43,9 @@ pub fn database_url_via(env: &TestEnv, port: u16) -> String {
 // ---------------------------------------------------------------------------------------------
 // Fault proxy
 
+/// The client→server bytes of each connection a proxy accepted.
+type Taps = Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>;
+
 /// A loopback TCP proxy to `upstream`. [`FaultProxy::cut`] closes the listening socket (new
 /// connections are refused) and drops every open connection, as a server restart or a network
 /// cut does; [`FaultProxy::resume`] listens again on the same port. Runs on its own runtime so a
@@ -50,7 +53,7 @@ pub fn database_url_via(env: &TestEnv, port: u16) -> String {
 pub struct FaultProxy {
     pub port: u16,
     up: watch::Sender<bool>,
-    taps: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    taps: Taps,
     accepted: Arc<AtomicUsize>,
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -126,7 +129,7 @@ async fn serve(
     port: u16,
     upstream: SocketAddr,
     mut up: watch::Receiver<bool>,
-    taps: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    taps: Taps,
     accepted: Arc<AtomicUsize>,
 ) {
     let mut first = Some(first);
@@ -496,6 +499,8 @@ pub struct Counts {
     pub versions_failed: i64,
     pub events: usize,
     pub duplicate_events: usize,
+    /// Redeliveries of an older event that arrived after a newer version's event.
+    pub late_duplicates: usize,
 }
 
 /// Inserted, trained, set aside, pending, lost and trained-twice counts from the database.
@@ -606,7 +611,8 @@ pub async fn verify_with(
     .fetch_all(&env.pool)
     .await
     .unwrap();
-    let mut by_user: BTreeMap<&str, Vec<(i32, &str, Option<i32>)>> = BTreeMap::new();
+    type Version<'a> = (i32, &'a str, Option<i32>);
+    let mut by_user: BTreeMap<&str, Vec<Version>> = BTreeMap::new();
     for (u, v, s, p) in &versions {
         by_user.entry(u).or_default().push((*v, s, *p));
     }
@@ -679,34 +685,52 @@ pub async fn verify_with(
     )
     .await;
     let mut seen_ids: HashMap<uuid::Uuid, usize> = HashMap::new();
-    let mut order: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    let mut ids_of_version: HashMap<(String, i32), HashSet<uuid::Uuid>> = HashMap::new();
+    // Per user, versions in topic order: first occurrences, and every occurrence.
+    let mut first_order: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    let mut late_duplicates = 0;
     for e in &events {
         assert_eq!(
             e.key,
             e.event.user_id.as_bytes(),
             "Kafka key is the user id"
         );
-        *seen_ids.entry(e.event.event_id).or_default() += 1;
-        let user_versions = versions
-            .iter()
-            .filter(|(u, v, _, _)| *u == e.event.user_id && Some(*v) == e.event.model_version)
-            .count();
-        assert_eq!(
-            user_versions, 1,
+        let version = e.event.model_version.expect("events name their version");
+        assert!(
+            versions
+                .iter()
+                .any(|(u, v, _, _)| *u == e.event.user_id && *v == version),
             "event for an unknown version: {:?}",
             e.event
         );
-        order
-            .entry(e.event.user_id.clone())
+        ids_of_version
+            .entry((e.event.user_id.clone(), version))
             .or_default()
-            .push(e.event.model_version.unwrap());
+            .insert(e.event.event_id);
+        let n = seen_ids.entry(e.event.event_id).or_default();
+        *n += 1;
+        let order = first_order.entry(e.event.user_id.clone()).or_default();
+        if *n == 1 {
+            order.push(version);
+        } else if order.last().is_some_and(|last| *last > version) {
+            // A redelivery of an older event after newer ones (consumers dedupe on event_id).
+            late_duplicates += 1;
+        }
     }
-    for (user, vs) in &order {
-        assert!(
-            vs.windows(2).all(|w| w[0] <= w[1]),
-            "{user:?}: events out of version order on the topic: {vs:?}"
+    for ((user, version), ids) in &ids_of_version {
+        assert_eq!(
+            ids.len(),
+            1,
+            "{user:?} v{version}: several distinct events for one version"
         );
     }
+    for (user, vs) in &first_order {
+        assert!(
+            vs.windows(2).all(|w| w[0] < w[1]),
+            "{user:?}: events (first deliveries) out of version order on the topic: {vs:?}"
+        );
+    }
+    counts.late_duplicates = late_duplicates;
     counts.events = events.len();
     counts.duplicate_events = seen_ids.values().map(|n| n - 1).sum();
     record(&counts);
