@@ -50,3 +50,8 @@ clean-test-dbs: ## drop databases left by earlier test runs
 
 demo: services build ## run the service on generated rental data for DEMO_SECONDS seconds
 	DATABASE_URL=$(DEMO_DATABASE_URL) target/debug/refit demo --seconds $(DEMO_SECONDS)
+
+# The benchmark driver (benches/pipeline) runs the release refit binary as a child process and the
+# Python reference (scripts/bench-python.py) from the venv scripts/bench-tools.sh makes.
+bench: services ## DESIGN.md's performance targets, side by side with Python (BENCH_QUICK=1: smaller sizes); BENCHMARKS.md
+	BENCH_PYTHON="$$(scripts/bench-tools.sh)" cargo bench --locked --bench pipeline

@@ -1,0 +1,524 @@
+//! `make bench`: DESIGN.md's performance targets, measured end to end on the real services
+//! (PostgreSQL, Redis, the Kafka-compatible broker) with the release `refit` binary as a child
+//! process, side by side with the straightforward Python sequence (scripts/bench-python.py).
+//!
+//! Phases (BENCH_PHASES, comma separated; all by default):
+//! - `freshness`: actuals stream in, one autocommitted INSERT each, so that BENCH_FRESH_RATES
+//!   batches/s complete; the commit of each batch's 50th actual is timestamped here and its
+//!   `model-retrained` event is read from the topic by a consumer (matched by user and version).
+//!   Per-step costs (read, train, commit, DEL, announce) come from the same retrains;
+//! - `throughput`: BENCH_USERS users × 50 actuals, bulk-loaded while refit runs, twice (fresh
+//!   models, then continued training); retrains/s from the load's commit to the last event read;
+//!   refit's memory (VmHWM) over the whole run;
+//! - `python`: the same for scripts/bench-python.py on a fresh database with the same data;
+//! - `growth`: BENCH_GROWTH_RETRAINS batches of one user, for each REFIT_MAX_TREES in
+//!   BENCH_GROWTH_CAPS; train time and model size per version.
+//!
+//! Nothing here asserts a time: results go to target/bench/<run>/ (results.json, summary.md,
+//! every child's log) and summary.md is printed at the end. BENCH_QUICK=1 runs smaller sizes.
+
+mod infra;
+mod phases;
+mod stats;
+
+use std::fmt::Write as _;
+
+use anyhow::Context;
+use serde_json::{json, Value};
+
+use infra::Settings;
+use stats::{f, verdict};
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes --bench; nothing else is accepted.
+    let settings = Settings::from_env()?;
+    std::fs::create_dir_all(&settings.out_dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(settings))
+}
+
+async fn run(s: Settings) -> anyhow::Result<()> {
+    let started = chrono::Utc::now();
+    eprintln!(
+        "[bench] run {} → {} (quick: {}, phases: {})",
+        s.run_id,
+        s.out_dir.display(),
+        s.quick,
+        s.phases.join(",")
+    );
+    infra::drop_stale_databases(&s).await?;
+    let env_names = infra::refit_env_names();
+    let mut results = json!({
+        "run_id": s.run_id,
+        "started": started.to_rfc3339(),
+        "quick": s.quick,
+        "machine": infra::machine(),
+        "git": git_describe(),
+        "refit_binary": infra::REFIT_BIN,
+        "refit_env_names": env_names,
+        "refit_defaults": infra::refit_config(&[("DATABASE_URL".into(), "postgres://postgres@127.0.0.1:5432/x".into())])
+            .into_iter().map(|(k, v)| (k, json!(v))).collect::<serde_json::Map<_, _>>(),
+        "python_params": phases::refit_default_params(),
+        "settings": format!("{s:?}"),
+        "loadavg_start": infra::loadavg(),
+    });
+    let save = |results: &Value| {
+        let _ = std::fs::write(
+            s.out_dir.join("results.json"),
+            serde_json::to_string_pretty(results).unwrap(),
+        );
+    };
+
+    results["redis_floor"] = phases::redis_floor(&s).await.context("Redis DEL floor")?;
+    save(&results);
+    if s.wants("freshness") {
+        let mut runs = Vec::new();
+        for &rate in &s.fresh_rates {
+            runs.push(
+                phases::freshness(&s, rate)
+                    .await
+                    .with_context(|| format!("freshness at {rate}/s"))?,
+            );
+            results["freshness"] = json!(runs);
+            save(&results);
+        }
+    }
+    if s.wants("throughput") {
+        results["throughput_refit"] = phases::throughput(&s, phases::Implementation::Refit)
+            .await
+            .context("refit throughput")?;
+        save(&results);
+    }
+    if s.wants("python") {
+        match &s.python {
+            Some(python) => {
+                results["throughput_python"] =
+                    phases::throughput(&s, phases::Implementation::Python { python })
+                        .await
+                        .context("Python throughput")?;
+            }
+            None => {
+                results["throughput_python"] =
+                    json!({"skipped": "BENCH_PYTHON not set (scripts/bench-tools.sh prints it)"})
+            }
+        }
+        save(&results);
+    }
+    if s.wants("growth") {
+        let mut runs = Vec::new();
+        for cap in &s.growth_caps {
+            runs.push(
+                phases::growth(&s, cap, &env_names)
+                    .await
+                    .with_context(|| format!("growth, cap {cap}"))?,
+            );
+            results["growth"] = json!(runs);
+            save(&results);
+        }
+    }
+    results["finished"] = json!(chrono::Utc::now().to_rfc3339());
+    results["minutes"] =
+        json!(((chrono::Utc::now() - started).num_seconds() as f64 / 60.0 * 10.0).round() / 10.0);
+    results["loadavg_end"] = json!(infra::loadavg());
+    save(&results);
+    let summary = summarize(&results);
+    std::fs::write(s.out_dir.join("summary.md"), &summary)?;
+    println!("{summary}");
+    eprintln!(
+        "[bench] results: {}",
+        s.out_dir.join("results.json").display()
+    );
+    Ok(())
+}
+
+fn git_describe() -> Value {
+    let run = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let dirty_src = run(&[
+        "status",
+        "--porcelain",
+        "--",
+        "src",
+        "migrations",
+        "Cargo.toml",
+    ]);
+    json!({
+        "commit": run(&["rev-parse", "--short", "HEAD"]),
+        "src_uncommitted_changes": !dirty_src.is_empty(),
+    })
+}
+
+// ------------------------------------------------------------------------------------------------
+// summary.md
+// ------------------------------------------------------------------------------------------------
+
+fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+/// "p50 / p99" of a summary object.
+fn pp(v: &Value) -> String {
+    format!("{} / {}", f(num(&v["p50"])), f(num(&v["p99"])))
+}
+
+fn pp_verdict(v: &Value, target: f64) -> String {
+    let (p50, p99) = (num(&v["p50"]), num(&v["p99"]));
+    if v["n"].as_u64().unwrap_or(0) == 0 {
+        return "no samples".into();
+    }
+    match (p50 <= target, p99 <= target) {
+        (true, true) => "met".into(),
+        (true, false) => "p50 met, **p99 not met**".into(),
+        _ => "**not met**".into(),
+    }
+}
+
+fn steps_row(out: &mut String, label: &str, steps: &Value) {
+    let _ = writeln!(
+        out,
+        "| {label} | {} | {} | {} | {} | {} | {} | {} | {} |",
+        pp(&steps["read"]),
+        pp(&steps["train"]),
+        pp(&steps["train_load"]),
+        pp(&steps["train_boost"]),
+        pp(&steps["train_save"]),
+        pp(&steps["commit"]),
+        pp(&steps["invalidate"]),
+        pp(&steps["announce"]),
+    );
+}
+
+pub fn summarize(r: &Value) -> String {
+    let mut o = String::new();
+    let m = &r["machine"];
+    let _ = writeln!(
+        o,
+        "## Results of run {} ({})\n",
+        r["run_id"].as_str().unwrap_or(""),
+        r["started"].as_str().unwrap_or("")
+    );
+    let _ = writeln!(
+        o,
+        "Machine: {} cores ({}), {} GiB, {}, kernel {}. refit at {}{}; quick mode: {}; run took {} min; load average at start/end {} / {}.\n",
+        m["nproc"], m["cpu_model"].as_str().unwrap_or("?"), m["memory_gib"], m["os"].as_str().unwrap_or("?"),
+        m["kernel"].as_str().unwrap_or("?"), r["git"]["commit"].as_str().unwrap_or("?"),
+        if r["git"]["src_uncommitted_changes"].as_bool() == Some(true) { " (with uncommitted changes in src/)" } else { "" },
+        r["quick"], r["minutes"], r["loadavg_start"], r["loadavg_end"],
+    );
+
+    // ---- targets --------------------------------------------------------------------------------
+    let _ = writeln!(o, "### Targets\n");
+    let _ = writeln!(o, "| Target (DESIGN.md) | Condition | Measured | Verdict |");
+    let _ = writeln!(o, "| --- | --- | --- | --- |");
+    let fresh = r["freshness"].as_array().cloned().unwrap_or_default();
+    let tp = &r["throughput_refit"];
+    let py = &r["throughput_python"];
+    let mut step_sources: Vec<(String, Value)> = fresh
+        .iter()
+        .map(|run| {
+            (
+                format!("paced, {} batches/s", run["rate_batches_per_s"]),
+                run["steps_ms"].clone(),
+            )
+        })
+        .collect();
+    if tp.is_object() {
+        step_sources.push((
+            "saturated: 10k-user drain, continued (round 2)"
+                .replace("10k", &tp["users"].to_string()),
+            tp["steps_ms"]["round2"].clone(),
+        ));
+    }
+    for (step, target, label) in [
+        ("read", 5.0, "read ≤ 5 ms"),
+        ("train", 20.0, "train ≤ 20 ms"),
+        ("invalidate", 1.0, "Redis DEL ≤ 1 ms"),
+    ] {
+        for (cond, steps) in &step_sources {
+            let _ = writeln!(
+                o,
+                "| {label} (p50/p99) | {cond} | {} ms | {} |",
+                pp(&steps[step]),
+                pp_verdict(&steps[step], target)
+            );
+        }
+    }
+    for run in &fresh {
+        let fr = &run["freshness_ms"];
+        let cond = format!(
+            "{} batches/s ({} actuals/s achieved)",
+            run["rate_batches_per_s"],
+            f(num(&run["actuals_per_s_achieved"]))
+        );
+        let _ = writeln!(
+            o,
+            "| freshness p50 ≤ 25 ms | {cond} | {} ms | {} |",
+            f(num(&fr["p50"])),
+            verdict(num(&fr["p50"]) <= 25.0)
+        );
+        let _ = writeln!(
+            o,
+            "| freshness p99 ≤ 100 ms | {cond} | {} ms | {} |",
+            f(num(&fr["p99"])),
+            verdict(num(&fr["p99"]) <= 100.0)
+        );
+    }
+    let rate = |t: &Value, round: usize| num(&t["rounds"][round]["retrains_per_s"]);
+    if tp.is_object() {
+        let users = &tp["users"];
+        let _ = writeln!(
+            o,
+            "| ≥ 200 retrains/s | {users} users, continued training (round 2) | {} /s | {} |",
+            f(rate(tp, 1)),
+            verdict(rate(tp, 1) >= 200.0)
+        );
+        let _ = writeln!(o, "| (same, first retrain of each user) | {users} users, fresh models (round 1) | {} /s | {} |", f(rate(tp, 0)), verdict(rate(tp, 0) >= 200.0));
+        if py["rounds"].is_array() {
+            for (round, label) in [
+                (1, "continued training (round 2)"),
+                (0, "fresh models (round 1)"),
+            ] {
+                let ratio = rate(tp, round) / rate(py, round);
+                let _ = writeln!(o, "| ≥ 5× Python | {users} users, {label}: refit {} /s vs Python {} /s | {}× | {} |", f(rate(tp, round)), f(rate(py, round)), f(ratio), verdict(ratio >= 5.0));
+            }
+        } else {
+            let _ = writeln!(
+                o,
+                "| ≥ 5× Python | – | not measured: {} | – |",
+                py["skipped"].as_str().unwrap_or("phase not run")
+            );
+        }
+        let hwm = num(&tp["memory"]["vm_hwm_mb"]);
+        let _ = writeln!(
+            o,
+            "| RSS ≤ 100 MB | {users} users, whole throughput run (VmHWM) | {} MB | {} |",
+            f(hwm),
+            verdict(hwm <= 100.0)
+        );
+    }
+    for g in r["growth"].as_array().cloned().unwrap_or_default() {
+        if g["skipped"].is_string() {
+            let _ = writeln!(
+                o,
+                "| growth | REFIT_MAX_TREES={} | skipped: {} | – |",
+                g["cap"].as_str().unwrap_or(""),
+                g["skipped"].as_str().unwrap_or("")
+            );
+            continue;
+        }
+        let sm = &g["summary"];
+        let cap = g["effective_config"]["REFIT_MAX_TREES"]
+            .as_str()
+            .unwrap_or("?")
+            .to_owned();
+        let cond = format!("REFIT_MAX_TREES={cap}, {} retrains", sm["last_version"]);
+        let t_ratio = num(&sm["median_train_ms_last5"]) / num(&sm["median_train_ms_v8_12"]);
+        let b_ratio = num(&sm["median_bytes_last5"]) / num(&sm["median_bytes_v8_12"]);
+        let bmax_ratio = num(&sm["max_bytes_last100"]) / num(&sm["median_bytes_v8_12"]);
+        let tmax_ratio = num(&sm["max_train_ms_last100"]) / num(&sm["median_train_ms_v8_12"]);
+        let _ = writeln!(o, "| growth: train time ≤ 2× the 10th retrain's | {cond} | last 5 vs v8–12 (medians): {} ms vs {} ms = {}×; worst of the last 100: {}× | {} |",
+            f(num(&sm["median_train_ms_last5"])), f(num(&sm["median_train_ms_v8_12"])), f(t_ratio), f(tmax_ratio), verdict(t_ratio <= 2.0 && tmax_ratio <= 2.0));
+        let _ = writeln!(o, "| growth: model size ≤ 2× the 10th retrain's | {cond} | last 5 vs v8–12: {} KB vs {} KB = {}×; largest of the last 100: {}× | {} |",
+            f(num(&sm["median_bytes_last5"]) / 1024.0), f(num(&sm["median_bytes_v8_12"]) / 1024.0), f(b_ratio), f(bmax_ratio), verdict(b_ratio <= 2.0 && bmax_ratio <= 2.0));
+    }
+
+    // ---- freshness detail -----------------------------------------------------------------------
+    for run in &fresh {
+        let _ = writeln!(
+            o,
+            "\n### Freshness at {} batches/s\n",
+            run["rate_batches_per_s"]
+        );
+        let _ = writeln!(o, "{} users, {} warm-up retrains each; {} actuals inserted ({} /s, target {} /s, worst insert lag {} ms); {} batches completed, {} events matched; statuses {}; models had {} trees (median) when measured.\n",
+            run["users"], run["warm_retrains_per_user"], run["actuals_inserted"], f(num(&run["actuals_per_s_achieved"])), run["actuals_per_s_target"], run["max_insert_lag_ms"],
+            run["batches_completed"], run["events_matched"], run["statuses"], f(num(&run["trees_of_measured_models"]["p50"])));
+        let _ = writeln!(o, "| Interval (ms) | p50 | p90 | p99 | max |");
+        let _ = writeln!(o, "| --- | --- | --- | --- | --- |");
+        let line = |o: &mut String, name: &str, v: &Value| {
+            let _ = writeln!(
+                o,
+                "| {name} | {} | {} | {} | {} |",
+                f(num(&v["p50"])),
+                f(num(&v["p90"])),
+                f(num(&v["p99"])),
+                f(num(&v["max"]))
+            );
+        };
+        line(
+            &mut o,
+            "**commit of the 50th actual → event read**",
+            &run["freshness_ms"],
+        );
+        line(
+            &mut o,
+            "INSERT sent → event read",
+            &run["freshness_from_insert_sent_ms"],
+        );
+        line(
+            &mut o,
+            "refit's data_until (trigger time) → event read",
+            &run["freshness_from_data_until_ms"],
+        );
+        if let Some(b) = run["breakdown_ms"].as_object() {
+            for (k, v) in b {
+                line(&mut o, &k[2..], v);
+            }
+        }
+        let c = &run["cpu"];
+        let _ = writeln!(o, "\nDuring the paced inserts: refit used {} cores ({} CPU ms per retrain), its PostgreSQL backends {} cores ({} ms per retrain), the rest of the machine {} cores (the inserting bench, PostgreSQL for the inserts, tansu, Redis, anything else running). refit VmHWM {} MB; log warnings {}, errors {}.",
+            f(num(&c["process_cores"])), f(num(&c["process_cpu_ms_per_retrain"])), f(num(&c["its_postgres_cores"])), f(num(&c["postgres_cpu_ms_per_retrain"])), f(num(&c["rest_of_machine_cores"])),
+            run["refit_memory"]["vm_hwm_mb"], run["refit_logs"]["warnings"], run["refit_logs"]["errors"]);
+    }
+
+    // ---- per-step detail ------------------------------------------------------------------------
+    let _ = writeln!(o, "\n### Per-step cost, ms (p50 / p99)\n");
+    let _ = writeln!(o, "| Condition | read | train | ↳ load | ↳ boost | ↳ save | commit | invalidate (DEL) | announce (ack) |");
+    let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    for (cond, steps) in &step_sources {
+        steps_row(&mut o, &format!("refit, {cond}"), steps);
+    }
+    if tp.is_object() {
+        steps_row(
+            &mut o,
+            "refit, saturated, fresh models (round 1)",
+            &tp["steps_ms"]["round1"],
+        );
+    }
+    if py["rounds"].is_array() {
+        for (round, label) in [
+            ("round2", "continued (round 2)"),
+            ("round1", "fresh (round 1)"),
+        ] {
+            let st = &py["steps_ms"][round];
+            let _ = writeln!(
+                o,
+                "| Python, {label} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                pp(&st["read"]),
+                pp(&st["train"]),
+                pp(&st["load"]),
+                pp(&st["boost"]),
+                pp(&st["save"]),
+                pp(&st["commit"]),
+                pp(&st["invalidate"]),
+                py["steps_ms"]["summary"]["announce_ms"]
+                    .as_object()
+                    .map(|a| format!(
+                        "{} / {} (both rounds)",
+                        f(num(&a["p50"])),
+                        f(num(&a["p99"]))
+                    ))
+                    .unwrap_or("–".into())
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "\nRedis DEL from the bench process itself (the floor): {} ms (p50 / p99).",
+        pp(&r["redis_floor"]["del"])
+    );
+    let _ = writeln!(o, "refit's `read` is the pending-rows query inside the retrain transaction; `train` spans load + boost + save + validation scoring; `commit` is insert version, consume rows, outbox, COMMIT; `invalidate` is the DEL inside the outbox delivery; `announce` is produce → broker ack. Python's `read` is loading the user's latest model row (its actuals were read by the poll).");
+
+    // ---- throughput detail ----------------------------------------------------------------------
+    let _ = writeln!(o, "\n### Throughput\n");
+    let _ = writeln!(o, "| Implementation | Round | Retrains | Load (s) | Commit → first event (s) | Commit → last event (s) | Retrains/s | 5-s windows p50 / min (/s) | CPU ms per retrain: process / its PostgreSQL backends | Cores used: process / PostgreSQL / rest of machine | Memory VmHWM (MB) |");
+    let _ = writeln!(
+        o,
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
+    for (name, t) in [("refit", tp), ("Python", py)] {
+        for round in t["rounds"].as_array().cloned().unwrap_or_default() {
+            let c = &round["cpu"];
+            let _ = writeln!(o, "| {name} | {} ({}) | {}{} | {} | {} | {} | **{}** | {} / {} | {} / {} | {} / {} / {} | {} |",
+                round["round"], round["kind"].as_str().unwrap_or(""), round["retrains"], if round["complete"].as_bool() == Some(true) { "" } else { " (incomplete)" },
+                f(num(&round["load_seconds"])), f(num(&round["seconds_commit_to_first_event"])), f(num(&round["seconds_commit_to_last_event"])),
+                f(num(&round["retrains_per_s"])), f(num(&round["windows_5s_per_s"]["p50"])), f(num(&round["windows_5s_per_s"]["min"])),
+                f(num(&c["process_cpu_ms_per_retrain"])), f(num(&c["postgres_cpu_ms_per_retrain"])),
+                f(num(&c["process_cores"])), f(num(&c["its_postgres_cores"])), f(num(&c["rest_of_machine_cores"])),
+                f(num(&t["memory"]["vm_hwm_mb"])));
+        }
+    }
+    if tp.is_object() {
+        let _ = writeln!(
+            o,
+            "\nrefit statuses: {}; versions: {}; log warnings {}, errors {}.",
+            tp["statuses"],
+            tp["steps_ms"]["version_statuses"],
+            tp["logs"]["warnings"],
+            tp["logs"]["errors"]
+        );
+    }
+    if py["steps_ms"]["summary"].is_object() {
+        let _ = writeln!(o, "Python summary: {}.", py["steps_ms"]["summary"]);
+    }
+
+    // ---- growth detail --------------------------------------------------------------------------
+    for g in r["growth"].as_array().cloned().unwrap_or_default() {
+        if g["skipped"].is_string() {
+            continue;
+        }
+        let _ = writeln!(
+            o,
+            "\n### Growth, REFIT_MAX_TREES={} ({})\n",
+            g["effective_config"]["REFIT_MAX_TREES"]
+                .as_str()
+                .unwrap_or("?"),
+            g["effective_config"]
+        );
+        let sm = &g["summary"];
+        let _ = writeln!(
+            o,
+            "{} retrains in {} s; versions by source {}, by status {}; refit VmHWM {} MB.\n",
+            sm["retrains"],
+            f(num(&sm["seconds"])),
+            sm["versions_by_source"],
+            sm["versions_by_status"],
+            g["memory"]["vm_hwm_mb"]
+        );
+        let _ = writeln!(o, "| Version | Status | Source | Trees | Model (KB) | read (ms) | train (ms) | ↳ load | ↳ boost | ↳ save |");
+        let _ = writeln!(
+            o,
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        );
+        let versions = g["versions"].as_array().cloned().unwrap_or_default();
+        let last = versions.len();
+        let mut compactions_shown = 0;
+        for v in &versions {
+            let ver = v["version"].as_u64().unwrap_or(0) as usize;
+            let compaction = v["source"].as_str().unwrap_or("").starts_with("compaction");
+            if compaction {
+                compactions_shown += 1;
+            }
+            let show = [1, 2, 10, 20, 50].contains(&ver)
+                || ver % 100 == 0
+                || ver == last
+                || (compaction && compactions_shown <= 3);
+            if !show {
+                continue;
+            }
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                ver,
+                v["status"].as_str().unwrap_or(""),
+                v["source"].as_str().unwrap_or(""),
+                v["trees"],
+                f(num(&v["bytes"]) / 1024.0),
+                f(num(&v["read_ms"])),
+                f(num(&v["train_ms"])),
+                f(num(&v["load_ms"])),
+                f(num(&v["boost_ms"])),
+                f(num(&v["save_ms"]))
+            );
+        }
+    }
+    o
+}

@@ -1,0 +1,763 @@
+//! The phases of a run. Each returns its numbers as JSON (kept in results.json) and never asserts
+//! anything about time: the report compares them with DESIGN.md's targets.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use serde_json::{json, Value};
+use sqlx::Row;
+
+use crate::infra::{
+    cpu_delta, cpu_snap, free_port, http_get, loadavg, now_unix, refit_env, BenchDb, Collector,
+    LogIndex, Proc, Received, Settings, REFIT_BIN,
+};
+use crate::stats::{median, Summary};
+
+const THRESHOLD: i32 = 50;
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!(
+        "[bench {}] {}",
+        chrono::Utc::now().format("%H:%M:%S"),
+        msg.as_ref()
+    );
+}
+
+/// Per-step numbers of refit's retrains (ms): read and train from `refit_model_versions`, the
+/// train breakdown from the JSON log, invalidate and commit from the events.
+fn refit_steps(versions: &[VersionRow], logs: &LogIndex, events: &[&Received]) -> Value {
+    let read: Vec<f64> = versions.iter().filter_map(|v| v.read_ms).collect();
+    let train: Vec<f64> = versions.iter().filter_map(|v| v.train_ms).collect();
+    let mut load = Vec::new();
+    let mut boost = Vec::new();
+    let mut save = Vec::new();
+    let mut commit_log = Vec::new();
+    for v in versions {
+        if let Some(steps) = logs.steps.get(&v.retrain_id) {
+            if let Some(t) = steps.get("train") {
+                load.extend(t.load_ms);
+                boost.extend(t.boost_ms);
+                save.extend(t.save_ms);
+            }
+            if let Some(c) = steps.get("commit") {
+                commit_log.extend(c.duration_ms);
+            }
+        }
+    }
+    let invalidate: Vec<f64> = events
+        .iter()
+        .filter_map(|e| e.timing("invalidate"))
+        .collect();
+    let commit: Vec<f64> = events.iter().filter_map(|e| e.timing("commit")).collect();
+    let mut announce = Vec::new();
+    for e in events {
+        if let Some(steps) = e.value["retrain_id"]
+            .as_str()
+            .and_then(|id| logs.steps.get(id))
+        {
+            if let Some(a) = steps.get("announce") {
+                announce.extend(a.duration_ms);
+            }
+        }
+    }
+    json!({
+        "read": Summary::of(&read).json(),
+        "train": Summary::of(&train).json(),
+        "train_load": Summary::of(&load).json(),
+        "train_boost": Summary::of(&boost).json(),
+        "train_save": Summary::of(&save).json(),
+        "commit": Summary::of(if commit.is_empty() { &commit_log } else { &commit }).json(),
+        "invalidate": Summary::of(&invalidate).json(),
+        "announce": Summary::of(&announce).json(),
+    })
+}
+
+#[derive(Debug, Clone)]
+struct VersionRow {
+    user_id: String,
+    version: i32,
+    status: String,
+    trees: Option<i32>,
+    bytes: Option<i32>,
+    read_ms: Option<f64>,
+    train_ms: Option<f64>,
+    source: String,
+    retrain_id: String,
+}
+
+async fn versions(db: &BenchDb, filter: &str) -> anyhow::Result<Vec<VersionRow>> {
+    let rows = sqlx::query(&format!(
+        "SELECT user_id, version, status, trees, octet_length(artifact),
+                (timings_ms->>'read')::float8, (timings_ms->>'train')::float8,
+                source, coalesce(retrain_id::text, '')
+           FROM refit_model_versions {filter} ORDER BY user_id, version"
+    ))
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| VersionRow {
+            user_id: r.get(0),
+            version: r.get(1),
+            status: r.get(2),
+            trees: r.get(3),
+            bytes: r.get(4),
+            read_ms: r.get(5),
+            train_ms: r.get(6),
+            source: r.get(7),
+            retrain_id: r.get(8),
+        })
+        .collect())
+}
+
+fn count_by<'a>(items: impl Iterator<Item = &'a str>) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for i in items {
+        *m.entry(i.to_owned()).or_default() += 1;
+    }
+    m
+}
+
+fn memory_json(m: &crate::infra::Memory) -> Value {
+    json!({
+        "vm_hwm_mb": (m.hwm_kb as f64 / 1024.0 * 10.0).round() / 10.0,
+        "max_sampled_rss_mb": (m.max_rss_kb as f64 / 1024.0 * 10.0).round() / 10.0,
+        "timeline_mb": m.timeline.iter().step_by((m.timeline.len() / 40).max(1))
+            .map(|(t, kb)| json!([t.round(), (*kb as f64 / 1024.0).round()])).collect::<Vec<_>>(),
+    })
+}
+
+fn logs_json(logs: &LogIndex) -> Value {
+    json!({ "warnings": logs.warnings, "errors": logs.errors, "first_notable": logs.notable })
+}
+
+// ------------------------------------------------------------------------------------------------
+// Redis DEL, measured from the bench process (the floor under refit's invalidate step)
+// ------------------------------------------------------------------------------------------------
+
+pub async fn redis_floor(s: &Settings) -> anyhow::Result<Value> {
+    let client = redis::Client::open(s.redis_url.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut times = Vec::with_capacity(2000);
+    for i in 0..2000 {
+        let key = format!("bench:{}:floor:{i}", s.run_id);
+        let started = Instant::now();
+        let _: i64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await?;
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(json!({ "del": Summary::of(&times[100..]).json() }))
+}
+
+// ------------------------------------------------------------------------------------------------
+// Freshness and per-step cost at a steady, paced arrival of actuals
+// ------------------------------------------------------------------------------------------------
+
+/// A batch completed by the bench: the commit of its 50th actual.
+#[derive(Debug, Clone)]
+struct Completion {
+    user: String,
+    version: i64,
+    sent: f64,
+    committed: f64,
+}
+
+/// Actuals stream in for `fresh_users` users, each in its own autocommitted INSERT as upstream
+/// writes them, at `rate * 50` actuals/s, so that `rate` batches complete per second, spread
+/// evenly (the users start staggered). Every actual that completes a batch is timestamped when its
+/// commit returns; its event is found on the topic by user and version.
+pub async fn freshness(s: &Settings, rate: f64) -> anyhow::Result<Value> {
+    let tag = format!("fresh{}", (rate * 10.0).round() as i64);
+    let db = BenchDb::create(s, &tag).await?;
+    let collector = Collector::start(&s.brokers, &db.topic)?;
+    let port = free_port();
+    let env = refit_env(s, &db, port, &[]);
+    let mut refit = Proc::spawn(
+        "refit",
+        REFIT_BIN,
+        &["run"],
+        &env,
+        &s.out_dir.join(format!("refit-{tag}.log")),
+    )?;
+    blocking(|| refit.wait_ready(Duration::from_secs(60)))?;
+    let w = s.fresh_users as i32;
+    let warm = s.fresh_warm as i32;
+
+    log(format!(
+        "freshness {rate}/s: warming up {w} users with {warm} retrains each"
+    ));
+    if warm > 0 {
+        db.load_uniform(w as usize, 1, THRESHOLD * warm).await?;
+        if blocking(|| collector.wait_for((w * warm) as usize, Duration::from_secs(300))).is_none()
+        {
+            bail!("warm-up retrains did not all arrive");
+        }
+    }
+    // Stagger: user j starts with j*50/w pending actuals, so completions are spread evenly.
+    let users: Vec<i32> = (1..=w).collect();
+    let prefill: Vec<i32> = (0..w).map(|j| j * THRESHOLD / w).collect();
+    db.load(&users, &vec![THRESHOLD * warm + 1; w as usize], &prefill)
+        .await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = collector.count();
+
+    let inserts_per_sec = rate * THRESHOLD as f64;
+    let tasks = 2usize;
+    let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
+    let until = t0 + Duration::from_secs_f64(s.fresh_seconds);
+    let load_before = loadavg();
+    log(format!(
+        "freshness {rate}/s: {inserts_per_sec} actuals/s for {} s",
+        s.fresh_seconds
+    ));
+    let cpu_start = cpu_snap(&db.pool, refit.pid, "refit").await;
+    let wall_start = now_unix();
+    let mut handles = Vec::new();
+    for k in 0..tasks {
+        let pool = db.pool.clone();
+        let mine: Vec<(i32, i32)> = users
+            .iter()
+            .zip(&prefill)
+            .filter(|(u, _)| (**u as usize) % tasks == k)
+            .map(|(u, p)| (*u, THRESHOLD * warm + p))
+            .collect();
+        handles.push(tokio::spawn(async move {
+            let mut conn = pool.acquire().await?;
+            let mut counts: Vec<(i32, i32)> = mine;
+            let mut done = Vec::new();
+            let mut inserted = 0u64;
+            let mut max_lag = 0.0f64;
+            let mut n = 0u64;
+            loop {
+                let at = t0
+                    + Duration::from_secs_f64(
+                        (n * tasks as u64 + k as u64) as f64 / inserts_per_sec,
+                    );
+                if at >= until {
+                    break;
+                }
+                tokio::time::sleep_until(at).await;
+                max_lag = max_lag.max(tokio::time::Instant::now().duration_since(at).as_secs_f64());
+                let slot = (n as usize) % counts.len();
+                let (u, c) = counts[slot];
+                let k_next = c + 1;
+                sqlx::query(
+                    "INSERT INTO prediction_requests (request_id, user_id, features)
+                     VALUES (bench_request_id($1, $2), bench_user($1), bench_features($1, $2))",
+                )
+                .bind(u)
+                .bind(k_next)
+                .execute(&mut *conn)
+                .await?;
+                let sent = now_unix();
+                sqlx::query(
+                    "INSERT INTO actual_rentals (request_id, actual_value)
+                     VALUES (bench_request_id($1, $2), bench_actual($1, $2))",
+                )
+                .bind(u)
+                .bind(k_next)
+                .execute(&mut *conn)
+                .await?;
+                let committed = now_unix();
+                counts[slot].1 = k_next;
+                inserted += 1;
+                if k_next % THRESHOLD == 0 {
+                    done.push(Completion {
+                        user: format!("user-{u:06}"),
+                        version: (k_next / THRESHOLD) as i64,
+                        sent,
+                        committed,
+                    });
+                }
+                n += 1;
+            }
+            Ok::<_, anyhow::Error>((done, inserted, max_lag))
+        }));
+    }
+    let mut completions = Vec::new();
+    let mut inserted = 0;
+    let mut max_lag: f64 = 0.0;
+    for h in handles {
+        let (done, n, lag) = h.await??;
+        completions.extend(done);
+        inserted += n;
+        max_lag = max_lag.max(lag);
+    }
+    let elapsed = now_unix() - wall_start;
+    let load_after = loadavg();
+    let expected = before + completions.len();
+    let arrived = blocking(|| collector.wait_for(expected, Duration::from_secs(60)));
+    let cpu = cpu_delta(
+        &cpu_start,
+        &cpu_snap(&db.pool, refit.pid, "refit").await,
+        completions.len(),
+    );
+    if arrived.is_none() {
+        log(format!(
+            "freshness {rate}/s: only {} of {expected} events arrived",
+            collector.count()
+        ));
+    }
+    let hwm = refit.hwm_now();
+    let metrics = http_get(port, "/metrics").unwrap_or_default();
+    let logs_of_refit = refit.logs.clone();
+    let memory = blocking(|| refit.stop(Duration::from_secs(30)))?;
+    let events = collector.stop();
+    let logs = std::mem::take(&mut *logs_of_refit.lock().unwrap());
+
+    // Match each completion with its event by user and version.
+    let by_key: HashMap<(String, i64), &Received> = events
+        .iter()
+        .map(|e| ((e.user().to_owned(), e.version()), e))
+        .collect();
+    let mut fresh = Vec::new();
+    let mut fresh_from_send = Vec::new();
+    let mut fresh_data_until = Vec::new();
+    let mut segments: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut matched_events = Vec::new();
+    let mut statuses = Vec::new();
+    for c in &completions {
+        let Some(e) = by_key.get(&(c.user.clone(), c.version)) else {
+            continue;
+        };
+        matched_events.push(*e);
+        statuses.push(e.value["status"].as_str().unwrap_or("?").to_owned());
+        fresh.push((e.at - c.committed) * 1e3);
+        fresh_from_send.push((e.at - c.sent) * 1e3);
+        if let Some(du) = e.value["data_until"]
+            .as_str()
+            .and_then(crate::infra::parse_ts)
+        {
+            fresh_data_until.push((e.at - du) * 1e3);
+        }
+        // Where the time went, from refit's log timestamps (same clock).
+        if let Some(steps) = e.value["retrain_id"]
+            .as_str()
+            .and_then(|id| logs.steps.get(id))
+        {
+            let at = |s: &str| steps.get(s).map(|l| l.at);
+            if let (Some(read), Some(train), Some(commit), Some(inval), Some(ann)) = (
+                at("read"),
+                at("train"),
+                at("commit"),
+                at("invalidate"),
+                at("announce"),
+            ) {
+                let read_ms = steps["read"].duration_ms.unwrap_or(0.0);
+                let read_start = read - read_ms / 1e3;
+                segments
+                    .entry("1 commit → retrain starts reading (notify, detect, schedule, lock)")
+                    .or_default()
+                    .push((read_start - c.committed) * 1e3);
+                segments.entry("2 read").or_default().push(read_ms);
+                segments
+                    .entry("3 read → trained (train, validation)")
+                    .or_default()
+                    .push((train - read) * 1e3);
+                segments
+                    .entry("4 trained → committed (version, consume, outbox)")
+                    .or_default()
+                    .push((commit - train) * 1e3);
+                segments
+                    .entry("5 committed → cache invalidated (outbox lock, DEL)")
+                    .or_default()
+                    .push((inval - commit) * 1e3);
+                segments
+                    .entry("6 invalidated → event acked by broker")
+                    .or_default()
+                    .push((ann - inval) * 1e3);
+                segments
+                    .entry("7 acked → read by the consumer")
+                    .or_default()
+                    .push((e.at - ann) * 1e3);
+            }
+        }
+    }
+    let measured: Vec<VersionRow> = versions(&db, &format!("WHERE version > {warm}"))
+        .await?
+        .into_iter()
+        .filter(|v| by_key.contains_key(&(v.user_id.clone(), v.version as i64)))
+        .collect();
+    let trees: Vec<f64> = measured
+        .iter()
+        .filter_map(|v| v.trees.map(f64::from))
+        .collect();
+    let result = json!({
+        "rate_batches_per_s": rate,
+        "actuals_per_s_target": inserts_per_sec,
+        "actuals_inserted": inserted,
+        "actuals_per_s_achieved": inserted as f64 / elapsed,
+        "max_insert_lag_ms": (max_lag * 1e3).round(),
+        "users": w,
+        "warm_retrains_per_user": warm,
+        "batches_completed": completions.len(),
+        "events_matched": fresh.len(),
+        "statuses": count_by(statuses.iter().map(String::as_str)),
+        "freshness_ms": Summary::of(&fresh).json(),
+        "freshness_from_insert_sent_ms": Summary::of(&fresh_from_send).json(),
+        "freshness_from_data_until_ms": Summary::of(&fresh_data_until).json(),
+        "breakdown_ms": segments.iter().map(|(k, v)| (k.to_string(), Summary::of(v).json())).collect::<serde_json::Map<_, _>>(),
+        "steps_ms": refit_steps(&measured, &logs, &matched_events),
+        "trees_of_measured_models": Summary::of(&trees).json(),
+        "refit_memory": memory_json(&memory),
+        "refit_vm_hwm_mb_before_stop": hwm as f64 / 1024.0,
+        "refit_logs": logs_json(&logs),
+        "loadavg_before_after": [load_before, load_after],
+        "cpu": cpu,
+        "metrics_retrains_total": metrics.lines().filter(|l| l.starts_with("refit_retrains_total")).collect::<Vec<_>>(),
+    });
+    db.drop().await;
+    Ok(result)
+}
+
+// ------------------------------------------------------------------------------------------------
+// Throughput: 10,000 users, one batch each, twice (fresh models, then continued ones)
+// ------------------------------------------------------------------------------------------------
+
+/// Which implementation a throughput run drives.
+pub enum Implementation<'a> {
+    Refit,
+    Python { python: &'a str },
+}
+
+/// Two rounds over `users` users: 50 actuals each, bulk-loaded in one transaction while the
+/// implementation runs; the round's rate is users / (last event read − load committed).
+pub async fn throughput(s: &Settings, which: Implementation<'_>) -> anyhow::Result<Value> {
+    let (tag, name) = match which {
+        Implementation::Refit => ("tp_refit", "refit"),
+        Implementation::Python { .. } => ("tp_python", "python"),
+    };
+    let mut db = BenchDb::create(s, tag).await?;
+    if let Implementation::Python { .. } = which {
+        db.has_pending_queue = false;
+        // refit's pending-queue trigger is no part of the Python sequence: without it the
+        // (unmeasured) bulk load is faster. The data are the same.
+        sqlx::query("DROP TRIGGER refit_enqueue_actual ON actual_rentals")
+            .execute(&db.pool)
+            .await?;
+    }
+    let collector = Collector::start(&s.brokers, &db.topic)?;
+    let port = free_port();
+    let log_path = s.out_dir.join(format!("{name}-throughput.log"));
+    let params = refit_default_params();
+    let mut proc = match which {
+        Implementation::Refit => Proc::spawn(
+            "refit",
+            REFIT_BIN,
+            &["run"],
+            &refit_env(s, &db, port, &[]),
+            &log_path,
+        )?,
+        Implementation::Python { python } => {
+            let script = s.python_script.to_string_lossy().into_owned();
+            Proc::spawn(
+                "python",
+                python,
+                &[
+                    &script,
+                    "--database-url",
+                    &db.url,
+                    "--redis-url",
+                    &s.redis_url,
+                    "--brokers",
+                    &s.brokers,
+                    "--topic",
+                    &db.topic,
+                    "--key-prefix",
+                    &db.key_prefix,
+                    "--threshold",
+                    "50",
+                    "--rounds",
+                    "10",
+                    "--params",
+                    &params.to_string(),
+                    "--nthread",
+                    "1",
+                    "--poll-interval-ms",
+                    "100",
+                ],
+                &[],
+                &log_path,
+            )?
+        }
+    };
+    blocking(|| proc.wait_ready(Duration::from_secs(60)))?;
+    let users = s.users;
+    let round_timeout = Duration::from_secs(match which {
+        Implementation::Refit => 600.max(users as u64 / 10),
+        Implementation::Python { .. } => 1200.max(users as u64 / 5),
+    });
+    let mut rounds = Vec::new();
+    for round in 0..2 {
+        let load_started = now_unix();
+        let load_before = loadavg();
+        log(format!(
+            "{name} throughput: round {} loading {users} users x 50 actuals",
+            round + 1
+        ));
+        let committed = db
+            .load_uniform(users, 1 + THRESHOLD * round as i32, THRESHOLD)
+            .await?;
+        log(format!(
+            "{name} throughput: round {} loaded in {:.1} s; draining",
+            round + 1,
+            committed - load_started
+        ));
+        let app = match which {
+            Implementation::Refit => "refit",
+            Implementation::Python { .. } => "refit-bench-python",
+        };
+        let cpu_start = cpu_snap(&db.pool, proc.pid, app).await;
+        let target = users * (round + 1);
+        let last = blocking(|| collector.wait_for(target, round_timeout));
+        let cpu = cpu_delta(&cpu_start, &cpu_snap(&db.pool, proc.pid, app).await, users);
+        let events = collector.snapshot();
+        let round_events = &events[(users * round).min(events.len())..target.min(events.len())];
+        let first = round_events.first().map(|e| e.at);
+        let done = round_events.len();
+        let end = last.unwrap_or_else(now_unix);
+        // Completed retrains per 5-second window, full windows only.
+        let mut windows = Vec::new();
+        let mut t = committed;
+        while t + 5.0 <= end {
+            windows.push(
+                round_events
+                    .iter()
+                    .filter(|e| e.at >= t && e.at < t + 5.0)
+                    .count() as f64
+                    / 5.0,
+            );
+            t += 5.0;
+        }
+        let rate = done as f64 / (end - committed);
+        log(format!(
+            "{name} throughput: round {} → {done} retrains, {rate:.1}/s",
+            round + 1
+        ));
+        rounds.push(json!({
+            "round": round + 1,
+            "kind": if round == 0 { "fresh models" } else { "continued training" },
+            "load_seconds": committed - load_started,
+            "retrains": done,
+            "complete": last.is_some(),
+            "seconds_commit_to_last_event": end - committed,
+            "seconds_commit_to_first_event": first.map(|f| f - committed),
+            "retrains_per_s": rate,
+            "retrains_per_s_first_to_last_event": first.map(|f| (done.saturating_sub(1)) as f64 / (end - f)),
+            "windows_5s_per_s": Summary::of(&windows).json(),
+            "loadavg_before_after": [load_before, loadavg()],
+            "cpu": cpu,
+        }));
+    }
+    let hwm = proc.hwm_now();
+    let metrics = match which {
+        Implementation::Refit => http_get(port, "/metrics").unwrap_or_default(),
+        _ => String::new(),
+    };
+    let logs_of_proc = proc.logs.clone();
+    let memory = blocking(|| proc.stop(Duration::from_secs(60)))?;
+    let events = collector.stop();
+    let logs = std::mem::take(&mut *logs_of_proc.lock().unwrap());
+    let statuses = count_by(
+        events
+            .iter()
+            .map(|e| e.value["status"].as_str().unwrap_or("?")),
+    );
+    let steps = match which {
+        Implementation::Refit => {
+            let all = versions(&db, "").await?;
+            let per_round = |v: i32| -> Value {
+                let rows: Vec<VersionRow> =
+                    all.iter().filter(|r| r.version == v).cloned().collect();
+                let evs: Vec<&Received> =
+                    events.iter().filter(|e| e.version() == v as i64).collect();
+                refit_steps(&rows, &logs, &evs)
+            };
+            json!({ "round1": per_round(1), "round2": per_round(2),
+                    "version_statuses": count_by(all.iter().map(|r| r.status.as_str())) })
+        }
+        Implementation::Python { .. } => {
+            let per_round = |v: i64| -> Value {
+                let evs: Vec<&Received> = events.iter().filter(|e| e.version() == v).collect();
+                let mut out = serde_json::Map::new();
+                for step in [
+                    "read",
+                    "train",
+                    "load",
+                    "boost",
+                    "save",
+                    "commit",
+                    "invalidate",
+                ] {
+                    let vals: Vec<f64> = evs.iter().filter_map(|e| e.timing(step)).collect();
+                    out.insert(step.into(), Summary::of(&vals).json());
+                }
+                Value::Object(out)
+            };
+            json!({ "round1": per_round(1), "round2": per_round(2),
+                    "summary": logs.other.iter().find(|v| v["summary"].as_bool() == Some(true)) })
+        }
+    };
+    let result = json!({
+        "implementation": name,
+        "users": users,
+        "rounds": rounds,
+        "statuses": statuses,
+        "steps_ms": steps,
+        "memory": memory_json(&memory),
+        "vm_hwm_mb_before_stop": hwm as f64 / 1024.0,
+        "logs": logs_json(&logs),
+        "metrics_retrains_total": metrics.lines().filter(|l| l.starts_with("refit_retrains_total")).collect::<Vec<_>>(),
+    });
+    db.drop().await;
+    Ok(result)
+}
+
+/// refit's default XGBoost parameters, as `refit config` prints them (strings → numbers where
+/// they are numbers, so Python's xgboost gets the same values).
+pub fn refit_default_params() -> Value {
+    let config = crate::infra::refit_config(&[(
+        "DATABASE_URL".into(),
+        "postgres://postgres@127.0.0.1:5432/x".into(),
+    )]);
+    let raw = config
+        .iter()
+        .find(|(k, _)| k == "REFIT_XGB_PARAMS")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| "{}".into());
+    let parsed: serde_json::Map<String, Value> = serde_json::from_str(&raw).unwrap_or_default();
+    Value::Object(
+        parsed
+            .into_iter()
+            .map(|(k, v)| {
+                let v = match v.as_str().map(|s| (s, s.parse::<f64>())) {
+                    Some((s, Ok(n))) if s.contains('.') => json!(n),
+                    Some((s, Ok(_))) => json!(s.parse::<i64>().unwrap()),
+                    _ => v,
+                };
+                (k, v)
+            })
+            .collect(),
+    )
+}
+
+// ------------------------------------------------------------------------------------------------
+// Growth: many retrains of one user
+// ------------------------------------------------------------------------------------------------
+
+/// `growth_retrains` batches of one user, bulk-loaded at once; refit retrains it batch after
+/// batch. `cap` is REFIT_MAX_TREES ("default" leaves refit's own default).
+pub async fn growth(s: &Settings, cap: &str, env_names: &[String]) -> anyhow::Result<Value> {
+    if cap != "default" && !env_names.iter().any(|n| n == "REFIT_MAX_TREES") {
+        return Ok(json!({ "cap": cap, "skipped": "this refit has no REFIT_MAX_TREES" }));
+    }
+    let tag = format!("growth_{}", if cap == "default" { "default" } else { cap });
+    let db = BenchDb::create(s, &tag).await?;
+    let port = free_port();
+    let extra: Vec<(&str, String)> = if cap == "default" {
+        vec![]
+    } else {
+        vec![("REFIT_MAX_TREES", cap.to_owned())]
+    };
+    let env = refit_env(s, &db, port, &extra);
+    let effective = crate::infra::refit_config(&env);
+    let mut refit = Proc::spawn(
+        "refit",
+        REFIT_BIN,
+        &["run"],
+        &env,
+        &s.out_dir.join(format!("refit-{tag}.log")),
+    )?;
+    blocking(|| refit.wait_ready(Duration::from_secs(60)))?;
+    let n = s.growth_retrains as i32;
+    log(format!(
+        "growth (REFIT_MAX_TREES={cap}): {n} batches of one user"
+    ));
+    let committed = db.load(&[1], &[1], &[THRESHOLD * n]).await?;
+    let deadline = Instant::now() + s.growth_timeout;
+    let mut made = 0;
+    while Instant::now() < deadline {
+        made = db
+            .scalar("SELECT count(*) FROM refit_model_versions")
+            .await? as i32;
+        if made >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let elapsed = now_unix() - committed;
+    if made < n {
+        log(format!(
+            "growth (REFIT_MAX_TREES={cap}): only {made} of {n} retrains within {:?}",
+            s.growth_timeout
+        ));
+    }
+    let hwm = refit.hwm_now();
+    let logs_of_refit = refit.logs.clone();
+    let memory = blocking(|| refit.stop(Duration::from_secs(120)))?;
+    let logs = std::mem::take(&mut *logs_of_refit.lock().unwrap());
+    let rows = versions(&db, "").await?;
+    let table: Vec<Value> = rows
+        .iter()
+        .map(|v| {
+            let t = logs.steps.get(&v.retrain_id).and_then(|s| s.get("train"));
+            json!({
+                "version": v.version, "status": v.status, "source": v.source, "trees": v.trees,
+                "bytes": v.bytes, "read_ms": v.read_ms, "train_ms": v.train_ms,
+                "load_ms": t.and_then(|t| t.load_ms), "boost_ms": t.and_then(|t| t.boost_ms),
+                "save_ms": t.and_then(|t| t.save_ms),
+            })
+        })
+        .collect();
+    let window = |lo: i32, hi: i32, f: &dyn Fn(&VersionRow) -> Option<f64>| -> Vec<f64> {
+        rows.iter()
+            .filter(|v| v.version >= lo && v.version <= hi)
+            .filter_map(f)
+            .collect()
+    };
+    let train = |v: &VersionRow| v.train_ms;
+    let bytes = |v: &VersionRow| v.bytes.map(f64::from);
+    let trees = |v: &VersionRow| v.trees.map(f64::from);
+    let last = rows.iter().map(|v| v.version).max().unwrap_or(0);
+    let early = (8, 12);
+    let late = ((last - 4).max(1), last);
+    let tail = ((last - 99).max(1), last);
+    let at = |version: i32| rows.iter().find(|v| v.version == version).cloned();
+    let v10 = at(10);
+    let vlast = at(last);
+    let summary = json!({
+        "retrains": made,
+        "seconds": elapsed,
+        "versions_by_source": count_by(rows.iter().map(|v| v.source.as_str())),
+        "versions_by_status": count_by(rows.iter().map(|v| v.status.as_str())),
+        "v10": v10.as_ref().map(|v| json!({"train_ms": v.train_ms, "bytes": v.bytes, "trees": v.trees})),
+        "last_version": last,
+        "vlast": vlast.as_ref().map(|v| json!({"train_ms": v.train_ms, "bytes": v.bytes, "trees": v.trees})),
+        "median_train_ms_v8_12": median(&window(early.0, early.1, &train)),
+        "median_train_ms_last5": median(&window(late.0, late.1, &train)),
+        "median_bytes_v8_12": median(&window(early.0, early.1, &bytes)),
+        "median_bytes_last5": median(&window(late.0, late.1, &bytes)),
+        "max_train_ms_last100": Summary::of(&window(tail.0, tail.1, &train)).max,
+        "p50_train_ms_last100": Summary::of(&window(tail.0, tail.1, &train)).p50,
+        "max_bytes_last100": Summary::of(&window(tail.0, tail.1, &bytes)).max,
+        "max_trees_last100": Summary::of(&window(tail.0, tail.1, &trees)).max,
+        "median_trees_v8_12": median(&window(early.0, early.1, &trees)),
+    });
+    let result = json!({
+        "cap": cap,
+        "effective_config": effective.iter()
+            .filter(|(k, _)| ["REFIT_MAX_TREES", "REFIT_COMPACTION", "REFIT_REFIT_WINDOW", "REFIT_COMPACTION_ROUNDS", "REFIT_VALIDATION_HOLDOUT"].contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "summary": summary,
+        "memory": memory_json(&memory),
+        "vm_hwm_mb_before_stop": hwm as f64 / 1024.0,
+        "logs": logs_json(&logs),
+        "versions": table,
+    });
+    db.drop().await;
+    Ok(result)
+}
