@@ -70,7 +70,11 @@ pub struct Delivery {
 
 /// Publishes retrain events.
 pub struct Events {
-    producer: FutureProducer,
+    /// Replaced when librdkafka reports a fatal error (e.g. a fenced idempotent producer), after
+    /// which the old one can never deliver again.
+    producer: std::sync::RwLock<FutureProducer>,
+    /// How to make a producer (the client settings plus idempotence, acks=all, timeouts).
+    producer_config: ClientConfig,
     client_config: ClientConfig,
     topic: String,
     partitions: i32,
@@ -100,7 +104,8 @@ impl Events {
             "cannot create the Kafka producer (check KAFKA_BROKERS and REFIT_KAFKA_PROPERTIES)",
         )?;
         Ok(Events {
-            producer,
+            producer: std::sync::RwLock::new(producer),
+            producer_config,
             client_config,
             topic: config.topic.clone(),
             partitions: config.topic_partitions,
@@ -175,11 +180,14 @@ impl Events {
             .key(event.user_id.as_bytes())
             .payload(&value)
             .headers(headers);
-        let delivery = self
-            .producer
-            .send(record, DELIVERY_TIMEOUT)
-            .await
-            .map_err(|(e, _)| anyhow!("Kafka delivery to {} failed: {e}", self.topic))?;
+        let producer = self.producer.read().expect("not poisoned").clone();
+        let delivery = match producer.send(record, DELIVERY_TIMEOUT).await {
+            Ok(delivery) => delivery,
+            Err((e, _)) => {
+                self.replace_if_fatal(&producer);
+                return Err(anyhow!("Kafka delivery to {} failed: {e}", self.topic));
+            }
+        };
         Ok(Delivery {
             partition: delivery.partition,
             offset: delivery.offset,
@@ -187,9 +195,25 @@ impl Events {
         })
     }
 
+    /// A producer in librdkafka's fatal state never delivers again: make a new one.
+    fn replace_if_fatal(&self, failed: &FutureProducer) {
+        let Some((code, reason)) = failed.client().fatal_error() else {
+            return;
+        };
+        match self.producer_config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                tracing::warn!(error = %code, reason, "Kafka producer hit a fatal error; replaced it");
+                *self.producer.write().expect("not poisoned") = fresh;
+            }
+            Err(e) => tracing::error!(error = %e, "cannot recreate the Kafka producer"),
+        }
+    }
+
     /// Waits for every queued message to be delivered (call before exit).
     pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
         self.producer
+            .read()
+            .expect("not poisoned")
             .flush(timeout)
             .map_err(|e| anyhow!("Kafka flush failed: {e}"))
     }
