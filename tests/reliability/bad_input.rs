@@ -284,8 +284,10 @@ async fn foreign_artifact_fails_only_that_user(artifact: Vec<u8>, reason_has: &s
         .execute(&env.pool)
         .await
         .unwrap();
-    env.cache_model(victim).await;
     let running = env.start(&[("REFIT_VALIDATION_HOLDOUT", "0")]).await;
+    // Version 1's own invalidation first; then serving caches version 1.
+    env.outbox_drained(WAIT).await;
+    env.cache_model(victim).await;
     env.insert_actuals(victim, 50).await;
     env.insert_actuals("control", 50).await;
     eventually(WAIT, "victim failed, control trained", || async {
