@@ -181,7 +181,11 @@ async fn chaos_crash_loop_at_random_fault_points() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         if refit.try_exited().is_some() {
-            assert_eq!(refit.count("fault injection: aborting"), 1, "cycle {cycle}");
+            // Two retrains in flight may both reach the point before the abort lands.
+            assert!(
+                refit.count("fault injection: aborting") >= 1,
+                "cycle {cycle}"
+            );
             crashes += 1;
         } else {
             refit.kill9();
