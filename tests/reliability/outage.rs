@@ -251,9 +251,8 @@ async fn kafka_unreachable_cache_invalidations_do_not_wait_for_the_broker() {
 }
 
 /// The same outage, without restarting refit afterwards: librdkafka's idempotent producer can end
-/// the outage in a fatal state (ProducerFenced seen here) and refit never recreates it.
+/// the outage in a fatal state (ProducerFenced seen here, intermittently); refit must recreate it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug (intermittent with tansu): after a fatal idempotent-producer error (ProducerFenced) refit never recreates its producer; events wait until refit restarts"]
 async fn kafka_long_outage_events_are_delivered_without_restarting_refit() {
     invalidations_during_a_long_kafka_outage(false, "kafka_long_outage").await;
 }
