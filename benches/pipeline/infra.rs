@@ -74,10 +74,11 @@ pub struct Settings {
     pub fresh_users: usize,
     /// Retrains of each freshness user before the measurement (so the measured ones continue a model).
     pub fresh_warm: usize,
-    /// Retrains of the one user of the growth phase.
-    pub growth_retrains: usize,
-    /// REFIT_MAX_TREES values for the growth phase; "default" leaves refit's default.
-    pub growth_caps: Vec<String>,
+    /// Growth runs: (REFIT_MAX_TREES value or "default" for refit's own, retrains of the one user).
+    pub growth_runs: Vec<(String, usize)>,
+    /// Extra environment for every refit child (BENCH_REFIT_ENV="K=V;K=V"), e.g. to compare
+    /// REFIT_MAX_CONCURRENT_RETRAINS values.
+    pub refit_extra_env: Vec<(String, String)>,
     pub growth_timeout: Duration,
     pub keep_databases: bool,
     pub out_dir: PathBuf,
@@ -117,17 +118,34 @@ impl Settings {
             brokers: env_or("KAFKA_BROKERS", "127.0.0.1:19092"),
             python,
             python_script: root.join("scripts/bench-python.py"),
-            phases: list("BENCH_PHASES", "steps,freshness,throughput,python,growth"),
+            phases: list("BENCH_PHASES", "freshness,throughput,python,growth"),
             users: env_num("BENCH_USERS", if quick { 1000 } else { 10_000 }),
-            fresh_rates: list("BENCH_FRESH_RATES", if quick { "10" } else { "2,10" })
+            fresh_rates: list("BENCH_FRESH_RATES", if quick { "10" } else { "4,10" })
                 .iter()
                 .filter_map(|r| r.parse().ok())
                 .collect(),
-            fresh_seconds: env_num("BENCH_FRESH_SECONDS", if quick { 10.0 } else { 30.0 }),
+            fresh_seconds: env_num("BENCH_FRESH_SECONDS", if quick { 10.0 } else { 25.0 }),
             fresh_users: env_num("BENCH_FRESH_USERS", 50),
             fresh_warm: env_num("BENCH_FRESH_WARM", 3),
-            growth_retrains: env_num("BENCH_GROWTH_RETRAINS", if quick { 100 } else { 1000 }),
-            growth_caps: list("BENCH_GROWTH_CAPS", "default,0"),
+            growth_runs: list(
+                "BENCH_GROWTH",
+                if quick {
+                    "default:100,0:100"
+                } else {
+                    "default:1000,0:500"
+                },
+            )
+            .iter()
+            .map(|spec| match spec.split_once(':') {
+                Some((cap, n)) => (cap.to_owned(), n.parse().unwrap_or(1000)),
+                None => (spec.clone(), if quick { 100 } else { 1000 }),
+            })
+            .collect(),
+            refit_extra_env: env_or("BENCH_REFIT_ENV", "")
+                .split(';')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .collect(),
             growth_timeout: Duration::from_secs(env_num(
                 "BENCH_GROWTH_TIMEOUT_SECS",
                 if quick { 120 } else { 420 },
@@ -704,9 +722,14 @@ pub fn refit_env(
         ("REFIT_LOG_FORMAT".into(), "json".into()),
         ("RUST_LOG".into(), "info,sqlx=warn".into()),
     ];
+    let extra = s
+        .refit_extra_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .chain(extra.iter().cloned());
     for (k, v) in extra {
         env.retain(|(name, _)| name != k);
-        env.push(((*k).to_owned(), v.clone()));
+        env.push((k.to_owned(), v));
     }
     env
 }

@@ -649,9 +649,14 @@ pub fn refit_default_params() -> Value {
 // Growth: many retrains of one user
 // ------------------------------------------------------------------------------------------------
 
-/// `growth_retrains` batches of one user, bulk-loaded at once; refit retrains it batch after
-/// batch. `cap` is REFIT_MAX_TREES ("default" leaves refit's own default).
-pub async fn growth(s: &Settings, cap: &str, env_names: &[String]) -> anyhow::Result<Value> {
+/// `retrains` batches of one user, bulk-loaded at once; refit retrains it batch after batch.
+/// `cap` is REFIT_MAX_TREES ("default" leaves refit's own default).
+pub async fn growth(
+    s: &Settings,
+    cap: &str,
+    retrains: usize,
+    env_names: &[String],
+) -> anyhow::Result<Value> {
     if cap != "default" && !env_names.iter().any(|n| n == "REFIT_MAX_TREES") {
         return Ok(json!({ "cap": cap, "skipped": "this refit has no REFIT_MAX_TREES" }));
     }
@@ -673,7 +678,7 @@ pub async fn growth(s: &Settings, cap: &str, env_names: &[String]) -> anyhow::Re
         &s.out_dir.join(format!("refit-{tag}.log")),
     )?;
     blocking(|| refit.wait_ready(Duration::from_secs(60)))?;
-    let n = s.growth_retrains as i32;
+    let n = retrains as i32;
     log(format!(
         "growth (REFIT_MAX_TREES={cap}): {n} batches of one user"
     ));
@@ -742,6 +747,8 @@ pub async fn growth(s: &Settings, cap: &str, env_names: &[String]) -> anyhow::Re
         "median_bytes_v8_12": median(&window(early.0, early.1, &bytes)),
         "median_bytes_last5": median(&window(late.0, late.1, &bytes)),
         "max_train_ms_last100": Summary::of(&window(tail.0, tail.1, &train)).max,
+        "median_bytes_last100": median(&window(tail.0, tail.1, &bytes)),
+        "p90_train_ms_last100": Summary::of(&window(tail.0, tail.1, &train)).p90,
         "p50_train_ms_last100": Summary::of(&window(tail.0, tail.1, &train)).p50,
         "max_bytes_last100": Summary::of(&window(tail.0, tail.1, &bytes)).max,
         "max_trees_last100": Summary::of(&window(tail.0, tail.1, &trees)).max,
