@@ -17,6 +17,9 @@ use uuid::Uuid;
 
 use crate::config::Config;
 
+/// A producer whose deliveries fail this many times in a row is replaced by a new one.
+const REPLACE_AFTER_FAILURES: u32 = 3;
+
 /// How long one delivery may take before the outbox records a failure and retries later.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -75,6 +78,9 @@ pub struct Events {
     producer: std::sync::RwLock<FutureProducer>,
     /// How to make a producer (the client settings plus idempotence, acks=all, timeouts).
     producer_config: ClientConfig,
+    /// Failed deliveries in a row; a producer that keeps failing is replaced (a restarted broker
+    /// can answer UNKNOWN_PRODUCER_ID forever to the old producer id).
+    consecutive_failures: std::sync::atomic::AtomicU32,
     client_config: ClientConfig,
     topic: String,
     partitions: i32,
@@ -106,6 +112,7 @@ impl Events {
         Ok(Events {
             producer: std::sync::RwLock::new(producer),
             producer_config,
+            consecutive_failures: Default::default(),
             client_config,
             topic: config.topic.clone(),
             partitions: config.topic_partitions,
@@ -184,10 +191,12 @@ impl Events {
         let delivery = match producer.send(record, DELIVERY_TIMEOUT).await {
             Ok(delivery) => delivery,
             Err((e, _)) => {
-                self.replace_if_fatal(&producer);
+                self.replace_if_broken(&producer);
                 return Err(anyhow!("Kafka delivery to {} failed: {e}", self.topic));
             }
         };
+        self.consecutive_failures
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         Ok(Delivery {
             partition: delivery.partition,
             offset: delivery.offset,
@@ -195,11 +204,22 @@ impl Events {
         })
     }
 
-    /// A producer in librdkafka's fatal state never delivers again: make a new one.
-    fn replace_if_fatal(&self, failed: &FutureProducer) {
-        let Some((code, reason)) = failed.client().fatal_error() else {
-            return;
+    /// Makes a new producer when the failed one is in librdkafka's fatal state (it never delivers
+    /// again) or has failed `REPLACE_AFTER_FAILURES` deliveries in a row.
+    fn replace_if_broken(&self, failed: &FutureProducer) {
+        let failures = 1 + self
+            .consecutive_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (code, reason) = match failed.client().fatal_error() {
+            Some((code, reason)) => (code.to_string(), reason),
+            None if failures >= REPLACE_AFTER_FAILURES => (
+                "repeated failures".to_owned(),
+                format!("{failures} deliveries failed in a row"),
+            ),
+            None => return,
         };
+        self.consecutive_failures
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         match self.producer_config.create::<FutureProducer>() {
             Ok(fresh) => {
                 tracing::warn!(error = %code, reason, "Kafka producer hit a fatal error; replaced it");
@@ -207,6 +227,14 @@ impl Events {
             }
             Err(e) => tracing::error!(error = %e, "cannot recreate the Kafka producer"),
         }
+    }
+
+    /// Drops messages still queued in the producer (not yet sent): used when the outbox lock was
+    /// lost mid-publish, since whoever holds it now re-sends them.
+    pub fn purge_queued(&self) {
+        use rdkafka::producer::PurgeConfig;
+        let producer = self.producer.read().expect("not poisoned").clone();
+        producer.purge(PurgeConfig::default().queue());
     }
 
     /// Waits for every queued message to be delivered (call before exit).

@@ -170,8 +170,28 @@ impl Outbox {
                     let retrain_id = entry.payload.get("retrain_id").and_then(|v| v.as_str());
                     info!(step = "invalidate", retrain_id, user_id, key = %key, duration_ms = ms, "cache invalidated");
                 }),
-                OutboxKind::Announce => {
-                    self.announce(&entry.payload, fast, invalidate_ms.get(&entry.event_id)).await
+                                OutboxKind::Announce => {
+                    let publish = self.announce(&entry.payload, fast, invalidate_ms.get(&entry.event_id));
+                    // The outbox lock lives as long as this transaction's connection. If that dies
+                    // while the broker is slow, another replica takes over the user's events: this
+                    // copy must not go out after theirs, so what is still queued is purged.
+                    let lock_lost = async {
+                        loop {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            if sqlx::query("SELECT 1").execute(&mut *tx).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        outcome = publish => outcome,
+                        () = lock_lost => {
+                            self.events.purge_queued();
+                            return Err(anyhow::anyhow!(
+                                "lost the outbox lock of {user_id:?} while publishing; queued events purged"
+                            ));
+                        }
+                    }
                 }
             };
             let healthy = match kind {

@@ -319,7 +319,6 @@ async fn kafka_broker_killed_and_restarted_then_refit_restarted_delivers_every_e
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "limitation: a restarted in-memory tansu answers UNKNOWN_PRODUCER_ID forever to the idempotent producer (a durable Kafka keeps producer state); refit delivers after its own restart"]
 async fn kafka_broker_killed_and_restarted_events_are_delivered_without_restarting_refit() {
     broker_killed_and_restarted(false, "kafka_broker_restart").await;
 }
@@ -384,7 +383,6 @@ async fn loki_hung_never_answering_has_no_effect_on_retrains() {
 /// replica then delivers that event and the next ones, and the first replica's copy lands after
 /// them: a stale duplicate (same event_id) behind a newer version's event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a replica that lost its DB connection (and outbox lock) mid-publish still delivers its queued event, after newer ones"]
 async fn a_replica_cut_from_postgres_mid_publish_never_delivers_a_stale_event_after_a_newer_one() {
     let env = TestEnv::new().await;
     let broker = Broker::start().await;
