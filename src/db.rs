@@ -123,6 +123,14 @@ pub async fn ensure_model_row(pool: &PgPool, user_id: &str) -> sqlx::Result<()> 
         .map(|_| ())
 }
 
+/// Whether the user has a registry row.
+pub async fn model_row_exists(conn: &mut PgConnection, user_id: &str) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM refit_models WHERE user_id = $1)")
+        .bind(user_id)
+        .fetch_one(conn)
+        .await
+}
+
 /// The locked registry head of one user, with its active version.
 #[derive(Debug, Clone)]
 pub struct ModelHead {
@@ -283,8 +291,9 @@ pub async fn record_failure(
     .map(|_| ())
 }
 
-/// Marks actuals consumed: trained by `version`, or set aside with their reasons. The primary key
-/// of `refit_consumed_actuals` refuses any actual consumed before.
+/// Marks actuals consumed — trained or held out by `version`, or set aside with their reasons —
+/// and removes them from the pending queue, in one statement. The primary key of
+/// `refit_consumed_actuals` refuses any actual consumed before.
 pub async fn consume(
     conn: &mut PgConnection,
     user_id: &str,
@@ -293,48 +302,47 @@ pub async fn consume(
     held_out: &[i64],
     set_aside: &[SetAside],
 ) -> sqlx::Result<()> {
-    let aside_ids: Vec<i64> = set_aside.iter().map(|s| s.actual_id).collect();
-    let reasons: Vec<&str> = set_aside.iter().map(|s| s.reason.as_str()).collect();
-    let details: Vec<&str> = set_aside.iter().map(|s| s.detail.as_str()).collect();
-    for (outcome, ids) in [("trained", trained), ("held_out", held_out)] {
-        sqlx::query(
-            "INSERT INTO refit_consumed_actuals (actual_id, user_id, version, outcome)
-             SELECT id, $1, $2, $4 FROM unnest($3::bigint[]) AS t(id)",
-        )
-        .bind(user_id)
-        .bind(version)
-        .bind(ids)
-        .bind(outcome)
-        .execute(&mut *conn)
-        .await?;
+    let mut ids = Vec::with_capacity(trained.len() + held_out.len() + set_aside.len());
+    let mut outcomes = Vec::with_capacity(ids.capacity());
+    let mut reasons: Vec<Option<&str>> = Vec::with_capacity(ids.capacity());
+    let mut details: Vec<Option<&str>> = Vec::with_capacity(ids.capacity());
+    for (outcome, list) in [("trained", trained), ("held_out", held_out)] {
+        for id in list {
+            ids.push(*id);
+            outcomes.push(outcome);
+            reasons.push(None);
+            details.push(None);
+        }
     }
-    sqlx::query(
-        "INSERT INTO refit_consumed_actuals (actual_id, user_id, version, outcome, reason, detail)
-         SELECT id, $1, NULL, 'set_aside', reason, detail
-           FROM unnest($2::bigint[], $3::text[], $4::text[]) AS t(id, reason, detail)",
+    for aside in set_aside {
+        ids.push(aside.actual_id);
+        outcomes.push("set_aside");
+        reasons.push(Some(aside.reason.as_str()));
+        details.push(Some(aside.detail.as_str()));
+    }
+    let deleted: i64 = sqlx::query_scalar(
+        "WITH consumed AS (
+             INSERT INTO refit_consumed_actuals (actual_id, user_id, version, outcome, reason, detail)
+             SELECT id, $1, CASE WHEN outcome = 'set_aside' THEN NULL ELSE $2 END, outcome, reason, detail
+               FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[]) AS t(id, outcome, reason, detail)
+         ), removed AS (
+             DELETE FROM refit_pending WHERE actual_id = ANY($3) RETURNING 1
+         )
+         SELECT count(*) FROM removed",
     )
     .bind(user_id)
-    .bind(&aside_ids)
+    .bind(version)
+    .bind(&ids)
+    .bind(&outcomes)
     .bind(&reasons)
     .bind(&details)
-    .execute(&mut *conn)
+    .fetch_one(&mut *conn)
     .await?;
-    let all: Vec<i64> = trained
-        .iter()
-        .chain(held_out)
-        .copied()
-        .chain(aside_ids)
-        .collect();
-    let deleted = sqlx::query("DELETE FROM refit_pending WHERE actual_id = ANY($1)")
-        .bind(&all)
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-    if deleted != all.len() as u64 {
+    if deleted != ids.len() as i64 {
         // Someone consumed these rows without holding the user's lock: refuse to double-train.
         return Err(sqlx::Error::Protocol(format!(
             "expected to consume {} pending actuals of user {user_id:?}, found {deleted}",
-            all.len()
+            ids.len()
         )));
     }
     Ok(())
@@ -390,20 +398,26 @@ impl OutboxKind {
     }
 }
 
+/// Records side effects of one event (in order: an invalidation, then the announcement) in one
+/// statement.
 pub async fn enqueue_outbox(
     conn: &mut PgConnection,
     event_id: Uuid,
     user_id: &str,
-    kind: OutboxKind,
-    payload: &Value,
+    entries: &[(OutboxKind, &Value)],
 ) -> sqlx::Result<()> {
+    let kinds: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+    let payloads: Vec<&Value> = entries.iter().map(|(_, p)| *p).collect();
     sqlx::query(
-        "INSERT INTO refit_outbox (event_id, user_id, kind, payload) VALUES ($1, $2, $3, $4)",
+        "INSERT INTO refit_outbox (event_id, user_id, kind, payload)
+         SELECT $1, $2, kind, payload
+           FROM unnest($3::text[], $4::jsonb[]) WITH ORDINALITY AS t(kind, payload, n)
+          ORDER BY n",
     )
     .bind(event_id)
     .bind(user_id)
-    .bind(kind.as_str())
-    .bind(payload)
+    .bind(&kinds)
+    .bind(&payloads)
     .execute(conn)
     .await
     .map(|_| ())

@@ -421,15 +421,18 @@ async fn record_activation(
         data_until: None,
         created_at: Utc::now(),
     };
+    let invalidate = json!({"retrain_id": event.retrain_id});
+    let announce = json!(event);
     db::enqueue_outbox(
         conn,
         event_id,
         user,
-        OutboxKind::Invalidate,
-        &json!({"retrain_id": event.retrain_id}),
+        &[
+            (OutboxKind::Invalidate, &invalidate),
+            (OutboxKind::Announce, &announce),
+        ],
     )
     .await?;
-    db::enqueue_outbox(conn, event_id, user, OutboxKind::Announce, &json!(event)).await?;
     tracing::info!(
         user_id = user,
         action,

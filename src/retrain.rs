@@ -135,10 +135,21 @@ impl Retrainer {
         let retrain_id = Uuid::now_v7();
         let mut timings = Map::new();
 
-        db::ensure_model_row(&self.pool, user_id).await?;
         let mut tx = self.pool.begin().await?;
-        let Some(head) = db::lock_model(&mut tx, user_id).await? else {
-            return Ok(Outcome::Busy);
+        let head = match db::lock_model(&mut tx, user_id).await? {
+            Some(head) => head,
+            // A new user has no registry row yet: make it (outside this transaction, so another
+            // replica never waits on it) and lock again.
+            None if !db::model_row_exists(&mut tx, user_id).await? => {
+                tx.rollback().await?;
+                db::ensure_model_row(&self.pool, user_id).await?;
+                tx = self.pool.begin().await?;
+                match db::lock_model(&mut tx, user_id).await? {
+                    Some(head) => head,
+                    None => return Ok(Outcome::Busy),
+                }
+            }
+            None => return Ok(Outcome::Busy),
         };
         if head.backing_off {
             return Ok(Outcome::BackingOff);
@@ -429,25 +440,19 @@ impl Retrainer {
             data_until: attempt.data_until,
             created_at: Utc::now(),
         };
-        if !rejected {
+        let invalidate = json!({"retrain_id": attempt.retrain_id});
+        let announce = json!(event);
+        let side_effects: &[(OutboxKind, &Value)] = if rejected {
+            // Serving keeps its model: only the event.
+            &[(OutboxKind::Announce, &announce)]
+        } else {
             db::activate(&mut tx, user_id, version).await?;
-            db::enqueue_outbox(
-                &mut tx,
-                attempt.event_id,
-                user_id,
-                OutboxKind::Invalidate,
-                &json!({"retrain_id": attempt.retrain_id}),
-            )
-            .await?;
-        }
-        db::enqueue_outbox(
-            &mut tx,
-            attempt.event_id,
-            user_id,
-            OutboxKind::Announce,
-            &json!(event),
-        )
-        .await?;
+            &[
+                (OutboxKind::Invalidate, &invalidate),
+                (OutboxKind::Announce, &announce),
+            ]
+        };
+        db::enqueue_outbox(&mut tx, attempt.event_id, user_id, side_effects).await?;
         tx.commit().await?;
         crate::faults::point("after_commit");
         let commit_ms = elapsed_ms(started);
@@ -541,8 +546,7 @@ impl Retrainer {
             &mut tx,
             attempt.event_id,
             user_id,
-            OutboxKind::Announce,
-            &json!(event),
+            &[(OutboxKind::Announce, &json!(event))],
         )
         .await?;
         let started = Instant::now();
