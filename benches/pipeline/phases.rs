@@ -546,9 +546,10 @@ pub async fn throughput(s: &Settings, which: Implementation<'_>) -> anyhow::Resu
             "complete": last.is_some(),
             "seconds_commit_to_last_event": end - committed,
             "seconds_commit_to_first_event": first.map(|f| f - committed),
-            "retrains_per_s": rate,
+            "committed_at": committed,
+            "retrains_per_s_read": rate,
             "retrains_per_s_first_to_last_event": first.map(|f| (done.saturating_sub(1)) as f64 / (end - f)),
-            "windows_5s_per_s": Summary::of(&windows).json(),
+            "windows_5s_per_s_read": Summary::of(&windows).json(),
             "loadavg_before_after": [load_before, loadavg()],
             "cpu": cpu,
         }));
@@ -562,6 +563,36 @@ pub async fn throughput(s: &Settings, which: Implementation<'_>) -> anyhow::Resu
     let memory = blocking(|| proc.stop(Duration::from_secs(60)))?;
     let events = collector.stop();
     let logs = std::mem::take(&mut *logs_of_proc.lock().unwrap());
+    // Throughput up to the broker's acknowledgement of each event (the implementation's own log
+    // line, same clock), and how far the consumer lagged behind it.
+    for (i, round) in rounds.iter_mut().enumerate() {
+        let committed = round["committed_at"].as_f64().unwrap_or(f64::NAN);
+        let mut acks = Vec::new();
+        let mut lag = Vec::new();
+        for e in events.iter().filter(|e| e.version() == i as i64 + 1) {
+            let ack = e.value["retrain_id"]
+                .as_str()
+                .and_then(|id| logs.steps.get(id))
+                .and_then(|steps| steps.get("announce"))
+                .map(|a| a.at);
+            if let Some(ack) = ack {
+                acks.push(ack);
+                lag.push((e.at - ack) * 1e3);
+            }
+        }
+        let last_ack = acks.iter().copied().fold(f64::NAN, f64::max);
+        let mut windows = Vec::new();
+        let mut t = committed;
+        while t + 5.0 <= last_ack {
+            windows.push(acks.iter().filter(|a| **a >= t && **a < t + 5.0).count() as f64 / 5.0);
+            t += 5.0;
+        }
+        round["acked"] = json!(acks.len());
+        round["seconds_commit_to_last_ack"] = json!(last_ack - committed);
+        round["retrains_per_s"] = json!(acks.len() as f64 / (last_ack - committed));
+        round["windows_5s_per_s"] = Summary::of(&windows).json();
+        round["consumer_lag_behind_ack_ms"] = Summary::of(&lag).json();
+    }
     let statuses = count_by(
         events
             .iter()
