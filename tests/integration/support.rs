@@ -214,9 +214,15 @@ impl Running {
 }
 
 pub async fn insert_actual(pool: &PgPool, user: &str, features: &Value, actual: f64) -> i64 {
+    insert_raw(pool, user, &features.to_string(), actual).await
+}
+
+/// Inserts an actual whose request's `features` is the JSON text `features` (which may hold what
+/// serde_json cannot, e.g. `1e400`).
+pub async fn insert_raw(pool: &PgPool, user: &str, features: &str, actual: f64) -> i64 {
     let request_id = Uuid::new_v4();
     sqlx::query(
-        "INSERT INTO prediction_requests (request_id, user_id, features) VALUES ($1, $2, $3)",
+        "INSERT INTO prediction_requests (request_id, user_id, features) VALUES ($1, $2, $3::jsonb)",
     )
     .bind(request_id)
     .bind(user)

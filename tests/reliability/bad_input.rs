@@ -7,36 +7,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::harness::*;
 use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(40);
-
-/// Inserts an actual whose request's `features` is the JSON text `features` (which may hold what
-/// serde_json cannot, e.g. `1e400`).
-async fn insert_raw(pool: &PgPool, user: &str, features: &str, actual: f64) -> i64 {
-    let request_id = Uuid::new_v4();
-    sqlx::query(
-        "INSERT INTO prediction_requests (request_id, user_id, features) VALUES ($1, $2, $3::jsonb)",
-    )
-    .bind(request_id)
-    .bind(user)
-    .bind(features)
-    .execute(pool)
-    .await
-    .unwrap();
-    sqlx::query_scalar(
-        "INSERT INTO actual_rentals (request_id, actual_value) VALUES ($1, $2) RETURNING id",
-    )
-    .bind(request_id)
-    .bind(actual)
-    .fetch_one(pool)
-    .await
-    .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_bad_row_is_set_aside_with_its_reason_and_the_rest_trains() {
