@@ -73,6 +73,20 @@ impl Cache {
         Ok(key)
     }
 
+    /// `DEL` of several users' keys in one pipeline (one round trip); returns the keys.
+    pub async fn invalidate_many(&self, user_ids: &[&str]) -> anyhow::Result<Vec<String>> {
+        let keys: Vec<String> = user_ids.iter().map(|u| self.key(u)).collect();
+        let mut conn = self.connection().await?;
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            pipe.cmd("DEL").arg(key).ignore();
+        }
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .context("Redis DEL failed")?;
+        Ok(keys)
+    }
+
     /// The cached model entry of a user, if any: a hash of `version`, `features` (JSON) and
     /// `artifact` (UBJSON), the layout serving and `refit predict` share.
     pub async fn get_model(&self, user_id: &str) -> anyhow::Result<Option<CachedModel>> {

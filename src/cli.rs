@@ -138,7 +138,7 @@ async fn deliver(config: &Config, pool: &PgPool, user: &str) {
             Arc::new(Metrics::new()),
             config.outbox_retry_max,
         );
-        let result = outbox.deliver_user(user, None).await?;
+        let result = outbox.deliver_user(user).await?;
         events.flush(Duration::from_secs(10))?;
         anyhow::Ok(result)
     }

@@ -159,6 +159,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("REFIT_COMPACTION", "at the cap: refit (fresh model on recent actuals) or update (refresh leaves in place)"),
     ("REFIT_REFIT_WINDOW", "most recent actuals a compaction refit trains on"),
     ("REFIT_COMPACTION_ROUNDS", "boosting rounds of a compaction refit (default: half the cap)"),
+    ("REFIT_MODEL_CACHE_MB", "memory for recently trained models kept between retrains (by artifact size; 0 = none)"),
     ("REFIT_CACHE_TTL_SECS", "TTL of the serving cache entry that `refit predict` fills"),
     ("REFIT_LOG_FORMAT", "text or json (stdout)"),
     ("RUST_LOG", "log filter, e.g. info or refit=debug"),
@@ -217,6 +218,8 @@ pub struct Config {
     pub compaction_rounds: i32,
     /// TTL of the cache entry the serving reference fills.
     pub cache_ttl: Duration,
+    /// Bytes of artifacts whose models stay loaded between a user's retrains.
+    pub model_cache_bytes: usize,
     /// Where /healthz, /readyz and /metrics are served; `None` when REFIT_HTTP_ADDR=off.
     pub http_addr: Option<std::net::SocketAddr>,
     /// Grafana Loki base URL (may carry credentials); logs are shipped there when set.
@@ -423,6 +426,9 @@ impl Config {
                 1,
                 10_000,
             )? as i32,
+            model_cache_bytes: int(raw, "REFIT_MODEL_CACHE_MB", 32, 0, 1_000_000)? as usize
+                * 1024
+                * 1024,
             cache_ttl: Duration::from_secs(
                 int(raw, "REFIT_CACHE_TTL_SECS", 3600, 1, 30 * 86_400)? as u64
             ),
@@ -511,6 +517,10 @@ impl Config {
             ("REFIT_XGB_NTHREAD", self.xgb_nthread.to_string()),
             ("REFIT_CACHE_KEY_PREFIX", self.cache_key_prefix.clone()),
             ("REFIT_CACHE_TTL_SECS", self.cache_ttl.as_secs().to_string()),
+            (
+                "REFIT_MODEL_CACHE_MB",
+                (self.model_cache_bytes / 1024 / 1024).to_string(),
+            ),
             (
                 "REFIT_VALIDATION_HOLDOUT",
                 self.validation_holdout.to_string(),

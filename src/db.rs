@@ -106,6 +106,36 @@ pub async fn due_users(
     .await
 }
 
+/// What the scheduler knows of one user it asked about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingCount {
+    pub user_id: String,
+    pub pending: i64,
+    /// The user is backing off after a failed retrain.
+    pub backing_off: bool,
+}
+
+/// Pending actuals of each of `users` (users with none are left out): an index range scan per
+/// user, for the users notifications name.
+pub async fn pending_counts(pool: &PgPool, users: &[String]) -> sqlx::Result<Vec<PendingCount>> {
+    sqlx::query(
+        "SELECT p.user_id, count(*),
+                coalesce(bool_or(m.retry_after > now()), false)
+           FROM refit_pending p
+           LEFT JOIN refit_models m ON m.user_id = p.user_id
+          WHERE p.user_id = ANY($1)
+          GROUP BY p.user_id",
+    )
+    .bind(users)
+    .map(|row: sqlx::postgres::PgRow| PendingCount {
+        user_id: row.get(0),
+        pending: row.get(1),
+        backing_off: row.get(2),
+    })
+    .fetch_all(pool)
+    .await
+}
+
 /// All pending actuals (for the gauge).
 pub async fn pending_total(pool: &PgPool) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT count(*) FROM refit_pending")
@@ -135,24 +165,28 @@ pub async fn model_row_exists(conn: &mut PgConnection, user_id: &str) -> sqlx::R
 #[derive(Debug, Clone)]
 pub struct ModelHead {
     pub active_version: Option<i32>,
+    /// Identifies the stored row of the active version: it changes whenever the row is written,
+    /// so an in-memory copy of the model is only used while this still matches.
+    pub active_row: Option<i64>,
     pub last_version: i32,
     pub failures: i32,
     pub backing_off: bool,
-    pub artifact: Option<Vec<u8>>,
     pub params: Option<Value>,
     pub features: Option<Value>,
     /// Trees of the active version.
     pub trees: Option<i32>,
 }
 
-/// Locks the user's registry row for this transaction; `None` when another retrain holds it.
+/// Locks the user's registry row for this transaction; `None` when another retrain holds it. The
+/// active artifact is not read here: see [`active_artifact`].
 pub async fn lock_model(conn: &mut PgConnection, user_id: &str) -> sqlx::Result<Option<ModelHead>> {
     sqlx::query(
         "SELECT m.active_version,
+                v.xmin::text::bigint,
                 coalesce((SELECT max(version) FROM refit_model_versions WHERE user_id = m.user_id), 0),
                 m.failures,
                 coalesce(m.retry_after > now(), false),
-                v.artifact, v.params, v.features, v.trees
+                v.params, v.features, v.trees
            FROM refit_models m
            LEFT JOIN refit_model_versions v
                   ON v.user_id = m.user_id AND v.version = m.active_version
@@ -162,16 +196,32 @@ pub async fn lock_model(conn: &mut PgConnection, user_id: &str) -> sqlx::Result<
     .bind(user_id)
     .map(|row: sqlx::postgres::PgRow| ModelHead {
         active_version: row.get(0),
-        last_version: row.get(1),
-        failures: row.get(2),
-        backing_off: row.get(3),
-        artifact: row.get(4),
+        active_row: row.get(1),
+        last_version: row.get(2),
+        failures: row.get(3),
+        backing_off: row.get(4),
         params: row.get(5),
         features: row.get(6),
         trees: row.get(7),
     })
     .fetch_optional(conn)
     .await
+}
+
+/// The stored artifact of one version (`None` when it has none).
+pub async fn active_artifact(
+    conn: &mut PgConnection,
+    user_id: &str,
+    version: i32,
+) -> sqlx::Result<Option<Vec<u8>>> {
+    sqlx::query_scalar(
+        "SELECT artifact FROM refit_model_versions WHERE user_id = $1 AND version = $2",
+    )
+    .bind(user_id)
+    .bind(version)
+    .fetch_optional(conn)
+    .await
+    .map(Option::flatten)
 }
 
 /// A pending actual with its request's features, and when it became pending.
@@ -291,6 +341,66 @@ pub async fn record_failure(
     .map(|_| ())
 }
 
+/// The actuals one retrain consumes, as the column arrays the consuming statements bind.
+pub struct Consumed<'a> {
+    ids: Vec<i64>,
+    outcomes: Vec<&'static str>,
+    reasons: Vec<Option<&'a str>>,
+    details: Vec<Option<&'a str>>,
+}
+
+impl<'a> Consumed<'a> {
+    /// Actuals trained on or held out by the version, and the ones set aside with their reasons.
+    pub fn new(trained: &[i64], held_out: &[i64], set_aside: &'a [SetAside]) -> Self {
+        let n = trained.len() + held_out.len() + set_aside.len();
+        let mut c = Consumed {
+            ids: Vec::with_capacity(n),
+            outcomes: Vec::with_capacity(n),
+            reasons: Vec::with_capacity(n),
+            details: Vec::with_capacity(n),
+        };
+        for (outcome, list) in [("trained", trained), ("held_out", held_out)] {
+            for id in list {
+                c.push(*id, outcome, None, None);
+            }
+        }
+        for aside in set_aside {
+            c.push(
+                aside.actual_id,
+                "set_aside",
+                Some(aside.reason.as_str()),
+                Some(aside.detail.as_str()),
+            );
+        }
+        c
+    }
+
+    fn push(
+        &mut self,
+        id: i64,
+        outcome: &'static str,
+        reason: Option<&'a str>,
+        detail: Option<&'a str>,
+    ) {
+        self.ids.push(id);
+        self.outcomes.push(outcome);
+        self.reasons.push(reason);
+        self.details.push(detail);
+    }
+
+    /// Fails when fewer pending rows were removed than consumed: someone consumed these rows
+    /// without holding the user's lock, and the transaction must not double-train them.
+    fn check(&self, user_id: &str, removed: i64) -> sqlx::Result<()> {
+        if removed == self.ids.len() as i64 {
+            return Ok(());
+        }
+        Err(sqlx::Error::Protocol(format!(
+            "expected to consume {} pending actuals of user {user_id:?}, found {removed}",
+            self.ids.len()
+        )))
+    }
+}
+
 /// Marks actuals consumed — trained or held out by `version`, or set aside with their reasons —
 /// and removes them from the pending queue, in one statement. The primary key of
 /// `refit_consumed_actuals` refuses any actual consumed before.
@@ -298,29 +408,9 @@ pub async fn consume(
     conn: &mut PgConnection,
     user_id: &str,
     version: Option<i32>,
-    trained: &[i64],
-    held_out: &[i64],
-    set_aside: &[SetAside],
+    consumed: &Consumed<'_>,
 ) -> sqlx::Result<()> {
-    let mut ids = Vec::with_capacity(trained.len() + held_out.len() + set_aside.len());
-    let mut outcomes = Vec::with_capacity(ids.capacity());
-    let mut reasons: Vec<Option<&str>> = Vec::with_capacity(ids.capacity());
-    let mut details: Vec<Option<&str>> = Vec::with_capacity(ids.capacity());
-    for (outcome, list) in [("trained", trained), ("held_out", held_out)] {
-        for id in list {
-            ids.push(*id);
-            outcomes.push(outcome);
-            reasons.push(None);
-            details.push(None);
-        }
-    }
-    for aside in set_aside {
-        ids.push(aside.actual_id);
-        outcomes.push("set_aside");
-        reasons.push(Some(aside.reason.as_str()));
-        details.push(Some(aside.detail.as_str()));
-    }
-    let deleted: i64 = sqlx::query_scalar(
+    let removed: i64 = sqlx::query_scalar(
         "WITH consumed AS (
              INSERT INTO refit_consumed_actuals (actual_id, user_id, version, outcome, reason, detail)
              SELECT id, $1, CASE WHEN outcome = 'set_aside' THEN NULL ELSE $2 END, outcome, reason, detail
@@ -332,20 +422,96 @@ pub async fn consume(
     )
     .bind(user_id)
     .bind(version)
-    .bind(&ids)
-    .bind(&outcomes)
-    .bind(&reasons)
-    .bind(&details)
+    .bind(&consumed.ids)
+    .bind(&consumed.outcomes)
+    .bind(&consumed.reasons)
+    .bind(&consumed.details)
     .fetch_one(&mut *conn)
     .await?;
-    if deleted != ids.len() as i64 {
-        // Someone consumed these rows without holding the user's lock: refuse to double-train.
-        return Err(sqlx::Error::Protocol(format!(
-            "expected to consume {} pending actuals of user {user_id:?}, found {deleted}",
-            ids.len()
-        )));
-    }
-    Ok(())
+    consumed.check(user_id, removed)
+}
+
+/// What [`commit_retrain`] wrote.
+#[derive(Debug, Clone)]
+pub struct CommittedRetrain {
+    /// The new version row's identity (see [`ModelHead::active_row`]).
+    pub version_row: i64,
+    /// The outbox entries, in the order given.
+    pub outbox_ids: Vec<i64>,
+}
+
+/// The whole write of a successful (or rejected) retrain in one statement: the new version, the
+/// consumed actuals out of the pending queue, the version activated when `activate`, and the
+/// side effects in the outbox. The caller commits.
+pub async fn commit_retrain(
+    conn: &mut PgConnection,
+    v: &NewVersion<'_>,
+    consumed: &Consumed<'_>,
+    activate: bool,
+    event_id: Uuid,
+    outbox: &[(OutboxKind, &Value)],
+) -> sqlx::Result<CommittedRetrain> {
+    let kinds: Vec<&str> = outbox.iter().map(|(k, _)| k.as_str()).collect();
+    let payloads: Vec<&Value> = outbox.iter().map(|(_, p)| *p).collect();
+    let row = sqlx::query(
+        "WITH version AS (
+             INSERT INTO refit_model_versions
+                 (user_id, version, status, parent_version, artifact, rows_used, rows_set_aside,
+                  trees, boosted_rounds, params, features, timings_ms, error, source, retrain_id, metrics)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+             RETURNING xmin::text::bigint AS row
+         ), consumed AS (
+             INSERT INTO refit_consumed_actuals (actual_id, user_id, version, outcome, reason, detail)
+             SELECT id, $1, CASE WHEN outcome = 'set_aside' THEN NULL ELSE $2 END, outcome, reason, detail
+               FROM unnest($17::bigint[], $18::text[], $19::text[], $20::text[]) AS t(id, outcome, reason, detail)
+         ), removed AS (
+             DELETE FROM refit_pending WHERE actual_id = ANY($17) RETURNING 1
+         ), activated AS (
+             UPDATE refit_models
+                SET active_version = $2, failures = 0, retry_after = NULL, updated_at = now()
+              WHERE user_id = $1 AND $21
+         ), outbox AS (
+             INSERT INTO refit_outbox (event_id, user_id, kind, payload)
+             SELECT $22, $1, kind, payload
+               FROM unnest($23::text[], $24::jsonb[]) WITH ORDINALITY AS t(kind, payload, n)
+              ORDER BY n
+             RETURNING id
+         )
+         SELECT (SELECT row FROM version),
+                (SELECT count(*) FROM removed),
+                coalesce((SELECT array_agg(id ORDER BY id) FROM outbox), '{}')",
+    )
+    .bind(v.user_id)
+    .bind(v.version)
+    .bind(v.status)
+    .bind(v.parent_version)
+    .bind(v.artifact)
+    .bind(v.rows_used)
+    .bind(v.rows_set_aside)
+    .bind(v.trees.map(|t| t as i32))
+    .bind(v.boosted_rounds)
+    .bind(v.params)
+    .bind(v.features)
+    .bind(v.timings_ms)
+    .bind(v.error)
+    .bind(v.source)
+    .bind(v.retrain_id)
+    .bind(v.metrics)
+    .bind(&consumed.ids)
+    .bind(&consumed.outcomes)
+    .bind(&consumed.reasons)
+    .bind(&consumed.details)
+    .bind(activate)
+    .bind(event_id)
+    .bind(&kinds)
+    .bind(&payloads)
+    .fetch_one(&mut *conn)
+    .await?;
+    consumed.check(v.user_id, row.get(1))?;
+    Ok(CommittedRetrain {
+        version_row: row.get(0),
+        outbox_ids: row.get(2),
+    })
 }
 
 /// The user's most recently consumed (trained or held-out) actuals, newest first: the window a
@@ -438,23 +604,27 @@ pub struct OutboxEntry {
     pub waiting: bool,
 }
 
-/// Takes the user's outbox lock for one kind for this transaction and returns that kind's undone
-/// entries in order; `None` when another task is delivering them right now. An announcement is
-/// `waiting` while its own event's invalidation is undone.
-pub async fn lock_outbox(
+/// Takes the outbox lock of one kind of each of `users` that no other task holds (for this
+/// transaction), and returns those users' undone entries of that kind in id order. An
+/// announcement is `waiting` while its own event's invalidation is undone. The transaction's
+/// commit is asynchronous: a done-mark lost in a crash only means one more delivery, and at least
+/// once is the contract.
+pub async fn lock_outboxes(
     tx: &mut Transaction<'_, Postgres>,
-    user_id: &str,
+    users: &[String],
     kind: OutboxKind,
-) -> sqlx::Result<Option<Vec<OutboxEntry>>> {
-    let locked: bool = sqlx::query_scalar(
-        "SELECT pg_try_advisory_xact_lock(hashtextextended('refit_outbox:' || $2 || ':' || $1, 0))",
+) -> sqlx::Result<(Vec<String>, Vec<OutboxEntry>)> {
+    let locked: Vec<String> = sqlx::query_scalar(
+        "WITH relaxed AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))
+         SELECT u FROM relaxed, unnest($1::text[]) AS u
+          WHERE pg_try_advisory_xact_lock(hashtextextended('refit_outbox:' || $2 || ':' || u, 0))",
     )
-    .bind(user_id)
+    .bind(users)
     .bind(kind.as_str())
-    .fetch_one(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
-    if !locked {
-        return Ok(None);
+    if locked.is_empty() {
+        return Ok((locked, Vec::new()));
     }
     let entries = sqlx::query(
         "SELECT o.id, o.event_id, o.user_id, o.kind, o.payload, o.attempts, o.next_attempt_at <= now(),
@@ -463,10 +633,10 @@ pub async fn lock_outbox(
                          WHERE i.event_id = o.event_id AND i.kind = 'invalidate' AND i.done_at IS NULL
                            AND o.kind = 'announce')
            FROM refit_outbox o
-          WHERE o.user_id = $1 AND o.kind = $2 AND o.done_at IS NULL
+          WHERE o.user_id = ANY($1) AND o.kind = $2 AND o.done_at IS NULL
           ORDER BY o.id",
     )
-    .bind(user_id)
+    .bind(&locked)
     .bind(kind.as_str())
     .fetch_all(&mut **tx)
     .await?
@@ -485,15 +655,18 @@ pub async fn lock_outbox(
         })
     })
     .collect();
-    Ok(Some(entries))
+    Ok((locked, entries))
 }
 
-pub async fn outbox_done(conn: &mut PgConnection, id: i64) -> sqlx::Result<()> {
-    sqlx::query("UPDATE refit_outbox SET done_at = now(), attempts = attempts + 1 WHERE id = $1")
-        .bind(id)
-        .execute(conn)
-        .await
-        .map(|_| ())
+/// Marks entries delivered.
+pub async fn outbox_done(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE refit_outbox SET done_at = now(), attempts = attempts + 1 WHERE id = ANY($1)",
+    )
+    .bind(ids)
+    .execute(conn)
+    .await
+    .map(|_| ())
 }
 
 pub async fn outbox_failed(
@@ -516,17 +689,23 @@ pub async fn outbox_failed(
     .map(|_| ())
 }
 
-/// Users whose oldest undone outbox entry is due.
-pub async fn outbox_due_users(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<String>> {
+/// Users with a due undone outbox entry, oldest first. Entries never tried are left alone for
+/// `grace` after they were written: the process that committed them is delivering them.
+pub async fn outbox_due_users(
+    pool: &PgPool,
+    limit: i64,
+    grace: Duration,
+) -> sqlx::Result<Vec<String>> {
     sqlx::query_scalar(
         "SELECT user_id FROM refit_outbox
-          WHERE done_at IS NULL
+          WHERE done_at IS NULL AND next_attempt_at <= now()
+            AND (attempts > 0 OR created_at <= now() - make_interval(secs => $2))
           GROUP BY user_id
-         HAVING min(next_attempt_at) <= now()
           ORDER BY min(id)
           LIMIT $1",
     )
     .bind(limit)
+    .bind(grace.as_secs_f64())
     .fetch_all(pool)
     .await
 }

@@ -256,7 +256,7 @@ fn refuse_unauthorized(state: &AppState, headers: &HeaderMap) -> Option<Response
 
 /// Delivers an activation's invalidation and event now (the sweep retries on failure).
 async fn deliver(state: &AppState, user: &str) {
-    if let Err(e) = state.outbox.deliver_user(user, None).await {
+    if let Err(e) = state.outbox.deliver_user(user).await {
         tracing::warn!(
             user_id = user,
             error = format!("{e:#}"),

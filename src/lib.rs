@@ -7,6 +7,7 @@
 //! - [`retrain`]: one retrain of one user, read → train → commit in one transaction;
 //! - [`features`]: rows checked and laid out for XGBoost, bad rows set aside with a reason;
 //! - [`trainer`]: continued training, exactly as Python's `xgb.train(xgb_model=...)`;
+//! - [`model_cache`]: recently trained models kept loaded between a user's retrains;
 //! - [`xgboost`]: the safe wrapper over the XGBoost C API (the only `unsafe` code);
 //! - [`outbox`]: after the commit, the cache invalidation ([`cache`]) and the event ([`events`]);
 //! - [`metrics`], [`telemetry`], [`http`]: Prometheus metrics, logs (stdout, Loki), probes;
@@ -25,6 +26,7 @@ pub mod faults;
 pub mod features;
 pub mod http;
 pub mod metrics;
+pub mod model_cache;
 pub mod outbox;
 pub mod registry;
 pub mod retrain;

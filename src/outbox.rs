@@ -4,28 +4,45 @@
 //! commit (the fast path) and, for anything left over (a crash, Redis or Kafka down), by the
 //! periodic sweep, with exponential back-off. Delivery is at least once.
 //!
+//! The fast path is two tasks per process, fed by channels: the first takes every user whose
+//! retrain committed since its last pass and deletes their cache keys in one Redis pipeline, then
+//! hands them to the second, which produces all their events at once and awaits the
+//! acknowledgements together; each marks its entries done with one `UPDATE`. Under load a pass
+//! costs a few round trips for many retrains; when idle a pass holds one user and starts as soon
+//! as the commit returns. A slow broker holds up only the second task: invalidations go on.
+//!
 //! Order, per user: invalidations in id order, announcements in id order, and an announcement
 //! only after its own version's invalidation (an event means "serving will load the new model").
 //! Each kind of a user's outbox is delivered by one task at a time (an advisory lock per user and
-//! kind, across all replicas), so invalidations never wait for a slow or unreachable broker.
+//! kind, across all replicas), so invalidations never wait for a slow or unreachable broker, and
+//! a user's events go to the broker in order (key = user id: one partition, and the idempotent
+//! producer keeps the order it was given).
 //!
 //! When a system fails, it is marked unhealthy: the fast path then leaves its entries to the
 //! sweep, so an outage never slows retrains down; the sweep's next success marks it healthy.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::cache::Cache;
-use crate::db::{self, OutboxKind};
+use crate::db::{self, OutboxEntry, OutboxKind};
 use crate::events::{Events, RetrainEvent};
 use crate::metrics::Metrics;
+
+/// The most users one delivery pass takes.
+const MAX_PASS_USERS: usize = 256;
+
+/// How long the sweep leaves entries that were never tried to the fast path of the process that
+/// wrote them.
+const FAST_PATH_GRACE: Duration = Duration::from_secs(1);
 
 /// Delivers outbox entries.
 pub struct Outbox {
@@ -38,26 +55,44 @@ pub struct Outbox {
     redis_healthy: AtomicBool,
     /// False after a failed announcement until one succeeds again.
     kafka_healthy: AtomicBool,
+    /// The fast path's queue; `None` until first used and after [`Outbox::drain`].
+    fast_path: std::sync::Mutex<Option<mpsc::UnboundedSender<Committed>>>,
+    /// The fast-path task, waited for at shutdown.
+    tasks: tokio_util::task::TaskTracker,
 }
 
-/// Timings the fast path knows and the stored payload cannot (the commit happened after it was
-/// written).
-#[derive(Debug, Clone, Default)]
-pub struct FastPath {
+/// A retrain that just committed: what the fast path needs to know that the stored payload
+/// cannot (the commit happened after it was written).
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub user_id: String,
+    pub event_id: Uuid,
     pub commit_ms: f64,
+    /// Set by the invalidation stage when it invalidated this retrain's version.
+    pub invalidate_ms: Option<f64>,
 }
 
-/// What one delivery pass over a user's outbox did.
+/// What one delivery pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Delivered {
     pub done: usize,
     pub failed: usize,
-    /// Another task held the user's outbox.
+    /// Another task held some user's outbox.
     pub busy: bool,
     /// An invalidation failed (Redis is unreachable).
     pub redis_failed: bool,
     /// An announcement failed (Kafka is unreachable).
     pub kafka_failed: bool,
+}
+
+impl Delivered {
+    fn add(&mut self, other: Delivered) {
+        self.done += other.done;
+        self.failed += other.failed;
+        self.busy |= other.busy;
+        self.redis_failed |= other.redis_failed;
+        self.kafka_failed |= other.kafka_failed;
+    }
 }
 
 /// Systems a delivery pass leaves alone (known to be down).
@@ -83,6 +118,8 @@ impl Outbox {
             retry_max,
             redis_healthy: AtomicBool::new(true),
             kafka_healthy: AtomicBool::new(true),
+            fast_path: std::sync::Mutex::new(None),
+            tasks: tokio_util::task::TaskTracker::new(),
         }
     }
 
@@ -94,178 +131,300 @@ impl Outbox {
         self.kafka_healthy.load(Ordering::Relaxed)
     }
 
-    /// Delivers what is due in the user's outbox. `fast` is set right after a retrain's commit:
-    /// it skips systems known to be down and adds the commit timing to the event.
-    pub async fn deliver_user(
-        &self,
-        user_id: &str,
-        fast: Option<&FastPath>,
-    ) -> anyhow::Result<Delivered> {
-        let skip = Skip {
-            redis: fast.is_some() && !self.redis_healthy(),
-            kafka: fast.is_some() && !self.kafka_healthy(),
+    /// Hands a committed retrain's side effects to the fast path (started on first use).
+    pub fn deliver_soon(self: &Arc<Self>, committed: Committed) {
+        let mut slot = self.fast_path.lock().expect("not poisoned");
+        let committed = match slot.as_ref() {
+            Some(queue) => match queue.send(committed) {
+                Ok(()) => return,
+                // The tasks ended (their runtime stopped): start others.
+                Err(mpsc::error::SendError(committed)) => committed,
+            },
+            None => committed,
         };
-        self.deliver(user_id, fast, skip).await
+        let (queue, invalidations) = mpsc::unbounded_channel();
+        let (to_announce, announcements) = mpsc::unbounded_channel();
+        queue.send(committed).expect("the receiver is right here");
+        *slot = Some(queue);
+        let outbox = self.clone();
+        self.tasks
+            .spawn(async move { outbox.invalidation_stage(invalidations, to_announce).await });
+        let outbox = self.clone();
+        self.tasks
+            .spawn(async move { outbox.announcement_stage(announcements).await });
+    }
+
+    /// Waits until everything handed to the fast path so far is delivered (or left to the sweep).
+    pub async fn drain(&self) {
+        self.fast_path.lock().expect("not poisoned").take();
+        self.tasks.close();
+        self.tasks.wait().await;
+        self.tasks.reopen();
+    }
+
+    /// The fast path's first task: invalidations, then on to the second.
+    async fn invalidation_stage(
+        &self,
+        mut queue: mpsc::UnboundedReceiver<Committed>,
+        next: mpsc::UnboundedSender<Committed>,
+    ) {
+        while let Some(batch) = next_pass(&mut queue).await {
+            let mut invalidate_ms = HashMap::new();
+            // While Redis is known to be down, the sweep carries invalidations out.
+            if self.redis_healthy() {
+                let users = users_of(&batch);
+                let mut result = Delivered::default();
+                if let Err(e) = self
+                    .invalidate(&users, &mut invalidate_ms, &mut result)
+                    .await
+                {
+                    warn!(
+                        users = users.len(),
+                        error = format!("{e:#}"),
+                        "cache invalidation failed; the sweep retries"
+                    );
+                }
+            }
+            for mut committed in batch {
+                committed.invalidate_ms = invalidate_ms.get(&committed.event_id).copied();
+                let _ = next.send(committed);
+            }
+        }
+    }
+
+    /// The fast path's second task: announcements.
+    async fn announcement_stage(&self, mut queue: mpsc::UnboundedReceiver<Committed>) {
+        while let Some(batch) = next_pass(&mut queue).await {
+            // While Kafka is known to be down, the sweep carries announcements out.
+            if !self.kafka_healthy() {
+                continue;
+            }
+            let users = users_of(&batch);
+            let commit_ms = batch.iter().map(|c| (c.event_id, c.commit_ms)).collect();
+            let invalidate_ms = batch
+                .iter()
+                .filter_map(|c| Some((c.event_id, c.invalidate_ms?)))
+                .collect();
+            let mut result = Delivered::default();
+            if let Err(e) = self
+                .announce(&users, &commit_ms, &invalidate_ms, &mut result)
+                .await
+            {
+                warn!(
+                    users = users.len(),
+                    error = format!("{e:#}"),
+                    "announcement failed; the sweep retries"
+                );
+            }
+        }
+    }
+
+    /// Delivers what is due in one user's outbox now (the registry's activations).
+    pub async fn deliver_user(&self, user_id: &str) -> anyhow::Result<Delivered> {
+        self.deliver(&[user_id.to_owned()], &HashMap::new(), Skip::default())
+            .await
     }
 
     async fn deliver(
         &self,
-        user_id: &str,
-        fast: Option<&FastPath>,
+        users: &[String],
+        commit_ms: &HashMap<Uuid, f64>,
         skip: Skip,
     ) -> anyhow::Result<Delivered> {
         let mut result = Delivered::default();
         // Invalidation time per event, added to the event's timings.
         let mut invalidate_ms = HashMap::new();
         if !skip.redis {
-            self.deliver_kind(
-                user_id,
-                OutboxKind::Invalidate,
-                fast,
-                &mut invalidate_ms,
-                &mut result,
-            )
-            .await?;
+            self.invalidate(users, &mut invalidate_ms, &mut result)
+                .await?;
         }
         if !skip.kafka {
-            self.deliver_kind(
-                user_id,
-                OutboxKind::Announce,
-                fast,
-                &mut invalidate_ms,
-                &mut result,
-            )
-            .await?;
+            self.announce(users, commit_ms, &invalidate_ms, &mut result)
+                .await?;
         }
         Ok(result)
     }
 
-    /// Delivers one kind of the user's entries in order, stopping at the first that is not due,
-    /// waits for its invalidation, or fails. Each kind has its own lock, so a slow broker never
-    /// holds up invalidations.
-    async fn deliver_kind(
+    /// Locks one kind of the users' outboxes and returns the entries to deliver now: each user's
+    /// entries in order up to the first that is not due or waits for its invalidation.
+    async fn lock(
         &self,
-        user_id: &str,
+        tx: &mut Transaction<'static, Postgres>,
+        users: &[String],
         kind: OutboxKind,
-        fast: Option<&FastPath>,
+        result: &mut Delivered,
+    ) -> anyhow::Result<Vec<OutboxEntry>> {
+        let (locked, entries) = db::lock_outboxes(tx, users, kind).await?;
+        result.busy |= locked.len() < users.len();
+        let mut stopped = HashSet::new();
+        Ok(entries
+            .into_iter()
+            .filter(|e| {
+                if stopped.contains(&e.user_id) || !e.due || e.waiting {
+                    stopped.insert(e.user_id.clone());
+                    return false;
+                }
+                true
+            })
+            .collect())
+    }
+
+    /// The invalidations: one pipeline of `DEL`s for all of them.
+    async fn invalidate(
+        &self,
+        users: &[String],
         invalidate_ms: &mut HashMap<Uuid, f64>,
         result: &mut Delivered,
     ) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
-        let Some(entries) = db::lock_outbox(&mut tx, user_id, kind).await? else {
-            result.busy = true;
+        let due = self
+            .lock(&mut tx, users, OutboxKind::Invalidate, result)
+            .await?;
+        if due.is_empty() {
+            tx.commit().await?;
             return Ok(());
-        };
-        for entry in entries {
-            if !entry.due || entry.waiting {
-                break;
-            }
-            let started = Instant::now();
-            let outcome = match kind {
-                OutboxKind::Invalidate => self.cache.invalidate(user_id).await.map(|key| {
-                    crate::faults::point("after_invalidate");
-                    let ms = elapsed_ms(started);
+        }
+        let started = Instant::now();
+        let user_ids: Vec<&str> = due.iter().map(|e| e.user_id.as_str()).collect();
+        let outcome = self.cache.invalidate_many(&user_ids).await;
+        crate::faults::point("after_invalidate");
+        let ms = elapsed_ms(started);
+        self.redis_healthy.store(outcome.is_ok(), Ordering::Relaxed);
+        match outcome {
+            Ok(keys) => {
+                for (entry, key) in due.iter().zip(&keys) {
                     invalidate_ms.insert(entry.event_id, ms);
                     self.metrics.observe_step("invalidate", ms);
                     let retrain_id = entry.payload.get("retrain_id").and_then(|v| v.as_str());
-                    info!(step = "invalidate", retrain_id, user_id, key = %key, duration_ms = ms, "cache invalidated");
-                }),
-                                OutboxKind::Announce => {
-                    let publish = self.announce(&entry.payload, fast, invalidate_ms.get(&entry.event_id));
-                    // The outbox lock lives as long as this transaction's connection. If that dies
-                    // while the broker is slow, another replica takes over the user's events: this
-                    // copy must not go out after theirs, so what is still queued is purged.
-                    let lock_lost = async {
-                        loop {
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                            if sqlx::query("SELECT 1").execute(&mut *tx).await.is_err() {
-                                return;
-                            }
-                        }
-                    };
-                    tokio::select! {
-                        outcome = publish => outcome,
-                        () = lock_lost => {
-                            self.events.purge_queued();
-                            return Err(anyhow::anyhow!(
-                                "lost the outbox lock of {user_id:?} while publishing; queued events purged"
-                            ));
-                        }
-                    }
-                }
-            };
-            let healthy = match kind {
-                OutboxKind::Invalidate => &self.redis_healthy,
-                OutboxKind::Announce => &self.kafka_healthy,
-            };
-            healthy.store(outcome.is_ok(), Ordering::Relaxed);
-            match outcome {
-                Ok(()) => {
-                    db::outbox_done(&mut tx, entry.id).await?;
-                    result.done += 1;
-                }
-                Err(error) => {
-                    let retry_in = self.backoff(entry.attempts);
-                    warn!(
-                        step = kind.as_str(),
-                        user_id,
-                        event_id = %entry.event_id,
-                        attempts = entry.attempts + 1,
-                        retry_in_ms = retry_in.as_millis() as u64,
-                        error = format!("{error:#}"),
-                        "side effect failed; will retry"
+                    info!(
+                        step = "invalidate", retrain_id, user_id = %entry.user_id, key = %key,
+                        duration_ms = ms, batch = due.len(), "cache invalidated"
                     );
-                    db::outbox_failed(&mut tx, entry.id, &format!("{error:#}"), retry_in).await?;
-                    result.failed += 1;
-                    match kind {
-                        OutboxKind::Invalidate => result.redis_failed = true,
-                        OutboxKind::Announce => result.kafka_failed = true,
-                    }
-                    break;
                 }
+                let ids: Vec<i64> = due.iter().map(|e| e.id).collect();
+                db::outbox_done(&mut tx, &ids).await?;
+                result.done += due.len();
+            }
+            Err(error) => {
+                for entry in &due {
+                    self.failed(&mut tx, entry, &error).await?;
+                }
+                result.failed += due.len();
+                result.redis_failed = true;
             }
         }
         tx.commit().await?;
         Ok(())
     }
 
+    /// The announcements: every event produced at once, the acknowledgements awaited together.
     async fn announce(
         &self,
-        payload: &serde_json::Value,
-        fast: Option<&FastPath>,
-        invalidate_ms: Option<&f64>,
+        users: &[String],
+        commit_ms: &HashMap<Uuid, f64>,
+        invalidate_ms: &HashMap<Uuid, f64>,
+        result: &mut Delivered,
     ) -> anyhow::Result<()> {
-        let mut event: RetrainEvent = serde_json::from_value(payload.clone())
-            .map_err(|e| anyhow::anyhow!("outbox payload is not a retrain event: {e}"))?;
-        if let Some(fast) = fast {
-            event
-                .timings_ms
-                .insert("commit".into(), fast.commit_ms.into());
+        let mut tx = self.pool.begin().await?;
+        let due = self
+            .lock(&mut tx, users, OutboxKind::Announce, result)
+            .await?;
+        if due.is_empty() {
+            tx.commit().await?;
+            return Ok(());
         }
-        if let Some(ms) = invalidate_ms {
-            event.timings_ms.insert("invalidate".into(), (*ms).into());
+        let publishes = due.iter().map(|entry| async move {
+            let mut event: RetrainEvent = serde_json::from_value(entry.payload.clone())
+                .map_err(|e| anyhow::anyhow!("outbox payload is not a retrain event: {e}"))?;
+            if let Some(ms) = commit_ms.get(&entry.event_id) {
+                event.timings_ms.insert("commit".into(), (*ms).into());
+            }
+            if let Some(ms) = invalidate_ms.get(&entry.event_id) {
+                event.timings_ms.insert("invalidate".into(), (*ms).into());
+            }
+            let started = Instant::now();
+            let delivery = self.events.publish(&event).await?;
+            anyhow::Ok((event, delivery, elapsed_ms(started)))
+        });
+        let publishes = futures::future::join_all(publishes);
+        // The outbox locks live as long as this transaction's connection. If that dies while the
+        // broker is slow, another replica takes over these users' events: these copies must not
+        // go out after theirs, so what is still queued is purged.
+        let lock_lost = async {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if sqlx::query("SELECT 1").execute(&mut *tx).await.is_err() {
+                    return;
+                }
+            }
+        };
+        let outcomes = tokio::select! {
+            outcomes = publishes => outcomes,
+            () = lock_lost => {
+                self.events.purge_queued();
+                anyhow::bail!("lost the outbox lock while publishing {} events; queued events purged", due.len());
+            }
+        };
+        let mut done = Vec::with_capacity(due.len());
+        let mut failed = false;
+        for (entry, outcome) in due.iter().zip(outcomes) {
+            match outcome {
+                Ok((event, delivery, ms)) => {
+                    self.metrics.observe_step("announce", ms);
+                    if let Some(data_until) = event.data_until {
+                        let freshness =
+                            (Utc::now() - data_until).num_microseconds().unwrap_or(0) as f64 / 1e6;
+                        self.metrics.freshness.observe(freshness.max(0.0));
+                    }
+                    info!(
+                        step = "announce",
+                        retrain_id = %event.retrain_id,
+                        user_id = %event.user_id,
+                        status = %event.status,
+                        model_version = event.model_version,
+                        topic = self.events.topic(),
+                        bytes = delivery.bytes,
+                        partition = delivery.partition,
+                        offset = delivery.offset,
+                        duration_ms = ms,
+                        batch = due.len(),
+                        "event published"
+                    );
+                    done.push(entry.id);
+                }
+                Err(error) => {
+                    failed = true;
+                    self.failed(&mut tx, entry, &error).await?;
+                    result.failed += 1;
+                }
+            }
         }
-        let started = Instant::now();
-        let delivery = self.events.publish(&event).await?;
-        let ms = elapsed_ms(started);
-        self.metrics.observe_step("announce", ms);
-        if let Some(data_until) = event.data_until {
-            let freshness = (Utc::now() - data_until).num_microseconds().unwrap_or(0) as f64 / 1e6;
-            self.metrics.freshness.observe(freshness.max(0.0));
-        }
-        info!(
-            step = "announce",
-            retrain_id = %event.retrain_id,
-            user_id = %event.user_id,
-            status = %event.status,
-            model_version = event.model_version,
-            topic = self.events.topic(),
-            bytes = delivery.bytes,
-            partition = delivery.partition,
-            offset = delivery.offset,
-            duration_ms = ms,
-            "event published"
+        self.kafka_healthy.store(!failed, Ordering::Relaxed);
+        result.kafka_failed |= failed;
+        db::outbox_done(&mut tx, &done).await?;
+        result.done += done.len();
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records a failed attempt; the entry is retried after a back-off.
+    async fn failed(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        entry: &OutboxEntry,
+        error: &anyhow::Error,
+    ) -> anyhow::Result<()> {
+        let retry_in = self.backoff(entry.attempts);
+        warn!(
+            step = entry.kind.as_str(),
+            user_id = %entry.user_id,
+            event_id = %entry.event_id,
+            attempts = entry.attempts + 1,
+            retry_in_ms = retry_in.as_millis() as u64,
+            error = format!("{error:#}"),
+            "side effect failed; will retry"
         );
+        db::outbox_failed(tx, entry.id, &format!("{error:#}"), retry_in).await?;
         Ok(())
     }
 
@@ -274,24 +433,23 @@ impl Outbox {
         Duration::from_millis(ms).min(self.retry_max)
     }
 
-    /// One sweep: delivers every user's due entries. Once a system fails in this pass, the other
-    /// users' entries for it wait for the next pass, while the other system's entries go on: a
-    /// Kafka outage costs one delivery timeout per pass, and invalidations keep flowing.
+    /// One sweep: delivers every user's due entries, in passes of many users. Once a system fails
+    /// in this sweep, the other users' entries for it wait for the next sweep, while the other
+    /// system's entries go on: a Kafka outage costs one delivery timeout per sweep, and
+    /// invalidations keep flowing.
     pub async fn sweep(&self) -> anyhow::Result<Delivered> {
         let mut total = Delivered::default();
-        let mut skip = Skip::default();
-        for user_id in db::outbox_due_users(&self.pool, 1000).await? {
+        let users = db::outbox_due_users(&self.pool, 1000, FAST_PATH_GRACE).await?;
+        for pass in users.chunks(MAX_PASS_USERS) {
+            let skip = Skip {
+                redis: total.redis_failed,
+                kafka: total.kafka_failed,
+            };
             if skip.redis && skip.kafka {
                 break;
             }
-            let delivered = self.deliver(&user_id, None, skip).await?;
-            total.done += delivered.done;
-            total.failed += delivered.failed;
-            skip.redis |= delivered.redis_failed;
-            skip.kafka |= delivered.kafka_failed;
+            total.add(self.deliver(pass, &HashMap::new(), skip).await?);
         }
-        total.redis_failed = skip.redis;
-        total.kafka_failed = skip.kafka;
         Ok(total)
     }
 
@@ -310,6 +468,27 @@ impl Outbox {
         }
         Ok(())
     }
+}
+
+/// Waits for the next committed retrain, then takes whatever else is queued (up to a pass).
+async fn next_pass(queue: &mut mpsc::UnboundedReceiver<Committed>) -> Option<Vec<Committed>> {
+    let mut pass = vec![queue.recv().await?];
+    while pass.len() < MAX_PASS_USERS {
+        match queue.try_recv() {
+            Ok(next) => pass.push(next),
+            Err(_) => break,
+        }
+    }
+    Some(pass)
+}
+
+/// The distinct users of a pass, in order.
+fn users_of(pass: &[Committed]) -> Vec<String> {
+    let mut seen = HashSet::new();
+    pass.iter()
+        .filter(|c| seen.insert(c.user_id.as_str()))
+        .map(|c| c.user_id.clone())
+        .collect()
 }
 
 pub fn elapsed_ms(since: Instant) -> f64 {

@@ -28,12 +28,13 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::config::{Compaction, Config};
-use crate::db::{self, ModelHead, NewVersion, OutboxKind};
+use crate::db::{self, Consumed, ModelHead, NewVersion, OutboxKind};
 use crate::events::RetrainEvent;
 use crate::features::{self, Batch};
 use crate::metrics::Metrics;
-use crate::outbox::{elapsed_ms, FastPath, Outbox};
-use crate::trainer::{self, TrainInput, TrainMode, Trained};
+use crate::model_cache::ModelCache;
+use crate::outbox::{elapsed_ms, Committed, Outbox};
+use crate::trainer::{self, Previous, TrainInput, TrainMode, Trained};
 
 /// The longest a user backs off after repeated failed retrains.
 const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(300);
@@ -54,8 +55,8 @@ pub enum Outcome {
     AllSetAside { rows_set_aside: usize },
     /// Training failed (e.g. a corrupt artifact): recorded, announced, rows still pending.
     Failed { version: i32, reason: String },
-    /// Fewer than `threshold` pending actuals.
-    NotDue,
+    /// Fewer than `threshold` pending actuals: this many.
+    NotDue { pending: i64 },
     /// Another retrain (maybe in another replica) holds the user.
     Busy,
     /// The user is backing off after a failure.
@@ -77,9 +78,11 @@ pub struct Retrainer {
     pool: PgPool,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
+    /// Carries out the side effects after each commit, so a retrain never waits for Redis or
+    /// Kafka.
     outbox: Arc<Outbox>,
-    /// Fast-path deliveries run here so a retrain never waits for Redis or Kafka.
-    deliveries: tokio_util::task::TaskTracker,
+    /// Each user's last committed model, kept loaded for its next retrain.
+    models: ModelCache,
 }
 
 /// How this retrain produces its model.
@@ -108,11 +111,11 @@ impl Retrainer {
         outbox: Arc<Outbox>,
     ) -> Self {
         Retrainer {
+            models: ModelCache::new(config.model_cache_bytes),
             pool,
             config,
             metrics,
             outbox,
-            deliveries: tokio_util::task::TaskTracker::new(),
         }
     }
 
@@ -123,9 +126,12 @@ impl Retrainer {
 
     /// Waits for every fast-path delivery started so far (before shutdown).
     pub async fn drain_deliveries(&self) {
-        self.deliveries.close();
-        self.deliveries.wait().await;
-        self.deliveries.reopen();
+        self.outbox.drain().await;
+    }
+
+    /// The models kept loaded between retrains.
+    pub fn model_cache(&self) -> &ModelCache {
+        &self.models
     }
 
     /// Retrains `user_id` once if it has `>= threshold` pending actuals. `pending` is what the
@@ -158,7 +164,9 @@ impl Retrainer {
         let started = Instant::now();
         let pending_rows = db::read_pending(&mut tx, user_id, threshold).await?;
         if (pending_rows.len() as i64) < threshold {
-            return Ok(Outcome::NotDue);
+            return Ok(Outcome::NotDue {
+                pending: pending_rows.len() as i64,
+            });
         }
         let read_ms = elapsed_ms(started);
         timings.insert("read".into(), read_ms.into());
@@ -204,7 +212,8 @@ impl Retrainer {
             );
         }
         if batch.rows() == 0 {
-            db::consume(&mut tx, user_id, None, &[], &[], &batch.set_aside).await?;
+            let consumed = Consumed::new(&[], &[], &batch.set_aside);
+            db::consume(&mut tx, user_id, None, &consumed).await?;
             tx.commit().await?;
             warn!(%retrain_id, user_id, rows_set_aside = batch.set_aside.len(), "no usable actual in the batch; no new version");
             return Ok(Outcome::AllSetAside {
@@ -213,7 +222,7 @@ impl Retrainer {
         }
 
         // Hold out the newest rows to score the new version against the active one.
-        let holdout_rows = match head.artifact {
+        let holdout_rows = match head.active_version {
             Some(_) if self.config.validation_holdout > 0.0 => {
                 let n = (batch.rows() as f64 * self.config.validation_holdout).round() as usize;
                 n.min(batch.rows() - 1)
@@ -231,10 +240,9 @@ impl Retrainer {
             all.extend(training);
             training = all;
         }
-        let (mode, previous, rounds, action, source) = match plan {
+        let (mode, rounds, action, source) = match plan {
             Plan::Continue => (
                 TrainMode::Continue,
-                head.artifact.clone(),
                 self.config.rounds_per_retrain,
                 "retrain",
                 if head.active_version.is_some() {
@@ -244,50 +252,68 @@ impl Retrainer {
                 },
             ),
             Plan::Compact(Compaction::Refit) => (
-                TrainMode::Continue,
-                None,
+                TrainMode::Restart,
                 self.config.compaction_rounds,
                 "compaction",
                 "compaction-refit",
             ),
-            Plan::Compact(Compaction::Update) => (
-                TrainMode::Refresh,
-                head.artifact.clone(),
-                0,
-                "compaction",
-                "compaction-update",
-            ),
+            Plan::Compact(Compaction::Update) => {
+                (TrainMode::Refresh, 0, "compaction", "compaction-update")
+            }
         };
+
+        // The active model: kept loaded from this user's last retrain, or read from the registry.
+        let started = Instant::now();
+        let mut stored = None;
+        let loaded = match head.active_version {
+            None => None,
+            Some(version) => match self.models.take(user_id, version, head.active_row) {
+                Some(booster) => Some(booster),
+                None => {
+                    stored = db::active_artifact(&mut tx, user_id, version).await?;
+                    if stored.is_none() {
+                        let reason = format!("the active version {version} has no artifact");
+                        let features_json = json!(batch.feature_names);
+                        return self
+                            .commit_failure(
+                                tx,
+                                &attempt,
+                                reason,
+                                &json!(params),
+                                &features_json,
+                                batch.set_aside.len(),
+                                timings,
+                            )
+                            .await;
+                    }
+                    None
+                }
+            },
+        };
+        let fetch_ms = elapsed_ms(started);
 
         let started = Instant::now();
         let nthread = self.config.xgb_nthread;
         let metric = self.config.validation_metric;
-        let active = head.artifact.clone();
-        let (result, training, params) = {
+        let (result, training, holdout, params) = {
             let span = tracing::Span::current();
             tokio::task::spawn_blocking(move || {
                 let _entered = span.enter();
                 crate::faults::point("during_train");
-                let input = TrainInput {
-                    previous: previous.as_deref(),
+                let result = trainer::train(TrainInput {
+                    previous: match (loaded, stored.as_deref()) {
+                        (Some(booster), _) => Previous::Loaded(booster),
+                        (None, Some(artifact)) => Previous::Artifact(artifact),
+                        (None, None) => Previous::None,
+                    },
                     mode,
                     params: &params,
                     rounds,
                     nthread,
                     batch: &training,
-                };
-                let result = trainer::train(&input).and_then(|trained| {
-                    let validation = match (&active, holdout.rows()) {
-                        (Some(active), n) if n > 0 => Some((
-                            trainer::score(&trained.artifact, &holdout, metric)?,
-                            trainer::score(active, &holdout, metric)?,
-                            n,
-                        )),
-                        _ => None,
-                    };
-                    Ok((trained, validation, holdout))
+                    holdout: Some((&holdout, metric)),
                 });
-                (result, training, params)
+                (result, training, holdout, params)
             })
             .await
             .context("training thread panicked")?
@@ -297,8 +323,8 @@ impl Retrainer {
         self.metrics.observe_step("train", train_ms);
 
         let params_json = json!(params);
-        let (trained, scores, holdout) = match result {
-            Ok(ok) => ok,
+        let trained = match result {
+            Ok(trained) => trained,
             Err(error) => {
                 let features_json = json!(batch.feature_names);
                 let rejected = batch.set_aside.len();
@@ -315,16 +341,16 @@ impl Retrainer {
                     .await;
             }
         };
-        let validation = scores.map(|(candidate, active, rows)| Validation {
-            candidate,
-            active,
-            rows,
-            passed: candidate <= active * (1.0 + self.config.validation_tolerance) + 1e-9,
+        let validation = trained.scores.map(|s| Validation {
+            candidate: s.candidate,
+            active: s.previous,
+            rows: s.rows,
+            passed: s.candidate <= s.previous * (1.0 + self.config.validation_tolerance) + 1e-9,
         });
         info!(
             step = "train", %retrain_id, user_id, samples_used = training.rows(), processing_time_ms = train_ms,
-            load_ms = ms(trained.load), boost_ms = ms(trained.train), save_ms = ms(trained.save),
-            trees = trained.trees, source, "model trained"
+            fetch_ms, load_ms = ms(trained.load), boost_ms = ms(trained.train), save_ms = ms(trained.save),
+            model_cached = trained.load.is_zero(), trees = trained.trees, source, "model trained"
         );
         self.commit_version(
             tx,
@@ -333,7 +359,7 @@ impl Retrainer {
             Commit {
                 batch: &batch,
                 holdout: &holdout,
-                trained: &trained,
+                trained,
                 params: &params_json,
                 timings,
                 validation,
@@ -385,38 +411,6 @@ impl Retrainer {
                 self.config.validation_tolerance * 100.0
             )
         });
-        let started = Instant::now();
-        db::insert_version(
-            &mut tx,
-            &NewVersion {
-                user_id,
-                version,
-                status: if rejected { "rejected" } else { "ready" },
-                parent_version: head.active_version,
-                artifact: Some(&c.trained.artifact),
-                rows_used: c.batch.rows() as i32,
-                rows_set_aside: c.batch.set_aside.len() as i32,
-                trees: Some(c.trained.trees),
-                boosted_rounds: Some(c.trained.boosted_rounds),
-                params: c.params,
-                features: &json!(c.batch.feature_names),
-                timings_ms: &Value::Object(c.timings.clone()),
-                metrics: &json!({ "validation": validation_json }),
-                error: reason.as_deref(),
-                source: c.source,
-                retrain_id: attempt.retrain_id,
-            },
-        )
-        .await?;
-        db::consume(
-            &mut tx,
-            user_id,
-            Some(version),
-            &c.batch.used,
-            &c.holdout.used,
-            &c.batch.set_aside,
-        )
-        .await?;
         let active_after = if rejected {
             head.active_version
         } else {
@@ -433,8 +427,8 @@ impl Retrainer {
             rows_used: c.batch.rows() as i64,
             rows_rejected: c.batch.set_aside.len() as i64,
             trees: Some(c.trained.trees),
-            timings_ms: c.timings,
-            validation: validation_json,
+            timings_ms: c.timings.clone(),
+            validation: validation_json.clone(),
             reason: reason.clone(),
             retrain_id: attempt.retrain_id,
             data_until: attempt.data_until,
@@ -446,16 +440,50 @@ impl Retrainer {
             // Serving keeps its model: only the event.
             &[(OutboxKind::Announce, &announce)]
         } else {
-            db::activate(&mut tx, user_id, version).await?;
             &[
                 (OutboxKind::Invalidate, &invalidate),
                 (OutboxKind::Announce, &announce),
             ]
         };
-        db::enqueue_outbox(&mut tx, attempt.event_id, user_id, side_effects).await?;
+        let started = Instant::now();
+        let committed = db::commit_retrain(
+            &mut tx,
+            &NewVersion {
+                user_id,
+                version,
+                status: if rejected { "rejected" } else { "ready" },
+                parent_version: head.active_version,
+                artifact: Some(&c.trained.artifact),
+                rows_used: c.batch.rows() as i32,
+                rows_set_aside: c.batch.set_aside.len() as i32,
+                trees: Some(c.trained.trees),
+                boosted_rounds: Some(c.trained.boosted_rounds),
+                params: c.params,
+                features: &json!(c.batch.feature_names),
+                timings_ms: &Value::Object(c.timings),
+                metrics: &json!({ "validation": validation_json }),
+                error: reason.as_deref(),
+                source: c.source,
+                retrain_id: attempt.retrain_id,
+            },
+            &Consumed::new(&c.batch.used, &c.holdout.used, &c.batch.set_aside),
+            !rejected,
+            attempt.event_id,
+            side_effects,
+        )
+        .await?;
         tx.commit().await?;
         crate::faults::point("after_commit");
         let commit_ms = elapsed_ms(started);
+        match c.trained.booster {
+            // A rejected retrain changed the active model in memory: nothing to keep.
+            Some(booster) if !rejected => {
+                let bytes = c.trained.artifact.len();
+                self.models
+                    .put(user_id, version, committed.version_row, booster, bytes);
+            }
+            _ => {}
+        }
         self.metrics.observe_step("commit", commit_ms);
         let status = if rejected { "rejected" } else { "success" };
         self.metrics.retrains.with_label_values(&[status]).inc();
@@ -468,7 +496,7 @@ impl Retrainer {
         if let Some(reason) = &reason {
             warn!(retrain_id = %attempt.retrain_id, user_id, model_version = version, reason = %reason, "version rejected by the validation gate; serving unchanged");
         }
-        self.after_commit(user_id, commit_ms);
+        self.after_commit(user_id, attempt.event_id, commit_ms);
         Ok(match reason {
             Some(reason) => Outcome::Rejected { version, reason },
             None => Outcome::Trained {
@@ -551,20 +579,17 @@ impl Retrainer {
         .await?;
         let started = Instant::now();
         tx.commit().await?;
-        self.after_commit(user_id, elapsed_ms(started));
+        self.after_commit(user_id, attempt.event_id, elapsed_ms(started));
         Ok(Outcome::Failed { version, reason })
     }
 
-    /// Starts the fast-path delivery of what the commit put in the user's outbox.
-    fn after_commit(&self, user_id: &str, commit_ms: f64) {
-        let outbox = self.outbox.clone();
-        let user_id = user_id.to_owned();
-        self.deliveries.spawn(async move {
-            let fast = FastPath { commit_ms };
-            if let Err(e) = outbox.deliver_user(&user_id, Some(&fast)).await {
-                // The sweep retries whatever is left.
-                warn!(user_id, error = format!("{e:#}"), "outbox delivery failed");
-            }
+    /// Hands what the commit put in the user's outbox to the fast path.
+    fn after_commit(&self, user_id: &str, event_id: Uuid, commit_ms: f64) {
+        self.outbox.deliver_soon(Committed {
+            user_id: user_id.to_owned(),
+            event_id,
+            commit_ms,
+            invalidate_ms: None,
         });
     }
 }
@@ -588,7 +613,7 @@ struct Commit<'a> {
     batch: &'a Batch,
     /// The pending rows held out for validation.
     holdout: &'a Batch,
-    trained: &'a Trained,
+    trained: Trained,
     params: &'a Value,
     timings: Map<String, Value>,
     validation: Option<Validation>,

@@ -1,16 +1,18 @@
 //! `refit run`: the long-running service.
 //!
 //! Tasks and how they talk:
-//! - the **listener** `LISTEN`s on `refit_actuals` (the insert trigger's channel) and forwards each
-//!   notified user id to the scheduler; after a lost connection it asks for a full scan, because
-//!   notifications sent meanwhile are gone;
-//! - the **scheduler** (the task that calls [`Service::run`]) owns the set of users in flight. It
-//!   counts pending actuals for notified users, and for everyone on every poll tick (the safety
-//!   net), and runs due users' retrains in a `JoinSet` of at most `max_concurrent_retrains`
-//!   workers. A user notified while in flight is checked again when its worker ends;
-//! - a **worker** retrains one user batch after batch until fewer than `threshold` actuals are
-//!   pending. It checks for shutdown only between batches: a retrain in flight commits or rolls
-//!   back, never half;
+//! - the **listener** `LISTEN`s on `refit_actuals` (the insert trigger's channel) and forwards
+//!   each notification — "`n` actuals of user `u` became pending" — to the scheduler; after a lost
+//!   connection it asks for a full scan, because notifications sent meanwhile are gone;
+//! - the **scheduler** (the task that calls [`Service::run`]) keeps a count of pending actuals per
+//!   user ([`Pending`]): read from PostgreSQL when it does not know a user yet, then advanced by
+//!   the notified arrivals, so a trickle of actuals costs no query until a user is due. A full
+//!   scan on the poll tick is the safety net (skipped while due users are already queued, at most
+//!   every [`BUSY_SCAN_INTERVAL`] then, since under load it is the costliest query refit runs).
+//!   Due users run in a `JoinSet` of at most `max_concurrent_retrains` workers; a user notified
+//!   while in flight is counted again when its worker ends;
+//! - a **worker** retrains one user batch after batch while it knows of a full batch. It checks
+//!   for shutdown only between batches: a retrain in flight commits or rolls back, never half;
 //! - the **sweeper** delivers leftover outbox entries every poll interval and refreshes gauges;
 //! - the **topic** task creates the Kafka topic, retrying until the broker answers.
 //!
@@ -18,6 +20,8 @@
 //! workers and their fast-path deliveries, then flushes the Kafka producer.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+
+use futures::FutureExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,10 +39,13 @@ use crate::db;
 use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::outbox::{elapsed_ms, Outbox};
-use crate::retrain::Retrainer;
+use crate::retrain::{Outcome, Retrainer};
 
 /// Delivered outbox entries are kept this long for inspection, then purged.
 const OUTBOX_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// While due users wait in the queue, the safety-net full scan runs at most this often.
+const BUSY_SCAN_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Everything a running refit holds.
 pub struct Service {
@@ -161,78 +168,86 @@ impl Service {
     /// The scheduler loop (see the module docs).
     async fn schedule(
         &self,
-        mut notifications: mpsc::UnboundedReceiver<Option<String>>,
+        mut notifications: mpsc::UnboundedReceiver<Arrival>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let max = self.config.max_concurrent_retrains;
         let mut ticker = tokio::time::interval(self.config.poll_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // User → notified again while in flight.
-        let mut in_flight: HashMap<String, bool> = HashMap::new();
-        let mut queue: VecDeque<db::DueUser> = VecDeque::new();
-        let mut queued: HashSet<String> = HashSet::new();
-        let mut workers: JoinSet<String> = JoinSet::new();
+        let mut pending = Pending::new(self.config.retrain_threshold);
+        let mut last_scan: Option<Instant> = None;
+        let mut workers: JoinSet<(String, Finished)> = JoinSet::new();
 
         loop {
             self.heartbeat.beat();
-            let scope: Option<Vec<String>> = tokio::select! {
+            let mut scan = false;
+            tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = ticker.tick() => None,
+                _ = ticker.tick() => {
+                    scan = pending.queue.is_empty()
+                        || last_scan.is_none_or(|t| t.elapsed() >= BUSY_SCAN_INTERVAL);
+                }
                 Some(first) = notifications.recv() => {
-                    let mut users = HashSet::new();
-                    let mut full = first.is_none();
-                    users.extend(first);
-                    while let Ok(next) = notifications.try_recv() {
-                        match next {
-                            Some(user) => { users.insert(user); }
-                            None => full = true,
+                    let mut next = Some(first);
+                    while let Some(arrival) = next {
+                        match arrival {
+                            Arrival::Rescan => scan = true,
+                            Arrival::Actuals { user_id, count } => pending.arrived(user_id, count),
                         }
-                    }
-                    if full { None } else { Some(users.into_iter().collect()) }
-                }
-                Some(done) = workers.join_next(), if !workers.is_empty() => {
-                    match done {
-                        Ok(user) if in_flight.remove(&user) == Some(true) => Some(vec![user]),
-                        Ok(_) => Some(Vec::new()),
-                        Err(e) => { error!(error = %e, "retrain worker panicked"); Some(Vec::new()) }
+                        next = notifications.try_recv().ok();
                     }
                 }
-            };
-            if scope.as_ref().is_none_or(|users| !users.is_empty()) {
+                Some(done) = workers.join_next(), if !workers.is_empty() => match done {
+                    Ok((user_id, finished)) => pending.finished(user_id, finished),
+                    Err(e) => error!(error = %e, "retrain worker failed to run"),
+                },
+            }
+            if !pending.unknown.is_empty() {
+                let users: Vec<String> = pending.unknown.drain().collect();
                 let started = Instant::now();
-                match db::due_users(&self.pool, self.config.retrain_threshold, scope.as_deref())
-                    .await
-                {
+                match db::pending_counts(&self.pool, &users).await {
+                    Ok(counts) => {
+                        self.metrics.observe_step("detect", elapsed_ms(started));
+                        pending.counted(&users, counts);
+                    }
+                    Err(e) => {
+                        error!(error = %e, "cannot count pending actuals; retrying at the next poll");
+                        pending.unknown.extend(users);
+                    }
+                }
+            }
+            if scan {
+                last_scan = Some(Instant::now());
+                let started = Instant::now();
+                match db::due_users(&self.pool, self.config.retrain_threshold, None).await {
                     Ok(due) => {
                         self.metrics.observe_step("detect", elapsed_ms(started));
-                        for user in due {
-                            if let Some(dirty) = in_flight.get_mut(&user.user_id) {
-                                *dirty = true;
-                            } else if queued.insert(user.user_id.clone()) {
-                                queue.push_back(user);
-                            }
-                        }
+                        pending.scanned(due);
                     }
                     Err(e) => {
                         error!(error = %e, "cannot count pending actuals; retrying at the next poll")
                     }
                 }
-            }
-            if scope.is_none() {
                 match db::pending_total(&self.pool).await {
                     Ok(n) => self.metrics.pending.set(n),
                     Err(e) => debug!(error = %e, "pending gauge not refreshed"),
                 }
             }
             while workers.len() < max {
-                let Some(user) = queue.pop_front() else { break };
-                queued.remove(&user.user_id);
-                in_flight.insert(user.user_id.clone(), false);
+                let Some(user) = pending.start_next() else {
+                    break;
+                };
                 let retrainer = self.retrainer.clone();
                 let stop = shutdown.clone();
                 workers.spawn(async move {
-                    work(&retrainer, &user, &stop).await;
-                    user.user_id
+                    let finished = std::panic::AssertUnwindSafe(work(&retrainer, &user, &stop))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|_| {
+                            error!(user_id = %user.user_id, "retrain worker panicked");
+                            Finished::Unknown
+                        });
+                    (user.user_id, finished)
                 });
             }
         }
@@ -245,31 +260,206 @@ impl Service {
     }
 }
 
-/// Retrains one user batch after batch while batches are due and no shutdown is asked.
-async fn work(retrainer: &Retrainer, user: &db::DueUser, shutdown: &CancellationToken) {
+/// What the listener tells the scheduler.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Arrival {
+    /// `count` actuals of the user became pending (`None`: how many is not known).
+    Actuals { user_id: String, count: Option<i64> },
+    /// Notifications may have been missed: scan everything.
+    Rescan,
+}
+
+impl Arrival {
+    /// Reads a notification of the insert trigger: `<count>:<first actual id>:<user id>`, or an
+    /// empty payload (a user id too long to notify).
+    pub fn parse(payload: &str) -> Self {
+        if payload.is_empty() {
+            return Arrival::Rescan;
+        }
+        let mut parts = payload.splitn(3, ':');
+        let count = parts.next().and_then(|n| n.parse::<i64>().ok());
+        let first = parts.next().and_then(|f| f.parse::<i64>().ok());
+        match (count, first, parts.next()) {
+            (Some(count), Some(_), Some(user_id)) => Arrival::Actuals {
+                user_id: user_id.to_owned(),
+                count: Some(count),
+            },
+            // Not this schema's payload (e.g. a bare user id): ask the database.
+            _ => Arrival::Actuals {
+                user_id: payload.to_owned(),
+                count: None,
+            },
+        }
+    }
+}
+
+/// How a worker left its user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finished {
+    /// This many actuals are still pending, as far as the worker knows.
+    Remaining(i64),
+    /// The user backs off after a failure: the full scan brings it back when it may retry.
+    BackingOff,
+    /// Unknown (another replica holds the user, or an error): the next arrival or scan tells.
+    Unknown,
+}
+
+/// The scheduler's knowledge of pending actuals (see the module docs). Counts may run high
+/// (another replica consumed rows) — that costs one retrain attempt that finds too few — but
+/// never low while notifications arrive, so no due user waits for the safety-net scan.
+#[derive(Debug, Default)]
+pub struct Pending {
+    threshold: i64,
+    /// Pending actuals per user not in flight: the last count read plus the arrivals since.
+    known: HashMap<String, i64>,
+    /// Users to count in the database before they can be scheduled.
+    pub unknown: HashSet<String>,
+    /// Users backing off after a failed retrain: left to the full scan.
+    backing_off: HashSet<String>,
+    /// Users being retrained → notified again meanwhile.
+    in_flight: HashMap<String, bool>,
+    /// Due users in the order they became due (their counts stay in `known`).
+    pub queue: VecDeque<String>,
+    queued: HashSet<String>,
+}
+
+impl Pending {
+    pub fn new(threshold: i64) -> Self {
+        Pending {
+            threshold,
+            ..Default::default()
+        }
+    }
+
+    /// A notification: `count` actuals of the user became pending.
+    pub fn arrived(&mut self, user_id: String, count: Option<i64>) {
+        if let Some(notified) = self.in_flight.get_mut(&user_id) {
+            *notified = true;
+            return;
+        }
+        if self.backing_off.contains(&user_id) {
+            return;
+        }
+        match (self.known.get_mut(&user_id), count) {
+            (Some(known), Some(count)) => {
+                *known += count;
+                let pending = *known;
+                self.due_if(user_id, pending);
+            }
+            _ => {
+                self.known.remove(&user_id);
+                self.unknown.insert(user_id);
+            }
+        }
+    }
+
+    /// Counts read from the database for `asked` (users with no pending actual are absent).
+    pub fn counted(&mut self, asked: &[String], counts: Vec<db::PendingCount>) {
+        let mut counts: HashMap<String, db::PendingCount> =
+            counts.into_iter().map(|c| (c.user_id.clone(), c)).collect();
+        for user_id in asked {
+            let (pending, backing_off) = counts
+                .remove(user_id)
+                .map_or((0, false), |c| (c.pending, c.backing_off));
+            if let Some(notified) = self.in_flight.get_mut(user_id) {
+                *notified = true;
+            } else if backing_off {
+                self.known.remove(user_id);
+                self.backing_off.insert(user_id.clone());
+            } else {
+                self.known.insert(user_id.clone(), pending);
+                self.due_if(user_id.clone(), pending);
+            }
+        }
+    }
+
+    /// The full scan's due users (backing-off users excluded by the query).
+    pub fn scanned(&mut self, due: Vec<db::DueUser>) {
+        for user in due {
+            self.backing_off.remove(&user.user_id);
+            if let Some(notified) = self.in_flight.get_mut(&user.user_id) {
+                *notified = true;
+            } else {
+                self.known.insert(user.user_id.clone(), user.pending);
+                self.due_if(user.user_id, user.pending);
+            }
+        }
+    }
+
+    /// A worker ended.
+    pub fn finished(&mut self, user_id: String, finished: Finished) {
+        let notified = self.in_flight.remove(&user_id).unwrap_or(false);
+        match finished {
+            Finished::BackingOff => {
+                self.known.remove(&user_id);
+                self.backing_off.insert(user_id);
+            }
+            Finished::Remaining(_) if notified => {
+                self.unknown.insert(user_id);
+            }
+            Finished::Remaining(pending) => {
+                self.known.insert(user_id.clone(), pending);
+                self.due_if(user_id, pending);
+            }
+            Finished::Unknown => {
+                self.known.remove(&user_id);
+                if notified {
+                    self.unknown.insert(user_id);
+                }
+            }
+        }
+    }
+
+    /// The next due user to run; it is in flight from now on.
+    pub fn start_next(&mut self) -> Option<db::DueUser> {
+        let user_id = self.queue.pop_front()?;
+        self.queued.remove(&user_id);
+        let pending = self.known.remove(&user_id).unwrap_or(self.threshold);
+        self.in_flight.insert(user_id.clone(), false);
+        Some(db::DueUser { user_id, pending })
+    }
+
+    fn due_if(&mut self, user_id: String, pending: i64) {
+        if pending >= self.threshold && self.queued.insert(user_id.clone()) {
+            self.queue.push_back(user_id);
+        }
+    }
+}
+
+/// Retrains one user batch after batch while it knows of a full batch and no shutdown is asked.
+async fn work(retrainer: &Retrainer, user: &db::DueUser, shutdown: &CancellationToken) -> Finished {
+    let threshold = retrainer.threshold();
     let mut pending = user.pending;
     loop {
         match retrainer.retrain_user(&user.user_id, pending).await {
-            Ok(outcome) if outcome.consumed_rows() && !shutdown.is_cancelled() => {
-                debug!(user_id = %user.user_id, ?outcome, "retrain done; checking for another batch");
-                pending = (pending - retrainer.threshold()).max(0);
+            Ok(outcome) if outcome.consumed_rows() => {
+                debug!(user_id = %user.user_id, ?outcome, "retrain done");
+                pending = (pending - threshold).max(0);
+                if pending < threshold || shutdown.is_cancelled() {
+                    return Finished::Remaining(pending);
+                }
+            }
+            Ok(Outcome::NotDue { pending }) => return Finished::Remaining(pending),
+            Ok(outcome @ (Outcome::Failed { .. } | Outcome::BackingOff)) => {
+                debug!(user_id = %user.user_id, ?outcome, "worker done");
+                return Finished::BackingOff;
             }
             Ok(outcome) => {
                 debug!(user_id = %user.user_id, ?outcome, "worker done");
-                return;
+                return Finished::Unknown;
             }
             Err(e) => {
                 error!(user_id = %user.user_id, error = format!("{e:#}"), "retrain aborted; its actuals stay pending");
-                return;
+                return Finished::Unknown;
             }
         }
     }
 }
 
-/// Forwards notified user ids; `None` asks for a full scan.
+/// Forwards notified arrivals; a lost connection asks for a full scan.
 async fn listen(
     pool: PgPool,
-    to_scheduler: mpsc::UnboundedSender<Option<String>>,
+    to_scheduler: mpsc::UnboundedSender<Arrival>,
     stop: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -293,7 +483,7 @@ async fn listen(
         };
         backoff = Duration::from_millis(100);
         // Anything committed before LISTEN took effect is found by this scan.
-        let _ = to_scheduler.send(None);
+        let _ = to_scheduler.send(Arrival::Rescan);
         loop {
             let next = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -301,16 +491,15 @@ async fn listen(
             };
             match next {
                 Ok(Some(notification)) => {
-                    let user = notification.payload();
-                    let _ = to_scheduler.send((!user.is_empty()).then(|| user.to_owned()));
+                    let _ = to_scheduler.send(Arrival::parse(notification.payload()));
                 }
                 // The connection was lost and re-made: notifications in between are gone.
                 Ok(None) => {
-                    let _ = to_scheduler.send(None);
+                    let _ = to_scheduler.send(Arrival::Rescan);
                 }
                 Err(e) => {
                     warn!(error = %e, "LISTEN connection failed; reconnecting");
-                    let _ = to_scheduler.send(None);
+                    let _ = to_scheduler.send(Arrival::Rescan);
                     continue 'connect;
                 }
             }
@@ -381,4 +570,109 @@ pub async fn shutdown_signal() -> anyhow::Result<()> {
         r = tokio::signal::ctrl_c() => { r?; info!("SIGINT received") }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(user: &str, pending: i64, backing_off: bool) -> db::PendingCount {
+        db::PendingCount {
+            user_id: user.into(),
+            pending,
+            backing_off,
+        }
+    }
+
+    #[test]
+    fn notifications_are_parsed_with_their_counts() {
+        assert_eq!(
+            Arrival::parse("3:17:user:with:colons"),
+            Arrival::Actuals {
+                user_id: "user:with:colons".into(),
+                count: Some(3)
+            }
+        );
+        assert_eq!(Arrival::parse(""), Arrival::Rescan);
+        assert_eq!(
+            Arrival::parse("alice"),
+            Arrival::Actuals {
+                user_id: "alice".into(),
+                count: None
+            }
+        );
+    }
+
+    #[test]
+    fn a_user_is_counted_once_then_due_exactly_when_arrivals_reach_the_threshold() {
+        let mut p = Pending::new(50);
+        p.arrived("a".into(), Some(1));
+        assert!(
+            p.unknown.contains("a"),
+            "an unknown user is counted in the database"
+        );
+        let asked: Vec<String> = p.unknown.drain().collect();
+        p.counted(&asked, vec![count("a", 47, false)]);
+        assert!(p.queue.is_empty());
+        p.arrived("a".into(), Some(2));
+        assert!(
+            p.queue.is_empty() && p.unknown.is_empty(),
+            "49: no query, not due"
+        );
+        p.arrived("a".into(), Some(3));
+        let due = p.start_next().expect("52 pending: due");
+        assert_eq!((due.user_id.as_str(), due.pending), ("a", 52));
+        assert!(p.start_next().is_none());
+    }
+
+    #[test]
+    fn arrivals_during_a_retrain_are_counted_again_afterwards() {
+        let mut p = Pending::new(50);
+        p.scanned(vec![db::DueUser {
+            user_id: "a".into(),
+            pending: 60,
+        }]);
+        p.start_next().unwrap();
+        p.arrived("a".into(), Some(45));
+        assert!(p.unknown.is_empty(), "in flight: remembered, not queried");
+        p.finished("a".into(), Finished::Remaining(10));
+        assert!(
+            p.unknown.contains("a"),
+            "notified while in flight: counted again"
+        );
+
+        let mut p = Pending::new(50);
+        p.scanned(vec![db::DueUser {
+            user_id: "b".into(),
+            pending: 50,
+        }]);
+        p.start_next().unwrap();
+        p.finished("b".into(), Finished::Remaining(0));
+        p.arrived("b".into(), Some(50));
+        assert_eq!(
+            p.start_next().map(|u| u.pending),
+            Some(50),
+            "the worker's count is the base"
+        );
+    }
+
+    #[test]
+    fn a_backing_off_user_waits_for_the_full_scan() {
+        let mut p = Pending::new(50);
+        p.counted(&["a".into(), "b".into()], vec![count("a", 80, true)]);
+        assert!(p.queue.is_empty(), "backing off: not scheduled");
+        p.arrived("a".into(), Some(10));
+        assert!(p.queue.is_empty() && p.unknown.is_empty());
+        p.scanned(vec![db::DueUser {
+            user_id: "a".into(),
+            pending: 90,
+        }]);
+        assert_eq!(p.start_next().map(|u| u.user_id), Some("a".into()));
+        p.finished("a".into(), Finished::BackingOff);
+        p.arrived("a".into(), Some(50));
+        assert!(p.queue.is_empty());
+        // "b" had nothing pending: its next arrival is counted from zero.
+        p.arrived("b".into(), Some(50));
+        assert_eq!(p.start_next().map(|u| u.user_id), Some("b".into()));
+    }
 }

@@ -18,17 +18,28 @@ use crate::xgboost::{Booster, Matrix, XgbError};
 /// How a model is produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrainMode {
-    /// Add `rounds` boosting rounds to `previous` (or start fresh without one).
+    /// Add `rounds` boosting rounds to the previous model (or start fresh without one).
     Continue,
-    /// Re-fit the leaves of every tree of `previous` on the batch (`process_type=update`,
-    /// `updater=refresh`): the tree count stays the same.
+    /// Re-fit the leaves of every tree of the previous model on the batch
+    /// (`process_type=update`, `updater=refresh`): the tree count stays the same.
     Refresh,
+    /// Train a fresh model of `rounds` rounds; the previous model is only scored (compaction).
+    Restart,
+}
+
+/// The model a retrain starts from.
+pub enum Previous<'a> {
+    /// A user without a model yet.
+    None,
+    /// The active version's stored UBJSON artifact.
+    Artifact(&'a [u8]),
+    /// The active version, already in memory (see `retrain::ModelCache`).
+    Loaded(Booster),
 }
 
 /// What a retrain needs to train.
 pub struct TrainInput<'a> {
-    /// The active version's UBJSON artifact; `None` trains a fresh model.
-    pub previous: Option<&'a [u8]>,
+    pub previous: Previous<'a>,
     pub mode: TrainMode,
     /// Training parameters, stored with the version and re-applied after loading.
     pub params: &'a BTreeMap<String, String>,
@@ -38,19 +49,35 @@ pub struct TrainInput<'a> {
     pub nthread: u32,
     /// The rows, already laid out in the model's feature order.
     pub batch: &'a Batch,
+    /// Held-out rows on which the previous and the new model are scored (the validation gate).
+    pub holdout: Option<(&'a Batch, ValidationMetric)>,
 }
 
 /// A newly trained model.
 pub struct Trained {
     pub artifact: Vec<u8>,
+    /// The model itself, for the caller to keep for the next retrain; `None` after a refresh,
+    /// which leaves XGBoost's in-memory state unfit to continue from (only a model loaded from
+    /// the artifact is).
+    pub booster: Option<Booster>,
     pub trees: i64,
     pub boosted_rounds: i32,
-    /// Time spent loading the previous model.
+    /// Time spent loading the previous model (zero when it was in memory).
     pub load: Duration,
     /// Time spent in boosting rounds.
     pub train: Duration,
     /// Time spent serialising the new model.
     pub save: Duration,
+    /// Scores on the holdout (lower is better): the new model's and the previous model's.
+    pub scores: Option<Scores>,
+}
+
+/// The validation gate's scores of one retrain.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scores {
+    pub candidate: f64,
+    pub previous: f64,
+    pub rows: usize,
 }
 
 /// Why a retrain could not produce a model.
@@ -70,41 +97,50 @@ pub enum TrainError {
     Xgboost(#[from] XgbError),
 }
 
-/// Continues (or starts) a model on `input.batch`.
-pub fn train(input: &TrainInput<'_>) -> Result<Trained, TrainError> {
+/// Continues (or starts, or restarts) a model on `input.batch`, scoring the previous and the new
+/// model on the holdout when one is given.
+pub fn train(input: TrainInput<'_>) -> Result<Trained, TrainError> {
     let batch = input.batch;
     let mut dtrain = Matrix::dense(&batch.values, batch.rows(), &batch.feature_names)?;
     dtrain.set_labels(&batch.labels)?;
+    let holdout = match input.holdout {
+        Some((rows, metric)) if rows.rows() > 0 => Some((
+            Matrix::dense(&rows.values, rows.rows(), &rows.feature_names)?,
+            rows,
+            metric,
+        )),
+        _ => None,
+    };
+    let score = |booster: &Booster| -> Result<Option<f64>, TrainError> {
+        match &holdout {
+            Some((data, rows, metric)) => {
+                Ok(Some(error_of(&booster.predict(data)?, rows, *metric)))
+            }
+            None => Ok(None),
+        }
+    };
 
     let started = Instant::now();
-    let mut booster = match input.previous {
-        Some(artifact) => {
-            let booster =
-                Booster::load(artifact, &[&dtrain]).map_err(TrainError::CorruptArtifact)?;
-            // A model with other features (by count, or by name when the file carries names)
-            // would be continued on misaligned columns: refuse it.
-            let count = booster.num_features()? as usize;
-            let names = booster.feature_names()?;
-            if count != batch.feature_names.len()
-                || (!names.is_empty() && names != batch.feature_names)
-            {
-                let model = if names.is_empty() {
-                    vec![format!("<{count} unnamed>")]
-                } else {
-                    names
-                };
-                return Err(TrainError::FeatureMismatch {
-                    model,
-                    recorded: batch.feature_names.clone(),
-                });
-            }
-            booster
+    let previous = match input.previous {
+        Previous::None => None,
+        Previous::Artifact(artifact) => {
+            Some(Booster::load(artifact, &[&dtrain]).map_err(TrainError::CorruptArtifact)?)
         }
-        None => Booster::new(&[&dtrain])?,
+        Previous::Loaded(booster) => Some(booster),
+    };
+    if let Some(booster) = &previous {
+        check_features(booster, &batch.feature_names)?;
+    }
+    let load = started.elapsed();
+    let previous_score = match &previous {
+        Some(booster) => score(booster)?,
+        None => None,
+    };
+    let mut booster = match (previous, input.mode) {
+        (Some(booster), TrainMode::Continue | TrainMode::Refresh) => booster,
+        (_, _) => Booster::new(&[&dtrain])?,
     };
     booster.set_feature_names(&batch.feature_names)?;
-    let load = started.elapsed();
-
     booster.set_param("validate_parameters", "1")?;
     for (name, value) in input.params {
         booster.set_param(name, value)?;
@@ -113,7 +149,7 @@ pub fn train(input: &TrainInput<'_>) -> Result<Trained, TrainError> {
 
     let started = Instant::now();
     match input.mode {
-        TrainMode::Continue => {
+        TrainMode::Continue | TrainMode::Restart => {
             let first = booster.boosted_rounds()?;
             for iteration in first..first + input.rounds {
                 booster.update(iteration, &dtrain)?;
@@ -137,14 +173,56 @@ pub fn train(input: &TrainInput<'_>) -> Result<Trained, TrainError> {
     let artifact = booster.save_ubjson()?;
     let save = started.elapsed();
 
+    let scores = match (score(&booster)?, previous_score, &holdout) {
+        (Some(candidate), Some(previous), Some((_, rows, _))) => Some(Scores {
+            candidate,
+            previous,
+            rows: rows.rows(),
+        }),
+        _ => None,
+    };
     Ok(Trained {
         artifact,
         trees: booster.trees()?,
         boosted_rounds: booster.boosted_rounds()?,
+        booster: (input.mode != TrainMode::Refresh).then_some(booster),
         load,
         train,
         save,
+        scores,
     })
+}
+
+/// A model with other features (by count, or by name when the file carries names) would be
+/// continued on misaligned columns: refuse it.
+fn check_features(booster: &Booster, recorded: &[String]) -> Result<(), TrainError> {
+    let count = booster.num_features()? as usize;
+    let names = booster.feature_names()?;
+    if count == recorded.len() && (names.is_empty() || names == recorded) {
+        return Ok(());
+    }
+    let model = if names.is_empty() {
+        vec![format!("<{count} unnamed>")]
+    } else {
+        names
+    };
+    Err(TrainError::FeatureMismatch {
+        model,
+        recorded: recorded.to_vec(),
+    })
+}
+
+/// Root mean squared error or mean absolute error of predictions against the batch's labels.
+fn error_of(predictions: &[f32], batch: &Batch, metric: ValidationMetric) -> f64 {
+    let n = predictions.len().max(1) as f64;
+    let errors = predictions
+        .iter()
+        .zip(&batch.labels)
+        .map(|(p, y)| (*p as f64) - (*y as f64));
+    match metric {
+        ValidationMetric::Rmse => (errors.map(|e| e * e).sum::<f64>() / n).sqrt(),
+        ValidationMetric::Mae => errors.map(f64::abs).sum::<f64>() / n,
+    }
 }
 
 /// Predicts with a stored model; rows are laid out in `batch.feature_names` order.
@@ -156,16 +234,7 @@ pub fn predict(artifact: &[u8], batch: &Batch) -> Result<Vec<f32>, TrainError> {
 
 /// Root mean squared error or mean absolute error of `artifact` on `batch` (lower is better).
 pub fn score(artifact: &[u8], batch: &Batch, metric: ValidationMetric) -> Result<f64, TrainError> {
-    let predictions = predict(artifact, batch)?;
-    let n = predictions.len().max(1) as f64;
-    let errors = predictions
-        .iter()
-        .zip(&batch.labels)
-        .map(|(p, y)| (*p as f64) - (*y as f64));
-    Ok(match metric {
-        ValidationMetric::Rmse => (errors.map(|e| e * e).sum::<f64>() / n).sqrt(),
-        ValidationMetric::Mae => errors.map(f64::abs).sum::<f64>() / n,
-    })
+    Ok(error_of(&predict(artifact, batch)?, batch, metric))
 }
 
 /// What a model file holds.
@@ -234,24 +303,26 @@ mod tests {
     #[test]
     fn continued_training_adds_rounds_and_keeps_features() {
         let params = params();
-        let first = train(&TrainInput {
-            previous: None,
+        let first = train(TrainInput {
+            previous: Previous::None,
             mode: TrainMode::Continue,
             params: &params,
             rounds: 5,
             nthread: 1,
+            holdout: None,
             batch: &batch(0),
         })
         .unwrap();
         assert_eq!(first.boosted_rounds, 5);
         assert_eq!(first.trees, 5);
 
-        let second = train(&TrainInput {
-            previous: Some(&first.artifact),
+        let second = train(TrainInput {
+            previous: Previous::Artifact(&first.artifact),
             mode: TrainMode::Continue,
             params: &params,
             rounds: 5,
             nthread: 1,
+            holdout: None,
             batch: &batch(50),
         })
         .unwrap();
@@ -270,14 +341,70 @@ mod tests {
     }
 
     #[test]
+    fn continuing_the_kept_model_equals_continuing_its_artifact() {
+        let params = params();
+        let first = train(TrainInput {
+            previous: Previous::None,
+            mode: TrainMode::Continue,
+            params: &params,
+            rounds: 5,
+            nthread: 1,
+            holdout: None,
+            batch: &batch(0),
+        })
+        .unwrap();
+        let (next, holdout) = batch(50).split_last(10);
+        let from_memory = train(TrainInput {
+            previous: Previous::Loaded(first.booster.unwrap()),
+            mode: TrainMode::Continue,
+            params: &params,
+            rounds: 5,
+            nthread: 1,
+            holdout: Some((&holdout, ValidationMetric::Rmse)),
+            batch: &next,
+        })
+        .unwrap();
+        let from_artifact = train(TrainInput {
+            previous: Previous::Artifact(&first.artifact),
+            mode: TrainMode::Continue,
+            params: &params,
+            rounds: 5,
+            nthread: 1,
+            holdout: Some((&holdout, ValidationMetric::Rmse)),
+            batch: &next,
+        })
+        .unwrap();
+        assert!(from_memory.load < from_artifact.load);
+        assert_eq!(from_memory.boosted_rounds, 10);
+        let all = batch(0);
+        assert_eq!(
+            predict(&from_memory.artifact, &all).unwrap(),
+            predict(&from_artifact.artifact, &all).unwrap()
+        );
+        let (memory, artifact) = (from_memory.scores.unwrap(), from_artifact.scores.unwrap());
+        assert_eq!(memory, artifact);
+        assert_eq!(memory.rows, 10);
+        assert_eq!(
+            memory.previous,
+            score(&first.artifact, &holdout, ValidationMetric::Rmse).unwrap(),
+            "the previous model is scored before it is continued"
+        );
+        assert_eq!(
+            memory.candidate,
+            score(&from_memory.artifact, &holdout, ValidationMetric::Rmse).unwrap()
+        );
+    }
+
+    #[test]
     fn refresh_keeps_the_tree_count_and_refits_leaves() {
         let params = params();
-        let first = train(&TrainInput {
-            previous: None,
+        let first = train(TrainInput {
+            previous: Previous::None,
             mode: TrainMode::Continue,
             params: &params,
             rounds: 8,
             nthread: 1,
+            holdout: None,
             batch: &batch(0),
         })
         .unwrap();
@@ -286,12 +413,13 @@ mod tests {
             b.labels.iter_mut().for_each(|y| *y += 100.0);
             b
         };
-        let refreshed = train(&TrainInput {
-            previous: Some(&first.artifact),
+        let refreshed = train(TrainInput {
+            previous: Previous::Artifact(&first.artifact),
             mode: TrainMode::Refresh,
             params: &params,
             rounds: 0,
             nthread: 1,
+            holdout: None,
             batch: &shifted,
         })
         .unwrap();
@@ -307,12 +435,13 @@ mod tests {
     #[test]
     fn corrupt_artifact_is_reported_as_such() {
         let params = params();
-        let result = train(&TrainInput {
-            previous: Some(b"definitely not a model"),
+        let result = train(TrainInput {
+            previous: Previous::Artifact(b"definitely not a model"),
             mode: TrainMode::Continue,
             params: &params,
             rounds: 1,
             nthread: 1,
+            holdout: None,
             batch: &batch(0),
         });
         assert!(
