@@ -426,7 +426,7 @@ impl Config {
                 1,
                 10_000,
             )? as i32,
-            model_cache_bytes: int(raw, "REFIT_MODEL_CACHE_MB", 32, 0, 1_000_000)? as usize
+            model_cache_bytes: int(raw, "REFIT_MODEL_CACHE_MB", 16, 0, 1_000_000)? as usize
                 * 1024
                 * 1024,
             cache_ttl: Duration::from_secs(

@@ -295,6 +295,7 @@ impl Retrainer {
         let started = Instant::now();
         let nthread = self.config.xgb_nthread;
         let metric = self.config.validation_metric;
+        let keep_model = self.config.model_cache_bytes > 0;
         let (result, training, holdout, params) = {
             let span = tracing::Span::current();
             tokio::task::spawn_blocking(move || {
@@ -312,6 +313,7 @@ impl Retrainer {
                     nthread,
                     batch: &training,
                     holdout: Some((&holdout, metric)),
+                    keep_model,
                 });
                 (result, training, holdout, params)
             })

@@ -51,14 +51,15 @@ pub struct TrainInput<'a> {
     pub batch: &'a Batch,
     /// Held-out rows on which the previous and the new model are scored (the validation gate).
     pub holdout: Option<(&'a Batch, ValidationMetric)>,
+    /// Return a copy of the new model to keep in memory ([`Trained::booster`]).
+    pub keep_model: bool,
 }
 
 /// A newly trained model.
 pub struct Trained {
     pub artifact: Vec<u8>,
-    /// The model itself, for the caller to keep for the next retrain; `None` after a refresh,
-    /// which leaves XGBoost's in-memory state unfit to continue from (only a model loaded from
-    /// the artifact is).
+    /// A lean copy of the model (no training state) for the caller to keep for the next
+    /// retrain, when asked for; never after a refresh, whose updater settings must not carry over.
     pub booster: Option<Booster>,
     pub trees: i64,
     pub boosted_rounds: i32,
@@ -185,7 +186,10 @@ pub fn train(input: TrainInput<'_>) -> Result<Trained, TrainError> {
         artifact,
         trees: booster.trees()?,
         boosted_rounds: booster.boosted_rounds()?,
-        booster: (input.mode != TrainMode::Refresh).then_some(booster),
+        booster: match input.keep_model && input.mode != TrainMode::Refresh {
+            true => Some(booster.model_copy()?),
+            false => None,
+        },
         load,
         train,
         save,
@@ -310,6 +314,7 @@ mod tests {
             rounds: 5,
             nthread: 1,
             holdout: None,
+            keep_model: true,
             batch: &batch(0),
         })
         .unwrap();
@@ -323,6 +328,7 @@ mod tests {
             rounds: 5,
             nthread: 1,
             holdout: None,
+            keep_model: true,
             batch: &batch(50),
         })
         .unwrap();
@@ -350,6 +356,7 @@ mod tests {
             rounds: 5,
             nthread: 1,
             holdout: None,
+            keep_model: true,
             batch: &batch(0),
         })
         .unwrap();
@@ -361,6 +368,7 @@ mod tests {
             rounds: 5,
             nthread: 1,
             holdout: Some((&holdout, ValidationMetric::Rmse)),
+            keep_model: false,
             batch: &next,
         })
         .unwrap();
@@ -371,6 +379,7 @@ mod tests {
             rounds: 5,
             nthread: 1,
             holdout: Some((&holdout, ValidationMetric::Rmse)),
+            keep_model: false,
             batch: &next,
         })
         .unwrap();
@@ -405,6 +414,7 @@ mod tests {
             rounds: 8,
             nthread: 1,
             holdout: None,
+            keep_model: true,
             batch: &batch(0),
         })
         .unwrap();
@@ -420,6 +430,7 @@ mod tests {
             rounds: 0,
             nthread: 1,
             holdout: None,
+            keep_model: true,
             batch: &shifted,
         })
         .unwrap();
@@ -442,6 +453,7 @@ mod tests {
             rounds: 1,
             nthread: 1,
             holdout: None,
+            keep_model: true,
             batch: &batch(0),
         });
         assert!(

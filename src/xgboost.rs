@@ -168,6 +168,17 @@ impl Booster {
         Ok(booster)
     }
 
+    /// A copy of the model alone: trees, parameters, feature names — without the training state
+    /// (histograms, gradient buffers) a booster keeps after `update`, which is several times the
+    /// model's size. `XGBoosterSlice` over all layers.
+    pub fn model_copy(&self) -> Result<Booster> {
+        let mut handle = ptr::null_mut();
+        // SAFETY: the handle is live and `handle` is a valid out pointer; layers 0..0 (all) are
+        // never out of bounds.
+        check(unsafe { sys::XGBoosterSlice(self.handle, 0, 0, 1, &mut handle) })?;
+        Ok(Booster { handle })
+    }
+
     /// Sets one training parameter.
     pub fn set_param(&mut self, name: &str, value: &str) -> Result<()> {
         let (name, value) = (c_string(name)?, c_string(value)?);

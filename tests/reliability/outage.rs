@@ -46,7 +46,9 @@ async fn postgres_restarted_mid_stream_refit_reconnects_and_loses_nothing() {
     let connections_before = pg.accepted();
 
     let users = users("pg", 4);
-    let writing = writer(&env, users.clone(), 200, Duration::from_millis(10));
+    // At least 200 × 30 ms = 6 s of streaming, so two restarts (at 0.9 s and 4.3 s) fall inside
+    // it however fast the inserts are.
+    let writing = writer(&env, users.clone(), 200, Duration::from_millis(30));
     // Three restarts while actuals stream in: 2.5 s down each, retrains in flight are cut.
     let mut cuts = 0;
     while !writing.is_finished() && cuts < 3 {
