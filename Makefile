@@ -54,4 +54,4 @@ demo: services build ## run the service on generated rental data for DEMO_SECOND
 # The benchmark driver (benches/pipeline) runs the release refit binary as a child process and the
 # Python reference (scripts/bench-python.py) from the venv scripts/bench-tools.sh makes.
 bench: services ## DESIGN.md's performance targets, side by side with Python (BENCH_QUICK=1: smaller sizes); BENCHMARKS.md
-	BENCH_PYTHON="$$(scripts/bench-tools.sh)" cargo bench --locked --bench pipeline
+	BENCH_PYTHON="$$(scripts/bench-tools.sh)" MALLOC_ARENA_MAX=2 cargo bench --locked --bench pipeline

@@ -158,7 +158,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("REFIT_MAX_TREES", "tree cap per model; a retrain that would pass it compacts the model (0 = no cap)"),
     ("REFIT_COMPACTION", "at the cap: refit (fresh model on recent actuals) or update (refresh leaves in place)"),
     ("REFIT_REFIT_WINDOW", "most recent actuals a compaction refit trains on"),
-    ("REFIT_COMPACTION_ROUNDS", "boosting rounds of a compaction refit (default: half the cap)"),
+    ("REFIT_COMPACTION_ROUNDS", "boosting rounds of a compaction refit (default: a quarter of the cap)"),
     ("REFIT_MODEL_CACHE_MB", "memory for recently trained models kept between retrains (by artifact size; 0 = none)"),
     ("REFIT_CACHE_TTL_SECS", "TTL of the serving cache entry that `refit predict` fills"),
     ("REFIT_LOG_FORMAT", "text or json (stdout)"),
@@ -409,8 +409,12 @@ impl Config {
             "update" => Compaction::Update,
             other => return Err(invalid("REFIT_COMPACTION", other, "refit or update")),
         };
-        let max_trees = int(raw, "REFIT_MAX_TREES", 500, 0, 1_000_000)?;
-        let compaction_default = (max_trees / 2).clamp(1, 10_000);
+        // About twice a model's size after ten retrains (some are rejected by the gate): model size
+        // and retrain time stay within 2x of that (DESIGN.md, bounded growth; BENCHMARKS.md).
+        let max_trees = int(raw, "REFIT_MAX_TREES", 100, 0, 1_000_000)?;
+        // A compaction fits its trees on up to REFIT_REFIT_WINDOW rows, so they are about twice
+        // as large as a continued retrain's: a quarter of the cap keeps the compacted model small.
+        let compaction_default = (max_trees / 4).clamp(1, 10_000);
 
         Ok(Config {
             validation_holdout: float(raw, "REFIT_VALIDATION_HOLDOUT", 0.2, 0.0, 0.9)?,
