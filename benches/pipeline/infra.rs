@@ -80,6 +80,13 @@ pub struct Settings {
     /// REFIT_MAX_CONCURRENT_RETRAINS values.
     pub refit_extra_env: Vec<(String, String)>,
     pub growth_timeout: Duration,
+    /// Seconds per rate of the ramp (scenario 3).
+    pub ramp_seconds: f64,
+    /// Arrival rates (batches/s) the ramp climbs, per implementation.
+    pub ramp_refit: Vec<f64>,
+    pub ramp_python: Vec<f64>,
+    /// How often the short phases (floor, steps, freshness) are repeated.
+    pub repeat: usize,
     pub keep_databases: bool,
     pub out_dir: PathBuf,
     pub run_id: String,
@@ -118,7 +125,10 @@ impl Settings {
             brokers: env_or("KAFKA_BROKERS", "127.0.0.1:19092"),
             python,
             python_script: root.join("scripts/bench-python.py"),
-            phases: list("BENCH_PHASES", "freshness,throughput,python,growth"),
+            phases: list(
+                "BENCH_PHASES",
+                "floor,steps,freshness,ramp,throughput,python,growth",
+            ),
             users: env_num("BENCH_USERS", if quick { 1000 } else { 10_000 }),
             fresh_rates: list("BENCH_FRESH_RATES", if quick { "10" } else { "4,10" })
                 .iter()
@@ -150,6 +160,16 @@ impl Settings {
                 "BENCH_GROWTH_TIMEOUT_SECS",
                 if quick { 120 } else { 420 },
             )),
+            ramp_seconds: env_num("BENCH_RAMP_SECONDS", if quick { 8.0 } else { 20.0 }),
+            ramp_refit: list("BENCH_RAMP_REFIT", "50,100,150,200,250,300,350,400,500")
+                .iter()
+                .filter_map(|r| r.parse().ok())
+                .collect(),
+            ramp_python: list("BENCH_RAMP_PYTHON", "10,20,30,40,50,60,80,100,150,200")
+                .iter()
+                .filter_map(|r| r.parse().ok())
+                .collect(),
+            repeat: env_num("BENCH_REPEAT", if quick { 1 } else { 3 }),
             keep_databases: env_or("BENCH_KEEP_DBS", "0") != "0",
             out_dir,
             run_id,
@@ -158,6 +178,59 @@ impl Settings {
 
     pub fn wants(&self, phase: &str) -> bool {
         self.phases.iter().any(|p| p == phase)
+    }
+}
+
+/// A progress bar on stderr: redrawn in place on a terminal, a line every 5 s otherwise (CI).
+pub struct Progress {
+    label: String,
+    total: usize,
+    started: Instant,
+    last: Option<Instant>,
+    tty: bool,
+}
+
+impl Progress {
+    pub fn new(label: &str, total: usize) -> Progress {
+        use std::io::IsTerminal;
+        Progress {
+            label: label.to_owned(),
+            total: total.max(1),
+            started: Instant::now(),
+            last: None,
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    pub fn set(&mut self, done: usize) {
+        let every = Duration::from_millis(if self.tty { 200 } else { 5000 });
+        if self.last.is_some_and(|t| t.elapsed() < every) && done < self.total {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let width = 30;
+        let filled = (done.min(self.total) * width) / self.total;
+        let secs = self.started.elapsed().as_secs_f64();
+        let line = format!(
+            "[bench] {:<28} [{}{}] {done}/{} {:.0}/s {:.0} s",
+            self.label,
+            "#".repeat(filled),
+            ".".repeat(width - filled),
+            self.total,
+            done as f64 / secs.max(1e-3),
+            secs
+        );
+        if self.tty {
+            eprint!("\r{line}\x1b[K");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    pub fn finish(&mut self) {
+        if self.tty {
+            eprintln!();
+        }
     }
 }
 
@@ -257,6 +330,21 @@ impl BenchDb {
     /// user) as real traffic would be. Actual timestamps are distinct and increasing in id order.
     /// Returns the wall-clock time (Unix seconds) when the commit returned.
     pub async fn load(&self, users: &[i32], first: &[i32], count: &[i32]) -> anyhow::Result<f64> {
+        self.insert(users, first, count, true).await
+    }
+
+    /// Like [`BenchDb::load`], as upstream writes in steady state: no ANALYZE.
+    pub async fn write(&self, users: &[i32], first: &[i32], count: &[i32]) -> anyhow::Result<f64> {
+        self.insert(users, first, count, false).await
+    }
+
+    async fn insert(
+        &self,
+        users: &[i32],
+        first: &[i32],
+        count: &[i32],
+        analyze: bool,
+    ) -> anyhow::Result<f64> {
         let mut tx = self.pool.begin().await?;
         let rows = "unnest($1::int[], $2::int[], $3::int[]) AS t(u, k0, n),
                     LATERAL generate_series(k0, k0 + n - 1) AS k";
@@ -281,6 +369,10 @@ impl BenchDb {
         .bind(count)
         .execute(&mut *tx)
         .await?;
+        if !analyze {
+            tx.commit().await?;
+            return Ok(now_unix());
+        }
         // Planner statistics as autovacuum keeps them in a running system (ANALYZE counts this
         // transaction's own rows), so refit's queries are not measured on a never-analyzed table.
         sqlx::query("ANALYZE prediction_requests, actual_rentals")
@@ -451,6 +543,31 @@ impl Collector {
         }
     }
 
+    /// [`Collector::wait_for`] with a progress bar from `from` to `n` events.
+    pub fn wait_with_progress(
+        &self,
+        label: &str,
+        from: usize,
+        n: usize,
+        timeout: Duration,
+    ) -> Option<f64> {
+        let mut progress = Progress::new(label, n.saturating_sub(from));
+        let deadline = Instant::now() + timeout;
+        let result = loop {
+            let count = self.count();
+            progress.set(count.min(n).saturating_sub(from));
+            if count >= n {
+                break Some(self.events.lock().unwrap()[n - 1].at);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        progress.finish();
+        result
+    }
+
     pub fn stop(mut self) -> Vec<Received> {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
@@ -536,7 +653,8 @@ impl Proc {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for keep in ["PATH", "HOME", "LANG"] {
+        // MALLOC_ARENA_MAX: as the container image sets it (Dockerfile), for both implementations.
+        for keep in ["PATH", "HOME", "LANG", "MALLOC_ARENA_MAX"] {
             if let Ok(v) = std::env::var(keep) {
                 cmd.env(keep, v);
             }

@@ -19,6 +19,7 @@
 
 mod infra;
 mod phases;
+mod scenarios;
 mod stats;
 
 use std::fmt::Write as _;
@@ -75,15 +76,72 @@ async fn run(s: Settings) -> anyhow::Result<()> {
 
     results["redis_floor"] = phases::redis_floor(&s).await.context("Redis DEL floor")?;
     save(&results);
+    if s.wants("floor") {
+        let mut runs = Vec::new();
+        for _ in 0..s.repeat {
+            runs.push(tokio::task::block_in_place(|| scenarios::floor(&s)).context("floor")?);
+        }
+        let mut floor = runs.last().cloned().unwrap_or(Value::Null);
+        floor["repeats"] = json!(runs);
+        results["floor"] = floor;
+        save(&results);
+    }
+    if s.wants("steps") {
+        let mut runs = Vec::new();
+        for repeat in 1..=s.repeat {
+            for trees in [100, 1000] {
+                let refit = scenarios::steps(&s, trees, repeat, phases::Implementation::Refit)
+                    .await
+                    .with_context(|| format!("steps, {trees} trees, refit"))?;
+                let python = match &s.python {
+                    Some(python) => Some(
+                        scenarios::steps(
+                            &s,
+                            trees,
+                            repeat,
+                            phases::Implementation::Python { python },
+                        )
+                        .await
+                        .with_context(|| format!("steps, {trees} trees, Python"))?,
+                    ),
+                    None => None,
+                };
+                runs.push(
+                    json!({"trees": trees, "repeat": repeat, "refit": refit, "python": python}),
+                );
+                results["steps"] = json!(runs);
+                save(&results);
+            }
+        }
+    }
     if s.wants("freshness") {
         let mut runs = Vec::new();
-        for &rate in &s.fresh_rates {
-            runs.push(
-                phases::freshness(&s, rate)
+        for repeat in 1..=s.repeat {
+            for &rate in &s.fresh_rates {
+                let mut run = phases::freshness(&s, rate)
                     .await
-                    .with_context(|| format!("freshness at {rate}/s"))?,
-            );
-            results["freshness"] = json!(runs);
+                    .with_context(|| format!("freshness at {rate}/s"))?;
+                run["repeat"] = json!(repeat);
+                runs.push(run);
+                results["freshness"] = json!(runs);
+                save(&results);
+            }
+        }
+    }
+    if s.wants("ramp") {
+        let refit = scenarios::ramp(&s, phases::Implementation::Refit, &s.ramp_refit)
+            .await
+            .context("ramp, refit")?;
+        results["ramp"] = json!({ "refit": refit });
+        save(&results);
+        if let Some(python) = &s.python {
+            results["ramp"]["python"] = scenarios::ramp(
+                &s,
+                phases::Implementation::Python { python },
+                &s.ramp_python,
+            )
+            .await
+            .context("ramp, Python")?;
             save(&results);
         }
     }
@@ -128,11 +186,59 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     let summary = summarize(&results);
     std::fs::write(s.out_dir.join("summary.md"), &summary)?;
     println!("{summary}");
+    chart_and_document(&s, &summary);
     eprintln!(
         "[bench] results: {}",
         s.out_dir.join("results.json").display()
     );
     Ok(())
+}
+
+/// The PNG chart (scripts/bench-chart.py, with the bench venv's matplotlib) next to the results
+/// and, for a full run, the results section of BENCHMARKS.md and benchmarks.png at the top level.
+fn chart_and_document(s: &Settings, summary: &str) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let document = !s.quick && std::env::var("BENCH_WRITE_DOC").map_or(true, |v| v != "0");
+    let chart = s.out_dir.join("benchmarks.png");
+    if let Some(python) = &s.python {
+        let made = std::process::Command::new(python)
+            .arg(root.join("scripts/bench-chart.py"))
+            .arg(s.out_dir.join("results.json"))
+            .arg(&chart)
+            .status();
+        match made {
+            Ok(status) if status.success() => {
+                eprintln!("[bench] chart: {}", chart.display());
+                if document {
+                    let _ = std::fs::copy(&chart, root.join("benchmarks.png"));
+                }
+            }
+            other => eprintln!("[bench] no chart: {other:?}"),
+        }
+    }
+    if !document {
+        return;
+    }
+    let path = root.join("BENCHMARKS.md");
+    let (begin, end) = ("<!-- bench:results:begin -->", "<!-- bench:results:end -->");
+    let Ok(doc) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    match (doc.find(begin), doc.find(end)) {
+        (Some(b), Some(e)) if b < e => {
+            let new = format!(
+                "{}{begin}\n<!-- written by `make bench`; edits here are overwritten -->\n\n{}\n{}",
+                &doc[..b],
+                summary.trim_end(),
+                &doc[e..]
+            );
+            match std::fs::write(&path, new) {
+                Ok(()) => eprintln!("[bench] results written to {}", path.display()),
+                Err(e) => eprintln!("[bench] BENCHMARKS.md not written: {e}"),
+            }
+        }
+        _ => eprintln!("[bench] BENCHMARKS.md has no {begin} … {end} section; not written"),
+    }
 }
 
 fn git_describe() -> Value {
@@ -279,6 +385,7 @@ pub fn summarize(r: &Value) -> String {
             verdict(num(&fr["p99"]) <= 100.0)
         );
     }
+    scenario_targets(&mut o, r);
     let rate = |t: &Value, round: usize| num(&t["rounds"][round]["retrains_per_s"]);
     if tp.is_object() {
         let users = &tp["users"];
@@ -342,6 +449,7 @@ pub fn summarize(r: &Value) -> String {
             f(num(&sm["median_bytes_last100"]) / 1024.0), f(base_b / 1024.0), f(b_ratio), f(bmax_ratio), verdict(b_ratio <= 2.0));
     }
 
+    scenario_details(&mut o, r);
     // ---- freshness detail -----------------------------------------------------------------------
     for run in &fresh {
         let _ = writeln!(
@@ -535,4 +643,202 @@ pub fn summarize(r: &Value) -> String {
         }
     }
     o
+}
+
+// ------------------------------------------------------------------------------------------------
+// Scenarios 1 and 3 and the floor (scenarios.rs)
+// ------------------------------------------------------------------------------------------------
+
+/// The median of some values, and their spread when there are several: "x" or "x [min–max]".
+fn spread(values: &[f64]) -> (f64, String) {
+    let v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return (f64::NAN, "–".into());
+    }
+    let m = stats::median(&v);
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if v.len() == 1 {
+        (m, f(m))
+    } else {
+        (m, format!("{} [{}–{}]", f(m), f(lo), f(hi)))
+    }
+}
+
+/// p50 of `step` of `implementation` over the repeats of scenario 1 at `trees` trees.
+fn step_p50s(r: &Value, trees: i64, implementation: &str, step: &str) -> Vec<f64> {
+    r["steps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|run| run["trees"].as_i64() == Some(trees))
+        .map(|run| num(&run[implementation][step]["p50"]))
+        .filter(|x| x.is_finite())
+        .collect()
+}
+
+fn scenario_targets(o: &mut String, r: &Value) {
+    let ramp = &r["ramp"];
+    let sustained = |i: &str| num(&ramp[i]["sustained_per_s"]);
+    if ramp["refit"].is_object() {
+        let users = &ramp["refit"]["users"];
+        let _ = writeln!(
+            o,
+            "| ≥ 200 retrains/s sustained | {users} users, arrival rate raised until the backlog grows (scenario 3) | {} /s | {} |",
+            f(sustained("refit")),
+            verdict(sustained("refit") >= 200.0)
+        );
+        if ramp["python"].is_object() {
+            let ratio = sustained("refit") / sustained("python");
+            let _ = writeln!(
+                o,
+                "| ≥ 5× Python | sustained rate, scenario 3: refit {} /s vs Python {} /s | {}× | {} |",
+                f(sustained("refit")),
+                f(sustained("python")),
+                f(ratio),
+                verdict(ratio >= 5.0)
+            );
+        }
+        let hwm = num(&ramp["refit"]["vm_hwm_mb"]);
+        let _ = writeln!(
+            o,
+            "| RSS ≤ 100 MB | {users} users, whole ramp (VmHWM) | {} MB | {} |",
+            f(hwm),
+            verdict(hwm <= 100.0)
+        );
+    }
+    for trees in [100, 1000] {
+        let (refit, _) = spread(&step_p50s(r, trees, "refit", "end_to_end"));
+        let (python, _) = spread(&step_p50s(r, trees, "python", "end_to_end"));
+        if refit.is_finite() && python.is_finite() {
+            let _ = writeln!(
+                o,
+                "| (ratio, scenario 1) | one retrain on {trees} trees, batch commit → event read, p50: refit {} ms vs Python {} ms | {}× faster | – |",
+                f(refit),
+                f(python),
+                f(python / refit)
+            );
+        }
+    }
+}
+
+fn scenario_details(o: &mut String, r: &Value) {
+    let repeats = r["steps"]
+        .as_array()
+        .map_or(0, |a| a.iter().filter(|x| x["trees"] == 100).count());
+    if repeats > 0 {
+        let _ = writeln!(
+            o,
+            "### Scenario 1: one 50-row retrain on a model of 100 or 1,000 trees (p50, ms)\n\n\
+             One user with a seeded model, 30 batches written one at a time, each awaited on the \
+             topic. Median of {repeats} repeats' p50, [min–max] across repeats. Python's `read` \
+             fetches its model (its rows come from the poll); refit's reads the pending rows (the \
+             model is in memory after the first retrain). `end_to_end` is the batch's commit → \
+             its event read from the topic (Python's includes its 100 ms poll interval).\n"
+        );
+        let _ = writeln!(
+            o,
+            "| Step | refit, 100 trees | Python, 100 trees | Python ÷ refit | refit, 1,000 trees | Python, 1,000 trees | Python ÷ refit |"
+        );
+        let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- | --- |");
+        for (step, label) in [
+            ("read", "read"),
+            ("train", "train (incl. validation scoring)"),
+            ("train_load", "↳ load"),
+            ("train_boost", "↳ boost"),
+            ("train_save", "↳ save"),
+            ("commit", "commit"),
+            ("invalidate", "invalidate (DEL)"),
+            ("announce", "announce (ack)"),
+            ("end_to_end", "**commit → event read**"),
+        ] {
+            let mut row = format!("| {label} |");
+            for trees in [100, 1000] {
+                let (a, a_txt) = spread(&step_p50s(r, trees, "refit", step));
+                let (b, b_txt) = spread(&step_p50s(r, trees, "python", step));
+                let _ = write!(row, " {a_txt} | {b_txt} | {} |", f(b / a));
+            }
+            let _ = writeln!(o, "{row}");
+        }
+        let _ = writeln!(o);
+    }
+    if let Some(models) = r["floor"]["models"].as_array() {
+        let runs = r["floor"]["repeats"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "### The floor: the same update through the C API alone (ms, p50)\n\n\
+             In-process, no I/O, nthread 1: 10 rounds on 50 rows, {} iterations per repeat, \
+             median of {} repeats [min–max]. \"From the artifact\" loads the UBJSON model first \
+             (what a retrain without refit's model cache does); \"in memory\" continues a model \
+             kept loaded. Next to it, refit's measured train step and whole retrain (scenario 1).\n",
+            r["floor"]["iterations"],
+            runs.len().max(1)
+        );
+        let _ = writeln!(o, "| Trees | Artifact | From the artifact: total (load + boost + save) | In memory: total | refit's train step | refit's commit → event read |");
+        let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- |");
+        for (i, m) in models.iter().enumerate() {
+            let trees = m["trees"].as_i64().unwrap_or(0);
+            let col = |mode: &str, part: &str| -> Vec<f64> {
+                runs.iter()
+                    .map(|run| num(&run["models"][i][mode][part]["p50"]))
+                    .collect()
+            };
+            let _ = writeln!(
+                o,
+                "| {trees} | {} KB | {} ({} + {} + {}) | {} | {} | {} |",
+                f(num(&m["artifact_kb"])),
+                spread(&col("from_artifact", "total")).1,
+                spread(&col("from_artifact", "load")).1,
+                spread(&col("from_artifact", "boost")).1,
+                spread(&col("from_artifact", "save")).1,
+                spread(&col("in_memory", "total")).1,
+                spread(&step_p50s(r, trees, "refit", "train")).1,
+                spread(&step_p50s(r, trees, "refit", "end_to_end")).1,
+            );
+        }
+        let _ = writeln!(o);
+    }
+    let ramp = &r["ramp"];
+    if ramp["refit"].is_object() {
+        let _ = writeln!(
+            o,
+            "### Scenario 3: sustained retrains/s with {} users, arrival rate raised step by step\n\n\
+             Each step lasts {} s: every 100 ms the next users (round-robin) get a whole batch of \
+             50 actuals in one multi-row transaction, as an upstream writer that batches would; \
+             every user starts with a seeded 10-tree model (continued training). A step keeps up \
+             when ≥ 90 % of what it offered completed and the backlog (batches written − events \
+             read) grew by less than a second's worth. The upstream inserts run on the same \
+             2 cores.\n",
+            ramp["refit"]["users"], ramp["refit"]["step_seconds"]
+        );
+        let _ = writeln!(o, "| Implementation | Offered /s | Completed /s | Backlog (batches) start → end | Kept up | CPU ms per retrain: process / its PostgreSQL | Cores: process / PostgreSQL / rest |");
+        let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- | --- |");
+        for which in ["refit", "python"] {
+            for step in ramp[which]["steps"].as_array().into_iter().flatten() {
+                let cpu = &step["cpu"];
+                let _ = writeln!(
+                    o,
+                    "| {which} | {} | {} | {} → {} | {} | {} / {} | {} / {} / {} |",
+                    f(num(&step["offered_per_s"])),
+                    f(num(&step["completed_per_s"])),
+                    step["backlog_start"],
+                    step["backlog_end"],
+                    if step["kept_up"].as_bool() == Some(true) {
+                        "yes"
+                    } else {
+                        "**no**"
+                    },
+                    f(num(&cpu["process_cpu_ms_per_retrain"])),
+                    f(num(&cpu["postgres_cpu_ms_per_retrain"])),
+                    f(num(&cpu["process_cores"])),
+                    f(num(&cpu["its_postgres_cores"])),
+                    f(num(&cpu["rest_of_machine_cores"])),
+                );
+            }
+        }
+        let _ = writeln!(o);
+    }
 }

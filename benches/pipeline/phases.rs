@@ -30,7 +30,7 @@ fn log(msg: impl AsRef<str>) {
 
 /// Per-step numbers of refit's retrains (ms): read and train from `refit_model_versions`, the
 /// train breakdown from the JSON log, invalidate and commit from the events.
-fn refit_steps(versions: &[VersionRow], logs: &LogIndex, events: &[&Received]) -> Value {
+pub fn refit_steps(versions: &[VersionRow], logs: &LogIndex, events: &[&Received]) -> Value {
     let read: Vec<f64> = versions.iter().filter_map(|v| v.read_ms).collect();
     let train: Vec<f64> = versions.iter().filter_map(|v| v.train_ms).collect();
     let mut load = Vec::new();
@@ -78,7 +78,7 @@ fn refit_steps(versions: &[VersionRow], logs: &LogIndex, events: &[&Received]) -
 }
 
 #[derive(Debug, Clone)]
-struct VersionRow {
+pub struct VersionRow {
     user_id: String,
     version: i32,
     status: String,
@@ -90,7 +90,7 @@ struct VersionRow {
     retrain_id: String,
 }
 
-async fn versions(db: &BenchDb, filter: &str) -> anyhow::Result<Vec<VersionRow>> {
+pub async fn versions(db: &BenchDb, filter: &str) -> anyhow::Result<Vec<VersionRow>> {
     let rows = sqlx::query(&format!(
         "SELECT user_id, version, status, trees, octet_length(artifact),
                 (timings_ms->>'read')::float8, (timings_ms->>'train')::float8,
@@ -418,7 +418,7 @@ pub async fn freshness(s: &Settings, rate: f64) -> anyhow::Result<Value> {
 // Throughput: 10,000 users, one batch each, twice (fresh models, then continued ones)
 // ------------------------------------------------------------------------------------------------
 
-/// Which implementation a throughput run drives.
+/// Which implementation a phase drives.
 pub enum Implementation<'a> {
     Refit,
     Python { python: &'a str },
@@ -513,7 +513,14 @@ pub async fn throughput(s: &Settings, which: Implementation<'_>) -> anyhow::Resu
         };
         let cpu_start = cpu_snap(&db.pool, proc.pid, app).await;
         let target = users * (round + 1);
-        let last = blocking(|| collector.wait_for(target, round_timeout));
+        let last = blocking(|| {
+            collector.wait_with_progress(
+                &format!("{name} drain, round {}", round + 1),
+                users * round,
+                target,
+                round_timeout,
+            )
+        });
         let cpu = cpu_delta(&cpu_start, &cpu_snap(&db.pool, proc.pid, app).await, users);
         let events = collector.snapshot();
         let round_events = &events[(users * round).min(events.len())..target.min(events.len())];

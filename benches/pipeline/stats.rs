@@ -9,6 +9,7 @@ pub struct Summary {
     pub mean: f64,
     pub p50: f64,
     pub p90: f64,
+    pub p95: f64,
     pub p99: f64,
     pub max: f64,
     pub min: f64,
@@ -31,6 +32,7 @@ impl Summary {
             mean: v.iter().sum::<f64>() / v.len() as f64,
             p50: at(0.50),
             p90: at(0.90),
+            p95: at(0.95),
             p99: at(0.99),
             max: v[v.len() - 1],
             min: v[0],
@@ -40,7 +42,7 @@ impl Summary {
     pub fn json(&self) -> Value {
         json!({
             "n": self.n, "mean": r3(self.mean), "p50": r3(self.p50), "p90": r3(self.p90),
-            "p99": r3(self.p99), "max": r3(self.max), "min": r3(self.min),
+            "p95": r3(self.p95), "p99": r3(self.p99), "max": r3(self.max), "min": r3(self.min),
         })
     }
 }

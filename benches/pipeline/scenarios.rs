@@ -1,0 +1,500 @@
+//! Scenario 1 (per-step cost on 100- and 1,000-tree models), scenario 3 (a ramp of arrival rates
+//! with 10,000 users) and the floor (the same XGBoost update through the C API alone), each for
+//! refit and, where it applies, the Python reference on the same data.
+//!
+//! Models are seeded the same way for both implementations: one model trained in this process
+//! with refit's default parameters on generated rows, installed as version 1 of every user (in
+//! refit's registry, and in the reference's `py_model_versions`), so neither spends the scenario
+//! growing it.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::infra::{
+    cpu_delta, cpu_snap, free_port, now_unix, refit_env, BenchDb, Collector, Proc, Progress,
+    Received, Settings, REFIT_BIN,
+};
+use crate::phases::{refit_default_params, refit_steps, versions, Implementation};
+use crate::stats::Summary;
+use refit::features::{prepare, ActualRow};
+use refit::trainer::{train, Previous, TrainInput, TrainMode};
+use refit::xgboost::Booster;
+
+const THRESHOLD: i32 = 50;
+/// The first request index the scenarios write (the seeds are trained on indexes below it).
+const FIRST_K: i32 = 1001;
+
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!(
+        "[bench {}] {}",
+        chrono::Utc::now().format("%H:%M:%S"),
+        msg.as_ref()
+    );
+}
+
+/// User `u`'s `k`-th request and its actual, as the database's `bench_features` /
+/// `bench_actual` generate them (infra.rs), for training outside the database.
+fn bench_row(u: i32, k: i32) -> ActualRow {
+    let hour = (k * 5) % 24;
+    let temperature = ((8.0 + 0.9 * f64::from((k * 7 + u) % 23)) * 10.0).round() / 10.0;
+    let humidity = 40 + (k * 13 + u) % 50;
+    let x = (f64::from(u) * 12.9898 + f64::from(k) * 78.233).sin().abs() * 43758.5453;
+    let noise = x - x.floor();
+    let h = f64::from(hour);
+    let actual = ((20.0
+        + 30.0 * (-(h - 8.0).powi(2) / 6.0).exp()
+        + 25.0 * (-(h - 17.0).powi(2) / 8.0).exp()
+        + 0.8 * temperature
+        - 0.1 * f64::from(humidity)
+        + 10.0 * noise)
+        * (0.6 + f64::from(u % 10) * 0.1))
+        .round();
+    ActualRow {
+        actual_id: i64::from(k),
+        actual_value: actual,
+        features: format!(
+            r#"{{"hour": {hour}, "weekday": {}, "temperature": {temperature}, "humidity": {humidity}}}"#,
+            (k / 7) % 7
+        ),
+    }
+}
+
+fn default_params() -> std::collections::BTreeMap<String, String> {
+    refit::config::Config::from_sources(
+        None,
+        &[(
+            "DATABASE_URL".to_owned(),
+            "postgres://postgres@127.0.0.1:5432/x".to_owned(),
+        )]
+        .into(),
+    )
+    .expect("refit's defaults are valid")
+    .xgb_params
+}
+
+/// A model of `trees` rounds trained on user 1's first 1,000 requests with refit's defaults.
+struct Seed {
+    artifact: Vec<u8>,
+    features: Vec<String>,
+    trees: i32,
+}
+
+fn seed(trees: i32) -> anyhow::Result<Seed> {
+    let rows: Vec<ActualRow> = (1..FIRST_K).map(|k| bench_row(1, k)).collect();
+    let batch = prepare(&rows, None);
+    let trained = train(TrainInput {
+        previous: Previous::None,
+        mode: TrainMode::Continue,
+        params: &default_params(),
+        rounds: trees,
+        nthread: 1,
+        batch: &batch,
+        holdout: None,
+        keep_model: false,
+    })?;
+    Ok(Seed {
+        artifact: trained.artifact,
+        features: batch.feature_names,
+        trees,
+    })
+}
+
+/// Installs the seed as version 1 of users `1..=users`: in refit's registry, or in the Python
+/// reference's table (created here as the reference creates it).
+async fn install(
+    db: &BenchDb,
+    users: usize,
+    seed: &Seed,
+    which: &Implementation<'_>,
+) -> anyhow::Result<()> {
+    let ids: Vec<String> = (1..=users as i32).map(|u| format!("user-{u:06}")).collect();
+    let features = json!(seed.features);
+    match which {
+        Implementation::Refit => {
+            let mut tx = db.pool.begin().await?;
+            sqlx::query("INSERT INTO refit_models (user_id) SELECT unnest($1::text[])")
+                .bind(&ids)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO refit_model_versions
+                     (user_id, version, status, artifact, trees, boosted_rounds, params, features, source)
+                 SELECT u, 1, 'ready', $2, $3, $3, $4, $5, 'import' FROM unnest($1::text[]) AS u",
+            )
+            .bind(&ids)
+            .bind(&seed.artifact)
+            .bind(seed.trees)
+            .bind(json!(default_params()))
+            .bind(&features)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("UPDATE refit_models SET active_version = 1")
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Implementation::Python { .. } => {
+            sqlx::query(
+                "CREATE TABLE IF NOT EXISTS py_model_versions (
+                     user_id text NOT NULL, version integer NOT NULL, artifact bytea NOT NULL,
+                     trees integer NOT NULL, features jsonb NOT NULL,
+                     created_at timestamptz NOT NULL DEFAULT now(),
+                     PRIMARY KEY (user_id, version))",
+            )
+            .execute(&db.pool)
+            .await?;
+            sqlx::query(
+                "INSERT INTO py_model_versions (user_id, version, artifact, trees, features)
+                 SELECT u, 1, $2, $3, $4 FROM unnest($1::text[]) AS u",
+            )
+            .bind(&ids)
+            .bind(&seed.artifact)
+            .bind(seed.trees)
+            .bind(&features)
+            .execute(&db.pool)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// A database for `which` (without refit's pending-queue trigger for the Python reference) and
+/// the implementation running against it.
+async fn start(
+    s: &Settings,
+    tag: &str,
+    which: &Implementation<'_>,
+    refit_extra: &[(&str, String)],
+) -> anyhow::Result<(BenchDb, Proc)> {
+    let mut db = BenchDb::create(s, tag).await?;
+    let log_path = s.out_dir.join(format!("{tag}.log"));
+    let proc = match which {
+        Implementation::Refit => Proc::spawn(
+            "refit",
+            REFIT_BIN,
+            &["run"],
+            &refit_env(s, &db, free_port(), refit_extra),
+            &log_path,
+        )?,
+        Implementation::Python { python } => {
+            db.has_pending_queue = false;
+            sqlx::query("DROP TRIGGER refit_enqueue_actual ON actual_rentals")
+                .execute(&db.pool)
+                .await?;
+            python_proc(s, &db, python, &log_path)?
+        }
+    };
+    Ok((db, proc))
+}
+
+/// The Python reference against `db`, with refit's defaults.
+pub fn python_proc(
+    s: &Settings,
+    db: &BenchDb,
+    python: &str,
+    log_path: &std::path::Path,
+) -> anyhow::Result<Proc> {
+    let script = s.python_script.to_string_lossy().into_owned();
+    let params = refit_default_params().to_string();
+    Proc::spawn(
+        "python",
+        python,
+        &[
+            &script,
+            "--database-url",
+            &db.url,
+            "--redis-url",
+            &s.redis_url,
+            "--brokers",
+            &s.brokers,
+            "--topic",
+            &db.topic,
+            "--key-prefix",
+            &db.key_prefix,
+            "--threshold",
+            "50",
+            "--rounds",
+            "10",
+            "--params",
+            &params,
+            "--nthread",
+            "1",
+            "--poll-interval-ms",
+            "100",
+        ],
+        &[],
+        log_path,
+    )
+}
+
+/// Per-step numbers of the Python reference, from its events (and its ack log lines), under the
+/// same names as refit's.
+fn python_steps(events: &[&Received], logs: &crate::infra::LogIndex) -> Value {
+    let mut out = serde_json::Map::new();
+    for (name, key) in [
+        ("read", "read"),
+        ("train", "train"),
+        ("train_load", "load"),
+        ("train_boost", "boost"),
+        ("train_save", "save"),
+        ("commit", "commit"),
+        ("invalidate", "invalidate"),
+    ] {
+        let v: Vec<f64> = events.iter().filter_map(|e| e.timing(key)).collect();
+        out.insert(name.into(), Summary::of(&v).json());
+    }
+    let announce: Vec<f64> = events
+        .iter()
+        .filter_map(|e| {
+            let id = e.value["retrain_id"].as_str()?;
+            logs.steps.get(id)?.get("announce")?.duration_ms
+        })
+        .collect();
+    out.insert("announce".into(), Summary::of(&announce).json());
+    Value::Object(out)
+}
+
+// ------------------------------------------------------------------------------------------------
+// The floor: the same update through the C API alone
+// ------------------------------------------------------------------------------------------------
+
+/// Load + 10 rounds on 50 rows + save, and the same from a model kept in memory, for models of
+/// 100 and 1,000 trees: what XGBoost itself needs per retrain, no I/O.
+pub fn floor(s: &Settings) -> anyhow::Result<Value> {
+    let iterations = if s.quick { 50 } else { 200 };
+    let params = default_params();
+    let batch = prepare(
+        &(FIRST_K..FIRST_K + THRESHOLD)
+            .map(|k| bench_row(1, k))
+            .collect::<Vec<_>>(),
+        None,
+    );
+    let mut models = Vec::new();
+    for trees in [100, 1000] {
+        let seed = seed(trees)?;
+        let kept = Booster::load(&seed.artifact, &[])?;
+        let mut progress = Progress::new(&format!("floor, {trees} trees"), 2 * iterations);
+        let mut runs: [Vec<[f64; 4]>; 2] = [Vec::new(), Vec::new()];
+        for (mode, run) in runs.iter_mut().enumerate() {
+            for i in 0..iterations {
+                let previous = match mode {
+                    0 => Previous::Artifact(&seed.artifact),
+                    _ => Previous::Loaded(kept.model_copy()?),
+                };
+                let started = Instant::now();
+                let t = train(TrainInput {
+                    previous,
+                    mode: TrainMode::Continue,
+                    params: &params,
+                    rounds: 10,
+                    nthread: 1,
+                    batch: &batch,
+                    holdout: None,
+                    keep_model: false,
+                })?;
+                let total = started.elapsed();
+                let ms = |d: Duration| d.as_secs_f64() * 1e3;
+                run.push([ms(total), ms(t.load), ms(t.train), ms(t.save)]);
+                progress.set(mode * iterations + i + 1);
+            }
+        }
+        progress.finish();
+        let summary = |run: &[[f64; 4]]| {
+            let col = |c: usize| Summary::of(&run.iter().map(|r| r[c]).collect::<Vec<_>>()).json();
+            json!({"total": col(0), "load": col(1), "boost": col(2), "save": col(3)})
+        };
+        models.push(json!({
+            "trees": trees,
+            "artifact_kb": seed.artifact.len() as f64 / 1024.0,
+            "from_artifact": summary(&runs[0]),
+            "in_memory": summary(&runs[1]),
+        }));
+    }
+    Ok(json!({"iterations": iterations, "rows": THRESHOLD, "rounds": 10, "models": models}))
+}
+
+// ------------------------------------------------------------------------------------------------
+// Scenario 1: per-step cost of a 50-row retrain on 100- and 1,000-tree models
+// ------------------------------------------------------------------------------------------------
+
+/// One user with a seeded model of `trees` trees; `batches` batches of 50 actuals written one at
+/// a time (one transaction each), each awaited on the topic before the next.
+pub async fn steps(
+    s: &Settings,
+    trees: i32,
+    repeat: usize,
+    which: Implementation<'_>,
+) -> anyhow::Result<Value> {
+    let name = match which {
+        Implementation::Refit => "refit",
+        Implementation::Python { .. } => "python",
+    };
+    let batches = if s.quick { 10 } else { 30 };
+    let tag = format!("st{trees}_{name}_{repeat}");
+    let seed = seed(trees)?;
+    // No compaction: the scenario is about a model of this size.
+    let (db, mut proc) = start(s, &tag, &which, &[("REFIT_MAX_TREES", "0".into())]).await?;
+    install(&db, 1, &seed, &which).await?;
+    let collector = Collector::start(&s.brokers, &db.topic)?;
+    blocking(|| proc.wait_ready(Duration::from_secs(60)))?;
+    let mut progress = Progress::new(&format!("steps, {trees} trees, {name}"), batches);
+    let mut end_to_end = Vec::new();
+    for b in 0..batches {
+        let before = collector.count();
+        let committed = db
+            .write(&[1], &[FIRST_K + THRESHOLD * b as i32], &[THRESHOLD])
+            .await?;
+        match blocking(|| collector.wait_for(before + 1, Duration::from_secs(60))) {
+            Some(at) => end_to_end.push((at - committed) * 1e3),
+            None => anyhow::bail!("{name}: no event for batch {b} within 60 s"),
+        }
+        progress.set(b + 1);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    progress.finish();
+    let logs_of_proc = proc.logs.clone();
+    let memory = blocking(|| proc.stop(Duration::from_secs(30)))?;
+    let events = collector.stop();
+    let logs = std::mem::take(&mut *logs_of_proc.lock().unwrap());
+    let evs: Vec<&Received> = events.iter().collect();
+    let mut steps = match which {
+        Implementation::Refit => {
+            refit_steps(&versions(&db, "WHERE version > 1").await?, &logs, &evs)
+        }
+        Implementation::Python { .. } => python_steps(&evs, &logs),
+    };
+    steps["end_to_end"] = Summary::of(&end_to_end).json();
+    steps["statuses"] = json!(events
+        .iter()
+        .filter_map(|e| e.value["status"].as_str())
+        .fold(
+            std::collections::BTreeMap::<String, usize>::new(),
+            |mut m, st| {
+                *m.entry(st.to_owned()).or_default() += 1;
+                m
+            }
+        ));
+    steps["vm_hwm_mb"] = json!(memory.hwm_kb as f64 / 1024.0);
+    db.drop().await;
+    Ok(steps)
+}
+
+// ------------------------------------------------------------------------------------------------
+// Scenario 3: sustained retrains per second with 10,000 users, at rising arrival rates
+// ------------------------------------------------------------------------------------------------
+
+/// Every user starts with a seeded 10-tree model. At each rate of the ladder, for
+/// `ramp_seconds`, whole batches arrive: every 100 ms the next users in round-robin order get 50
+/// actuals each, in one multi-row transaction, `rate` users per second. A step kept up when it
+/// completed at least 90 % of what it offered and the backlog (batches written − events read) did
+/// not grow by more than a second's worth of arrivals. The ladder stops at the first step that
+/// did not keep up.
+pub async fn ramp(
+    s: &Settings,
+    which: Implementation<'_>,
+    ladder: &[f64],
+) -> anyhow::Result<Value> {
+    let name = match which {
+        Implementation::Refit => "refit",
+        Implementation::Python { .. } => "python",
+    };
+    let users = s.users;
+    let seed = seed(10)?;
+    let (db, mut proc) = start(s, &format!("ramp_{name}"), &which, &[]).await?;
+    install(&db, users, &seed, &which).await?;
+    let collector = Collector::start(&s.brokers, &db.topic)?;
+    blocking(|| proc.wait_ready(Duration::from_secs(60)))?;
+    let app = match which {
+        Implementation::Refit => "refit",
+        Implementation::Python { .. } => "refit-bench-python",
+    };
+    let mut next_k = vec![FIRST_K; users + 1];
+    let mut cursor = 0usize;
+    let mut offered_total = 0usize;
+    let mut results = Vec::new();
+    let tick = Duration::from_millis(100);
+    for &rate in ladder {
+        let started = now_unix();
+        let events_start = collector.count();
+        let backlog_start = offered_total.saturating_sub(events_start);
+        let cpu_start = cpu_snap(&db.pool, proc.pid, app).await;
+        let mut progress = Progress::new(
+            &format!("ramp {name} {rate}/s"),
+            (s.ramp_seconds * 10.0) as usize,
+        );
+        let mut carry = 0.0;
+        let mut offered = 0usize;
+        let t0 = tokio::time::Instant::now();
+        let ticks = (s.ramp_seconds / tick.as_secs_f64()).round() as u32;
+        for i in 0..ticks {
+            carry += rate * tick.as_secs_f64();
+            let n = carry.floor() as usize;
+            carry -= n as f64;
+            if n > 0 {
+                let mut u = Vec::with_capacity(n);
+                let mut k = Vec::with_capacity(n);
+                for _ in 0..n {
+                    cursor = cursor % users + 1;
+                    u.push(cursor as i32);
+                    k.push(next_k[cursor]);
+                    next_k[cursor] += THRESHOLD;
+                }
+                db.write(&u, &k, &vec![THRESHOLD; n]).await?;
+                offered += n;
+                offered_total += n;
+            }
+            progress.set(i as usize + 1);
+            tokio::time::sleep_until(t0 + tick * (i + 1)).await;
+        }
+        progress.finish();
+        let seconds = now_unix() - started;
+        let events_end = collector.count();
+        let backlog_end = offered_total.saturating_sub(events_end);
+        let completed = (events_end - events_start) as f64 / seconds;
+        let offered_per_s = offered as f64 / seconds;
+        let kept_up = completed >= 0.9 * offered_per_s
+            && backlog_end as f64 <= backlog_start as f64 + offered_per_s.max(20.0);
+        let cpu = cpu_delta(
+            &cpu_start,
+            &cpu_snap(&db.pool, proc.pid, app).await,
+            events_end - events_start,
+        );
+        log(format!(
+            "ramp {name}: offered {offered_per_s:.0}/s, completed {completed:.0}/s, backlog {backlog_start} → {backlog_end}{}",
+            if kept_up { "" } else { " (did not keep up)" }
+        ));
+        results.push(json!({
+            "rate": rate,
+            "offered_per_s": offered_per_s,
+            "completed_per_s": completed,
+            "backlog_start": backlog_start,
+            "backlog_end": backlog_end,
+            "kept_up": kept_up,
+            "seconds": seconds,
+            "cpu": cpu,
+        }));
+        if !kept_up {
+            break;
+        }
+    }
+    let sustained = results
+        .iter()
+        .filter(|r| r["kept_up"].as_bool() == Some(true))
+        .filter_map(|r| r["offered_per_s"].as_f64())
+        .fold(0.0, f64::max);
+    let memory = blocking(|| proc.stop(Duration::from_secs(60)))?;
+    collector.stop();
+    db.drop().await;
+    Ok(json!({
+        "users": users,
+        "step_seconds": s.ramp_seconds,
+        "steps": results,
+        "sustained_per_s": sustained,
+        "vm_hwm_mb": memory.hwm_kb as f64 / 1024.0,
+    }))
+}
