@@ -2,7 +2,7 @@
 # Installs what `make bench` needs besides refit's own dependencies (scripts/install-deps.sh):
 # a separate Python venv for the Python reference implementation (scripts/bench-python.py) with
 # xgboost, numpy, a PostgreSQL driver, a Redis client and a Kafka client (confluent-kafka, which
-# wraps librdkafka like refit does). Idempotent; prints the venv's python on stdout.
+# wraps librdkafka like refit does), and matplotlib for the chart (scripts/bench-chart.py). Idempotent; prints the venv's python on stdout.
 set -euo pipefail
 DEPS="${REFIT_DEPS_DIR:-$HOME/.cache/refit}"
 VENV="$DEPS/bench-venv"
@@ -14,12 +14,13 @@ PKGS=(
   "psycopg[binary]==3.3.9"
   "redis==8.1.0"
   "confluent-kafka==2.16.1"
+  "matplotlib==3.10.7"
 )
 log() { printf '[bench-tools] %s\n' "$*" >&2; }
 
 check() {
   "$VENV/bin/python" - <<'PY' 2>/dev/null
-import xgboost, numpy, psycopg, redis, confluent_kafka
+import xgboost, numpy, psycopg, redis, confluent_kafka, matplotlib
 PY
 }
 
