@@ -388,9 +388,11 @@ pub async fn steps(
 // Scenario 3: sustained retrains per second with 10,000 users, at rising arrival rates
 // ------------------------------------------------------------------------------------------------
 
-/// Every user starts with a seeded 10-tree model. At each rate of the ladder, for
-/// `ramp_seconds`, whole batches arrive: every 100 ms the next users in round-robin order get 50
-/// actuals each, in one multi-row transaction, `rate` users per second. A step kept up when it
+/// Every user starts with a seeded 10-tree model, and its 50 prediction requests are logged
+/// before the ramp (as serving logs requests long before their outcomes land). At each rate of the
+/// ladder, for `ramp_seconds`, whole batches of actuals arrive: every 100 ms the next users in
+/// round-robin order get 50 actuals each — one per logged request, new values each time — in one
+/// multi-row transaction, `rate` users per second. A step kept up when it
 /// completed at least 90 % of what it offered and the backlog (batches written − events read) did
 /// not grow by more than a second's worth of arrivals. The ladder stops at the first step that
 /// did not keep up.
@@ -407,12 +409,28 @@ pub async fn ramp(
     let seed = seed(10)?;
     let (db, mut proc) = start(s, &format!("ramp_{name}"), &which, &[]).await?;
     install(&db, users, &seed, &which).await?;
+    let ids: Vec<i32> = (1..=users as i32).collect();
+    log(format!(
+        "ramp {name}: logging {users} users' 50 prediction requests"
+    ));
+    sqlx::query(
+        "INSERT INTO prediction_requests (request_id, user_id, features)
+         SELECT bench_request_id(u, k), bench_user(u), bench_features(u, k)
+           FROM unnest($1::int[]) AS u, generate_series(1, 50) AS k",
+    )
+    .bind(&ids)
+    .execute(&db.pool)
+    .await?;
+    sqlx::query("ANALYZE prediction_requests")
+        .execute(&db.pool)
+        .await?;
     let collector = Collector::start(&s.brokers, &db.topic)?;
     blocking(|| proc.wait_ready(Duration::from_secs(60)))?;
     let app = match which {
         Implementation::Refit => "refit",
         Implementation::Python { .. } => "refit-bench-python",
     };
+    // Per user, the offset that makes each batch's actual values new.
     let mut next_k = vec![FIRST_K; users + 1];
     let mut cursor = 0usize;
     let mut offered_total = 0usize;
@@ -444,7 +462,15 @@ pub async fn ramp(
                     k.push(next_k[cursor]);
                     next_k[cursor] += THRESHOLD;
                 }
-                db.write(&u, &k, &vec![THRESHOLD; n]).await?;
+                sqlx::query(
+                    "INSERT INTO actual_rentals (request_id, actual_value)
+                     SELECT bench_request_id(u, k), bench_actual(u, k + b)
+                       FROM unnest($1::int[], $2::int[]) AS t(u, b), generate_series(1, 50) AS k",
+                )
+                .bind(&u)
+                .bind(&k)
+                .execute(&db.pool)
+                .await?;
                 offered += n;
                 offered_total += n;
             }
