@@ -34,6 +34,11 @@ pub async fn connect(url: &Secret, retrains: usize) -> anyhow::Result<PgPool> {
         .parse::<PgConnectOptions>()
         .with_context(|| format!("DATABASE_URL {url} is not a valid PostgreSQL URL"))?
         .application_name("refit")
+        // Every statement is planned for its arguments. refit's tables start empty and grow and
+        // shrink by the minute; a generic plan cached while one was small (prepared statements
+        // live as long as the connection) went on scanning it whole once it was large — seen in
+        // `make bench` for the outbox done-marks and the retrain's commit (BENCHMARKS.md).
+        .options([("plan_cache_mode", "force_custom_plan")])
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2));
     PgPoolOptions::new()
@@ -611,19 +616,14 @@ pub struct OutboxEntry {
 /// announcement is `waiting` while its own event's invalidation is undone.
 ///
 /// The transaction's commit is asynchronous: a done-mark lost in a crash only means one more
-/// delivery, and at least once is the contract. Its statements are planned for their actual
-/// arguments: the outbox grows from empty and churns, and a generic plan cached while it was
-/// small scanned the whole table for every done-mark (seen in `make bench`'s profile).
+/// delivery, and at least once is the contract.
 pub async fn lock_outboxes(
     tx: &mut Transaction<'_, Postgres>,
     users: &[String],
     kind: OutboxKind,
 ) -> sqlx::Result<(Vec<String>, Vec<OutboxEntry>)> {
     let locked: Vec<String> = sqlx::query_scalar(
-        "WITH settings AS MATERIALIZED (
-             SELECT set_config('synchronous_commit', 'off', true),
-                    set_config('plan_cache_mode', 'force_custom_plan', true)
-         )
+        "WITH settings AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))
          SELECT u FROM settings, unnest($1::text[]) AS u
           WHERE pg_try_advisory_xact_lock(hashtextextended('refit_outbox:' || $2 || ':' || u, 0))",
     )

@@ -403,11 +403,17 @@ impl Refit {
     }
 
     pub async fn wait_for_line(&self, needle: &str, timeout: Duration) {
+        self.wait_for_lines(needle, 1, timeout).await;
+    }
+
+    /// Waits until `n` lines contain `needle` (stdout is read by another thread, so a line the
+    /// process wrote may not have been read yet when its effect is visible in the database).
+    pub async fn wait_for_lines(&self, needle: &str, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        while self.count(needle) == 0 {
+        while self.count(needle) < n {
             assert!(
                 Instant::now() < deadline,
-                "no line with {needle:?} within {timeout:?}; saw:\n{}",
+                "fewer than {n} lines with {needle:?} within {timeout:?}; saw:\n{}",
                 self.lines().join("\n")
             );
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -337,6 +337,7 @@ async fn retrains_with_loki(loki_url: &str, test: &str) -> Duration {
     settled(&env, 50, WAIT).await;
     let took = started.elapsed();
     verify(&env, &brokers(), 50, test).await;
+    refit.wait_for_lines("version committed", 6, WAIT).await;
     assert_eq!(
         refit.count("version committed"),
         6,
