@@ -443,7 +443,6 @@ pub async fn throughput(s: &Settings, which: Implementation<'_>) -> anyhow::Resu
     let collector = Collector::start(&s.brokers, &db.topic)?;
     let port = free_port();
     let log_path = s.out_dir.join(format!("{name}-throughput.log"));
-    let params = refit_default_params();
     let mut proc = match which {
         Implementation::Refit => Proc::spawn(
             "refit",
@@ -453,36 +452,7 @@ pub async fn throughput(s: &Settings, which: Implementation<'_>) -> anyhow::Resu
             &log_path,
         )?,
         Implementation::Python { python } => {
-            let script = s.python_script.to_string_lossy().into_owned();
-            Proc::spawn(
-                "python",
-                python,
-                &[
-                    &script,
-                    "--database-url",
-                    &db.url,
-                    "--redis-url",
-                    &s.redis_url,
-                    "--brokers",
-                    &s.brokers,
-                    "--topic",
-                    &db.topic,
-                    "--key-prefix",
-                    &db.key_prefix,
-                    "--threshold",
-                    "50",
-                    "--rounds",
-                    "10",
-                    "--params",
-                    &params.to_string(),
-                    "--nthread",
-                    "1",
-                    "--poll-interval-ms",
-                    "100",
-                ],
-                &[],
-                &log_path,
-            )?
+            crate::scenarios::python_proc(s, &db, python, &log_path)?
         }
     };
     blocking(|| proc.wait_ready(Duration::from_secs(60)))?;
