@@ -82,6 +82,7 @@ pub struct Settings {
     pub growth_timeout: Duration,
     /// Seconds per rate of the ramp (scenario 3).
     pub ramp_seconds: f64,
+    pub ramp_warm_seconds: f64,
     /// Arrival rates (batches/s) the ramp climbs, per implementation.
     pub ramp_refit: Vec<f64>,
     pub ramp_python: Vec<f64>,
@@ -125,9 +126,11 @@ impl Settings {
             brokers: env_or("KAFKA_BROKERS", "127.0.0.1:19092"),
             python,
             python_script: root.join("scripts/bench-python.py"),
+            // `python` (the Python reference's drain, ~10 min at 10,000 users) only on request:
+            // the ramp (scenario 3) is where the two are compared.
             phases: list(
                 "BENCH_PHASES",
-                "floor,steps,freshness,ramp,throughput,python,growth",
+                "floor,steps,freshness,ramp,throughput,growth",
             ),
             users: env_num("BENCH_USERS", if quick { 1000 } else { 10_000 }),
             fresh_rates: list("BENCH_FRESH_RATES", if quick { "10" } else { "4,10" })
@@ -161,6 +164,7 @@ impl Settings {
                 if quick { 120 } else { 420 },
             )),
             ramp_seconds: env_num("BENCH_RAMP_SECONDS", if quick { 8.0 } else { 20.0 }),
+            ramp_warm_seconds: env_num("BENCH_RAMP_WARM", if quick { 2.0 } else { 4.0 }),
             ramp_refit: list("BENCH_RAMP_REFIT", "50,100,150,200,250,300,350,400,500")
                 .iter()
                 .filter_map(|r| r.parse().ok())
@@ -188,6 +192,9 @@ pub struct Progress {
     started: Instant,
     last: Option<Instant>,
     tty: bool,
+    /// The latest value set, and the latest drawn (finish draws the latest if it was skipped).
+    done: usize,
+    drawn: Option<usize>,
 }
 
 impl Progress {
@@ -199,14 +206,25 @@ impl Progress {
             started: Instant::now(),
             last: None,
             tty: std::io::stderr().is_terminal(),
+            done: 0,
+            drawn: None,
         }
     }
 
     pub fn set(&mut self, done: usize) {
+        self.done = done;
         let every = Duration::from_millis(if self.tty { 200 } else { 5000 });
-        if self.last.is_some_and(|t| t.elapsed() < every) && done < self.total {
+        if self.last.is_some_and(|t| t.elapsed() < every)
+            && (done < self.total || self.drawn == Some(done))
+        {
             return;
         }
+        self.draw();
+    }
+
+    fn draw(&mut self) {
+        let done = self.done;
+        self.drawn = Some(done);
         self.last = Some(Instant::now());
         let width = 30;
         let filled = (done.min(self.total) * width) / self.total;
@@ -228,6 +246,9 @@ impl Progress {
     }
 
     pub fn finish(&mut self) {
+        if self.drawn != Some(self.done) {
+            self.draw();
+        }
         if self.tty {
             eprintln!();
         }

@@ -2,20 +2,30 @@
 //! (PostgreSQL, Redis, the Kafka-compatible broker) with the release `refit` binary as a child
 //! process, side by side with the straightforward Python sequence (scripts/bench-python.py).
 //!
-//! Phases (BENCH_PHASES, comma separated; all by default):
-//! - `freshness`: actuals stream in, one autocommitted INSERT each, so that BENCH_FRESH_RATES
-//!   batches/s complete; the commit of each batch's 50th actual is timestamped here and its
-//!   `model-retrained` event is read from the topic by a consumer (matched by user and version).
-//!   Per-step costs (read, train, commit, DEL, announce) come from the same retrains;
-//! - `throughput`: BENCH_USERS users × 50 actuals, bulk-loaded while refit runs, twice (fresh
-//!   models, then continued training); retrains/s from the load's commit to the last event read;
-//!   refit's memory (VmHWM) over the whole run;
-//! - `python`: the same for scripts/bench-python.py on a fresh database with the same data;
-//! - `growth`: BENCH_GROWTH_RETRAINS batches of one user, for each REFIT_MAX_TREES in
-//!   BENCH_GROWTH_CAPS; train time and model size per version.
+//! Phases (BENCH_PHASES, comma separated; default `floor,steps,freshness,ramp,throughput,growth`):
+//! - `floor`: the same XGBoost update through the C API alone, in this process, no I/O (100 and
+//!   1,000 trees; from the artifact and from a model kept in memory);
+//! - `steps` (scenario 1): one user with a seeded 100- or 1,000-tree model, 50-row batches one at
+//!   a time; per-step p50/p95 of refit and of the Python reference;
+//! - `freshness` (scenario 2): actuals stream in, one autocommitted INSERT each, so that
+//!   BENCH_FRESH_RATES batches/s complete; the commit of each batch's 50th actual is timestamped
+//!   here and its `model-retrained` event is read from the topic by a consumer (matched by user
+//!   and version); refit and the Python reference on the same rows;
+//! - `ramp` (scenario 3): BENCH_USERS users, arrival rates raised until the backlog grows, both
+//!   implementations; the highest rate kept up is the sustained throughput; peak memory;
+//! - `throughput`: BENCH_USERS users × 50 actuals bulk-loaded while refit runs, twice (fresh
+//!   models, then continued training): the drain's capacity; `python`: the same for the reference
+//!   (~10 min at 10,000 users, not in the default list);
+//! - `growth`: BENCH_GROWTH runs (REFIT_MAX_TREES:retrains) of one user's consecutive retrains;
+//!   train time, artifact size and trees per version.
+//!
+//! BENCH_REPEAT (3; 1 with BENCH_QUICK) repeats floor, steps and freshness; the report gives
+//! medians with the [min–max] spread. Every phase shows a progress bar on stderr.
 //!
 //! Nothing here asserts a time: results go to target/bench/<run>/ (results.json, summary.md,
-//! every child's log) and summary.md is printed at the end. BENCH_QUICK=1 runs smaller sizes.
+//! benchmarks.png, every child's log) and summary.md is printed at the end. A full run (not
+//! BENCH_QUICK) also rewrites BENCHMARKS.md between its `bench:results` markers and
+//! benchmarks.png. BENCH_QUICK=1 runs smaller sizes.
 
 mod infra;
 mod phases;
@@ -130,16 +140,28 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         }
     }
     if s.wants("freshness") {
-        let mut runs = Vec::new();
+        // refit's runs under "freshness", the Python reference's (same data, rates and
+        // repeats) under "freshness_python".
+        let (mut runs, mut python_runs) = (Vec::new(), Vec::new());
         for repeat in 1..=s.repeat {
             for &rate in &s.fresh_rates {
-                let mut run = phases::freshness(&s, rate)
+                let mut run = phases::freshness(&s, rate, &phases::Implementation::Refit)
                     .await
                     .with_context(|| format!("freshness at {rate}/s"))?;
                 run["repeat"] = json!(repeat);
                 runs.push(run);
                 results["freshness"] = json!(runs);
                 save(&results);
+                if let Some(python) = &s.python {
+                    let which = phases::Implementation::Python { python };
+                    let mut run = phases::freshness(&s, rate, &which)
+                        .await
+                        .with_context(|| format!("freshness at {rate}/s, Python"))?;
+                    run["repeat"] = json!(repeat);
+                    python_runs.push(run);
+                    results["freshness_python"] = json!(python_runs);
+                    save(&results);
+                }
             }
         }
     }
@@ -292,9 +314,40 @@ fn pp(v: &Value) -> String {
     format!("{} / {}", f(num(&v["p50"])), f(num(&v["p99"])))
 }
 
-fn pp_verdict(v: &Value, target: f64) -> String {
-    let (p50, p99) = (num(&v["p50"]), num(&v["p99"]));
-    if v["n"].as_u64().unwrap_or(0) == 0 {
+/// A rate as configured: "4", "2.5".
+fn rate_txt(x: f64) -> String {
+    if x.fract() == 0.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x}")
+    }
+}
+
+/// "p50 / p99" of the same step over several runs: the medians, with the spread of the p50s.
+fn pp_runs(runs: &[&Value], step: &str) -> String {
+    if runs.len() == 1 {
+        return pp(&runs[0][step]);
+    }
+    let (_, p50) = spread(&pcts(runs, step, "p50"));
+    let (p99, _) = spread(&pcts(runs, step, "p99"));
+    format!("{p50} / {}", f(p99))
+}
+
+/// `pct` of `step` in each run (runs without that step are left out).
+fn pcts(runs: &[&Value], step: &str, pct: &str) -> Vec<f64> {
+    runs.iter()
+        .map(|run| num(&run[step][pct]))
+        .filter(|x| x.is_finite())
+        .collect()
+}
+
+/// Verdict on the medians (over runs) of p50 and p99.
+fn pp_verdict_runs(runs: &[&Value], step: &str, target: f64) -> String {
+    let (p50, p99) = (
+        spread(&pcts(runs, step, "p50")).0,
+        spread(&pcts(runs, step, "p99")).0,
+    );
+    if !p50.is_finite() {
         return "no samples".into();
     }
     match (p50 <= target, p99 <= target) {
@@ -304,19 +357,47 @@ fn pp_verdict(v: &Value, target: f64) -> String {
     }
 }
 
-fn steps_row(out: &mut String, label: &str, steps: &Value) {
-    let _ = writeln!(
-        out,
-        "| {label} | {} | {} | {} | {} | {} | {} | {} | {} |",
-        pp(&steps["read"]),
-        pp(&steps["train"]),
-        pp(&steps["train_load"]),
-        pp(&steps["train_boost"]),
-        pp(&steps["train_save"]),
-        pp(&steps["commit"]),
-        pp(&steps["invalidate"]),
-        pp(&steps["announce"]),
-    );
+fn steps_row(out: &mut String, label: &str, runs: &[&Value]) {
+    let mut row = format!("| {label} |");
+    for step in [
+        "read",
+        "train",
+        "train_load",
+        "train_boost",
+        "train_save",
+        "commit",
+        "invalidate",
+        "announce",
+    ] {
+        let _ = write!(row, " {} |", pp_runs(runs, step));
+    }
+    let _ = writeln!(out, "{row}");
+}
+
+/// Runs of a repeated phase grouped by their rate, in the order the rates first appear.
+fn by_rate(runs: &[Value]) -> Vec<(f64, Vec<&Value>)> {
+    let mut groups: Vec<(f64, Vec<&Value>)> = Vec::new();
+    for run in runs {
+        let rate = num(&run["rate_batches_per_s"]);
+        match groups.iter_mut().find(|(r, _)| *r == rate) {
+            Some((_, g)) => g.push(run),
+            None => groups.push((rate, vec![run])),
+        }
+    }
+    groups
+}
+
+/// `field.pct` of several runs: (median, "median [min–max]").
+fn agg(runs: &[&Value], field: &str, pct: &str) -> (f64, String) {
+    spread(&pcts(runs, field, pct))
+}
+
+fn repeats_note(n: usize) -> String {
+    if n > 1 {
+        format!(", median of {n} repeats [min–max]")
+    } else {
+        String::new()
+    }
 }
 
 pub fn summarize(r: &Value) -> String {
@@ -348,22 +429,51 @@ pub fn summarize(r: &Value) -> String {
     let _ = writeln!(o, "| Target (DESIGN.md) | Condition | Measured | Verdict |");
     let _ = writeln!(o, "| --- | --- | --- | --- |");
     let fresh = r["freshness"].as_array().cloned().unwrap_or_default();
+    let fresh_py = r["freshness_python"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let tp = &r["throughput_refit"];
     let py = &r["throughput_python"];
-    let mut step_sources: Vec<(String, Value)> = fresh
-        .iter()
-        .map(|run| {
-            (
-                format!("paced, {} batches/s", run["rate_batches_per_s"]),
-                run["steps_ms"].clone(),
-            )
-        })
-        .collect();
+    let steps_runs = |trees: i64, implementation: &str| -> Vec<&Value> {
+        r["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|run| run["trees"].as_i64() == Some(trees))
+            .map(|run| &run[implementation])
+            .filter(|v| v.is_object())
+            .collect()
+    };
+    // Per-step sources: scenario 1 (one batch at a time), paced freshness, the saturated drain.
+    let mut step_sources: Vec<(String, Vec<&Value>)> = Vec::new();
+    for trees in [100, 1000] {
+        let runs = steps_runs(trees, "refit");
+        if !runs.is_empty() {
+            step_sources.push((
+                format!(
+                    "scenario 1: {trees} trees, one batch at a time{}",
+                    repeats_note(runs.len())
+                ),
+                runs,
+            ));
+        }
+    }
+    for (rate, runs) in by_rate(&fresh) {
+        step_sources.push((
+            format!(
+                "paced, {} batches/s, {} users{}",
+                rate_txt(rate),
+                runs[0]["users"],
+                repeats_note(runs.len())
+            ),
+            runs.iter().map(|run| &run["steps_ms"]).collect(),
+        ));
+    }
     if tp.is_object() {
         step_sources.push((
-            "saturated: 10k-user drain, continued (round 2)"
-                .replace("10k", &tp["users"].to_string()),
-            tp["steps_ms"]["round2"].clone(),
+            format!("saturated: {}-user drain, continued (round 2)", tp["users"]),
+            vec![&tp["steps_ms"]["round2"]],
         ));
     }
     for (step, target, label) in [
@@ -371,34 +481,50 @@ pub fn summarize(r: &Value) -> String {
         ("train", 20.0, "train ≤ 20 ms"),
         ("invalidate", 1.0, "Redis DEL ≤ 1 ms"),
     ] {
-        for (cond, steps) in &step_sources {
+        for (cond, runs) in &step_sources {
             let _ = writeln!(
                 o,
-                "| {label} (p50/p99) | {cond} | {} ms | {} |",
-                pp(&steps[step]),
-                pp_verdict(&steps[step], target)
+                "| {label} (p50 / p99) | {cond} | {} ms | {} |",
+                pp_runs(runs, step),
+                pp_verdict_runs(runs, step, target)
             );
         }
     }
-    for run in &fresh {
-        let fr = &run["freshness_ms"];
+    let fresh_py_by_rate = by_rate(&fresh_py);
+    for (rate, runs) in by_rate(&fresh) {
         let cond = format!(
-            "{} batches/s ({} actuals/s achieved)",
-            run["rate_batches_per_s"],
-            f(num(&run["actuals_per_s_achieved"]))
+            "{} batches/s ({} actuals/s achieved){}",
+            rate_txt(rate),
+            f(spread(
+                &runs
+                    .iter()
+                    .map(|run| num(&run["actuals_per_s_achieved"]))
+                    .collect::<Vec<_>>()
+            )
+            .0),
+            repeats_note(runs.len())
+        );
+        let (p50, p50_txt) = agg(&runs, "freshness_ms", "p50");
+        let (p99, p99_txt) = agg(&runs, "freshness_ms", "p99");
+        let _ = writeln!(
+            o,
+            "| freshness p50 ≤ 25 ms | {cond} | {p50_txt} ms | {} |",
+            verdict(p50 <= 25.0)
         );
         let _ = writeln!(
             o,
-            "| freshness p50 ≤ 25 ms | {cond} | {} ms | {} |",
-            f(num(&fr["p50"])),
-            verdict(num(&fr["p50"]) <= 25.0)
+            "| freshness p99 ≤ 100 ms | {cond} | {p99_txt} ms | {} |",
+            verdict(p99 <= 100.0)
         );
-        let _ = writeln!(
-            o,
-            "| freshness p99 ≤ 100 ms | {cond} | {} ms | {} |",
-            f(num(&fr["p99"])),
-            verdict(num(&fr["p99"]) <= 100.0)
-        );
+        if let Some((_, py_runs)) = fresh_py_by_rate.iter().find(|(r, _)| *r == rate) {
+            let (py50, _) = agg(py_runs, "freshness_ms", "p50");
+            let (py99, _) = agg(py_runs, "freshness_ms", "p99");
+            let _ = writeln!(
+                o,
+                "| (ratio, scenario 2) | freshness at {} batches/s, p50 / p99: refit {} / {} ms vs Python {} / {} ms | {}× / {}× faster | – |",
+                rate_txt(rate), f(p50), f(p99), f(py50), f(py99), f(py50 / p50), f(py99 / p99)
+            );
+        }
     }
     scenario_targets(&mut o, r);
     let rate = |t: &Value, round: usize| num(&t["rounds"][round]["retrains_per_s"]);
@@ -419,7 +545,7 @@ pub fn summarize(r: &Value) -> String {
                 let ratio = rate(tp, round) / rate(py, round);
                 let _ = writeln!(o, "| ≥ 5× Python | {users} users, {label}: refit {} /s vs Python {} /s | {}× | {} |", f(rate(tp, round)), f(rate(py, round)), f(ratio), verdict(ratio >= 5.0));
             }
-        } else {
+        } else if !r["ramp"]["python"].is_object() {
             let _ = writeln!(
                 o,
                 "| ≥ 5× Python | – | not measured: {} | – |",
@@ -464,67 +590,128 @@ pub fn summarize(r: &Value) -> String {
             f(num(&sm["median_bytes_last100"]) / 1024.0), f(base_b / 1024.0), f(b_ratio), f(bmax_ratio), verdict(b_ratio <= 2.0));
     }
 
+    let _ = writeln!(o);
     scenario_details(&mut o, r);
     // ---- freshness detail -----------------------------------------------------------------------
-    for run in &fresh {
-        let _ = writeln!(
-            o,
-            "\n### Freshness at {} batches/s\n",
-            run["rate_batches_per_s"]
-        );
-        let _ = writeln!(o, "{} users, {} warm-up retrains each; {} actuals inserted ({} /s, target {} /s, worst insert lag {} ms); {} batches completed, {} events matched; statuses {}; models had {} trees (median) when measured.\n",
-            run["users"], run["warm_retrains_per_user"], run["actuals_inserted"], f(num(&run["actuals_per_s_achieved"])), run["actuals_per_s_target"], run["max_insert_lag_ms"],
-            run["batches_completed"], run["events_matched"], run["statuses"], f(num(&run["trees_of_measured_models"]["p50"])));
-        let _ = writeln!(o, "| Interval (ms) | p50 | p90 | p99 | max |");
+    for (rate, runs) in by_rate(&fresh) {
+        let py_runs: Vec<&Value> = fresh_py_by_rate
+            .iter()
+            .find(|(r, _)| *r == rate)
+            .map(|(_, g)| g.clone())
+            .unwrap_or_default();
+        let first = runs[0];
+        let _ = writeln!(o, "\n### Freshness at {} batches/s\n", rate_txt(rate));
+        let _ = writeln!(o, "{} users, {} warm-up retrains each; per run {} actuals inserted one per autocommitted INSERT (target {} /s, achieved {} /s, worst insert lag {} ms) and {} batches completed; {} run(s) of refit{}. Every cell is the median over the runs{}.\n",
+            first["users"], first["warm_retrains_per_user"], first["actuals_inserted"], first["actuals_per_s_target"],
+            f(spread(&runs.iter().map(|run| num(&run["actuals_per_s_achieved"])).collect::<Vec<_>>()).0),
+            first["max_insert_lag_ms"], first["batches_completed"], runs.len(),
+            if py_runs.is_empty() { String::new() } else { format!(" and {} of the Python reference on the same rows", py_runs.len()) },
+            if runs.len() > 1 { " with [min–max]" } else { "" });
+        let _ = writeln!(o, "| Interval (ms) | p50 | p95 | p99 | max |");
         let _ = writeln!(o, "| --- | --- | --- | --- | --- |");
-        let line = |o: &mut String, name: &str, v: &Value| {
+        let line = |o: &mut String, name: &str, runs: &[&Value], field: &str| {
+            if pcts(runs, field, "p50").is_empty() {
+                return;
+            }
             let _ = writeln!(
                 o,
                 "| {name} | {} | {} | {} | {} |",
-                f(num(&v["p50"])),
-                f(num(&v["p90"])),
-                f(num(&v["p99"])),
-                f(num(&v["max"]))
+                agg(runs, field, "p50").1,
+                agg(runs, field, "p95").1,
+                agg(runs, field, "p99").1,
+                agg(runs, field, "max").1,
             );
         };
         line(
             &mut o,
-            "**commit of the 50th actual → event read**",
-            &run["freshness_ms"],
+            "**refit: commit of the 50th actual → event read**",
+            &runs,
+            "freshness_ms",
+        );
+        if !py_runs.is_empty() {
+            line(
+                &mut o,
+                "**Python: commit of the 50th actual → event read**",
+                &py_runs,
+                "freshness_ms",
+            );
+        }
+        line(
+            &mut o,
+            "refit: INSERT sent → event read",
+            &runs,
+            "freshness_from_insert_sent_ms",
         );
         line(
             &mut o,
-            "INSERT sent → event read",
-            &run["freshness_from_insert_sent_ms"],
+            "refit: data_until (trigger time) → event read",
+            &runs,
+            "freshness_from_data_until_ms",
         );
-        line(
-            &mut o,
-            "refit's data_until (trigger time) → event read",
-            &run["freshness_from_data_until_ms"],
-        );
-        if let Some(b) = run["breakdown_ms"].as_object() {
-            for (k, v) in b {
-                line(&mut o, &k[2..], v);
+        let breakdown: Vec<&Value> = runs.iter().map(|run| &run["breakdown_ms"]).collect();
+        if let Some(b) = first["breakdown_ms"].as_object() {
+            for k in b.keys() {
+                line(&mut o, &format!("refit: {}", &k[2..]), &breakdown, k);
             }
         }
-        let c = &run["cpu"];
-        let _ = writeln!(o, "\nDuring the paced inserts: refit used {} cores ({} CPU ms per retrain), its PostgreSQL backends {} cores ({} ms per retrain), the rest of the machine {} cores (the inserting bench, PostgreSQL for the inserts, tansu, Redis, anything else running). refit VmHWM {} MB; log warnings {}, errors {}.",
-            f(num(&c["process_cores"])), f(num(&c["process_cpu_ms_per_retrain"])), f(num(&c["its_postgres_cores"])), f(num(&c["postgres_cpu_ms_per_retrain"])), f(num(&c["rest_of_machine_cores"])),
-            run["refit_memory"]["vm_hwm_mb"], run["refit_logs"]["warnings"], run["refit_logs"]["errors"]);
+        let cpu = |runs: &[&Value], key: &str| {
+            f(spread(
+                &runs
+                    .iter()
+                    .map(|run| num(&run["cpu"][key]))
+                    .collect::<Vec<_>>(),
+            )
+            .0)
+        };
+        let _ = writeln!(o, "\nDuring the paced inserts (medians over the runs): refit used {} cores ({} CPU ms per retrain), its PostgreSQL backends {} cores ({} ms per retrain), the rest of the machine {} cores (the inserting bench, PostgreSQL for the inserts, tansu, Redis, anything else running); refit VmHWM {} MB; statuses of the first run {}, log warnings {}, errors {}.",
+            cpu(&runs, "process_cores"), cpu(&runs, "process_cpu_ms_per_retrain"), cpu(&runs, "its_postgres_cores"), cpu(&runs, "postgres_cpu_ms_per_retrain"), cpu(&runs, "rest_of_machine_cores"),
+            f(spread(&runs.iter().map(|run| num(&run["refit_memory"]["vm_hwm_mb"])).collect::<Vec<_>>()).0),
+            first["statuses"], first["refit_logs"]["warnings"], first["refit_logs"]["errors"]);
+        if !py_runs.is_empty() {
+            let _ = writeln!(o, "The Python reference: {} cores ({} CPU ms per retrain), its PostgreSQL backends {} cores ({} ms per retrain); statuses of its first run {}.",
+                cpu(&py_runs, "process_cores"), cpu(&py_runs, "process_cpu_ms_per_retrain"), cpu(&py_runs, "its_postgres_cores"), cpu(&py_runs, "postgres_cpu_ms_per_retrain"), py_runs[0]["statuses"]);
+        }
     }
 
     // ---- per-step detail ------------------------------------------------------------------------
-    let _ = writeln!(o, "\n### Per-step cost, ms (p50 / p99)\n");
+    let _ = writeln!(
+        o,
+        "\n### Per-step cost, ms (p50 / p99; over repeats: median p50 [min–max] / median p99)\n"
+    );
     let _ = writeln!(o, "| Condition | read | train | ↳ load | ↳ boost | ↳ save | commit | invalidate (DEL) | announce (ack) |");
     let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    for (cond, steps) in &step_sources {
-        steps_row(&mut o, &format!("refit, {cond}"), steps);
+    for (cond, runs) in &step_sources {
+        steps_row(&mut o, &format!("refit, {cond}"), runs);
+    }
+    for trees in [100, 1000] {
+        let runs = steps_runs(trees, "python");
+        if !runs.is_empty() {
+            steps_row(
+                &mut o,
+                &format!(
+                    "Python, scenario 1: {trees} trees, one batch at a time{}",
+                    repeats_note(runs.len())
+                ),
+                &runs,
+            );
+        }
+    }
+    for (rate, runs) in &fresh_py_by_rate {
+        steps_row(
+            &mut o,
+            &format!(
+                "Python, paced, {} batches/s{}",
+                rate_txt(*rate),
+                repeats_note(runs.len())
+            ),
+            &runs.iter().map(|run| &run["steps_ms"]).collect::<Vec<_>>(),
+        );
     }
     if tp.is_object() {
         steps_row(
             &mut o,
             "refit, saturated, fresh models (round 1)",
-            &tp["steps_ms"]["round1"],
+            &[&tp["steps_ms"]["round1"]],
         );
     }
     if py["rounds"].is_array() {
@@ -682,12 +869,17 @@ fn spread(values: &[f64]) -> (f64, String) {
 
 /// p50 of `step` of `implementation` over the repeats of scenario 1 at `trees` trees.
 fn step_p50s(r: &Value, trees: i64, implementation: &str, step: &str) -> Vec<f64> {
+    step_pcts(r, trees, implementation, step, "p50")
+}
+
+/// `pct` of `step` of `implementation` over the repeats of scenario 1 at `trees` trees.
+fn step_pcts(r: &Value, trees: i64, implementation: &str, step: &str, pct: &str) -> Vec<f64> {
     r["steps"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|run| run["trees"].as_i64() == Some(trees))
-        .map(|run| num(&run[implementation][step]["p50"]))
+        .map(|run| num(&run[implementation][step][pct]))
         .filter(|x| x.is_finite())
         .collect()
 }
@@ -760,16 +952,29 @@ fn scenario_details(o: &mut String, r: &Value) {
     let repeats = r["steps"]
         .as_array()
         .map_or(0, |a| a.iter().filter(|x| x["trees"] == 100).count());
-    if repeats > 0 {
+    let batches = r["steps"][0]["refit"]["end_to_end"]["n"]
+        .as_u64()
+        .unwrap_or(0);
+    for (pct, title) in [("p50", "p50"), ("p95", "p95")] {
+        if repeats == 0 {
+            break;
+        }
         let _ = writeln!(
             o,
-            "### Scenario 1: one 50-row retrain on a model of 100 or 1,000 trees (p50, ms)\n\n\
-             One user with a seeded model, 30 batches written one at a time, each awaited on the \
-             topic. Median of {repeats} repeats' p50, [min–max] across repeats. Python's `read` \
-             fetches its model (its rows come from the poll); refit's reads the pending rows (the \
-             model is in memory after the first retrain). `end_to_end` is the batch's commit → \
-             its event read from the topic (Python's includes its 100 ms poll interval).\n"
+            "### Scenario 1: one 50-row retrain on a model of 100 or 1,000 trees ({title}, ms)\n"
         );
+        if pct == "p50" {
+            let _ = writeln!(
+                o,
+                "One user with a seeded model, {batches} batches written one at a time, each \
+                 awaited on the topic, `REFIT_MAX_TREES=0`. Median of {repeats} repeats' \
+                 percentile, [min–max] across repeats. Python's `read` fetches its model (its \
+                 rows come from the poll); refit's reads the pending rows (the model is in memory \
+                 after the first retrain). `commit → event read` is the batch's commit → its event \
+                 read from the topic (Python's includes its 100 ms poll interval). Python ÷ refit \
+                 > 1 means refit is faster.\n"
+            );
+        }
         let _ = writeln!(
             o,
             "| Step | refit, 100 trees | Python, 100 trees | Python ÷ refit | refit, 1,000 trees | Python, 1,000 trees | Python ÷ refit |"
@@ -788,8 +993,8 @@ fn scenario_details(o: &mut String, r: &Value) {
         ] {
             let mut row = format!("| {label} |");
             for trees in [100, 1000] {
-                let (a, a_txt) = spread(&step_p50s(r, trees, "refit", step));
-                let (b, b_txt) = spread(&step_p50s(r, trees, "python", step));
+                let (a, a_txt) = spread(&step_pcts(r, trees, "refit", step, pct));
+                let (b, b_txt) = spread(&step_pcts(r, trees, "python", step, pct));
                 let _ = write!(row, " {a_txt} | {b_txt} | {} |", f(b / a));
             }
             let _ = writeln!(o, "{row}");
@@ -803,7 +1008,7 @@ fn scenario_details(o: &mut String, r: &Value) {
             .unwrap_or_default();
         let _ = writeln!(
             o,
-            "### The floor: the same update through the C API alone (ms, p50)\n\n\
+            "### The floor: the same update through the C API alone (ms)\n\n\
              In-process, no I/O, nthread 1: 10 rounds on 50 rows, {} iterations per repeat, \
              median of {} repeats [min–max]. \"From the artifact\" loads the UBJSON model first \
              (what a retrain without refit's model cache does); \"in memory\" continues a model \
@@ -811,25 +1016,28 @@ fn scenario_details(o: &mut String, r: &Value) {
             r["floor"]["iterations"],
             runs.len().max(1)
         );
-        let _ = writeln!(o, "| Trees | Artifact | From the artifact: total (load + boost + save) | In memory: total | refit's train step | refit's commit → event read |");
-        let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- |");
+        let _ = writeln!(o, "| Trees | Artifact | From the artifact: total p50 (load + boost + save) | From the artifact: p95 | In memory: p50 | In memory: p95 | refit's train step p50 / p95 | refit's commit → event read p50 |");
+        let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- | --- | --- |");
         for (i, m) in models.iter().enumerate() {
             let trees = m["trees"].as_i64().unwrap_or(0);
-            let col = |mode: &str, part: &str| -> Vec<f64> {
+            let col = |mode: &str, part: &str, pct: &str| -> Vec<f64> {
                 runs.iter()
-                    .map(|run| num(&run["models"][i][mode][part]["p50"]))
+                    .map(|run| num(&run["models"][i][mode][part][pct]))
                     .collect()
             };
             let _ = writeln!(
                 o,
-                "| {trees} | {} KB | {} ({} + {} + {}) | {} | {} | {} |",
+                "| {trees} | {} KB | {} ({} + {} + {}) | {} | {} | {} | {} / {} | {} |",
                 f(num(&m["artifact_kb"])),
-                spread(&col("from_artifact", "total")).1,
-                spread(&col("from_artifact", "load")).1,
-                spread(&col("from_artifact", "boost")).1,
-                spread(&col("from_artifact", "save")).1,
-                spread(&col("in_memory", "total")).1,
+                spread(&col("from_artifact", "total", "p50")).1,
+                spread(&col("from_artifact", "load", "p50")).1,
+                spread(&col("from_artifact", "boost", "p50")).1,
+                spread(&col("from_artifact", "save", "p50")).1,
+                spread(&col("from_artifact", "total", "p95")).1,
+                spread(&col("in_memory", "total", "p50")).1,
+                spread(&col("in_memory", "total", "p95")).1,
                 spread(&step_p50s(r, trees, "refit", "train")).1,
+                f(spread(&step_pcts(r, trees, "refit", "train", "p95")).0),
                 spread(&step_p50s(r, trees, "refit", "end_to_end")).1,
             );
         }
@@ -840,29 +1048,38 @@ fn scenario_details(o: &mut String, r: &Value) {
         let _ = writeln!(
             o,
             "### Scenario 3: sustained retrains/s with {} users, arrival rate raised step by step\n\n\
-             Each step lasts {} s: every 100 ms the next users (round-robin) get a whole batch of \
-             50 actuals (for requests logged before the ramp) in one multi-row transaction, as an \
-             upstream writer that batches would; every user starts with a seeded 10-tree model \
-             (continued training). When the writer itself cannot insert at the nominal rate on \
-             the shared cores, the step runs longer and the offered rate is what it achieved. A step keeps up \
+             Each step runs {} s at its rate unmeasured (to settle), then is measured for {} s: \
+             every 100 ms the next users (round-robin) get a whole batch of 50 actuals (for \
+             requests logged before the ramp) in one multi-row transaction, as an upstream writer \
+             that batches would; every user starts with a seeded 10-tree model (continued \
+             training). When the writer itself cannot insert at the nominal rate on the shared \
+             cores, the step runs longer and the offered rate is what it achieved. A step keeps up \
              when ≥ 90 % of what it offered completed and the backlog (batches written − events \
-             read) grew by less than a second's worth. The upstream inserts run on the same \
-             2 cores.\n",
-            ramp["refit"]["users"], ramp["refit"]["step_seconds"]
+             read) grew by no more than 5 % of what the step offered (at least 20 batches). The \
+             ladder stops at the first step that does not keep up; the sustained rate is the \
+             highest step that kept up. The upstream inserts run on the same 2 cores (\"rest\" \
+             below: the writer, PostgreSQL for the inserts, tansu, Redis).\n",
+            ramp["refit"]["users"],
+            ramp["refit"]["warm_up_seconds"].as_f64().unwrap_or(0.0),
+            ramp["refit"]["step_seconds"]
         );
-        let _ = writeln!(o, "| Implementation | Nominal /s | Offered /s | Completed /s | Backlog (batches) start → end | Kept up | CPU ms per retrain: process / its PostgreSQL | Cores: process / PostgreSQL / rest |");
+        let _ = writeln!(o, "| Implementation | Nominal /s | Offered /s | Completed /s | Backlog (batches) start → end (max) | Kept up | CPU ms per retrain: process / its PostgreSQL | Cores: process / PostgreSQL / rest |");
         let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- | --- | --- |");
         for which in ["refit", "python"] {
             for step in ramp[which]["steps"].as_array().into_iter().flatten() {
                 let cpu = &step["cpu"];
                 let _ = writeln!(
                     o,
-                    "| {which} | {} | {} | {} | {} → {} | {} | {} / {} | {} / {} / {} |",
+                    "| {which} | {} | {} | {} | {} → {}{} | {} | {} / {} | {} / {} / {} |",
                     f(num(&step["rate"])),
                     f(num(&step["offered_per_s"])),
                     f(num(&step["completed_per_s"])),
                     step["backlog_start"],
                     step["backlog_end"],
+                    step["backlog_max"]
+                        .as_u64()
+                        .map(|m| format!(" ({m})"))
+                        .unwrap_or_default(),
                     if step["kept_up"].as_bool() == Some(true) {
                         "yes"
                     } else {

@@ -10,7 +10,7 @@ use sqlx::Row;
 
 use crate::infra::{
     cpu_delta, cpu_snap, free_port, http_get, loadavg, now_unix, refit_env, BenchDb, Collector,
-    LogIndex, Proc, Received, Settings, REFIT_BIN,
+    LogIndex, Proc, Progress, Received, Settings, REFIT_BIN,
 };
 use crate::stats::{median, Summary};
 
@@ -170,25 +170,47 @@ struct Completion {
 /// writes them, at `rate * 50` actuals/s, so that `rate` batches complete per second, spread
 /// evenly (the users start staggered). Every actual that completes a batch is timestamped when its
 /// commit returns; its event is found on the topic by user and version.
-pub async fn freshness(s: &Settings, rate: f64) -> anyhow::Result<Value> {
-    let tag = format!("fresh{}", (rate * 10.0).round() as i64);
-    let db = BenchDb::create(s, &tag).await?;
+pub async fn freshness(
+    s: &Settings,
+    rate: f64,
+    which: &Implementation<'_>,
+) -> anyhow::Result<Value> {
+    let name = which.name();
+    let tag = format!(
+        "fresh{}{}",
+        (rate * 10.0).round() as i64,
+        match which {
+            Implementation::Refit => "",
+            Implementation::Python { .. } => "_python",
+        }
+    );
+    let mut db = BenchDb::create(s, &tag).await?;
     let collector = Collector::start(&s.brokers, &db.topic)?;
     let port = free_port();
-    let env = refit_env(s, &db, port, &[]);
-    let mut refit = Proc::spawn(
-        "refit",
-        REFIT_BIN,
-        &["run"],
-        &env,
-        &s.out_dir.join(format!("refit-{tag}.log")),
-    )?;
+    let log_path = s.out_dir.join(format!("{name}-{tag}.log"));
+    let mut refit = match which {
+        Implementation::Refit => Proc::spawn(
+            "refit",
+            REFIT_BIN,
+            &["run"],
+            &refit_env(s, &db, port, &[]),
+            &log_path,
+        )?,
+        Implementation::Python { python } => {
+            db.has_pending_queue = false;
+            sqlx::query("DROP TRIGGER refit_enqueue_actual ON actual_rentals")
+                .execute(&db.pool)
+                .await?;
+            crate::scenarios::python_proc(s, &db, python, &log_path)?
+        }
+    };
+    let app = which.application_name();
     blocking(|| refit.wait_ready(Duration::from_secs(60)))?;
     let w = s.fresh_users as i32;
     let warm = s.fresh_warm as i32;
 
     log(format!(
-        "freshness {rate}/s: warming up {w} users with {warm} retrains each"
+        "freshness {rate}/s, {name}: warming up {w} users with {warm} retrains each"
     ));
     if warm > 0 {
         db.load_uniform(w as usize, 1, THRESHOLD * warm).await?;
@@ -211,10 +233,10 @@ pub async fn freshness(s: &Settings, rate: f64) -> anyhow::Result<Value> {
     let until = t0 + Duration::from_secs_f64(s.fresh_seconds);
     let load_before = loadavg();
     log(format!(
-        "freshness {rate}/s: {inserts_per_sec} actuals/s for {} s",
+        "freshness {rate}/s, {name}: {inserts_per_sec} actuals/s for {} s",
         s.fresh_seconds
     ));
-    let cpu_start = cpu_snap(&db.pool, refit.pid, "refit").await;
+    let cpu_start = cpu_snap(&db.pool, refit.pid, app).await;
     let wall_start = now_unix();
     let mut handles = Vec::new();
     for k in 0..tasks {
@@ -278,6 +300,14 @@ pub async fn freshness(s: &Settings, rate: f64) -> anyhow::Result<Value> {
             Ok::<_, anyhow::Error>((done, inserted, max_lag))
         }));
     }
+    // Progress: batches completed by the inserts' schedule (events read are checked below).
+    let batches_expected = (rate * s.fresh_seconds).round() as usize;
+    let mut progress = Progress::new(&format!("freshness {rate}/s, {name}"), batches_expected);
+    while !handles.iter().all(|h| h.is_finished()) {
+        progress.set(collector.count().saturating_sub(before));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    progress.finish();
     let mut completions = Vec::new();
     let mut inserted = 0;
     let mut max_lag: f64 = 0.0;
@@ -293,17 +323,20 @@ pub async fn freshness(s: &Settings, rate: f64) -> anyhow::Result<Value> {
     let arrived = blocking(|| collector.wait_for(expected, Duration::from_secs(60)));
     let cpu = cpu_delta(
         &cpu_start,
-        &cpu_snap(&db.pool, refit.pid, "refit").await,
+        &cpu_snap(&db.pool, refit.pid, app).await,
         completions.len(),
     );
     if arrived.is_none() {
         log(format!(
-            "freshness {rate}/s: only {} of {expected} events arrived",
+            "freshness {rate}/s, {name}: only {} of {expected} events arrived",
             collector.count()
         ));
     }
     let hwm = refit.hwm_now();
-    let metrics = http_get(port, "/metrics").unwrap_or_default();
+    let metrics = match which {
+        Implementation::Refit => http_get(port, "/metrics").unwrap_or_default(),
+        Implementation::Python { .. } => String::new(),
+    };
     let logs_of_refit = refit.logs.clone();
     let memory = blocking(|| refit.stop(Duration::from_secs(30)))?;
     let events = collector.stop();
@@ -377,16 +410,32 @@ pub async fn freshness(s: &Settings, rate: f64) -> anyhow::Result<Value> {
             }
         }
     }
-    let measured: Vec<VersionRow> = versions(&db, &format!("WHERE version > {warm}"))
-        .await?
-        .into_iter()
-        .filter(|v| by_key.contains_key(&(v.user_id.clone(), v.version as i64)))
-        .collect();
-    let trees: Vec<f64> = measured
-        .iter()
-        .filter_map(|v| v.trees.map(f64::from))
-        .collect();
+    let (steps_ms, trees) = match which {
+        Implementation::Refit => {
+            let measured: Vec<VersionRow> = versions(&db, &format!("WHERE version > {warm}"))
+                .await?
+                .into_iter()
+                .filter(|v| by_key.contains_key(&(v.user_id.clone(), v.version as i64)))
+                .collect();
+            let trees: Vec<f64> = measured
+                .iter()
+                .filter_map(|v| v.trees.map(f64::from))
+                .collect();
+            (refit_steps(&measured, &logs, &matched_events), trees)
+        }
+        Implementation::Python { .. } => {
+            let trees: Vec<f64> = matched_events
+                .iter()
+                .filter_map(|e| e.value["trees"].as_f64())
+                .collect();
+            (
+                crate::scenarios::python_steps(&matched_events, &logs),
+                trees,
+            )
+        }
+    };
     let result = json!({
+        "implementation": name,
         "rate_batches_per_s": rate,
         "actuals_per_s_target": inserts_per_sec,
         "actuals_inserted": inserted,
@@ -401,7 +450,7 @@ pub async fn freshness(s: &Settings, rate: f64) -> anyhow::Result<Value> {
         "freshness_from_insert_sent_ms": Summary::of(&fresh_from_send).json(),
         "freshness_from_data_until_ms": Summary::of(&fresh_data_until).json(),
         "breakdown_ms": segments.iter().map(|(k, v)| (k.to_string(), Summary::of(v).json())).collect::<serde_json::Map<_, _>>(),
-        "steps_ms": refit_steps(&measured, &logs, &matched_events),
+        "steps_ms": steps_ms,
         "trees_of_measured_models": Summary::of(&trees).json(),
         "refit_memory": memory_json(&memory),
         "refit_vm_hwm_mb_before_stop": hwm as f64 / 1024.0,
@@ -422,6 +471,23 @@ pub async fn freshness(s: &Settings, rate: f64) -> anyhow::Result<Value> {
 pub enum Implementation<'a> {
     Refit,
     Python { python: &'a str },
+}
+
+impl Implementation<'_> {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Implementation::Refit => "refit",
+            Implementation::Python { .. } => "python",
+        }
+    }
+
+    /// The `application_name` of its PostgreSQL connections (for CPU accounting).
+    pub fn application_name(&self) -> &'static str {
+        match self {
+            Implementation::Refit => "refit",
+            Implementation::Python { .. } => "refit-bench-python",
+        }
+    }
 }
 
 /// Two rounds over `users` users: 50 actuals each, bulk-loaded in one transaction while the

@@ -234,7 +234,7 @@ pub fn python_proc(
 
 /// Per-step numbers of the Python reference, from its events (and its ack log lines), under the
 /// same names as refit's.
-fn python_steps(events: &[&Received], logs: &crate::infra::LogIndex) -> Value {
+pub fn python_steps(events: &[&Received], logs: &crate::infra::LogIndex) -> Value {
     let mut out = serde_json::Map::new();
     for (name, key) in [
         ("read", "read"),
@@ -390,12 +390,12 @@ pub async fn steps(
 
 /// Every user starts with a seeded 10-tree model, and its 50 prediction requests are logged
 /// before the ramp (as serving logs requests long before their outcomes land). At each rate of the
-/// ladder, for `ramp_seconds`, whole batches of actuals arrive: every 100 ms the next users in
-/// round-robin order get 50 actuals each — one per logged request, new values each time — in one
-/// multi-row transaction, `rate` users per second. A step kept up when it
-/// completed at least 90 % of what it offered and the backlog (batches written − events read) did
-/// not grow by more than a second's worth of arrivals. The ladder stops at the first step that
-/// did not keep up.
+/// ladder, for `ramp_warm_seconds` (not measured) and then `ramp_seconds`, whole batches of
+/// actuals arrive: every 100 ms the next users in round-robin order get 50 actuals each — one per
+/// logged request, new values each time — in one multi-row transaction, `rate` users per second.
+/// A step kept up when it completed at least 90 % of what it offered and the backlog (batches
+/// written − events read) did not grow by more than 5 % of what it offered. The ladder stops at
+/// the first step that did not keep up.
 pub async fn ramp(
     s: &Settings,
     which: Implementation<'_>,
@@ -437,19 +437,31 @@ pub async fn ramp(
     let mut results = Vec::new();
     let tick = Duration::from_millis(100);
     for &rate in ladder {
-        let started = now_unix();
-        let events_start = collector.count();
-        let backlog_start = offered_total.saturating_sub(events_start);
-        let cpu_start = cpu_snap(&db.pool, proc.pid, app).await;
+        // A warm-up at the step's rate (not measured) lets the previous step's backlog and the
+        // new rate settle; then `ramp_seconds` are measured.
+        let warm_ticks = (s.ramp_warm_seconds / tick.as_secs_f64()).round() as u32;
+        let ticks = (s.ramp_seconds / tick.as_secs_f64()).round() as u32;
         let mut progress = Progress::new(
             &format!("ramp {name} {rate}/s"),
-            (s.ramp_seconds * 10.0) as usize,
+            (rate * (s.ramp_warm_seconds + s.ramp_seconds)).round() as usize,
         );
+        let mut started = now_unix();
+        let mut events_start = collector.count();
+        let mut backlog_start = offered_total.saturating_sub(events_start);
+        let mut cpu_start = cpu_snap(&db.pool, proc.pid, app).await;
         let mut carry = 0.0;
         let mut offered = 0usize;
+        let mut written = 0usize;
+        let mut backlog_max = 0usize;
         let t0 = tokio::time::Instant::now();
-        let ticks = (s.ramp_seconds / tick.as_secs_f64()).round() as u32;
-        for i in 0..ticks {
+        for i in 0..warm_ticks + ticks {
+            if i == warm_ticks && warm_ticks > 0 {
+                started = now_unix();
+                events_start = collector.count();
+                backlog_start = offered_total.saturating_sub(events_start);
+                cpu_start = cpu_snap(&db.pool, proc.pid, app).await;
+                offered = 0;
+            }
             carry += rate * tick.as_secs_f64();
             let n = carry.floor() as usize;
             carry -= n as f64;
@@ -473,8 +485,12 @@ pub async fn ramp(
                 .await?;
                 offered += n;
                 offered_total += n;
+                written += n;
             }
-            progress.set(i as usize + 1);
+            progress.set(written);
+            if i >= warm_ticks {
+                backlog_max = backlog_max.max(offered_total.saturating_sub(collector.count()));
+            }
             tokio::time::sleep_until(t0 + tick * (i + 1)).await;
         }
         progress.finish();
@@ -483,8 +499,11 @@ pub async fn ramp(
         let backlog_end = offered_total.saturating_sub(events_end);
         let completed = (events_end - events_start) as f64 / seconds;
         let offered_per_s = offered as f64 / seconds;
+        // The backlog may wobble by what is in flight; growing by more than 5 % of what the
+        // step offered (a second's worth in a 20-s step) means arrivals outpace retrains.
+        let backlog_slack = (0.05 * offered as f64).max(20.0);
         let kept_up = completed >= 0.9 * offered_per_s
-            && backlog_end as f64 <= backlog_start as f64 + offered_per_s.max(20.0);
+            && backlog_end as f64 <= backlog_start as f64 + backlog_slack;
         let cpu = cpu_delta(
             &cpu_start,
             &cpu_snap(&db.pool, proc.pid, app).await,
@@ -500,8 +519,11 @@ pub async fn ramp(
             "completed_per_s": completed,
             "backlog_start": backlog_start,
             "backlog_end": backlog_end,
+            "backlog_max": backlog_max,
+            "backlog_slack": backlog_slack,
             "kept_up": kept_up,
             "seconds": seconds,
+            "warm_up_seconds": s.ramp_warm_seconds,
             "cpu": cpu,
         }));
         if !kept_up {
@@ -528,6 +550,7 @@ pub async fn ramp(
     Ok(json!({
         "users": users,
         "step_seconds": s.ramp_seconds,
+        "warm_up_seconds": s.ramp_warm_seconds,
         "steps": results,
         "sustained_per_s": sustained,
         "vm_hwm_mb": memory.hwm_kb as f64 / 1024.0,
