@@ -91,6 +91,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         "settings": format!("{s:?}"),
         "refit_extra_env": s.refit_extra_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         "loadavg_start": infra::loadavg(),
+        "phase_minutes": {},
     });
     let save = |results: &Value| {
         let _ = std::fs::write(
@@ -102,6 +103,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     results["redis_floor"] = phases::redis_floor(&s).await.context("Redis DEL floor")?;
     save(&results);
     if s.wants("floor") {
+        let phase_started = std::time::Instant::now();
         let mut runs = Vec::new();
         for _ in 0..s.repeat {
             runs.push(tokio::task::block_in_place(|| scenarios::floor(&s)).context("floor")?);
@@ -110,8 +112,11 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         floor["repeats"] = json!(runs);
         results["floor"] = floor;
         save(&results);
+        results["phase_minutes"]["floor"] = json!(minutes_since(phase_started));
+        save(&results);
     }
     if s.wants("steps") {
+        let phase_started = std::time::Instant::now();
         let mut runs = Vec::new();
         for repeat in 1..=s.repeat {
             for trees in [100, 1000] {
@@ -138,8 +143,11 @@ async fn run(s: Settings) -> anyhow::Result<()> {
                 save(&results);
             }
         }
+        results["phase_minutes"]["steps"] = json!(minutes_since(phase_started));
+        save(&results);
     }
     if s.wants("freshness") {
+        let phase_started = std::time::Instant::now();
         // refit's runs under "freshness", the Python reference's (same data, rates and
         // repeats) under "freshness_python".
         let (mut runs, mut python_runs) = (Vec::new(), Vec::new());
@@ -164,8 +172,11 @@ async fn run(s: Settings) -> anyhow::Result<()> {
                 }
             }
         }
+        results["phase_minutes"]["freshness"] = json!(minutes_since(phase_started));
+        save(&results);
     }
     if s.wants("ramp") {
+        let phase_started = std::time::Instant::now();
         let refit = scenarios::ramp(&s, phases::Implementation::Refit, &s.ramp_refit)
             .await
             .context("ramp, refit")?;
@@ -181,14 +192,20 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             .context("ramp, Python")?;
             save(&results);
         }
+        results["phase_minutes"]["ramp"] = json!(minutes_since(phase_started));
+        save(&results);
     }
     if s.wants("throughput") {
+        let phase_started = std::time::Instant::now();
         results["throughput_refit"] = phases::throughput(&s, phases::Implementation::Refit)
             .await
             .context("refit throughput")?;
         save(&results);
+        results["phase_minutes"]["throughput"] = json!(minutes_since(phase_started));
+        save(&results);
     }
     if s.wants("python") {
+        let phase_started = std::time::Instant::now();
         match &s.python {
             Some(python) => {
                 results["throughput_python"] =
@@ -202,8 +219,11 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             }
         }
         save(&results);
+        results["phase_minutes"]["python"] = json!(minutes_since(phase_started));
+        save(&results);
     }
     if s.wants("growth") {
+        let phase_started = std::time::Instant::now();
         let mut runs = Vec::new();
         for (cap, retrains) in &s.growth_runs {
             runs.push(
@@ -214,6 +234,8 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             results["growth"] = json!(runs);
             save(&results);
         }
+        results["phase_minutes"]["growth"] = json!(minutes_since(phase_started));
+        save(&results);
     }
     results["finished"] = json!(chrono::Utc::now().to_rfc3339());
     results["minutes"] =
@@ -276,6 +298,10 @@ fn chart_and_document(s: &Settings, summary: &str) {
         }
         _ => eprintln!("[bench] BENCHMARKS.md has no {begin} … {end} section; not written"),
     }
+}
+
+fn minutes_since(t: std::time::Instant) -> f64 {
+    (t.elapsed().as_secs_f64() / 60.0 * 100.0).round() / 100.0
 }
 
 fn git_describe() -> Value {
@@ -418,6 +444,13 @@ pub fn summarize(r: &Value) -> String {
         r["quick"], r["minutes"], r["loadavg_start"], r["loadavg_end"],
     );
 
+    if let Some(phases) = r["phase_minutes"].as_object().filter(|p| !p.is_empty()) {
+        let list: Vec<String> = phases
+            .iter()
+            .map(|(k, v)| format!("{k} {} min", f(num(v))))
+            .collect();
+        let _ = writeln!(o, "Phases: {}.\n", list.join(", "));
+    }
     if let Some(extra) = r["refit_extra_env"].as_array().filter(|a| !a.is_empty()) {
         let _ = writeln!(
             o,
@@ -1009,12 +1042,12 @@ fn scenario_details(o: &mut String, r: &Value) {
         let _ = writeln!(
             o,
             "### The floor: the same update through the C API alone (ms)\n\n\
-             In-process, no I/O, nthread 1: 10 rounds on 50 rows, {} iterations per repeat, \
-             median of {} repeats [min–max]. \"From the artifact\" loads the UBJSON model first \
+             In-process, no I/O, nthread 1: 10 rounds on 50 rows, {} iterations per repeat{}. \
+             \"From the artifact\" loads the UBJSON model first \
              (what a retrain without refit's model cache does); \"in memory\" continues a model \
              kept loaded. Next to it, refit's measured train step and whole retrain (scenario 1).\n",
             r["floor"]["iterations"],
-            runs.len().max(1)
+            repeats_note(runs.len())
         );
         let _ = writeln!(o, "| Trees | Artifact | From the artifact: total p50 (load + boost + save) | From the artifact: p95 | In memory: p50 | In memory: p95 | refit's train step p50 / p95 | refit's commit → event read p50 |");
         let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- | --- | --- |");
@@ -1048,9 +1081,8 @@ fn scenario_details(o: &mut String, r: &Value) {
         let _ = writeln!(
             o,
             "### Scenario 3: sustained retrains/s with {} users, arrival rate raised step by step\n\n\
-             Each step runs {} s at its rate unmeasured (to settle), then is measured for {} s: \
-             every 100 ms the next users (round-robin) get a whole batch of 50 actuals (for \
-             requests logged before the ramp) in one multi-row transaction, as an upstream writer \
+             {}Each step is measured for {} s: every 100 ms the next users (round-robin) get a \
+             whole batch of 50 actuals (for requests logged before the ramp) in one multi-row transaction, as an upstream writer \
              that batches would; every user starts with a seeded 10-tree model (continued \
              training). When the writer itself cannot insert at the nominal rate on the shared \
              cores, the step runs longer and the offered rate is what it achieved. A step keeps up \
@@ -1060,7 +1092,13 @@ fn scenario_details(o: &mut String, r: &Value) {
              highest step that kept up. The upstream inserts run on the same 2 cores (\"rest\" \
              below: the writer, PostgreSQL for the inserts, tansu, Redis).\n",
             ramp["refit"]["users"],
-            ramp["refit"]["warm_up_seconds"].as_f64().unwrap_or(0.0),
+            match ramp["refit"]["warm_up_seconds"].as_f64() {
+                Some(w) if w > 0.0 => format!(
+                    "Each step first runs {} s at its rate unmeasured (to settle). ",
+                    rate_txt(w)
+                ),
+                _ => String::new(),
+            },
             ramp["refit"]["step_seconds"]
         );
         let _ = writeln!(o, "| Implementation | Nominal /s | Offered /s | Completed /s | Backlog (batches) start → end (max) | Kept up | CPU ms per retrain: process / its PostgreSQL | Cores: process / PostgreSQL / rest |");
