@@ -4,8 +4,9 @@
 //!
 //! Models are seeded the same way for both implementations: one model trained in this process
 //! with refit's default parameters on generated rows, installed as version 1 of every user (in
-//! refit's registry, and in the reference's `py_model_versions`), so neither spends the scenario
-//! growing it.
+//! refit's registry — with `refit models import` for scenario 1's single user, as the rows it
+//! writes in one statement for the ramp's 10,000 — and in the reference's `py_model_versions`),
+//! so neither spends the scenario growing it.
 
 use std::time::{Duration, Instant};
 
@@ -104,9 +105,28 @@ fn seed(trees: i32) -> anyhow::Result<Seed> {
     })
 }
 
+/// `refit models import` of the seed as `user`'s next version (the documented way in).
+fn import_cli(s: &Settings, db: &BenchDb, user: &str, seed: &Seed) -> anyhow::Result<()> {
+    let file = s.out_dir.join(format!("seed-{}-trees.ubj", seed.trees));
+    std::fs::write(&file, &seed.artifact)?;
+    let out = std::process::Command::new(REFIT_BIN)
+        .args(["models", "import", "--user", user, "--file"])
+        .arg(&file)
+        .args(["--features", &seed.features.join(",")])
+        .envs(refit_env(s, db, free_port(), &[]))
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "refit models import failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 /// Installs the seed as version 1 of users `1..=users`: in refit's registry, or in the Python
 /// reference's table (created here as the reference creates it).
 async fn install(
+    s: &Settings,
     db: &BenchDb,
     users: usize,
     seed: &Seed,
@@ -115,6 +135,9 @@ async fn install(
     let ids: Vec<String> = (1..=users as i32).map(|u| format!("user-{u:06}")).collect();
     let features = json!(seed.features);
     match which {
+        // One user: through refit's own CLI (`refit models import`, which also announces it).
+        Implementation::Refit if users == 1 => import_cli(s, db, "user-000001", seed)?,
+        // Many users (the ramp): the rows `refit models import` writes, in one statement.
         Implementation::Refit => {
             let mut tx = db.pool.begin().await?;
             sqlx::query("INSERT INTO refit_models (user_id) SELECT unnest($1::text[])")
@@ -339,9 +362,17 @@ pub async fn steps(
     let seed = seed(trees)?;
     // No compaction: the scenario is about a model of this size.
     let (db, mut proc) = start(s, &tag, &which, &[("REFIT_MAX_TREES", "0".into())]).await?;
-    install(&db, 1, &seed, &which).await?;
+    install(s, &db, 1, &seed, &which).await?;
     let collector = Collector::start(&s.brokers, &db.topic)?;
     blocking(|| proc.wait_ready(Duration::from_secs(60)))?;
+    // refit's import announces version 1: wait for it so it is not taken for a batch's event.
+    let skip = match which {
+        Implementation::Refit => 1,
+        Implementation::Python { .. } => 0,
+    };
+    if skip > 0 && blocking(|| collector.wait_for(skip, Duration::from_secs(60))).is_none() {
+        anyhow::bail!("{name}: the imported model was not announced within 60 s");
+    }
     let mut progress = Progress::new(&format!("steps, {trees} trees, {name}"), batches);
     let mut end_to_end = Vec::new();
     for b in 0..batches {
@@ -361,6 +392,7 @@ pub async fn steps(
     let memory = blocking(|| proc.stop(Duration::from_secs(30)))?;
     let events = collector.stop();
     let logs = std::mem::take(&mut *logs_of_proc.lock().unwrap());
+    let events: Vec<Received> = events.into_iter().skip(skip).collect();
     let evs: Vec<&Received> = events.iter().collect();
     let mut steps = match which {
         Implementation::Refit => {
@@ -408,7 +440,7 @@ pub async fn ramp(
     let users = s.users;
     let seed = seed(10)?;
     let (db, mut proc) = start(s, &format!("ramp_{name}"), &which, &[]).await?;
-    install(&db, users, &seed, &which).await?;
+    install(s, &db, users, &seed, &which).await?;
     let ids: Vec<i32> = (1..=users as i32).collect();
     log(format!(
         "ramp {name}: logging {users} users' 50 prediction requests"
