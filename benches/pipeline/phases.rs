@@ -214,7 +214,11 @@ pub async fn freshness(
     ));
     if warm > 0 {
         db.load_uniform(w as usize, 1, THRESHOLD * warm).await?;
-        if blocking(|| collector.wait_for((w * warm) as usize, Duration::from_secs(300))).is_none()
+        let label = format!("freshness {rate}/s, {name}, warm-up");
+        if blocking(|| {
+            collector.wait_with_progress(&label, 0, (w * warm) as usize, Duration::from_secs(300))
+        })
+        .is_none()
         {
             bail!("warm-up retrains did not all arrive");
         }
@@ -759,15 +763,18 @@ pub async fn growth(
     let committed = db.load(&[1], &[1], &[THRESHOLD * n]).await?;
     let deadline = Instant::now() + s.growth_timeout;
     let mut made = 0;
+    let mut progress = Progress::new(&format!("growth, cap {cap}"), n as usize);
     while Instant::now() < deadline {
         made = db
             .scalar("SELECT count(*) FROM refit_model_versions")
             .await? as i32;
+        progress.set(made.max(0) as usize);
         if made >= n {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    progress.finish();
     let elapsed = now_unix() - committed;
     if made < n {
         log(format!(
