@@ -92,6 +92,10 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         "refit_extra_env": s.refit_extra_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         "loadavg_start": infra::loadavg(),
         "phase_minutes": {},
+        // The knobs this run was started with (BENCH_*, and the allocator setting make bench adds).
+        "bench_env": std::env::vars()
+            .filter(|(k, _)| k.starts_with("BENCH_") || k == "MALLOC_ARENA_MAX")
+            .collect::<std::collections::BTreeMap<_, _>>(),
     });
     let save = |results: &Value| {
         let _ = std::fs::write(
@@ -444,6 +448,26 @@ pub fn summarize(r: &Value) -> String {
         r["quick"], r["minutes"], r["loadavg_start"], r["loadavg_end"],
     );
 
+    if let Some(env) = r["bench_env"].as_object() {
+        let knobs: Vec<String> = env
+            .iter()
+            .filter(|(k, _)| !["BENCH_PYTHON", "MALLOC_ARENA_MAX"].contains(&k.as_str()))
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+            .collect();
+        let _ = writeln!(
+            o,
+            "Command: `{}make bench` (`cargo bench --locked --bench pipeline` with the release \
+             `refit` binary; MALLOC_ARENA_MAX={}; Python reference: {}).\n",
+            knobs.iter().map(|k| format!("{k} ")).collect::<String>(),
+            env.get("MALLOC_ARENA_MAX")
+                .and_then(Value::as_str)
+                .unwrap_or("unset"),
+            env.get("BENCH_PYTHON")
+                .and_then(Value::as_str)
+                .filter(|p| !p.is_empty())
+                .unwrap_or("not run"),
+        );
+    }
     if let Some(phases) = r["phase_minutes"].as_object().filter(|p| !p.is_empty()) {
         let list: Vec<String> = phases
             .iter()
@@ -959,9 +983,15 @@ fn scenario_targets(o: &mut String, r: &Value) {
             );
         }
         let hwm = num(&ramp["refit"]["vm_hwm_mb"]);
+        let python_hwm = num(&ramp["python"]["vm_hwm_mb"]);
         let _ = writeln!(
             o,
-            "| RSS ≤ 100 MB | {users} users, whole ramp (VmHWM) | {} MB | {} |",
+            "| RSS ≤ 100 MB | {users} users, whole ramp (VmHWM){} | {} MB | {} |",
+            if python_hwm.is_finite() {
+                format!("; the Python reference's: {} MB", f(python_hwm))
+            } else {
+                String::new()
+            },
             f(hwm),
             verdict(hwm <= 100.0)
         );
