@@ -8,7 +8,8 @@ A 2 x 3 grid, one panel per phase, each drawn from whatever its section of resul
         Python reference vs the floor (the XGBoost C API alone, phase `floor`); the median over
         the repeats, whiskers = min-max of the repeats' p50s; log scale.
   3     freshness (scenario 2): p50/p95/p99 of batch commit -> event read per arrival rate, with
-        the targets (p50 25 ms, p99 100 ms).
+        the targets (p50 25 ms, p99 100 ms); the Python reference's (freshness_python) hatched
+        next to refit's, on a log axis, when it ran.
   4     ramp (scenario 3): offered vs completed retrains/s, the y = x line, the 200/s target, the
         sustained rate marked and the steps that did not keep up crossed.
   5     drain (throughput_refit / throughput_python): retrains/s per round, peak RSS in the legend.
@@ -189,30 +190,45 @@ def steps_legend(fig, axes):
 
 def freshness_panel(ax, results):
     title = "Scenario 2: freshness, batch COMMIT → event read\nper arrival rate, ms"
-    runs = [r for r in as_list(results.get("freshness"))
-            if num(r.get("rate_batches_per_s")) is not None and isinstance(r.get("freshness_ms"), dict)]
+
+    def usable(key):
+        return [r for r in as_list(results.get(key))
+                if num(r.get("rate_batches_per_s")) is not None and isinstance(r.get("freshness_ms"), dict)]
+
+    runs = usable("freshness")
     if not runs:
         return empty(ax, title)
+    # The Python reference on the same stream (freshness_python), hatched next to refit's bars.
+    groups = [("refit", runs, None)]
+    py_runs = usable("freshness_python")
+    if py_runs:
+        groups.append(("Python", py_runs, "////"))
     rates = sorted({num(r["rate_batches_per_s"]) for r in runs})
     pcts = [(p, c) for p, c in (("p50", "#4c9be8"), ("p95", "#f2a541"), ("p99", "#d9534f"))
             if any(num(r["freshness_ms"].get(p)) is not None for r in runs)]
-    w = 0.8 / max(len(pcts), 1)
-    top = 0.0
-    for k, (p, color) in enumerate(pcts):
-        xs, hs, lo, hi = [], [], [], []
-        for i, rate in enumerate(rates):
-            s = spread(r["freshness_ms"].get(p) for r in runs if num(r["rate_batches_per_s"]) == rate)
-            if not s:
+    slots = max(len(pcts) * len(groups), 1)
+    w = 0.8 / slots
+    top, bottom = 0.0, float("inf")
+    for g, (name, gruns, hatch) in enumerate(groups):
+        for k, (p, color) in enumerate(pcts):
+            xs, hs, lo, hi = [], [], [], []
+            for i, rate in enumerate(rates):
+                s = spread(r["freshness_ms"].get(p) for r in gruns if num(r["rate_batches_per_s"]) == rate)
+                if not s:
+                    continue
+                xs.append(i - 0.4 + w * (g * len(pcts) + k + 0.5))
+                hs.append(s[0])
+                lo.append(s[0] - s[1])
+                hi.append(s[2] - s[0])
+                top = max(top, s[2])
+                bottom = min(bottom, s[1])
+            if not xs:
                 continue
-            xs.append(i - 0.4 + w * (k + 0.5))
-            hs.append(s[0])
-            lo.append(s[0] - s[1])
-            hi.append(s[2] - s[0])
-            top = max(top, s[2])
-        bars = ax.bar(xs, hs, w * 0.92, color=color, label=p,
-                      yerr=[lo, hi] if any(lo) or any(hi) else None,
-                      error_kw=dict(lw=0.8, capsize=2, ecolor="#333333"))
-        ax.bar_label(bars, [fmt_ms(v) for v in hs], fontsize=7.5, padding=2)
+            bars = ax.bar(xs, hs, w * 0.92, color=color, hatch=hatch, edgecolor="white" if hatch else None,
+                          linewidth=0, label=p if g == 0 else None,
+                          yerr=[lo, hi] if any(lo) or any(hi) else None,
+                          error_kw=dict(lw=0.8, capsize=2, ecolor="#333333"))
+            ax.bar_label(bars, [fmt_ms(v) for v in hs], fontsize=7 if len(groups) > 1 else 7.5, padding=2)
     for y, label, color in ((25, "target p50 ≤ 25 ms", "#4c9be8"), (100, "target p99 ≤ 100 ms", "#d9534f")):
         ax.axhline(y, color=color, ls="--", lw=1.2, label=label)
     counts = []
@@ -222,19 +238,36 @@ def freshness_panel(ax, results):
         reps = len(ns)
         counts.append(f"{rate:g}/s\n{reps} run{'s' * (reps != 1)}, {sum(ns):,}")
     ax.set_xticks(range(len(rates)), counts, fontsize=8.5)
-    ax.set_xlabel("arrival rate, batches/s (runs, batches matched)", fontsize=9)
+    ax.set_xlabel("arrival rate, batches/s (refit's runs, batches matched)", fontsize=9)
     ax.set_xlim(-0.6, len(rates) - 0.4)
-    ax.set_ylim(0, max(115.0, top * 1.15))
-    ax.set_ylabel("ms", fontsize=9)
+    if len(groups) > 1:
+        # Python's latencies are an order of magnitude longer: a log axis keeps both readable.
+        ax.set_yscale("log")
+        # Headroom above the tallest bar for the legend.
+        ax.set_ylim(max(bottom * 0.5, 0.5), max(130.0, top) * 12)
+        ax.yaxis.set_major_formatter(FuncFormatter(plain))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylabel("ms (log)", fontsize=9)
+    else:
+        ax.set_ylim(0, max(115.0, top * 1.15))
+        ax.set_ylabel("ms", fontsize=9)
     ax.grid(axis="y", color="#eeeeee")
     ax.set_axisbelow(True)
     ax.set_title(title, fontsize=10)
     handles, labels = ax.get_legend_handles_labels()
     order = [i for i, lab in enumerate(labels) if not lab.startswith("target")]
     order += [i for i, lab in enumerate(labels) if lab.startswith("target")]
-    ax.legend([handles[i] for i in order], [labels[i] for i in order],
-              title="refit, median of runs (whiskers min–max)", title_fontsize=7.5, fontsize=7.5,
-              ncol=2, loc="center", bbox_to_anchor=(0.5, 0.6), framealpha=0.9)
+    handles, labels = [handles[i] for i in order], [labels[i] for i in order]
+    if len(groups) > 1:
+        from matplotlib.patches import Patch
+        handles += [Patch(facecolor="#999999"), Patch(facecolor="#999999", hatch="////", edgecolor="white")]
+        labels += ["refit (solid)", "Python (hatched)"]
+    where = (dict(loc="upper center", ncol=3) if len(groups) > 1
+             else dict(loc="center", bbox_to_anchor=(0.5, 0.6), ncol=2))
+    ax.legend(handles, labels,
+              title=("" if len(groups) > 1 else "refit, ") + "median of runs (whiskers min–max)",
+              title_fontsize=7.5,
+              fontsize=7, framealpha=0.9, **where)
 
 
 # --- 4: ramp ----------------------------------------------------------------------------------
