@@ -669,10 +669,10 @@ pub async fn lock_outboxes(
 
 /// Marks entries delivered.
 pub async fn outbox_done(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<()> {
-    // A join with the array (not `id = ANY($1)`): the prepared statement's generic plan then
-    // probes the primary key per id instead of scanning the table.
+    // done_at is when the entry was marked, after its side effect (not the transaction's start,
+    // which can precede another task's marking of the invalidation this entry waited for).
     sqlx::query(
-        "UPDATE refit_outbox o SET done_at = now(), attempts = o.attempts + 1
+        "UPDATE refit_outbox o SET done_at = clock_timestamp(), attempts = o.attempts + 1
            FROM unnest($1::bigint[]) AS d(id)
           WHERE o.id = d.id",
     )
