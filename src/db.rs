@@ -284,32 +284,47 @@ pub struct NewVersion<'a> {
     pub retrain_id: Uuid,
 }
 
-pub async fn insert_version(conn: &mut PgConnection, v: &NewVersion<'_>) -> sqlx::Result<()> {
-    sqlx::query(
+/// The insert of a [`NewVersion`], parameters `$1`–`$16` as [`NewVersion::bind`] binds them.
+macro_rules! insert_version_sql {
+    () => {
         "INSERT INTO refit_model_versions
             (user_id, version, status, parent_version, artifact, rows_used, rows_set_aside,
              trees, boosted_rounds, params, features, timings_ms, error, source, retrain_id, metrics)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-    )
-    .bind(v.user_id)
-    .bind(v.version)
-    .bind(v.status)
-    .bind(v.parent_version)
-    .bind(v.artifact)
-    .bind(v.rows_used)
-    .bind(v.rows_set_aside)
-    .bind(v.trees.map(|t| t as i32))
-    .bind(v.boosted_rounds)
-    .bind(v.params)
-    .bind(v.features)
-    .bind(v.timings_ms)
-    .bind(v.error)
-    .bind(v.source)
-    .bind(v.retrain_id)
-    .bind(v.metrics)
-    .execute(conn)
-    .await
-    .map(|_| ())
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+    };
+}
+
+impl NewVersion<'_> {
+    /// Binds the version's columns as `$1`–`$16` of [`insert_version_sql`].
+    fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.user_id)
+            .bind(self.version)
+            .bind(self.status)
+            .bind(self.parent_version)
+            .bind(self.artifact)
+            .bind(self.rows_used)
+            .bind(self.rows_set_aside)
+            .bind(self.trees.map(|t| t as i32))
+            .bind(self.boosted_rounds)
+            .bind(self.params)
+            .bind(self.features)
+            .bind(self.timings_ms)
+            .bind(self.error)
+            .bind(self.source)
+            .bind(self.retrain_id)
+            .bind(self.metrics)
+    }
+}
+
+pub async fn insert_version(conn: &mut PgConnection, v: &NewVersion<'_>) -> sqlx::Result<()> {
+    v.bind(sqlx::query(insert_version_sql!()))
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
 
 /// Moves the user's active version and clears any failure back-off.
@@ -459,13 +474,10 @@ pub async fn commit_retrain(
 ) -> sqlx::Result<CommittedRetrain> {
     let kinds: Vec<&str> = outbox.iter().map(|(k, _)| k.as_str()).collect();
     let payloads: Vec<&Value> = outbox.iter().map(|(_, p)| *p).collect();
-    let row = sqlx::query(
-        "WITH version AS (
-             INSERT INTO refit_model_versions
-                 (user_id, version, status, parent_version, artifact, rows_used, rows_set_aside,
-                  trees, boosted_rounds, params, features, timings_ms, error, source, retrain_id, metrics)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
-             RETURNING xmin::text::bigint AS row
+    let query = sqlx::query(concat!(
+        "WITH version AS (",
+        insert_version_sql!(),
+        " RETURNING xmin::text::bigint AS row
          ), consumed AS (
              INSERT INTO refit_consumed_actuals (actual_id, user_id, version, outcome, reason, detail)
              SELECT id, $1, CASE WHEN outcome = 'set_aside' THEN NULL ELSE $2 END, outcome, reason, detail
@@ -487,33 +499,19 @@ pub async fn commit_retrain(
          SELECT (SELECT row FROM version),
                 (SELECT count(*) FROM removed),
                 coalesce((SELECT array_agg(id ORDER BY id) FROM outbox), '{}')",
-    )
-    .bind(v.user_id)
-    .bind(v.version)
-    .bind(v.status)
-    .bind(v.parent_version)
-    .bind(v.artifact)
-    .bind(v.rows_used)
-    .bind(v.rows_set_aside)
-    .bind(v.trees.map(|t| t as i32))
-    .bind(v.boosted_rounds)
-    .bind(v.params)
-    .bind(v.features)
-    .bind(v.timings_ms)
-    .bind(v.error)
-    .bind(v.source)
-    .bind(v.retrain_id)
-    .bind(v.metrics)
-    .bind(&consumed.ids)
-    .bind(&consumed.outcomes)
-    .bind(&consumed.reasons)
-    .bind(&consumed.details)
-    .bind(activate)
-    .bind(event_id)
-    .bind(&kinds)
-    .bind(&payloads)
-    .fetch_one(&mut *conn)
-    .await?;
+    ));
+    let row = v
+        .bind(query)
+        .bind(&consumed.ids)
+        .bind(&consumed.outcomes)
+        .bind(&consumed.reasons)
+        .bind(&consumed.details)
+        .bind(activate)
+        .bind(event_id)
+        .bind(&kinds)
+        .bind(&payloads)
+        .fetch_one(&mut *conn)
+        .await?;
     consumed.check(v.user_id, row.get(1))?;
     Ok(CommittedRetrain {
         version_row: row.get(0),
