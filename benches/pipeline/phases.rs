@@ -14,13 +14,14 @@ use crate::infra::{
 };
 use crate::stats::{median, Summary};
 
-const THRESHOLD: i32 = 50;
+/// Actuals per batch (refit's default threshold).
+pub const THRESHOLD: i32 = 50;
 
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
-fn log(msg: impl AsRef<str>) {
+pub fn log(msg: impl AsRef<str>) {
     eprintln!(
         "[bench {}] {}",
         chrono::Utc::now().format("%H:%M:%S"),
@@ -184,26 +185,10 @@ pub async fn freshness(
             Implementation::Python { .. } => "_python",
         }
     );
-    let mut db = BenchDb::create(s, &tag).await?;
-    let collector = Collector::start(&s.brokers, &db.topic)?;
     let port = free_port();
     let log_path = s.out_dir.join(format!("{name}-{tag}.log"));
-    let mut refit = match which {
-        Implementation::Refit => Proc::spawn(
-            "refit",
-            REFIT_BIN,
-            &["run"],
-            &refit_env(s, &db, port, &[]),
-            &log_path,
-        )?,
-        Implementation::Python { python } => {
-            db.has_pending_queue = false;
-            sqlx::query("DROP TRIGGER refit_enqueue_actual ON actual_rentals")
-                .execute(&db.pool)
-                .await?;
-            crate::scenarios::python_proc(s, &db, python, &log_path)?
-        }
-    };
+    let (db, mut refit) = crate::scenarios::start(s, &tag, which, port, &[], &log_path).await?;
+    let collector = Collector::start(&s.brokers, &db.topic)?;
     let app = which.application_name();
     blocking(|| refit.wait_ready(Duration::from_secs(60)))?;
     let w = s.fresh_users as i32;
@@ -501,30 +486,10 @@ pub async fn throughput(s: &Settings, which: Implementation<'_>) -> anyhow::Resu
         Implementation::Refit => ("tp_refit", "refit"),
         Implementation::Python { .. } => ("tp_python", "python"),
     };
-    let mut db = BenchDb::create(s, tag).await?;
-    if let Implementation::Python { .. } = which {
-        db.has_pending_queue = false;
-        // refit's pending-queue trigger is no part of the Python sequence: without it the
-        // (unmeasured) bulk load is faster. The data are the same.
-        sqlx::query("DROP TRIGGER refit_enqueue_actual ON actual_rentals")
-            .execute(&db.pool)
-            .await?;
-    }
-    let collector = Collector::start(&s.brokers, &db.topic)?;
     let port = free_port();
     let log_path = s.out_dir.join(format!("{name}-throughput.log"));
-    let mut proc = match which {
-        Implementation::Refit => Proc::spawn(
-            "refit",
-            REFIT_BIN,
-            &["run"],
-            &refit_env(s, &db, port, &[]),
-            &log_path,
-        )?,
-        Implementation::Python { python } => {
-            crate::scenarios::python_proc(s, &db, python, &log_path)?
-        }
-    };
+    let (db, mut proc) = crate::scenarios::start(s, tag, &which, port, &[], &log_path).await?;
+    let collector = Collector::start(&s.brokers, &db.topic)?;
     blocking(|| proc.wait_ready(Duration::from_secs(60)))?;
     let users = s.users;
     let round_timeout = Duration::from_secs(match which {

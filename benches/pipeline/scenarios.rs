@@ -16,27 +16,16 @@ use crate::infra::{
     cpu_delta, cpu_snap, free_port, now_unix, refit_env, BenchDb, Collector, Proc, Progress,
     Received, Settings, REFIT_BIN,
 };
-use crate::phases::{refit_default_params, refit_steps, versions, Implementation};
+use crate::phases::{
+    blocking, log, refit_default_params, refit_steps, versions, Implementation, THRESHOLD,
+};
 use crate::stats::Summary;
 use refit::features::{prepare, ActualRow};
 use refit::trainer::{train, Previous, TrainInput, TrainMode};
 use refit::xgboost::Booster;
 
-const THRESHOLD: i32 = 50;
 /// The first request index the scenarios write (the seeds are trained on indexes below it).
 const FIRST_K: i32 = 1001;
-
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
-
-fn log(msg: impl AsRef<str>) {
-    eprintln!(
-        "[bench {}] {}",
-        chrono::Utc::now().format("%H:%M:%S"),
-        msg.as_ref()
-    );
-}
 
 /// User `u`'s `k`-th request and its actual, as the database's `bench_features` /
 /// `bench_actual` generate them (infra.rs), for training outside the database.
@@ -182,30 +171,32 @@ async fn install(
     Ok(())
 }
 
-/// A database for `which` (without refit's pending-queue trigger for the Python reference) and
-/// the implementation running against it.
-async fn start(
+/// A database for `which` (without refit's pending-queue trigger for the Python reference: it is
+/// no part of the Python sequence, and the data are the same) and the implementation running
+/// against it; refit serves HTTP on `http_port`.
+pub async fn start(
     s: &Settings,
     tag: &str,
     which: &Implementation<'_>,
+    http_port: u16,
     refit_extra: &[(&str, String)],
+    log_path: &std::path::Path,
 ) -> anyhow::Result<(BenchDb, Proc)> {
     let mut db = BenchDb::create(s, tag).await?;
-    let log_path = s.out_dir.join(format!("{tag}.log"));
     let proc = match which {
         Implementation::Refit => Proc::spawn(
             "refit",
             REFIT_BIN,
             &["run"],
-            &refit_env(s, &db, free_port(), refit_extra),
-            &log_path,
+            &refit_env(s, &db, http_port, refit_extra),
+            log_path,
         )?,
         Implementation::Python { python } => {
             db.has_pending_queue = false;
             sqlx::query("DROP TRIGGER refit_enqueue_actual ON actual_rentals")
                 .execute(&db.pool)
                 .await?;
-            python_proc(s, &db, python, &log_path)?
+            python_proc(s, &db, python, log_path)?
         }
     };
     Ok((db, proc))
@@ -357,7 +348,16 @@ pub async fn steps(
     let tag = format!("st{trees}_{name}_{repeat}");
     let seed = seed(trees)?;
     // No compaction: the scenario is about a model of this size.
-    let (db, mut proc) = start(s, &tag, &which, &[("REFIT_MAX_TREES", "0".into())]).await?;
+    let log_path = s.out_dir.join(format!("{tag}.log"));
+    let (db, mut proc) = start(
+        s,
+        &tag,
+        &which,
+        free_port(),
+        &[("REFIT_MAX_TREES", "0".into())],
+        &log_path,
+    )
+    .await?;
     install(s, &db, 1, &seed, &which).await?;
     let collector = Collector::start(&s.brokers, &db.topic)?;
     blocking(|| proc.wait_ready(Duration::from_secs(60)))?;
@@ -435,7 +435,9 @@ pub async fn ramp(
     };
     let users = s.users;
     let seed = seed(10)?;
-    let (db, mut proc) = start(s, &format!("ramp_{name}"), &which, &[]).await?;
+    let tag = format!("ramp_{name}");
+    let log_path = s.out_dir.join(format!("{tag}.log"));
+    let (db, mut proc) = start(s, &tag, &which, free_port(), &[], &log_path).await?;
     install(s, &db, users, &seed, &which).await?;
     let ids: Vec<i32> = (1..=users as i32).collect();
     log(format!(
