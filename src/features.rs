@@ -33,6 +33,17 @@ pub enum SetAsideReason {
 }
 
 impl SetAsideReason {
+    /// Every reason (the metrics show each one from start-up, at zero).
+    pub const ALL: [SetAsideReason; 7] = [
+        Self::NonFiniteActual,
+        Self::ActualOutOfRange,
+        Self::FeaturesNotObject,
+        Self::MalformedFeatures,
+        Self::NonNumericFeature,
+        Self::FeatureOutOfRange,
+        Self::NoKnownFeatures,
+    ];
+
     /// The stable name stored in the database, logged, and used as a metric label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -249,6 +260,23 @@ fn json_kind(value: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_lists_every_reason_once_in_declaration_order() {
+        // Exhaustive: a new reason does not compile here until it gets a place (add it to ALL).
+        let place = |r: SetAsideReason| match r {
+            SetAsideReason::NonFiniteActual => 0,
+            SetAsideReason::ActualOutOfRange => 1,
+            SetAsideReason::FeaturesNotObject => 2,
+            SetAsideReason::MalformedFeatures => 3,
+            SetAsideReason::NonNumericFeature => 4,
+            SetAsideReason::FeatureOutOfRange => 5,
+            SetAsideReason::NoKnownFeatures => 6,
+        };
+        for (i, reason) in SetAsideReason::ALL.into_iter().enumerate() {
+            assert_eq!(place(reason), i, "{reason}");
+        }
+    }
 
     fn row(id: i64, actual: f64, features: &str) -> ActualRow {
         ActualRow {

@@ -1,15 +1,37 @@
 //! Prometheus metrics, one registry per service instance (so tests can run several side by side).
 //! Labels stay low-cardinality: steps, statuses, reasons and kinds, never a user id.
+//!
+//! Every labelled series exists from start-up, at zero, so that dashboards and alert rules see
+//! zeros rather than gaps ("No data") on a healthy service.
 
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::features::SetAsideReason;
 
 /// Buckets for step latencies and freshness, in seconds (0.5 ms .. 30 s).
 const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
+
+/// The steps of a retrain, in order (`refit_step_duration_seconds{step}`).
+pub(crate) const STEPS: [&str; 6] = [
+    "detect",
+    "read",
+    "train",
+    "commit",
+    "invalidate",
+    "announce",
+];
+
+/// A retrain's outcome (`refit_retrains_total{status}`).
+pub(crate) const STATUSES: [&str; 3] = ["success", "failed", "rejected"];
+
+/// The kinds of outbox entries (`refit_outbox_backlog{kind}`, `refit_outbox_oldest_age_seconds`).
+pub(crate) const OUTBOX_KINDS: [&str; 2] = ["invalidate", "announce"];
 
 /// Every metric refit exports.
 pub struct Metrics {
@@ -24,100 +46,102 @@ pub struct Metrics {
     pub set_aside: IntCounterVec,
     /// `refit_outbox_backlog{kind}`: side effects committed but not yet carried out.
     pub outbox_backlog: IntGaugeVec,
+    /// `refit_outbox_oldest_age_seconds{kind}`: age of the oldest of them (0 when none).
+    pub outbox_oldest_age: GaugeVec,
     /// `refit_freshness_seconds`: newest actual of a batch → its event published.
     pub freshness: Histogram,
+    /// `refit_scheduler_heartbeat_timestamp_seconds`: when the scheduler loop last turned.
+    pub heartbeat: Gauge,
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let step_duration = HistogramVec::new(
-            HistogramOpts::new(
+        let metrics = Metrics {
+            registry: Registry::new(),
+            step_duration: seconds_histogram_vec(
                 "refit_step_duration_seconds",
                 "Duration of each retrain step",
-            )
-            .buckets(SECONDS_BUCKETS.to_vec()),
-            &["step"],
-        )
-        .expect("valid metric");
-        let retrains = IntCounterVec::new(
-            Opts::new("refit_retrains_total", "Retrains by outcome"),
-            &["status"],
-        )
-        .expect("valid metric");
-        let pending = IntGauge::new("refit_pending_actuals", "Actuals waiting to be trained on")
-            .expect("valid metric");
-        let set_aside = IntCounterVec::new(
-            Opts::new(
+                "step",
+            ),
+            retrains: counter_vec("refit_retrains_total", "Retrains by outcome", "status"),
+            pending: IntGauge::new("refit_pending_actuals", "Actuals waiting to be trained on")
+                .expect("valid metric"),
+            set_aside: counter_vec(
                 "refit_rows_set_aside_total",
                 "Actuals set aside as unusable, by reason",
+                "reason",
             ),
-            &["reason"],
-        )
-        .expect("valid metric");
-        let outbox_backlog = IntGaugeVec::new(
-            Opts::new(
-                "refit_outbox_backlog",
-                "Committed side effects not yet carried out",
-            ),
-            &["kind"],
-        )
-        .expect("valid metric");
-        let freshness = Histogram::with_opts(
-            HistogramOpts::new(
-                "refit_freshness_seconds",
-                "From the batch-completing actual's insert to the model-retrained event",
+            outbox_backlog: IntGaugeVec::new(
+                Opts::new(
+                    "refit_outbox_backlog",
+                    "Committed side effects not yet carried out",
+                ),
+                &["kind"],
             )
-            .buckets(SECONDS_BUCKETS.to_vec()),
-        )
-        .expect("valid metric");
-        let build_info = IntGaugeVec::new(
-            Opts::new("refit_build_info", "Build information"),
-            &["version"],
-        )
-        .expect("valid metric");
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
+            .expect("valid metric"),
+            outbox_oldest_age: GaugeVec::new(
+                Opts::new(
+                    "refit_outbox_oldest_age_seconds",
+                    "Age of the oldest committed side effect not yet carried out (0 when none)",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            freshness: Histogram::with_opts(
+                HistogramOpts::new(
+                    "refit_freshness_seconds",
+                    "From the batch-completing actual's insert to the model-retrained event",
+                )
+                .buckets(SECONDS_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+            heartbeat: Gauge::new(
+                "refit_scheduler_heartbeat_timestamp_seconds",
+                "Unix time at which the scheduler loop last turned",
+            )
+            .expect("valid metric"),
+        };
+        metrics.register_all();
+        metrics.show_every_label_value();
+        metrics
+    }
 
-        for collector in [
-            Box::new(step_duration.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(retrains.clone()),
-            Box::new(pending.clone()),
-            Box::new(set_aside.clone()),
-            Box::new(outbox_backlog.clone()),
-            Box::new(freshness.clone()),
-            Box::new(build_info),
-        ] {
-            registry
+    fn register_all(&self) {
+        let collectors: [Box<dyn Collector>; 11] = [
+            Box::new(self.step_duration.clone()),
+            Box::new(self.retrains.clone()),
+            Box::new(self.pending.clone()),
+            Box::new(self.set_aside.clone()),
+            Box::new(self.outbox_backlog.clone()),
+            Box::new(self.outbox_oldest_age.clone()),
+            Box::new(self.freshness.clone()),
+            Box::new(self.heartbeat.clone()),
+            Box::new(build_info()),
+            // Logs are shipped per process, not per service: these counters are process-wide.
+            Box::new(crate::telemetry::loki_dropped_lines().clone()),
+            Box::new(crate::telemetry::loki_send_errors().clone()),
+        ];
+        for collector in collectors {
+            self.registry
                 .register(collector)
                 .expect("metric registered once");
         }
-        // Make every label value visible from the start, so dashboards show zeros, not gaps.
-        for step in [
-            "detect",
-            "read",
-            "train",
-            "commit",
-            "invalidate",
-            "announce",
-        ] {
-            step_duration.with_label_values(&[step]);
+    }
+
+    /// Makes every label value visible from the start, so dashboards show zeros, not gaps.
+    fn show_every_label_value(&self) {
+        for step in STEPS {
+            self.step_duration.with_label_values(&[step]);
         }
-        for status in ["success", "failed", "rejected"] {
-            retrains.with_label_values(&[status]);
+        for status in STATUSES {
+            self.retrains.with_label_values(&[status]);
         }
-        for kind in ["invalidate", "announce"] {
-            outbox_backlog.with_label_values(&[kind]);
+        for reason in SetAsideReason::ALL {
+            self.set_aside.with_label_values(&[reason.as_str()]);
         }
-        Metrics {
-            registry,
-            step_duration,
-            retrains,
-            pending,
-            set_aside,
-            outbox_backlog,
-            freshness,
+        for kind in OUTBOX_KINDS {
+            self.outbox_backlog.with_label_values(&[kind]);
+            self.outbox_oldest_age.with_label_values(&[kind]);
         }
     }
 
@@ -126,6 +150,14 @@ impl Metrics {
         self.step_duration
             .with_label_values(&[step])
             .observe(ms / 1000.0);
+    }
+
+    /// Records that the scheduler loop turned now.
+    pub fn beat(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.heartbeat.set(now);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -141,5 +173,72 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+fn seconds_histogram_vec(name: &str, help: &str, label: &str) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(SECONDS_BUCKETS.to_vec()),
+        &[label],
+    )
+    .expect("valid metric")
+}
+
+fn counter_vec(name: &str, help: &str, label: &str) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric")
+}
+
+/// `refit_build_info{version}`: 1.
+fn build_info() -> IntGaugeVec {
+    let info = IntGaugeVec::new(
+        Opts::new("refit_build_info", "Build information"),
+        &["version"],
+    )
+    .expect("valid metric");
+    info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    info
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_labelled_series_is_exported_at_zero_from_the_start() {
+        let text = Metrics::new().render();
+        let mut expected: Vec<String> = Vec::new();
+        expected
+            .extend(STEPS.map(|s| format!("refit_step_duration_seconds_count{{step=\"{s}\"}} 0")));
+        expected.extend(STATUSES.map(|s| format!("refit_retrains_total{{status=\"{s}\"}} 0")));
+        expected.extend(
+            SetAsideReason::ALL
+                .map(|r| format!("refit_rows_set_aside_total{{reason=\"{}\"}} 0", r.as_str())),
+        );
+        for kind in OUTBOX_KINDS {
+            expected.push(format!("refit_outbox_backlog{{kind=\"{kind}\"}} 0"));
+            expected.push(format!(
+                "refit_outbox_oldest_age_seconds{{kind=\"{kind}\"}} 0"
+            ));
+        }
+        expected.push("refit_scheduler_heartbeat_timestamp_seconds 0".into());
+        expected.push("refit_loki_dropped_lines_total ".into());
+        expected.push("refit_loki_send_errors_total ".into());
+        for line in expected {
+            assert!(
+                text.lines().any(|l| l.starts_with(&line)),
+                "{line} missing from:\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_heartbeat_is_a_unix_timestamp() {
+        let metrics = Metrics::new();
+        metrics.beat();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!((now - metrics.heartbeat.get()).abs() < 60.0);
     }
 }

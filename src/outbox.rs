@@ -453,18 +453,25 @@ impl Outbox {
         Ok(total)
     }
 
-    /// Updates the backlog gauge.
+    /// Updates the backlog gauges: entries not yet done, and the age of the oldest, per kind.
     pub async fn refresh_backlog(&self) -> anyhow::Result<()> {
-        let backlog = db::outbox_backlog(&self.pool).await?;
+        let backlog: Vec<(String, i64, f64)> = sqlx::query_as(
+            "SELECT kind, count(*), extract(epoch FROM now() - min(created_at))::float8
+               FROM refit_outbox WHERE done_at IS NULL GROUP BY kind",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         for kind in [OutboxKind::Invalidate, OutboxKind::Announce] {
-            let n = backlog
+            let (n, age) = backlog
                 .iter()
-                .find(|(k, _)| k == kind.as_str())
-                .map_or(0, |(_, n)| *n);
+                .find(|(k, _, _)| k == kind.as_str())
+                .map_or((0, 0.0), |(_, n, age)| (*n, age.max(0.0)));
+            let label = [kind.as_str()];
+            self.metrics.outbox_backlog.with_label_values(&label).set(n);
             self.metrics
-                .outbox_backlog
-                .with_label_values(&[kind.as_str()])
-                .set(n);
+                .outbox_oldest_age
+                .with_label_values(&label)
+                .set(age);
         }
         Ok(())
     }

@@ -180,6 +180,7 @@ impl Service {
 
         loop {
             self.heartbeat.beat();
+            self.metrics.beat();
             let mut scan = false;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
