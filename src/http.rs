@@ -5,23 +5,28 @@
 //! - `GET /readyz` — readiness: 200 when PostgreSQL answers and is migrated, 503 otherwise; Redis
 //!   and Kafka are reported (their outages only delay the outbox, so they do not gate readiness).
 //! - `GET /metrics` — Prometheus text exposition.
+//! - `GET /openapi.json` — this API's OpenAPI description (docs/openapi.json).
 //! - the model registry: `GET /models[?user=&status=&since=&limit=]`, `GET /models/{user}`,
 //!   `GET /models/{user}/versions/{v}`, `GET /models/{user}/versions/{v}/artifact` (UBJSON);
 //!   writes — `POST /models/{user}/promote {"version": v}`, `POST /models/{user}/rollback
 //!   {"version": v}?`, `POST /models/{user}/prune {"keep": n}`, `POST /models/{user}/import
 //!   [?features=a,b]` with the model file as body — need `Authorization: Bearer
 //!   <REFIT_ADMIN_TOKEN>` (compared in constant time) and answer 401 without it, or when no token
-//!   is configured.
+//!   is configured; the token is checked before the request body is read.
+//!
+//! Every error is JSON, `{"error": "..."}`: the handlers' own and axum's refusals of a malformed
+//! path, query or body (400, 413, 415, 422), unknown routes (404) included.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::HeaderMap;
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
 use sqlx::PgPool;
@@ -70,11 +75,25 @@ pub struct AppState {
     pub config: Arc<Config>,
 }
 
+/// The OpenAPI description of this API, served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../docs/openapi.json");
+
 pub fn router(state: AppState) -> Router {
+    // Registry writes: the token is checked first, before any extractor reads the request.
+    let writes = Router::new()
+        .route("/models/{user}/promote", post(promote))
+        .route("/models/{user}/rollback", post(rollback))
+        .route("/models/{user}/prune", post(prune))
+        .route(
+            "/models/{user}/import",
+            post(import).layer(axum::extract::DefaultBodyLimit::max(512 << 20)),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
         .route("/models", get(list_models))
         .route("/models/{user}", get(user_models))
         .route("/models/{user}/versions/{version}", get(show_version))
@@ -82,14 +101,50 @@ pub fn router(state: AppState) -> Router {
             "/models/{user}/versions/{version}/artifact",
             get(export_version),
         )
-        .route("/models/{user}/promote", axum::routing::post(promote))
-        .route("/models/{user}/rollback", axum::routing::post(rollback))
-        .route("/models/{user}/prune", axum::routing::post(prune))
-        .route(
-            "/models/{user}/import",
-            axum::routing::post(import).layer(axum::extract::DefaultBodyLimit::max(512 << 20)),
-        )
+        .merge(writes)
+        .fallback(no_route)
+        .layer(middleware::map_response(json_errors))
+        .layer(middleware::from_fn(refuse_nul))
         .with_state(state)
+}
+
+/// `{"error": message}` with `status`.
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"error": message}))).into_response()
+}
+
+async fn no_route() -> Response {
+    error(StatusCode::NOT_FOUND, "no such route")
+}
+
+/// PostgreSQL text cannot hold NUL, so no user, status or feature name can contain one: a request
+/// that carries `%00` in its path or query is refused before it reaches the database.
+async fn refuse_nul(request: Request, next: Next) -> Response {
+    let target = request.uri().path_and_query().map_or("", |p| p.as_str());
+    if target.to_ascii_lowercase().contains("%00") {
+        return error(StatusCode::BAD_REQUEST, "NUL characters are not allowed");
+    }
+    next.run(request).await
+}
+
+/// Turns axum's plain-text refusals of a malformed path, query or body into the JSON error shape.
+async fn json_errors(response: Response) -> Response {
+    let plain_text = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !(response.status().is_client_error() && plain_text) {
+        return response;
+    }
+    let status = response.status();
+    let text = axum::body::to_bytes(response.into_body(), 64 << 10)
+        .await
+        .unwrap_or_default();
+    error(status, String::from_utf8_lossy(&text).trim())
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 /// Serves until `shutdown`.
@@ -166,7 +221,7 @@ fn registry_error(e: RegistryError) -> Response {
         RegistryError::InvalidModel(_) => StatusCode::BAD_REQUEST,
         RegistryError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
-    (status, Json(json!({"error": e.to_string()}))).into_response()
+    error(status, &e.to_string())
 }
 
 fn reply<T: serde::Serialize>(result: Result<T, RegistryError>) -> Response {
@@ -176,18 +231,40 @@ fn reply<T: serde::Serialize>(result: Result<T, RegistryError>) -> Response {
     }
 }
 
+/// A version's status, as the listing filters on it.
+#[derive(serde::Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum VersionStatus {
+    Ready,
+    Rejected,
+    Failed,
+}
+
+impl VersionStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Rejected => "rejected",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct ListQuery {
     user: Option<String>,
-    status: Option<String>,
+    status: Option<VersionStatus>,
     since: Option<chrono::DateTime<chrono::Utc>>,
     limit: Option<i64>,
 }
 
 async fn list_models(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Response {
+    if q.limit.is_some_and(|l| l < 0) {
+        return error(StatusCode::BAD_REQUEST, "limit must not be negative");
+    }
     let filter = Filter {
         user: q.user,
-        status: q.status,
+        status: q.status.map(|s| s.as_str().to_owned()),
         since: q.since,
         limit: q.limit,
     };
@@ -225,17 +302,25 @@ async fn export_version(
     }
 }
 
+/// Lets a registry write through only with the admin token (see [`refuse_unauthorized`]).
+async fn require_token(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    match refuse_unauthorized(&state, request.headers()) {
+        Some(denied) => denied,
+        None => next.run(request).await,
+    }
+}
+
 /// Checks `Authorization: Bearer <token>` against REFIT_ADMIN_TOKEN in constant time; returns
 /// the 401 answer when the request may not write.
 fn refuse_unauthorized(state: &AppState, headers: &HeaderMap) -> Option<Response> {
     use subtle::ConstantTimeEq;
     let unauthorized = |message: &str| {
-        (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(json!({"error": message})),
-        )
-            .into_response()
+        let mut response = error(StatusCode::UNAUTHORIZED, message);
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+        response
     };
     let Some(expected) = &state.config.admin_token else {
         return Some(unauthorized(
@@ -266,6 +351,7 @@ async fn deliver(state: &AppState, user: &str) {
 }
 
 #[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct VersionBody {
     version: Option<i32>,
 }
@@ -273,18 +359,10 @@ struct VersionBody {
 async fn promote(
     State(state): State<AppState>,
     Path(user): Path<String>,
-    headers: HeaderMap,
     Json(body): Json<VersionBody>,
 ) -> Response {
-    if let Some(denied) = refuse_unauthorized(&state, &headers) {
-        return denied;
-    }
     let Some(version) = body.version else {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({"error": "body must be {\"version\": N}"})),
-        )
-            .into_response();
+        return error(StatusCode::BAD_REQUEST, "body must be {\"version\": N}");
     };
     let result = registry::activate(&state.pool, &user, version, "promote").await;
     if result.is_ok() {
@@ -296,12 +374,8 @@ async fn promote(
 async fn rollback(
     State(state): State<AppState>,
     Path(user): Path<String>,
-    headers: HeaderMap,
     body: Option<Json<VersionBody>>,
 ) -> Response {
-    if let Some(denied) = refuse_unauthorized(&state, &headers) {
-        return denied;
-    }
     let to = body.and_then(|Json(b)| b.version);
     let result = registry::rollback(&state.pool, &user, to).await;
     if result.is_ok() {
@@ -311,6 +385,7 @@ async fn rollback(
 }
 
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PruneBody {
     keep: i64,
 }
@@ -318,11 +393,10 @@ struct PruneBody {
 async fn prune(
     State(state): State<AppState>,
     Path(user): Path<String>,
-    headers: HeaderMap,
     Json(body): Json<PruneBody>,
 ) -> Response {
-    if let Some(denied) = refuse_unauthorized(&state, &headers) {
-        return denied;
+    if body.keep < 1 {
+        return error(StatusCode::BAD_REQUEST, "keep must be at least 1");
     }
     reply(
         registry::prune(&state.pool, Some(&user), body.keep)
@@ -340,12 +414,8 @@ async fn import(
     State(state): State<AppState>,
     Path(user): Path<String>,
     Query(q): Query<ImportQuery>,
-    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    if let Some(denied) = refuse_unauthorized(&state, &headers) {
-        return denied;
-    }
     let features = q
         .features
         .map(|f| f.split(',').map(|s| s.trim().to_owned()).collect());
