@@ -251,6 +251,8 @@ impl Events {
 #[derive(Debug, Clone)]
 pub struct ReadEvent {
     pub event: RetrainEvent,
+    /// The message value as sent (what consumers parse; docs/model-retrained.schema.json).
+    pub value: serde_json::Value,
     pub key: Vec<u8>,
     pub partition: i32,
     pub offset: i64,
@@ -316,7 +318,10 @@ impl EventReader {
                 Err(_) if !left.is_zero() => continue,
                 Err(e) => return Err(e.into()),
             };
-            let event: RetrainEvent = serde_json::from_slice(message.payload().unwrap_or_default())
+            let value: serde_json::Value =
+                serde_json::from_slice(message.payload().unwrap_or_default())
+                    .context("a message on the topic is not JSON")?;
+            let event: RetrainEvent = serde_json::from_value(value.clone())
                 .context("a message on the topic is not a retrain event")?;
             let headers = message
                 .headers()
@@ -333,6 +338,7 @@ impl EventReader {
                 .unwrap_or_default();
             return Ok(Some(ReadEvent {
                 event,
+                value,
                 key: message.key().unwrap_or_default().to_vec(),
                 partition: message.partition(),
                 offset: message.offset(),

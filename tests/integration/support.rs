@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use refit::config::Config;
@@ -275,7 +275,33 @@ where
     }
 }
 
-/// Reads events until `n` arrived (or panics after `timeout`).
+/// The published contract of the event value: docs/model-retrained.schema.json (formats checked).
+static EVENT_SCHEMA: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
+    let schema: Value = serde_json::from_str(include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/model-retrained.schema.json"
+    )))
+    .expect("the event schema is JSON");
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .expect("the event schema is a valid JSON Schema")
+});
+
+/// Panics, naming every violation, unless the event's value as sent matches the event schema.
+pub fn assert_valid_event(event: &ReadEvent) {
+    let violations: Vec<String> = EVENT_SCHEMA
+        .iter_errors(&event.value)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect();
+    assert!(
+        violations.is_empty(),
+        "a model-retrained event violates docs/model-retrained.schema.json: {violations:?}\n{}",
+        event.value
+    );
+}
+
+/// Reads events until `n` arrived (or panics after `timeout`); each is checked against the schema.
 pub fn read_events(reader: &EventReader, n: usize, timeout: Duration) -> Vec<ReadEvent> {
     let deadline = Instant::now() + timeout;
     let mut events = Vec::new();
@@ -287,16 +313,19 @@ pub fn read_events(reader: &EventReader, n: usize, timeout: Duration) -> Vec<Rea
             events.len()
         );
         if let Some(e) = reader.next(left.min(Duration::from_millis(500))).unwrap() {
+            assert_valid_event(&e);
             events.push(e);
         }
     }
     events
 }
 
-/// Events that arrive within `window` (for asserting that no more come).
+/// Events that arrive within `window` (for asserting that no more come); each is checked against
+/// the schema.
 pub fn drain_events(reader: &EventReader, window: Duration) -> Vec<ReadEvent> {
     let mut events = Vec::new();
     while let Some(e) = reader.next(window).unwrap() {
+        assert_valid_event(&e);
         events.push(e);
     }
     events
