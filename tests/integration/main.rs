@@ -6,5 +6,6 @@ mod lifecycle;
 mod observability;
 mod pipeline;
 mod processes;
+mod prometheus;
 mod python_oracle;
 mod support;

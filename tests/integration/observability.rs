@@ -1,4 +1,5 @@
-//! What operators see: Loki lines per step, Prometheus metrics, probes, the dashboard's queries.
+//! What operators see: Loki lines per step, Prometheus metrics, probes. The dashboard's queries and
+//! the alert rules are evaluated by a real Prometheus in prometheus.rs.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -213,7 +214,7 @@ fn metric(all: &[(String, String, f64)], name: &str, labels: &str) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_parse_and_move_as_retrains_happen_and_cover_the_dashboard() {
+async fn metrics_parse_and_move_as_retrains_happen() {
     let env = TestEnv::new().await;
     let running = env.start(&[]).await;
     let base = format!("http://{}", running.service.http_addr.unwrap());
@@ -284,60 +285,7 @@ async fn metrics_parse_and_move_as_retrains_happen_and_cover_the_dashboard() {
         1.0
     );
 
-    // Every metric a dashboard query names is exported.
-    let exported: BTreeSet<String> = after.iter().map(|(n, _, _)| n.clone()).collect();
-    let dashboard: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/deploy/grafana/refit-dashboard.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    let mut exprs = Vec::new();
-    collect_exprs(&dashboard, &mut exprs);
-    let named: BTreeSet<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
-    assert!(
-        named.len() >= 6,
-        "the dashboard names refit metrics: {named:?}"
-    );
-    for name in &named {
-        assert!(
-            exported.contains(name),
-            "dashboard metric {name} is not exported by /metrics"
-        );
-    }
     running.stop().await;
-}
-
-fn collect_exprs(value: &Value, out: &mut Vec<String>) {
-    match value {
-        Value::Object(map) => {
-            for (k, v) in map {
-                match (k.as_str(), v) {
-                    ("expr", Value::String(s)) => out.push(s.clone()),
-                    _ => collect_exprs(v, out),
-                }
-            }
-        }
-        Value::Array(items) => items.iter().for_each(|v| collect_exprs(v, out)),
-        _ => {}
-    }
-}
-
-/// `refit_*` identifiers in a PromQL expression (histogram series keep their suffix).
-fn metric_names(expr: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut rest = expr;
-    while let Some(start) = rest.find("refit_") {
-        let tail = &rest[start..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(tail.len());
-        names.push(tail[..end].to_owned());
-        rest = &tail[end..];
-    }
-    names
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
