@@ -156,6 +156,10 @@ impl Booster {
 
     /// A booster holding the model in `bytes` (UBJSON or JSON, as saved by any XGBoost >= 1.0).
     pub fn load(bytes: &[u8], cache: &[&Matrix]) -> Result<Self> {
+        // XGBoost 3.4 aborts the process (std::terminate) on an empty buffer.
+        if bytes.is_empty() {
+            return Err(XgbError("the model file is empty".into()));
+        }
         let booster = Booster::new(cache)?;
         // SAFETY: `bytes` is valid for its length for the duration of the call.
         check(unsafe {
@@ -309,5 +313,17 @@ impl Drop for Booster {
     fn drop(&mut self) {
         // SAFETY: the handle came from XGBoosterCreate and is freed exactly once.
         unsafe { sys::XGBoosterFree(self.handle) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_model_file_is_an_error_not_an_abort() {
+        let error = Booster::load(&[], &[]).err().expect("an error");
+        assert!(error.0.contains("empty"), "{}", error.0);
+        assert!(Booster::load(b"x", &[]).is_err());
     }
 }
