@@ -350,10 +350,30 @@ async fn deliver(state: &AppState, user: &str) {
     }
 }
 
+/// A JSON integer as JSON Schema has it: `3` and `3.0` alike.
+#[derive(Clone, Copy)]
+struct Integer<T>(T);
+
+impl<'de, T: TryFrom<i64>> serde::Deserialize<'de> for Integer<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let n = serde_json::Number::deserialize(deserializer)?;
+        let integral = n.as_i64().or_else(|| {
+            n.as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < 9.2e18)
+                .map(|f| f as i64)
+        });
+        let value = integral.ok_or_else(|| D::Error::custom(format!("{n} is not an integer")))?;
+        T::try_from(value)
+            .map(Integer)
+            .map_err(|_| D::Error::custom(format!("{n} is out of range")))
+    }
+}
+
 #[derive(serde::Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct VersionBody {
-    version: Option<i32>,
+    version: Option<Integer<i32>>,
 }
 
 async fn promote(
@@ -361,7 +381,7 @@ async fn promote(
     Path(user): Path<String>,
     Json(body): Json<VersionBody>,
 ) -> Response {
-    let Some(version) = body.version else {
+    let Some(Integer(version)) = body.version else {
         return error(StatusCode::BAD_REQUEST, "body must be {\"version\": N}");
     };
     let result = registry::activate(&state.pool, &user, version, "promote").await;
@@ -376,7 +396,7 @@ async fn rollback(
     Path(user): Path<String>,
     body: Option<Json<VersionBody>>,
 ) -> Response {
-    let to = body.and_then(|Json(b)| b.version);
+    let to = body.and_then(|Json(b)| b.version).map(|Integer(v)| v);
     let result = registry::rollback(&state.pool, &user, to).await;
     if result.is_ok() {
         deliver(&state, &user).await;
@@ -387,19 +407,21 @@ async fn rollback(
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PruneBody {
-    keep: i64,
+    keep: Integer<i64>,
 }
 
 async fn prune(
     State(state): State<AppState>,
     Path(user): Path<String>,
-    Json(body): Json<PruneBody>,
+    Json(PruneBody {
+        keep: Integer(keep),
+    }): Json<PruneBody>,
 ) -> Response {
-    if body.keep < 1 {
+    if keep < 1 {
         return error(StatusCode::BAD_REQUEST, "keep must be at least 1");
     }
     reply(
-        registry::prune(&state.pool, Some(&user), body.keep)
+        registry::prune(&state.pool, Some(&user), keep)
             .await
             .map(|deleted| json!({"deleted": deleted})),
     )
