@@ -45,10 +45,10 @@ RUN mkdir -p src \
  && rm -rf src
 
 # Layer 3: refit itself. Touch the sources so cargo never mistakes them for the stub's.
+# docs/openapi.json is served at /openapi.json (include_str! in src/http.rs).
+COPY docs/openapi.json docs/openapi.json
 COPY src src
 COPY migrations migrations
-# Served at /openapi.json (include_str! in src/http.rs).
-COPY docs/openapi.json docs/openapi.json
 RUN find src -name '*.rs' -exec touch {} + \
  && cargo build --release --locked \
  && install -D -m 0755 target/release/refit /out/refit

@@ -12,7 +12,7 @@ export REFIT_PYTHON ?= $(DEPS_DIR)/venv/bin/python
 DEMO_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/refit_demo
 DEMO_SECONDS ?= 45
 
-.PHONY: help deps services build release test test-rust test-k8s lint demo bench clean-test-dbs
+.PHONY: help deps services build release test test-rust test-k8s test-alerts test-api lint demo bench clean-test-dbs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -33,7 +33,7 @@ lint: deps ## rustfmt and clippy, warnings are errors
 	cargo fmt --check
 	cargo clippy --locked --all-targets --features fault-injection -- -D warnings
 
-test: services lint test-rust test-k8s ## the whole suite
+test: services lint test-rust test-k8s test-alerts test-api ## the whole suite
 
 test-rust: services clean-test-dbs
 	cargo test --locked --features fault-injection --no-fail-fast -- --test-threads=4
@@ -43,6 +43,14 @@ chaos: services ## long soak: replicas killed, outages, crash loop, 10,000 actua
 
 test-k8s: build ## Kubernetes manifests, Helm chart and Dockerfile checks
 	REFIT_BIN=$(CURDIR)/target/debug/refit scripts/test-k8s.sh
+
+test-alerts: deps ## alert rules: promtool check config and rules, and the rules' unit tests
+	promtool check config deploy/prometheus/prometheus.yml
+	promtool check rules deploy/prometheus/refit-alerts.yaml helm/refit/rules/refit-alerts.yaml
+	promtool test rules deploy/prometheus/refit-alerts.test.yaml
+
+test-api: services build ## schemathesis against a live `refit run` and docs/openapi.json
+	REFIT_BIN=$(CURDIR)/target/debug/refit scripts/test-api.sh
 
 clean-test-dbs: ## drop databases left by earlier test runs
 	@psql "$(REFIT_TEST_DATABASE_URL)" -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'refit\_test\_%'" \

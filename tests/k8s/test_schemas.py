@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import re
+import subprocess
+import tempfile
 
 import kubernetes_validate
 import pytest
@@ -18,6 +20,7 @@ from conftest import (
     DEPLOY,
     KUBE_VERSION,
     all_manifest_sets,
+    promtool,
     render,
 )
 
@@ -78,6 +81,17 @@ def validate_crd(doc: dict) -> None:
             assert not bad, f"{where}: trigger metadata values must be strings: {bad}"
             if "authenticationRef" in t:
                 assert t["authenticationRef"]["name"]
+    elif kind == "PrometheusRule":
+        assert set(spec) == {"groups"}, f"{where}: unknown spec field"
+        for group in spec["groups"]:
+            assert set(group) <= {"name", "interval", "rules", "limit"}, f"{where}: {group.get('name')}"
+            assert group["name"] and group["rules"], f"{where}: a group needs a name and rules"
+            for rule in group["rules"]:
+                assert set(rule) <= {"alert", "record", "expr", "for", "labels", "annotations"}, rule
+                assert ("alert" in rule) != ("record" in rule) and rule["expr"], f"{where}: {rule}"
+                if "for" in rule:
+                    assert DURATION.match(rule["for"]), f"{where}: for={rule['for']!r}"
+        promtool_check_rules(spec, where)
     elif kind == "TriggerAuthentication":
         assert set(spec) <= {"secretTargetRef", "env", "podIdentity"}, f"{where}: unknown spec field"
         refs = spec["secretTargetRef"]
@@ -87,6 +101,17 @@ def validate_crd(doc: dict) -> None:
             assert all(isinstance(v, str) and v for v in r.values()), f"{where}: {r}"
     else:  # pragma: no cover - CRD_KINDS and this function must agree
         raise AssertionError(f"no structural check for {kind}")
+
+
+def promtool_check_rules(spec: dict, where: str) -> None:
+    """`promtool check rules` on a PrometheusRule's spec, which is a Prometheus rules file."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump(spec, f)
+        f.flush()
+        result = subprocess.run(
+            [promtool(), "check", "rules", f.name], capture_output=True, text=True, timeout=60
+        )
+    assert result.returncode == 0, f"{where}: promtool check rules:\n{result.stdout}{result.stderr}"
 
 
 def validate_doc(doc: dict) -> None:
@@ -137,6 +162,10 @@ def test_validation_is_live():
     scaled["spec"]["triggers"][0]["metadata"]["targetQueryValue"] = 500
     with pytest.raises(AssertionError, match="strings"):
         validate_doc(scaled)
+    rule = next(d for d in render({"prometheusRule": {"enabled": True}}) if d["kind"] == "PrometheusRule")
+    rule["spec"]["groups"][0]["rules"][0]["expr"] = "sum(rate(refit_retrains_total[5m]) >"
+    with pytest.raises(AssertionError, match="promtool"):
+        validate_doc(rule)
     unknown = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}}
     with pytest.raises(AssertionError, match="CRD_KINDS"):
         validate_doc(unknown)
