@@ -349,3 +349,76 @@ async fn readyz_fails_while_the_database_is_unreachable_and_recovers() {
     .await;
     running.stop().await;
 }
+
+/// The `.route("/…"` paths of src/http.rs, in OpenAPI's `{param}` form (which axum shares).
+fn served_routes() -> BTreeSet<String> {
+    let source = include_str!("../../src/http.rs");
+    let mut routes = BTreeSet::new();
+    for chunk in source.split(".route(").skip(1) {
+        let path = chunk.trim_start().trim_start_matches('"');
+        if let Some(end) = path.find('"') {
+            routes.insert(path[..end].to_owned());
+        }
+    }
+    routes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_description_is_served_names_every_route_and_errors_are_json() {
+    let env = TestEnv::new().await;
+    let running = env.start(&[("REFIT_ADMIN_TOKEN", "t0ken")]).await;
+    let base = format!("http://{}", running.service.http_addr.unwrap());
+    let client = reqwest::Client::new();
+
+    let response = reqwest::get(format!("{base}/openapi.json")).await.unwrap();
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let served: Value = response.json().await.unwrap();
+    let file: Value = serde_json::from_str(include_str!("../../docs/openapi.json")).unwrap();
+    assert_eq!(served, file, "/openapi.json serves docs/openapi.json");
+    let documented: BTreeSet<String> = served["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(
+        documented,
+        served_routes(),
+        "docs/openapi.json describes every route, no more"
+    );
+
+    // The token is checked before the body: a malformed body without it is 401, not 400/422.
+    let refused = client
+        .post(format!("{base}/models/x/prune"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["www-authenticate"], "Bearer");
+    // axum's own refusals and unknown routes answer the JSON error shape too.
+    for (request, status) in [
+        (
+            client.get(format!("{base}/models/x/versions/not-a-number")),
+            400,
+        ),
+        (client.get(format!("{base}/models?limit=-1")), 400),
+        (client.get(format!("{base}/models?status=gone")), 400),
+        (client.get(format!("{base}/models/a%00b")), 400),
+        (client.get(format!("{base}/no/such/route")), 404),
+        (
+            client
+                .post(format!("{base}/models/x/prune"))
+                .bearer_auth("t0ken")
+                .json(&serde_json::json!({"keep": "all"})),
+            422,
+        ),
+    ] {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "{}", response.url());
+        let body: Value = response.json().await.unwrap();
+        assert!(body["error"].is_string(), "{body}");
+    }
+    running.stop().await;
+}
