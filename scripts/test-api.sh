@@ -39,7 +39,8 @@ cleanup() {
 trap cleanup EXIT
 
 psql "$ADMIN_URL" -qc "CREATE DATABASE $db"
-port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])')"
 REFIT_ADMIN_TOKEN="$(python3 -c 'import secrets; print(secrets.token_urlsafe(24))')"
 export REFIT_ADMIN_TOKEN
 export DATABASE_URL="${ADMIN_URL%/*}/$db"
@@ -63,7 +64,10 @@ wait_for() { # seconds, description, command...
     sleep 0.2
   done
 }
-ready() { python3 -c "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:$port/readyz', timeout=2).status != 200)"; }
+ready() {
+  python3 -c "import sys, urllib.request as u
+sys.exit(u.urlopen('http://127.0.0.1:$port/readyz', timeout=2).status != 200)"
+}
 wait_for 60 "/readyz" ready
 
 # Three versions each for three users: 30 actuals per user at a threshold of 10.
