@@ -780,6 +780,7 @@ pub async fn collect_events(
                 missing.iter().take(5).collect::<Vec<_>>()
             );
             if let Ok(Some(e)) = reader.next(Duration::from_millis(250)) {
+                crate::support::assert_valid_event(&e);
                 if let Some(v) = e.event.model_version {
                     missing.remove(&(e.event.user_id.clone(), v));
                 }
