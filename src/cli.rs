@@ -30,7 +30,7 @@ fn emit<T: Serialize>(json: bool, value: &T, table: impl FnOnce(&T)) -> anyhow::
 
 fn print_versions(versions: &Vec<VersionSummary>) {
     println!(
-        "{:<20} {:>7} {:<9} {:<6} {:>6} {:>5} {:>6} {:>6} {:<17} {:<20} ERROR",
+        "{:<20} {:>7} {:<9} {:<6} {:>6} {:>5} {:>6} {:>6} {:<17} {:<8} {:>10} {:<20} ERROR",
         "USER",
         "VERSION",
         "STATUS",
@@ -40,11 +40,13 @@ fn print_versions(versions: &Vec<VersionSummary>) {
         "ASIDE",
         "TREES",
         "SOURCE",
+        "STEP",
+        "LIVE_MAE",
         "CREATED"
     );
     for v in versions {
         println!(
-            "{:<20} {:>7} {:<9} {:<6} {:>6} {:>5} {:>6} {:>6} {:<17} {:<20} {}",
+            "{:<20} {:>7} {:<9} {:<6} {:>6} {:>5} {:>6} {:>6} {:<17} {:<8} {:>10} {:<20} {}",
             v.user_id,
             v.version,
             v.status,
@@ -54,6 +56,8 @@ fn print_versions(versions: &Vec<VersionSummary>) {
             v.rows_set_aside,
             v.trees.map_or("-".into(), |t| t.to_string()),
             v.source,
+            v.step.as_deref().unwrap_or("-"),
+            v.live_mae.map_or("-".into(), |m| format!("{m:.3}")),
             v.created_at.format("%Y-%m-%d %H:%M:%S"),
             v.error.as_deref().unwrap_or("")
         );
@@ -235,8 +239,13 @@ pub async fn demo(config: Config, stations: usize, rate: u32, seconds: u64) -> a
     let service = service::Service::build(config.clone()).await?;
     service.events.ensure_topic().await?;
     println!(
-        "refit demo: {stations} stations, {rate} actuals/s, retrain every {} actuals, {} rounds each; topic {} on {}",
-        config.retrain_threshold, config.rounds_per_retrain, config.topic, config.kafka_brokers
+        "refit demo: {stations} stations, {rate} actuals/s, retrain every {} actuals ({} rounds each, \
+         a rebuild every {}); topic {} on {}",
+        config.retrain_threshold,
+        config.policy.rounds,
+        config.policy.rebuild_every,
+        config.topic,
+        config.kafka_brokers
     );
     let reader = EventReader::new(&config.kafka_brokers, &config.topic, false)?;
     let shutdown = CancellationToken::new();

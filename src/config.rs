@@ -11,6 +11,8 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+pub use crate::policy::{Gate, Policy};
+
 /// A value that must never reach a log: `Debug` and `Display` print a redacted form.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -109,7 +111,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ),
     (
         "REFIT_ROUNDS_PER_RETRAIN",
-        "boosting rounds added per retrain",
+        "boosting rounds each continue step adds to the model",
     ),
     (
         "REFIT_POLL_INTERVAL_MS",
@@ -152,13 +154,19 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "REFIT_ADMIN_TOKEN",
         "bearer token for HTTP writes to the model registry",
     ),
-    ("REFIT_VALIDATION_HOLDOUT", "fraction of each batch held out to score the new version against the active one (0 disables the gate)"),
-    ("REFIT_VALIDATION_METRIC", "rmse or mae"),
-    ("REFIT_VALIDATION_TOLERANCE", "how much worse (relative) the new version may score before it is rejected"),
+    ("REFIT_CONTINUE_ETA", "learning rate of the rounds each batch adds (0 = the model's own eta)"),
+    ("REFIT_REBUILD_EVERY", "rebuild the model from the recent window every Nth accepted batch (0 = only at the tree cap)"),
     ("REFIT_MAX_TREES", "tree cap per model; a retrain that would pass it compacts the model (0 = no cap)"),
-    ("REFIT_COMPACTION", "at the cap: refit (fresh model on recent actuals) or update (refresh leaves in place)"),
-    ("REFIT_REFIT_WINDOW", "most recent actuals a compaction refit trains on"),
-    ("REFIT_COMPACTION_ROUNDS", "boosting rounds of a compaction refit (default: a quarter of the cap)"),
+    ("REFIT_COMPACTION", "at the cap: refit (rebuild on recent actuals) or update (refresh leaves in place)"),
+    ("REFIT_REFIT_WINDOW", "most recent trained actuals a rebuild trains on"),
+    ("REFIT_COMPACTION_ROUNDS", "boosting rounds of a rebuild and of a user's first model"),
+    ("REFIT_VALIDATION", "on or off: the validation gate (live-error check and recent-window comparison)"),
+    ("REFIT_VALIDATION_WINDOW", "most recent trained actuals the candidate and the active version are scored on"),
+    ("REFIT_VALIDATION_METRIC", "rmse or mae"),
+    ("REFIT_VALIDATION_TOLERANCE", "how much worse than the active version the candidate may score on the window, as a share of the typical live error"),
+    ("REFIT_VALIDATION_LIVE_RATIO", "a batch whose live error is over this many times the user's recent median is rejected"),
+    ("REFIT_MAX_STALENESS_SECS", "retrain a user with fewer than the threshold once its oldest pending actual is this old (0 = off)"),
+    ("REFIT_STALE_MIN_ROWS", "fewest pending actuals a staleness retrain trains on"),
     ("REFIT_MODEL_CACHE_MB", "memory for recently trained models kept between retrains (by artifact size; 0 = none)"),
     ("REFIT_CACHE_TTL_SECS", "TTL of the serving cache entry that `refit predict` fills"),
     ("REFIT_LOG_FORMAT", "text or json (stdout)"),
@@ -166,7 +174,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
 ];
 
 /// The XGBoost parameters a new model starts with, unless REFIT_XGB_PARAMS overrides them.
-pub const DEFAULT_XGB_PARAMS: &str = r#"{"objective": "reg:squarederror", "tree_method": "hist", "max_depth": 6, "eta": 0.3, "seed": 0}"#;
+pub const DEFAULT_XGB_PARAMS: &str = r#"{"objective": "reg:squarederror", "tree_method": "hist", "max_depth": 6, "eta": 0.1, "seed": 0}"#;
 
 /// The validated configuration of one refit process.
 #[derive(Debug, Clone)]
@@ -186,8 +194,10 @@ pub struct Config {
     pub topic_replication: i32,
     /// Pending actuals that make a user due; each retrain consumes exactly this many.
     pub retrain_threshold: i64,
-    /// Boosting rounds added by each retrain.
-    pub rounds_per_retrain: i32,
+    /// Retrain a user below the threshold once its oldest pending actual is this old.
+    pub max_staleness: Option<Duration>,
+    /// Fewest pending actuals a staleness retrain trains on.
+    pub stale_min_rows: i64,
     /// The safety-net poll interval (LISTEN/NOTIFY wakes the loop sooner).
     pub poll_interval: Duration,
     /// Retrains running at once in this process.
@@ -204,18 +214,8 @@ pub struct Config {
     pub outbox_retry_max: Duration,
     /// Log format on stdout.
     pub log_format: LogFormat,
-    /// The validation gate: fraction of each batch held out (0 disables it).
-    pub validation_holdout: f64,
-    pub validation_metric: ValidationMetric,
-    /// Relative tolerance: rejected when candidate > active × (1 + tolerance).
-    pub validation_tolerance: f64,
-    /// Tree cap per model (0 = none).
-    pub max_trees: i64,
-    pub compaction: Compaction,
-    /// Most recent actuals a compaction refit trains on.
-    pub refit_window: i64,
-    /// Boosting rounds of a compaction refit.
-    pub compaction_rounds: i32,
+    /// Which step makes each version, and the validation gate.
+    pub policy: Policy,
     /// TTL of the cache entry the serving reference fills.
     pub cache_ttl: Duration,
     /// Bytes of artifacts whose models stay loaded between a user's retrains.
@@ -235,6 +235,15 @@ pub struct Config {
 pub enum ValidationMetric {
     Rmse,
     Mae,
+}
+
+impl Compaction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compaction::Refit => "refit",
+            Compaction::Update => "update",
+        }
+    }
 }
 
 impl ValidationMetric {
@@ -409,27 +418,31 @@ impl Config {
             "update" => Compaction::Update,
             other => return Err(invalid("REFIT_COMPACTION", other, "refit or update")),
         };
-        // About twice a model's size after ten retrains (some are rejected by the gate): model size
-        // and retrain time stay within 2x of that (DESIGN.md, bounded growth; BENCHMARKS.md).
-        let max_trees = int(raw, "REFIT_MAX_TREES", 100, 0, 1_000_000)?;
-        // A compaction fits its trees on up to REFIT_REFIT_WINDOW rows, so they are about twice
-        // as large as a continued retrain's: a quarter of the cap keeps the compacted model small.
-        let compaction_default = (max_trees / 4).clamp(1, 10_000);
+        let policy = Policy {
+            rounds: int(raw, "REFIT_ROUNDS_PER_RETRAIN", 3, 1, 10_000)? as i32,
+            continue_eta: float(raw, "REFIT_CONTINUE_ETA", 0.05, 0.0, 1.0)?,
+            rebuild_every: int(raw, "REFIT_REBUILD_EVERY", 8, 0, 1_000_000)? as u32,
+            window: int(raw, "REFIT_REFIT_WINDOW", 2000, 1, 10_000_000)?,
+            rebuild_rounds: int(raw, "REFIT_COMPACTION_ROUNDS", 100, 1, 10_000)? as i32,
+            max_trees: int(raw, "REFIT_MAX_TREES", 150, 0, 1_000_000)?,
+            compaction,
+            gate: Gate {
+                enabled: switch(raw, "REFIT_VALIDATION", true)?,
+                window: int(raw, "REFIT_VALIDATION_WINDOW", 250, 1, 1_000_000)?,
+                metric: validation_metric,
+                tolerance: float(raw, "REFIT_VALIDATION_TOLERANCE", 0.3, 0.0, 100.0)?,
+                live_ratio: float(raw, "REFIT_VALIDATION_LIVE_RATIO", 3.0, 1.0, 1e6)?,
+            },
+        };
+        let max_staleness = match int(raw, "REFIT_MAX_STALENESS_SECS", 0, 0, 365 * 86_400)? {
+            0 => None,
+            secs => Some(Duration::from_secs(secs as u64)),
+        };
 
         Ok(Config {
-            validation_holdout: float(raw, "REFIT_VALIDATION_HOLDOUT", 0.2, 0.0, 0.9)?,
-            validation_metric,
-            validation_tolerance: float(raw, "REFIT_VALIDATION_TOLERANCE", 0.1, 0.0, 100.0)?,
-            max_trees,
-            compaction,
-            refit_window: int(raw, "REFIT_REFIT_WINDOW", 1000, 1, 10_000_000)?,
-            compaction_rounds: int(
-                raw,
-                "REFIT_COMPACTION_ROUNDS",
-                compaction_default,
-                1,
-                10_000,
-            )? as i32,
+            policy,
+            max_staleness,
+            stale_min_rows: int(raw, "REFIT_STALE_MIN_ROWS", 1, 1, 1_000_000)?,
             model_cache_bytes: int(raw, "REFIT_MODEL_CACHE_MB", 16, 0, 1_000_000)? as usize
                 * 1024
                 * 1024,
@@ -448,7 +461,6 @@ impl Config {
             topic_partitions: int(raw, "REFIT_TOPIC_PARTITIONS", 3, 1, 10_000)? as i32,
             topic_replication: int(raw, "REFIT_TOPIC_REPLICATION", 1, 1, 100)? as i32,
             retrain_threshold: int(raw, "REFIT_RETRAIN_THRESHOLD", 50, 1, 1_000_000)?,
-            rounds_per_retrain: int(raw, "REFIT_ROUNDS_PER_RETRAIN", 10, 1, 10_000)? as i32,
             poll_interval: Duration::from_millis(int(
                 raw,
                 "REFIT_POLL_INTERVAL_MS",
@@ -476,7 +488,7 @@ impl Config {
     /// The configuration as `NAME=value` lines, secrets redacted (for `refit config`).
     pub fn describe(&self) -> Vec<(&'static str, String)> {
         let params = serde_json::to_string(&self.xgb_params).unwrap_or_default();
-        vec![
+        let mut described = vec![
             ("DATABASE_URL", self.database_url.to_string()),
             ("REDIS_URL", self.redis_url.to_string()),
             ("KAFKA_BROKERS", self.kafka_brokers.clone()),
@@ -497,10 +509,6 @@ impl Config {
             (
                 "REFIT_RETRAIN_THRESHOLD",
                 self.retrain_threshold.to_string(),
-            ),
-            (
-                "REFIT_ROUNDS_PER_RETRAIN",
-                self.rounds_per_retrain.to_string(),
             ),
             (
                 "REFIT_POLL_INTERVAL_MS",
@@ -526,30 +534,10 @@ impl Config {
                 (self.model_cache_bytes / 1024 / 1024).to_string(),
             ),
             (
-                "REFIT_VALIDATION_HOLDOUT",
-                self.validation_holdout.to_string(),
+                "REFIT_MAX_STALENESS_SECS",
+                self.max_staleness.map_or(0, |d| d.as_secs()).to_string(),
             ),
-            (
-                "REFIT_VALIDATION_METRIC",
-                self.validation_metric.as_str().into(),
-            ),
-            (
-                "REFIT_VALIDATION_TOLERANCE",
-                self.validation_tolerance.to_string(),
-            ),
-            ("REFIT_MAX_TREES", self.max_trees.to_string()),
-            (
-                "REFIT_COMPACTION",
-                match self.compaction {
-                    Compaction::Refit => "refit".into(),
-                    Compaction::Update => "update".into(),
-                },
-            ),
-            ("REFIT_REFIT_WINDOW", self.refit_window.to_string()),
-            (
-                "REFIT_COMPACTION_ROUNDS",
-                self.compaction_rounds.to_string(),
-            ),
+            ("REFIT_STALE_MIN_ROWS", self.stale_min_rows.to_string()),
             (
                 "REFIT_OUTBOX_RETRY_MAX_MS",
                 self.outbox_retry_max.as_millis().to_string(),
@@ -573,7 +561,19 @@ impl Config {
                     LogFormat::Json => "json".into(),
                 },
             ),
-        ]
+        ];
+        described.extend(self.policy.describe());
+        described
+    }
+}
+
+/// An on/off setting.
+fn switch(raw: &Raw, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+    match raw.get(name).map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        None => Ok(default),
+        Some("on" | "true" | "1") => Ok(true),
+        Some("off" | "false" | "0") => Ok(false),
+        Some(other) => Err(invalid(name, other, "on or off")),
     }
 }
 
@@ -701,7 +701,10 @@ mod tests {
     fn defaults_apply_when_only_the_database_is_given() {
         let c = Config::from_sources(None, &env(&[("DATABASE_URL", "postgres://u@h/db")])).unwrap();
         assert_eq!(c.retrain_threshold, 50);
-        assert_eq!(c.rounds_per_retrain, 10);
+        assert_eq!(c.policy.rounds, 3);
+        assert_eq!(c.policy.rebuild_every, 8);
+        assert!(c.policy.gate.enabled);
+        assert_eq!(c.max_staleness, None);
         assert_eq!(c.poll_interval, Duration::from_millis(1000));
         assert_eq!(c.topic, "model-retrained");
         assert_eq!(c.xgb_params["objective"], "reg:squarederror");
@@ -744,7 +747,7 @@ mod tests {
         let c =
             Config::from_sources(Some(&path), &env(&[("REFIT_ROUNDS_PER_RETRAIN", "7")])).unwrap();
         assert_eq!(c.retrain_threshold, 20);
-        assert_eq!(c.rounds_per_retrain, 7);
+        assert_eq!(c.policy.rounds, 7);
 
         std::fs::write(&path, "database_url = \"postgres://h/db\"\nthreshold = 5\n").unwrap();
         let err = Config::from_sources(Some(&path), &env(&[]))
@@ -764,8 +767,36 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.xgb_params["max_depth"], "3");
-        assert_eq!(c.xgb_params["eta"], "0.3");
+        assert_eq!(c.xgb_params["eta"], "0.1");
         assert!(!c.xgb_params.contains_key("nthread"));
+    }
+
+    #[test]
+    fn the_gate_switch_and_staleness_are_parsed() {
+        let c = Config::from_sources(
+            None,
+            &env(&[
+                ("DATABASE_URL", "postgres://h/db"),
+                ("REFIT_VALIDATION", "off"),
+                ("REFIT_MAX_STALENESS_SECS", "600"),
+            ]),
+        )
+        .unwrap();
+        assert!(!c.policy.gate.enabled);
+        assert_eq!(c.max_staleness, Some(Duration::from_secs(600)));
+        let err = Config::from_sources(
+            None,
+            &env(&[
+                ("DATABASE_URL", "postgres://h/db"),
+                ("REFIT_VALIDATION", "maybe"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("REFIT_VALIDATION=\"maybe\"") && err.contains("on or off"),
+            "{err}"
+        );
     }
 
     #[test]

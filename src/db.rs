@@ -77,35 +77,49 @@ pub async fn check_migrated(pool: &PgPool) -> anyhow::Result<()> {
     }
 }
 
-/// A user with at least `threshold` pending actuals.
+/// A user with at least `threshold` pending actuals, or with stale ones.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DueUser {
     pub user_id: String,
     pub pending: i64,
+    /// Due because its oldest pending actual passed the staleness limit, not by count.
+    pub stale: bool,
 }
 
-/// Users with `>= threshold` pending actuals that are not backing off after a failure,
-/// restricted to `only` when given (users named by notifications).
+/// When users below the threshold are due anyway: their oldest pending actual is older than
+/// `after`, and they have at least `min_rows` pending actuals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Staleness {
+    pub after: Duration,
+    pub min_rows: i64,
+}
+
+/// Users with `>= threshold` pending actuals, or stale ones, that are not backing off after a
+/// failure, in the order their oldest pending actual arrived.
 pub async fn due_users(
     pool: &PgPool,
     threshold: i64,
-    only: Option<&[String]>,
+    staleness: Option<Staleness>,
 ) -> sqlx::Result<Vec<DueUser>> {
     sqlx::query(
-        "SELECT p.user_id, count(*) AS pending
+        "SELECT p.user_id, count(*) AS pending,
+                count(*) < $1 AS stale
            FROM refit_pending p
            LEFT JOIN refit_models m ON m.user_id = p.user_id
-          WHERE ($2::text[] IS NULL OR p.user_id = ANY($2))
           GROUP BY p.user_id
-         HAVING count(*) >= $1
-            AND bool_and(m.retry_after IS NULL OR m.retry_after <= now())
+         HAVING bool_and(m.retry_after IS NULL OR m.retry_after <= now())
+            AND (count(*) >= $1
+                 OR ($2::float8 IS NOT NULL AND count(*) >= $3
+                     AND min(p.enqueued_at) <= now() - make_interval(secs => $2)))
           ORDER BY min(p.actual_id)",
     )
     .bind(threshold)
-    .bind(only)
+    .bind(staleness.map(|s| s.after.as_secs_f64()))
+    .bind(staleness.map_or(1, |s| s.min_rows))
     .map(|row: sqlx::postgres::PgRow| DueUser {
         user_id: row.get(0),
         pending: row.get(1),
+        stale: row.get(2),
     })
     .fetch_all(pool)
     .await
@@ -180,41 +194,73 @@ pub struct ModelHead {
     pub features: Option<Value>,
     /// Trees of the active version.
     pub trees: Option<i32>,
+    /// Accepted continue steps since the active version's last rebuild.
+    pub since_rebuild: u32,
+    /// The newest version, when it was rejected and made from the active one: a candidate for
+    /// reinstatement.
+    pub rejected: Option<RejectedHead>,
 }
 
-/// Locks the user's registry row for this transaction; `None` when another retrain holds it. The
-/// active artifact is not read here: see [`active_artifact`].
+/// A rejected version that may be reinstated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RejectedHead {
+    pub version: i32,
+    pub trees: Option<i32>,
+    pub since_rebuild: u32,
+}
+
+/// Locks the user's registry row for this transaction; `None` when another retrain holds it.
+/// Artifacts are not read here: see [`artifact`].
 pub async fn lock_model(conn: &mut PgConnection, user_id: &str) -> sqlx::Result<Option<ModelHead>> {
     sqlx::query(
         "SELECT m.active_version,
                 v.xmin::text::bigint,
-                coalesce((SELECT max(version) FROM refit_model_versions WHERE user_id = m.user_id), 0),
+                coalesce(n.version, 0),
                 m.failures,
                 coalesce(m.retry_after > now(), false),
-                v.params, v.features, v.trees
+                v.params, v.features, v.trees,
+                coalesce((v.metrics->'policy'->>'since_rebuild')::int, 0),
+                n.status = 'rejected' AND n.parent_version = m.active_version,
+                n.trees,
+                coalesce((n.metrics->'policy'->>'since_rebuild')::int, 0)
            FROM refit_models m
            LEFT JOIN refit_model_versions v
                   ON v.user_id = m.user_id AND v.version = m.active_version
+           LEFT JOIN LATERAL (
+                SELECT version, status, parent_version, trees, metrics
+                  FROM refit_model_versions
+                 WHERE user_id = m.user_id
+                 ORDER BY version DESC LIMIT 1) n ON true
           WHERE m.user_id = $1
             FOR UPDATE OF m SKIP LOCKED",
     )
     .bind(user_id)
-    .map(|row: sqlx::postgres::PgRow| ModelHead {
-        active_version: row.get(0),
-        active_row: row.get(1),
-        last_version: row.get(2),
-        failures: row.get(3),
-        backing_off: row.get(4),
-        params: row.get(5),
-        features: row.get(6),
-        trees: row.get(7),
+    .map(|row: sqlx::postgres::PgRow| {
+        let last_version: i32 = row.get(2);
+        let rejected: Option<bool> = row.get(9);
+        ModelHead {
+            active_version: row.get(0),
+            active_row: row.get(1),
+            last_version,
+            failures: row.get(3),
+            backing_off: row.get(4),
+            params: row.get(5),
+            features: row.get(6),
+            trees: row.get(7),
+            since_rebuild: row.get::<i32, _>(8).max(0) as u32,
+            rejected: rejected.unwrap_or(false).then(|| RejectedHead {
+                version: last_version,
+                trees: row.get(10),
+                since_rebuild: row.get::<i32, _>(11).max(0) as u32,
+            }),
+        }
     })
     .fetch_optional(conn)
     .await
 }
 
 /// The stored artifact of one version (`None` when it has none).
-pub async fn active_artifact(
+pub async fn artifact(
     conn: &mut PgConnection,
     user_id: &str,
     version: i32,
@@ -227,6 +273,48 @@ pub async fn active_artifact(
     .fetch_optional(conn)
     .await
     .map(Option::flatten)
+}
+
+/// Live errors (`metric`: mae or rmse) of the user's newest ready versions, newest first: the
+/// gate's typical error.
+pub async fn live_history(
+    conn: &mut PgConnection,
+    user_id: &str,
+    metric: &str,
+) -> sqlx::Result<Vec<f64>> {
+    sqlx::query_scalar(
+        "SELECT (metrics->'live'->>$3)::float8
+           FROM refit_model_versions
+          WHERE user_id = $1 AND status = 'ready' AND metrics->'live'->>$3 IS NOT NULL
+          ORDER BY version DESC
+          LIMIT $2",
+    )
+    .bind(user_id)
+    .bind(crate::policy::LIVE_HISTORY as i64)
+    .bind(metric)
+    .fetch_all(conn)
+    .await
+}
+
+/// Makes a rejected version ready again (the gate reinstated it), noting which retrain did.
+pub async fn reinstate(
+    conn: &mut PgConnection,
+    user_id: &str,
+    version: i32,
+    by_version: i32,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE refit_model_versions
+            SET status = 'ready',
+                metrics = metrics || jsonb_build_object('reinstated_by', $3::int)
+          WHERE user_id = $1 AND version = $2 AND status = 'rejected'",
+    )
+    .bind(user_id)
+    .bind(version)
+    .bind(by_version)
+    .execute(conn)
+    .await
+    .map(|_| ())
 }
 
 /// A pending actual with its request's features, and when it became pending.
@@ -518,8 +606,9 @@ pub async fn commit_retrain(
     })
 }
 
-/// The user's most recently consumed (trained or held-out) actuals, newest first: the window a
-/// compaction refit trains on.
+/// The user's most recently consumed actuals that a ready version trained on, newest first: the
+/// window the gate scores on and a rebuild trains on. Rows of rejected versions are left out
+/// unless the version is reinstated.
 pub async fn recent_actuals(
     conn: &mut PgConnection,
     user_id: &str,
@@ -531,6 +620,8 @@ pub async fn recent_actuals(
            JOIN actual_rentals a ON a.id = c.actual_id
            JOIN prediction_requests r ON r.request_id = a.request_id
           WHERE c.user_id = $1 AND c.outcome IN ('trained', 'held_out')
+            AND c.version <> ALL (ARRAY(SELECT version FROM refit_model_versions
+                                         WHERE user_id = $1 AND status <> 'ready'))
           ORDER BY c.actual_id DESC
           LIMIT $2",
     )
@@ -718,13 +809,6 @@ pub async fn outbox_due_users(
     .bind(grace.as_secs_f64())
     .fetch_all(pool)
     .await
-}
-
-/// Undone outbox entries by kind (for the backlog gauge).
-pub async fn outbox_backlog(pool: &PgPool) -> sqlx::Result<Vec<(String, i64)>> {
-    sqlx::query_as("SELECT kind, count(*) FROM refit_outbox WHERE done_at IS NULL GROUP BY kind")
-        .fetch_all(pool)
-        .await
 }
 
 /// Forgets delivered outbox entries older than `age`.

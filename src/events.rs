@@ -46,9 +46,16 @@ pub struct RetrainEvent {
     pub trees: Option<i64>,
     /// Milliseconds per step: detect, read, train (load, boost, save), commit, invalidate.
     pub timings_ms: serde_json::Map<String, serde_json::Value>,
-    /// The validation gate's scores (metric, candidate, active, holdout_rows, tolerance).
+    /// The validation gate's evidence (docs/model-retrained.schema.json).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<serde_json::Value>,
+    /// The serving version's error on the batch before training on it: mae, rmse, rows, version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<serde_json::Value>,
+    /// The policy step that made the version: step, rounds, eta, rows_trained, since_rebuild,
+    /// reinstated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<serde_json::Value>,
     /// Why a retrain failed or was rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

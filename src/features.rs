@@ -118,6 +118,19 @@ impl Batch {
         (self, held)
     }
 
+    /// A copy of the last `n` rows (the newest actuals), without set-aside rows.
+    pub fn newest(&self, n: usize) -> Batch {
+        let skip = self.rows() - n.min(self.rows());
+        let width = self.feature_names.len();
+        Batch {
+            feature_names: self.feature_names.clone(),
+            values: self.values[skip * width..].to_vec(),
+            labels: self.labels[skip..].to_vec(),
+            used: self.used[skip..].to_vec(),
+            set_aside: Vec::new(),
+        }
+    }
+
     /// Appends `other`'s usable rows (same feature order) after this batch's.
     pub fn extend(&mut self, other: Batch) {
         debug_assert_eq!(self.feature_names, other.feature_names);

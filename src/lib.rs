@@ -28,6 +28,7 @@ pub mod http;
 pub mod metrics;
 pub mod model_cache;
 pub mod outbox;
+pub mod policy;
 pub mod registry;
 pub mod retrain;
 pub mod service;

@@ -52,6 +52,12 @@ pub struct Metrics {
     pub freshness: Histogram,
     /// `refit_scheduler_heartbeat_timestamp_seconds`: when the scheduler loop last turned.
     pub heartbeat: Gauge,
+    /// `refit_live_mae`: the serving model's mean absolute error on each batch of new actuals,
+    /// before training on it (in the target's units; across users, never per user).
+    pub live_mae: Histogram,
+    /// `refit_live_error_ratio`: the same error over the batch's mean |actual|, comparable
+    /// across users whatever their scale.
+    pub live_error_ratio: Histogram,
 }
 
 impl Metrics {
@@ -100,6 +106,24 @@ impl Metrics {
                 "Unix time at which the scheduler loop last turned",
             )
             .expect("valid metric"),
+            live_mae: Histogram::with_opts(
+                HistogramOpts::new(
+                    "refit_live_mae",
+                    "Serving model's mean absolute error on each new batch, before training on it",
+                )
+                .buckets(prometheus::exponential_buckets(0.01, 2.0, 24).expect("valid buckets")),
+            )
+            .expect("valid metric"),
+            live_error_ratio: Histogram::with_opts(
+                HistogramOpts::new(
+                    "refit_live_error_ratio",
+                    "Serving model's mean absolute error on each new batch over its mean |actual|",
+                )
+                .buckets(vec![
+                    0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0,
+                ]),
+            )
+            .expect("valid metric"),
         };
         metrics.register_all();
         metrics.show_every_label_value();
@@ -107,7 +131,7 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn Collector>; 11] = [
+        let collectors: [Box<dyn Collector>; 13] = [
             Box::new(self.step_duration.clone()),
             Box::new(self.retrains.clone()),
             Box::new(self.pending.clone()),
@@ -116,6 +140,8 @@ impl Metrics {
             Box::new(self.outbox_oldest_age.clone()),
             Box::new(self.freshness.clone()),
             Box::new(self.heartbeat.clone()),
+            Box::new(self.live_mae.clone()),
+            Box::new(self.live_error_ratio.clone()),
             Box::new(build_info()),
             // Logs are shipped per process, not per service: these counters are process-wide.
             Box::new(crate::telemetry::loki_dropped_lines().clone()),
@@ -150,6 +176,17 @@ impl Metrics {
         self.step_duration
             .with_label_values(&[step])
             .observe(ms / 1000.0);
+    }
+
+    /// Records the serving model's error on a batch whose actuals average `mean_abs_actual`.
+    pub fn observe_live(&self, mae: f64, mean_abs_actual: f64) {
+        if !mae.is_finite() {
+            return;
+        }
+        self.live_mae.observe(mae);
+        if mean_abs_actual > 0.0 && mean_abs_actual.is_finite() {
+            self.live_error_ratio.observe(mae / mean_abs_actual);
+        }
     }
 
     /// Records that the scheduler loop turned now.

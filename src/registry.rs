@@ -52,6 +52,10 @@ pub struct VersionSummary {
     pub source: String,
     pub created_at: DateTime<Utc>,
     pub error: Option<String>,
+    /// The serving version's mean absolute error on this version's batch, before training on it.
+    pub live_mae: Option<f64>,
+    /// The policy step that made the version: fresh, continue, rebuild or refresh.
+    pub step: Option<String>,
 }
 
 /// Everything about one version but its artifact.
@@ -79,7 +83,8 @@ pub struct Filter {
 
 const SUMMARY_COLUMNS: &str =
     "v.user_id, v.version, v.status, (m.active_version = v.version) IS TRUE,
-    v.parent_version, v.rows_used, v.rows_set_aside, v.trees, v.source, v.created_at, v.error";
+    v.parent_version, v.rows_used, v.rows_set_aside, v.trees, v.source, v.created_at, v.error,
+    (v.metrics->'live'->>'mae')::float8, v.metrics->'policy'->>'step'";
 
 fn summary(row: &sqlx::postgres::PgRow) -> VersionSummary {
     VersionSummary {
@@ -94,6 +99,8 @@ fn summary(row: &sqlx::postgres::PgRow) -> VersionSummary {
         source: row.get(8),
         created_at: row.get(9),
         error: row.get(10),
+        live_mae: row.get(11),
+        step: row.get(12),
     }
 }
 
@@ -141,13 +148,13 @@ pub async fn show(
         })?;
     Ok(VersionDetail {
         summary: summary(&row),
-        boosted_rounds: row.get(11),
-        artifact_bytes: row.get(12),
-        params: row.get(13),
-        features: row.get(14),
-        timings_ms: row.get(15),
-        metrics: row.get(16),
-        retrain_id: row.get(17),
+        boosted_rounds: row.get(13),
+        artifact_bytes: row.get(14),
+        params: row.get(15),
+        features: row.get(16),
+        timings_ms: row.get(17),
+        metrics: row.get(18),
+        retrain_id: row.get(19),
     })
 }
 
@@ -416,6 +423,8 @@ async fn record_activation(
         trees: trees.map(i64::from),
         timings_ms: Map::new(),
         validation: None,
+        live: None,
+        policy: None,
         reason: None,
         retrain_id: Uuid::now_v7(),
         data_until: None,

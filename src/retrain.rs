@@ -6,15 +6,14 @@
 //! registry row lock: a crash anywhere before the commit rolls everything back and the actuals
 //! stay pending; after the commit, the outbox carries the side effects out.
 //!
-//! Model lifecycle inside a retrain:
-//! - **validation gate**: with an active version, the newest `REFIT_VALIDATION_HOLDOUT` share of
-//!   the batch is held out; the new version and the active one are scored on it, and a new
-//!   version worse than `active × (1 + tolerance)` is stored as `rejected`: serving is untouched
-//!   and the batch stays consumed by (attributed to) the rejected version, so a harmful batch is
-//!   not retried forever and can still be inspected or promoted;
-//! - **bounded growth**: a retrain that would pass `REFIT_MAX_TREES` compacts instead — a fresh
-//!   model on the most recent `REFIT_REFIT_WINDOW` actuals (`refit`), or XGBoost's in-place leaf
-//!   refresh (`update`).
+//! Which model a retrain makes — continue, rebuild, refresh — and whether it may serve is the
+//! retraining policy's decision (`policy`): a rejected version is stored as `rejected`, serving is
+//! untouched, and its batch stays consumed by (attributed to) it, so a harmful batch is not
+//! retried forever and can still be inspected, promoted, or reinstated by the next retrain.
+//!
+//! A user with fewer than `REFIT_RETRAIN_THRESHOLD` pending actuals is retrained anyway once its
+//! oldest pending actual is older than `REFIT_MAX_STALENESS_SECS` (when set), on at least
+//! `REFIT_STALE_MIN_ROWS` actuals.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -27,14 +26,16 @@ use sqlx::PgPool;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::config::{Compaction, Config};
+use crate::config::Config;
 use crate::db::{self, Consumed, ModelHead, NewVersion, OutboxKind};
 use crate::events::RetrainEvent;
 use crate::features::{self, Batch};
 use crate::metrics::Metrics;
 use crate::model_cache::ModelCache;
 use crate::outbox::{elapsed_ms, Committed, Outbox};
-use crate::trainer::{self, Previous, TrainInput, TrainMode, Trained};
+use crate::policy::{Lineage, Step};
+use crate::trainer::{self, Previous, StepInput, StepResult};
+use crate::xgboost::Booster;
 
 /// The longest a user backs off after repeated failed retrains.
 const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(300);
@@ -85,24 +86,6 @@ pub struct Retrainer {
     models: ModelCache,
 }
 
-/// How this retrain produces its model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Plan {
-    /// Continue the active version (or start fresh).
-    Continue,
-    /// The tree cap is reached: compact as configured.
-    Compact(Compaction),
-}
-
-/// The validation gate's verdict.
-#[derive(Debug, Clone)]
-struct Validation {
-    candidate: f64,
-    active: f64,
-    rows: usize,
-    passed: bool,
-}
-
 impl Retrainer {
     pub fn new(
         pool: PgPool,
@@ -134,7 +117,18 @@ impl Retrainer {
         &self.models
     }
 
-    /// Retrains `user_id` once if it has `>= threshold` pending actuals. `pending` is what the
+    /// Whether `rows` pending actuals, the oldest pending since `oldest`, are due by staleness.
+    fn stale(&self, rows: usize, oldest: Option<chrono::DateTime<Utc>>) -> bool {
+        match (self.config.max_staleness, oldest) {
+            (Some(limit), Some(oldest)) => {
+                rows as i64 >= self.config.stale_min_rows
+                    && (Utc::now() - oldest).to_std().is_ok_and(|age| age >= limit)
+            }
+            _ => false,
+        }
+    }
+
+    /// Retrains `user_id` once if it has `>= threshold` pending actuals (or stale ones). `pending` is what the
     /// detector counted (for the detect log line).
     pub async fn retrain_user(&self, user_id: &str, pending: i64) -> anyhow::Result<Outcome> {
         let threshold = self.config.retrain_threshold;
@@ -163,7 +157,8 @@ impl Retrainer {
 
         let started = Instant::now();
         let pending_rows = db::read_pending(&mut tx, user_id, threshold).await?;
-        if (pending_rows.len() as i64) < threshold {
+        let oldest = pending_rows.iter().map(|p| p.enqueued_at).min();
+        if (pending_rows.len() as i64) < threshold && !self.stale(pending_rows.len(), oldest) {
             return Ok(Outcome::NotDue {
                 pending: pending_rows.len() as i64,
             });
@@ -221,101 +216,71 @@ impl Retrainer {
             });
         }
 
-        // Hold out the newest rows to score the new version against the active one.
-        let holdout_rows = match head.active_version {
-            Some(_) if self.config.validation_holdout > 0.0 => {
-                let n = (batch.rows() as f64 * self.config.validation_holdout).round() as usize;
-                n.min(batch.rows() - 1)
-            }
-            _ => 0,
-        };
-        let (batch, holdout) = batch.split_last(holdout_rows);
-        let plan = self.plan(&head);
-        let mut training = batch.clone();
-        if plan == Plan::Compact(Compaction::Refit) {
-            let window = self.config.refit_window - training.rows() as i64;
-            let mut recent = db::recent_actuals(&mut tx, user_id, window.max(0)).await?;
-            recent.reverse();
-            let mut all = features::prepare(&recent, Some(&training.feature_names));
-            all.extend(training);
-            training = all;
-        }
-        let (mode, rounds, action, source) = match plan {
-            Plan::Continue => (
-                TrainMode::Continue,
-                self.config.rounds_per_retrain,
-                "retrain",
-                if head.active_version.is_some() {
-                    "retrain"
-                } else {
-                    "fresh"
-                },
-            ),
-            Plan::Compact(Compaction::Refit) => (
-                TrainMode::Restart,
-                self.config.compaction_rounds,
-                "compaction",
-                "compaction-refit",
-            ),
-            Plan::Compact(Compaction::Update) => {
-                (TrainMode::Refresh, 0, "compaction", "compaction-update")
-            }
-        };
-
-        // The active model: kept loaded from this user's last retrain, or read from the registry.
         let started = Instant::now();
-        let mut stored = None;
-        let loaded = match head.active_version {
-            None => None,
-            Some(version) => match self.models.take(user_id, version, head.active_row) {
-                Some(booster) => Some(booster),
-                None => {
-                    stored = db::active_artifact(&mut tx, user_id, version).await?;
-                    if stored.is_none() {
-                        let reason = format!("the active version {version} has no artifact");
-                        let features_json = json!(batch.feature_names);
-                        return self
-                            .commit_failure(
-                                tx,
-                                &attempt,
-                                reason,
-                                &json!(params),
-                                &features_json,
-                                batch.set_aside.len(),
-                                timings,
-                            )
-                            .await;
-                    }
-                    None
-                }
-            },
+        let policy = &self.config.policy;
+        let inputs = match self.step_inputs(&mut tx, user_id, &head, &batch).await? {
+            Ok(inputs) => inputs,
+            Err(reason) => {
+                let features_json = json!(batch.feature_names);
+                let rejected = batch.set_aside.len();
+                return self
+                    .commit_failure(
+                        tx,
+                        &attempt,
+                        reason,
+                        &json!(params),
+                        &features_json,
+                        rejected,
+                        timings,
+                    )
+                    .await;
+            }
         };
         let fetch_ms = elapsed_ms(started);
 
         let started = Instant::now();
-        let nthread = self.config.xgb_nthread;
-        let metric = self.config.validation_metric;
-        let keep_model = self.config.model_cache_bytes > 0;
-        let (result, training, holdout, params) = {
+        let (result, batch, params) = {
             let span = tracing::Span::current();
+            let (policy, nthread) = (policy.clone(), self.config.xgb_nthread);
+            let keep_model = self.config.model_cache_bytes > 0;
             tokio::task::spawn_blocking(move || {
                 let _entered = span.enter();
                 crate::faults::point("during_train");
-                let result = trainer::train(TrainInput {
-                    previous: match (loaded, stored.as_deref()) {
-                        (Some(booster), _) => Previous::Loaded(booster),
-                        (None, Some(artifact)) => Previous::Artifact(artifact),
-                        (None, None) => Previous::None,
+                let StepData {
+                    active,
+                    rejected,
+                    rejected_artifact,
+                    recent,
+                    live_history,
+                } = inputs;
+                let stored;
+                let active = match active {
+                    None => None,
+                    Some((ActiveModel::Loaded(booster), lineage)) => {
+                        Some((Previous::Loaded(booster), lineage))
+                    }
+                    Some((ActiveModel::Stored(artifact), lineage)) => {
+                        stored = artifact;
+                        Some((Previous::Artifact(&stored), lineage))
+                    }
+                };
+                let result = trainer::run_step(StepInput {
+                    policy: &policy,
+                    active,
+                    rejected: match (&rejected_artifact, rejected) {
+                        (Some(artifact), Some((_, lineage))) => {
+                            Some((artifact.as_slice(), lineage))
+                        }
+                        _ => None,
                     },
-                    mode,
                     params: &params,
-                    rounds,
                     nthread,
-                    batch: &training,
-                    holdout: Some((&holdout, metric)),
+                    batch: &batch,
+                    recent: &recent,
+                    live_history: &live_history,
                     keep_model,
                 });
-                (result, training, holdout, params)
+                (result, batch, params)
             })
             .await
             .context("training thread panicked")?
@@ -325,8 +290,8 @@ impl Retrainer {
         self.metrics.observe_step("train", train_ms);
 
         let params_json = json!(params);
-        let trained = match result {
-            Ok(trained) => trained,
+        let result = match result {
+            Ok(result) => result,
             Err(error) => {
                 let features_json = json!(batch.feature_names);
                 let rejected = batch.set_aside.len();
@@ -343,51 +308,120 @@ impl Retrainer {
                     .await;
             }
         };
-        let validation = trained.scores.map(|s| Validation {
-            candidate: s.candidate,
-            active: s.previous,
-            rows: s.rows,
-            passed: s.candidate <= s.previous * (1.0 + self.config.validation_tolerance) + 1e-9,
-        });
+        let trained = &result.trained;
         info!(
-            step = "train", %retrain_id, user_id, samples_used = training.rows(), processing_time_ms = train_ms,
+            step = "train", %retrain_id, user_id, samples_used = batch.rows(), processing_time_ms = train_ms,
             fetch_ms, load_ms = ms(trained.load), boost_ms = ms(trained.train), save_ms = ms(trained.save),
-            model_cached = trained.load.is_zero(), trees = trained.trees, source, "model trained"
+            model_cached = trained.load.is_zero(), trees = trained.trees, policy_step = result.step.as_str(),
+            rows_trained = result.rows_trained, live_mae = result.live.map(|l| l.mae),
+            reinstated = result.reinstated, "model trained"
         );
+        let reinstated = match result.reinstated {
+            true => head.rejected.map(|r| r.version),
+            false => None,
+        };
         self.commit_version(
             tx,
             &attempt,
             &head,
             Commit {
                 batch: &batch,
-                holdout: &holdout,
-                trained,
+                result,
+                reinstated,
                 params: &params_json,
                 timings,
-                validation,
-                action,
-                source,
             },
         )
         .await
     }
 
-    /// Compaction when the next retrain would pass the tree cap.
-    fn plan(&self, head: &ModelHead) -> Plan {
-        let cap = self.config.max_trees;
-        match head.trees {
-            Some(trees)
-                if cap > 0
-                    && i64::from(trees) + i64::from(self.config.rounds_per_retrain) > cap =>
-            {
-                Plan::Compact(self.config.compaction)
+    /// Reads what the policy step needs besides the batch: the active model (kept in memory or
+    /// stored), a rejected version that may be reinstated, recent trained actuals and recent live
+    /// errors. `Err` holds why the retrain cannot go on (recorded as a failed attempt).
+    async fn step_inputs(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        user_id: &str,
+        head: &ModelHead,
+        batch: &Batch,
+    ) -> anyhow::Result<Result<StepData, String>> {
+        let policy = &self.config.policy;
+        let lineage = |trees: Option<i32>, since_rebuild| Lineage {
+            trees: trees.map(i64::from),
+            since_rebuild,
+        };
+        let active = match head.active_version {
+            None => None,
+            Some(version) => {
+                let lineage = lineage(head.trees, head.since_rebuild);
+                match self.models.take(user_id, version, head.active_row) {
+                    Some(booster) => Some((ActiveModel::Loaded(booster), lineage)),
+                    None => match db::artifact(tx, user_id, version).await? {
+                        Some(artifact) => Some((ActiveModel::Stored(artifact), lineage)),
+                        None => {
+                            return Ok(Err(format!("the active version {version} has no artifact")))
+                        }
+                    },
+                }
             }
-            _ => Plan::Continue,
-        }
+        };
+        let rejected = match (&active, head.rejected) {
+            (Some(_), Some(r)) => Some((r.version, lineage(r.trees, r.since_rebuild))),
+            _ => None,
+        };
+        let rejected_artifact = match rejected {
+            Some((version, _)) => db::artifact(tx, user_id, version).await?,
+            None => None,
+        };
+        // Enough recent rows for whichever base the step starts from.
+        let bases = [active.as_ref().map(|(_, l)| *l), rejected.map(|(_, l)| l)];
+        let wanted = bases
+            .iter()
+            .map(|base| policy.recent_rows(policy.plan(base.unwrap_or_default()), batch.rows()))
+            .max()
+            .unwrap_or(0);
+        let mut rows = match wanted {
+            0 => Vec::new(),
+            n => db::recent_actuals(tx, user_id, n).await?,
+        };
+        rows.reverse();
+        let recent = features::prepare(&rows, Some(&batch.feature_names));
+        let live_history = match (&active, policy.gate.enabled) {
+            (Some(_), true) => db::live_history(tx, user_id, policy.gate.metric.as_str()).await?,
+            _ => Vec::new(),
+        };
+        Ok(Ok(StepData {
+            active,
+            rejected,
+            rejected_artifact,
+            recent,
+            live_history,
+        }))
     }
 
-    /// Stores the version (ready or rejected), consumes the batch, activates a ready version and
-    /// records its side effects, in the retrain's transaction.
+    /// The validation gate's evidence as stored with the version and sent in the event.
+    fn validation_json(&self, result: &StepResult) -> Option<Value> {
+        let gate = &self.config.policy.gate;
+        if !gate.enabled || result.live.is_none() {
+            return None;
+        }
+        let (candidate, active) = match result.window {
+            Some((c, a)) => (Some(c.get(gate.metric)), Some(a.get(gate.metric))),
+            None => (None, None),
+        };
+        Some(json!({
+            "metric": gate.metric.as_str(),
+            "candidate": candidate,
+            "active": active,
+            "window_rows": result.window.map_or(0, |(c, _)| c.rows),
+            "tolerance": gate.tolerance,
+            "live_ratio": gate.live_ratio,
+            "typical_live": result.typical_live,
+        }))
+    }
+
+    /// Stores the version (ready or rejected), consumes the batch, activates a ready version (or
+    /// a reinstated one) and records the side effects, in the retrain's transaction.
     async fn commit_version(
         &self,
         mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
@@ -396,41 +430,44 @@ impl Retrainer {
         c: Commit<'_>,
     ) -> anyhow::Result<Outcome> {
         let (user_id, version) = (attempt.user_id, attempt.version);
-        let rejected = c.validation.as_ref().is_some_and(|v| !v.passed);
-        let validation_json = c.validation.as_ref().map(|v| {
-            json!({
-                "metric": self.config.validation_metric.as_str(),
-                "candidate": v.candidate,
-                "active": v.active,
-                "holdout_rows": v.rows,
-                "tolerance": self.config.validation_tolerance,
-            })
-        });
-        let reason = c.validation.as_ref().filter(|_| rejected).map(|v| {
-            format!(
-                "validation {} {:.4} on {} held-out actuals is worse than the active version's {:.4} by more than {}%",
-                self.config.validation_metric.as_str(), v.candidate, v.rows, v.active,
-                self.config.validation_tolerance * 100.0
-            )
-        });
+        let result = c.result;
+        let gate = &self.config.policy.gate;
+        let rejected = !result.verdict.accepted();
+        let validation_json = self.validation_json(&result);
+        let reason = result.verdict.reason(gate);
+        let base_version = c.reinstated.or(head.active_version);
         let active_after = if rejected {
-            head.active_version
+            base_version
         } else {
             Some(version)
         };
+        let live_json = result.live.map(|l| {
+            json!({"mae": l.mae, "rmse": l.rmse, "rows": l.rows, "version": head.active_version})
+        });
+        let policy_json = json!({
+            "step": result.step.as_str(),
+            "rounds": result.rounds,
+            "eta": (result.step == Step::Continue && self.config.policy.continue_eta > 0.0)
+                .then_some(self.config.policy.continue_eta),
+            "rows_trained": result.rows_trained,
+            "since_rebuild": result.since_rebuild,
+            "reinstated": c.reinstated,
+        });
         let event = RetrainEvent {
             event_id: attempt.event_id,
             user_id: user_id.to_owned(),
             status: if rejected { "rejected" } else { "success" }.into(),
-            action: c.action.into(),
+            action: result.step.action().into(),
             model_version: Some(version),
             previous_version: head.active_version,
             active_version: active_after,
             rows_used: c.batch.rows() as i64,
             rows_rejected: c.batch.set_aside.len() as i64,
-            trees: Some(c.trained.trees),
+            trees: Some(result.trained.trees),
             timings_ms: c.timings.clone(),
             validation: validation_json.clone(),
+            live: live_json.clone(),
+            policy: Some(policy_json.clone()),
             reason: reason.clone(),
             retrain_id: attempt.retrain_id,
             data_until: attempt.data_until,
@@ -438,37 +475,48 @@ impl Retrainer {
         };
         let invalidate = json!({"retrain_id": attempt.retrain_id});
         let announce = json!(event);
-        let side_effects: &[(OutboxKind, &Value)] = if rejected {
-            // Serving keeps its model: only the event.
-            &[(OutboxKind::Announce, &announce)]
-        } else {
+        let serving_changes = active_after != head.active_version;
+        let side_effects: &[(OutboxKind, &Value)] = if serving_changes {
             &[
                 (OutboxKind::Invalidate, &invalidate),
                 (OutboxKind::Announce, &announce),
             ]
+        } else {
+            // Serving keeps its model: only the event.
+            &[(OutboxKind::Announce, &announce)]
         };
         let started = Instant::now();
+        if let Some(reinstated) = c.reinstated {
+            db::reinstate(&mut tx, user_id, reinstated, version).await?;
+            if rejected {
+                db::activate(&mut tx, user_id, reinstated).await?;
+            }
+        }
         let committed = db::commit_retrain(
             &mut tx,
             &NewVersion {
                 user_id,
                 version,
                 status: if rejected { "rejected" } else { "ready" },
-                parent_version: head.active_version,
-                artifact: Some(&c.trained.artifact),
+                parent_version: base_version,
+                artifact: Some(&result.trained.artifact),
                 rows_used: c.batch.rows() as i32,
                 rows_set_aside: c.batch.set_aside.len() as i32,
-                trees: Some(c.trained.trees),
-                boosted_rounds: Some(c.trained.boosted_rounds),
+                trees: Some(result.trained.trees),
+                boosted_rounds: Some(result.trained.boosted_rounds),
                 params: c.params,
                 features: &json!(c.batch.feature_names),
                 timings_ms: &Value::Object(c.timings),
-                metrics: &json!({ "validation": validation_json }),
+                metrics: &json!({
+                    "validation": validation_json,
+                    "live": live_json,
+                    "policy": policy_json,
+                }),
                 error: reason.as_deref(),
-                source: c.source,
+                source: result.step.source(),
                 retrain_id: attempt.retrain_id,
             },
-            &Consumed::new(&c.batch.used, &c.holdout.used, &c.batch.set_aside),
+            &Consumed::new(&c.batch.used, &[], &c.batch.set_aside),
             !rejected,
             attempt.event_id,
             side_effects,
@@ -477,10 +525,14 @@ impl Retrainer {
         tx.commit().await?;
         crate::faults::point("after_commit");
         let commit_ms = elapsed_ms(started);
-        match c.trained.booster {
+        if let Some(live) = result.live {
+            self.metrics
+                .observe_live(live.mae, mean_abs(&c.batch.labels));
+        }
+        match result.trained.booster {
             // A rejected retrain changed the active model in memory: nothing to keep.
             Some(booster) if !rejected => {
-                let bytes = c.trained.artifact.len();
+                let bytes = result.trained.artifact.len();
                 self.models
                     .put(user_id, version, committed.version_row, booster, bytes);
             }
@@ -492,8 +544,8 @@ impl Retrainer {
         info!(
             step = "commit", retrain_id = %attempt.retrain_id, user_id, model_version = version, status,
             previous_version = head.active_version, active_version = active_after, rows_used = c.batch.rows(),
-            rows_held_out = c.holdout.rows(), rows_set_aside = c.batch.set_aside.len(), duration_ms = commit_ms,
-            "version committed"
+            rows_set_aside = c.batch.set_aside.len(), reinstated_version = c.reinstated,
+            duration_ms = commit_ms, "version committed"
         );
         if let Some(reason) = &reason {
             warn!(retrain_id = %attempt.retrain_id, user_id, model_version = version, reason = %reason, "version rejected by the validation gate; serving unchanged");
@@ -567,6 +619,8 @@ impl Retrainer {
             trees: None,
             timings_ms: timings,
             validation: None,
+            live: None,
+            policy: None,
             reason: Some(reason.clone()),
             retrain_id: attempt.retrain_id,
             data_until: attempt.data_until,
@@ -613,14 +667,33 @@ struct Attempt<'a> {
 struct Commit<'a> {
     /// The pending rows trained on (and the ones set aside).
     batch: &'a Batch,
-    /// The pending rows held out for validation.
-    holdout: &'a Batch,
-    trained: Trained,
+    result: StepResult,
+    /// The rejected version the step reinstated as its base.
+    reinstated: Option<i32>,
     params: &'a Value,
     timings: Map<String, Value>,
-    validation: Option<Validation>,
-    action: &'a str,
-    source: &'a str,
+}
+
+/// The active model as the step receives it.
+enum ActiveModel {
+    /// Kept loaded from this user's last retrain.
+    Loaded(Booster),
+    /// Read from the registry.
+    Stored(Vec<u8>),
+}
+
+/// What [`Retrainer::step_inputs`] read.
+struct StepData {
+    active: Option<(ActiveModel, Lineage)>,
+    rejected: Option<(i32, Lineage)>,
+    rejected_artifact: Option<Vec<u8>>,
+    recent: Batch,
+    live_history: Vec<f64>,
+}
+
+/// Mean |actual| of a batch (the scale live errors are compared against across users).
+fn mean_abs(labels: &[f32]) -> f64 {
+    labels.iter().map(|y| f64::from(y.abs())).sum::<f64>() / labels.len().max(1) as f64
 }
 
 fn ms(d: Duration) -> f64 {

@@ -115,7 +115,10 @@ impl Service {
     pub async fn run(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
         info!(
             threshold = self.config.retrain_threshold,
-            rounds = self.config.rounds_per_retrain,
+            rounds = self.config.policy.rounds,
+            rebuild_every = self.config.policy.rebuild_every,
+            gate = self.config.policy.gate.enabled,
+            max_staleness_secs = self.config.max_staleness.map(|d| d.as_secs()),
             max_concurrent = self.config.max_concurrent_retrains,
             topic = %self.config.topic,
             database = %self.config.database_url,
@@ -220,7 +223,12 @@ impl Service {
             if scan {
                 last_scan = Some(Instant::now());
                 let started = Instant::now();
-                match db::due_users(&self.pool, self.config.retrain_threshold, None).await {
+                let staleness = self.config.max_staleness.map(|after| db::Staleness {
+                    after,
+                    min_rows: self.config.stale_min_rows,
+                });
+                let due = db::due_users(&self.pool, self.config.retrain_threshold, staleness);
+                match due.await {
                     Ok(due) => {
                         self.metrics.observe_step("detect", elapsed_ms(started));
                         pending.scanned(due);
@@ -374,7 +382,8 @@ impl Pending {
         }
     }
 
-    /// The full scan's due users (backing-off users excluded by the query).
+    /// The full scan's due users (backing-off users excluded by the query); stale users are
+    /// due whatever their count.
     pub fn scanned(&mut self, due: Vec<db::DueUser>) {
         for user in due {
             self.backing_off.remove(&user.user_id);
@@ -382,7 +391,10 @@ impl Pending {
                 *notified = true;
             } else {
                 self.known.insert(user.user_id.clone(), user.pending);
-                self.due_if(user.user_id, user.pending);
+                match user.stale {
+                    true => self.queue_once(user.user_id),
+                    false => self.due_if(user.user_id, user.pending),
+                }
             }
         }
     }
@@ -417,11 +429,21 @@ impl Pending {
         self.queued.remove(&user_id);
         let pending = self.known.remove(&user_id).unwrap_or(self.threshold);
         self.in_flight.insert(user_id.clone(), false);
-        Some(db::DueUser { user_id, pending })
+        Some(db::DueUser {
+            stale: pending < self.threshold,
+            user_id,
+            pending,
+        })
     }
 
     fn due_if(&mut self, user_id: String, pending: i64) {
-        if pending >= self.threshold && self.queued.insert(user_id.clone()) {
+        if pending >= self.threshold {
+            self.queue_once(user_id);
+        }
+    }
+
+    fn queue_once(&mut self, user_id: String) {
+        if self.queued.insert(user_id.clone()) {
             self.queue.push_back(user_id);
         }
     }
@@ -632,6 +654,7 @@ mod tests {
         p.scanned(vec![db::DueUser {
             user_id: "a".into(),
             pending: 60,
+            stale: false,
         }]);
         p.start_next().unwrap();
         p.arrived("a".into(), Some(45));
@@ -646,6 +669,7 @@ mod tests {
         p.scanned(vec![db::DueUser {
             user_id: "b".into(),
             pending: 50,
+            stale: false,
         }]);
         p.start_next().unwrap();
         p.finished("b".into(), Finished::Remaining(0));
@@ -654,6 +678,30 @@ mod tests {
             p.start_next().map(|u| u.pending),
             Some(50),
             "the worker's count is the base"
+        );
+    }
+
+    #[test]
+    fn a_stale_user_found_by_the_scan_is_due_below_the_threshold() {
+        let mut p = Pending::new(50);
+        p.scanned(vec![db::DueUser {
+            user_id: "quiet".into(),
+            pending: 3,
+            stale: true,
+        }]);
+        let due = p.start_next().expect("stale: due");
+        assert_eq!(
+            (due.user_id.as_str(), due.pending, due.stale),
+            ("quiet", 3, true)
+        );
+        p.scanned(vec![db::DueUser {
+            user_id: "few".into(),
+            pending: 3,
+            stale: false,
+        }]);
+        assert!(
+            p.start_next().is_none(),
+            "not stale and below the threshold"
         );
     }
 
@@ -667,6 +715,7 @@ mod tests {
         p.scanned(vec![db::DueUser {
             user_id: "a".into(),
             pending: 90,
+            stale: false,
         }]);
         assert_eq!(p.start_next().map(|u| u.user_id), Some("a".into()));
         p.finished("a".into(), Finished::BackingOff);

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::ValidationMetric;
 use crate::features::Batch;
+use crate::policy::{self, Errors, Evidence, Lineage, Policy, Step, Verdict};
 use crate::xgboost::{Booster, Matrix, XgbError};
 
 /// How a model is produced.
@@ -102,21 +103,14 @@ pub enum TrainError {
 /// model on the holdout when one is given.
 pub fn train(input: TrainInput<'_>) -> Result<Trained, TrainError> {
     let batch = input.batch;
-    let mut dtrain = Matrix::dense(&batch.values, batch.rows(), &batch.feature_names)?;
-    dtrain.set_labels(&batch.labels)?;
+    let dtrain = labelled(batch)?;
     let holdout = match input.holdout {
-        Some((rows, metric)) if rows.rows() > 0 => Some((
-            Matrix::dense(&rows.values, rows.rows(), &rows.feature_names)?,
-            rows,
-            metric,
-        )),
+        Some((rows, metric)) if rows.rows() > 0 => Some((labelled(rows)?, rows, metric)),
         _ => None,
     };
     let score = |booster: &Booster| -> Result<Option<f64>, TrainError> {
         match &holdout {
-            Some((data, rows, metric)) => {
-                Ok(Some(error_of(&booster.predict(data)?, rows, *metric)))
-            }
+            Some((data, rows, metric)) => Ok(Some(errors_on(booster, data, rows)?.get(*metric))),
             None => Ok(None),
         }
     };
@@ -124,15 +118,9 @@ pub fn train(input: TrainInput<'_>) -> Result<Trained, TrainError> {
     let started = Instant::now();
     let previous = match input.previous {
         Previous::None => None,
-        Previous::Artifact(artifact) => {
-            Some(Booster::load(artifact, &[&dtrain]).map_err(TrainError::CorruptArtifact)?)
-        }
-        Previous::Loaded(booster) => Some(booster),
+        previous => Some(load(previous, &dtrain, batch)?),
     };
-    if let Some(booster) = &previous {
-        check_features(booster, &batch.feature_names)?;
-    }
-    let load = started.elapsed();
+    let load_time = started.elapsed();
     let previous_score = match &previous {
         Some(booster) => score(booster)?,
         None => None,
@@ -141,39 +129,21 @@ pub fn train(input: TrainInput<'_>) -> Result<Trained, TrainError> {
         (Some(booster), TrainMode::Continue | TrainMode::Refresh) => booster,
         (_, _) => Booster::new(&[&dtrain])?,
     };
-    booster.set_feature_names(&batch.feature_names)?;
-    booster.set_param("validate_parameters", "1")?;
-    for (name, value) in input.params {
-        booster.set_param(name, value)?;
-    }
-    booster.set_param("nthread", &input.nthread.to_string())?;
+    configure(
+        &mut booster,
+        input.params,
+        input.nthread,
+        &batch.feature_names,
+    )?;
 
     let started = Instant::now();
     match input.mode {
         TrainMode::Continue | TrainMode::Restart => {
-            let first = booster.boosted_rounds()?;
-            for iteration in first..first + input.rounds {
-                booster.update(iteration, &dtrain)?;
-            }
+            continue_rounds(&mut booster, &dtrain, input.rounds, 0.0)?
         }
-        TrainMode::Refresh => {
-            let rounds = booster.boosted_rounds()?;
-            booster.set_param("process_type", "update")?;
-            booster.set_param("updater", "refresh")?;
-            booster.set_param("refresh_leaf", "1")?;
-            for iteration in 0..rounds {
-                booster.update(iteration, &dtrain)?;
-            }
-            // Later retrains grow trees again.
-            booster.set_param("process_type", "default")?;
-        }
+        TrainMode::Refresh => refresh(&mut booster, &dtrain)?,
     }
-    let train = started.elapsed();
-
-    let started = Instant::now();
-    let artifact = booster.save_ubjson()?;
-    let save = started.elapsed();
-
+    let train_time = started.elapsed();
     let scores = match (score(&booster)?, previous_score, &holdout) {
         (Some(candidate), Some(previous), Some((_, rows, _))) => Some(Scores {
             candidate,
@@ -182,18 +152,280 @@ pub fn train(input: TrainInput<'_>) -> Result<Trained, TrainError> {
         }),
         _ => None,
     };
+    let keep = input.keep_model && input.mode != TrainMode::Refresh;
+    let mut trained = finish(booster, keep, load_time, train_time)?;
+    trained.scores = scores;
+    Ok(trained)
+}
+
+/// What one policy step needs (see [`crate::policy`]).
+pub struct StepInput<'a> {
+    pub policy: &'a Policy,
+    /// The active (serving) version and where it stands; `None` for a user without a model.
+    pub active: Option<(Previous<'a>, Lineage)>,
+    /// A rejected version made from the active one: it becomes the base when it predicts the
+    /// batch better than the active version.
+    pub rejected: Option<(&'a [u8], Lineage)>,
+    /// Training parameters, stored with the version and re-applied after loading.
+    pub params: &'a BTreeMap<String, String>,
+    /// XGBoost threads (not stored with the model).
+    pub nthread: u32,
+    /// The pending rows, in the model's feature order.
+    pub batch: &'a Batch,
+    /// Actuals that serving versions trained on, oldest first (the gate's and a rebuild's window).
+    pub recent: &'a Batch,
+    /// Live MAEs of the user's recent versions, newest first.
+    pub live_history: &'a [f64],
+    /// Return a copy of the new model to keep in memory ([`Trained::booster`]).
+    pub keep_model: bool,
+}
+
+/// What one policy step made.
+pub struct StepResult {
+    pub trained: Trained,
+    /// The step that made `trained` (a rejected candidate is always a continue or a refresh).
+    pub step: Step,
+    /// Accepted continue steps since the new version's last rebuild.
+    pub since_rebuild: u32,
+    /// The active version's error on the batch, before training on it.
+    pub live: Option<Errors>,
+    /// The rejected version became the base.
+    pub reinstated: bool,
+    pub verdict: Verdict,
+    /// The candidate's and the base's errors on the gate's window.
+    pub window: Option<(Errors, Errors)>,
+    /// The median of the user's recent live errors (the gate's scale).
+    pub typical_live: Option<f64>,
+    /// Rows the new version was trained on in this step.
+    pub rows_trained: usize,
+    pub rounds: i32,
+}
+
+/// Runs one step of the retraining policy: picks the base model (reinstating a rejected
+/// version that predicts the batch better), continues it on the batch, lets the gate judge the
+/// candidate, and, when the policy says so and the gate agrees, rebuilds from the window instead.
+pub fn run_step(input: StepInput<'_>) -> Result<StepResult, TrainError> {
+    let StepInput {
+        policy,
+        active,
+        rejected,
+        params,
+        nthread,
+        batch,
+        recent,
+        live_history,
+        keep_model,
+    } = input;
+    let data = labelled(batch)?;
+    let started = Instant::now();
+    let mut base = match active {
+        None => None,
+        Some((previous, lineage)) => Some((load(previous, &data, batch)?, lineage)),
+    };
+    let live = match &base {
+        Some((booster, _)) => Some(errors_on(booster, &data, batch)?),
+        None => None,
+    };
+    let (mut base_live, mut reinstated) = (live, false);
+    if let (Some(active_live), Some((artifact, lineage))) = (live, rejected) {
+        let rejected = load(Previous::Artifact(artifact), &data, batch)?;
+        let on_batch = errors_on(&rejected, &data, batch)?;
+        if policy::reinstate(on_batch, active_live) {
+            base = Some((rejected, lineage));
+            (base_live, reinstated) = (Some(on_batch), true);
+        }
+    }
+    let load_time = started.elapsed();
+
+    let lineage = base.as_ref().map(|(_, l)| *l).unwrap_or_default();
+    let planned = policy.plan(lineage);
+    let (Some((mut booster, _)), Some(base_live)) = (base, base_live) else {
+        let started = Instant::now();
+        let (booster, rows) = rebuild(recent, batch, policy, params, nthread)?;
+        let train_time = started.elapsed();
+        return Ok(StepResult {
+            trained: finish(booster, keep_model, load_time, train_time)?,
+            step: Step::Fresh,
+            since_rebuild: 0,
+            live: None,
+            reinstated: false,
+            verdict: Verdict::Accept,
+            window: None,
+            typical_live: None,
+            rows_trained: rows,
+            rounds: policy.rebuild_rounds,
+        });
+    };
+
+    // The gate scores the base and the candidate on the newest actuals already trained on.
+    let gate_rows = match policy.gate.enabled {
+        true => recent.newest(policy.gate.window as usize),
+        false => Batch::default(),
+    };
+    let gate_data = match gate_rows.rows() {
+        0 => None,
+        _ => Some(labelled(&gate_rows)?),
+    };
+    let base_window = match &gate_data {
+        Some(d) => Some(errors_on(&booster, d, &gate_rows)?),
+        None => None,
+    };
+    configure(&mut booster, params, nthread, &batch.feature_names)?;
+    let started = Instant::now();
+    let (mut step, mut rounds) = match planned {
+        Step::Refresh => {
+            refresh(&mut booster, &data)?;
+            (Step::Refresh, 0)
+        }
+        _ => {
+            continue_rounds(&mut booster, &data, policy.rounds, policy.continue_eta)?;
+            (Step::Continue, policy.rounds)
+        }
+    };
+    let window = match (&gate_data, base_window) {
+        (Some(d), Some(base)) => Some((errors_on(&booster, d, &gate_rows)?, base)),
+        _ => None,
+    };
+    let verdict = policy.gate.judge(&Evidence {
+        live: base_live,
+        live_history: live_history.to_vec(),
+        window,
+    });
+    let mut rows_trained = batch.rows();
+    if verdict.accepted() && matches!(planned, Step::Rebuild { .. }) {
+        (booster, rows_trained) = rebuild(recent, batch, policy, params, nthread)?;
+        (step, rounds) = (planned, policy.rebuild_rounds);
+    }
+    let train_time = started.elapsed();
+    let keep = keep_model && step != Step::Refresh;
+    Ok(StepResult {
+        trained: finish(booster, keep, load_time, train_time)?,
+        step,
+        since_rebuild: Policy::since_rebuild(step, lineage),
+        live,
+        reinstated,
+        verdict,
+        window,
+        typical_live: policy::typical_live(live_history),
+        rows_trained,
+        rounds,
+    })
+}
+
+/// A matrix of the batch's rows with its labels.
+fn labelled(batch: &Batch) -> Result<Matrix, TrainError> {
+    let mut data = Matrix::dense(&batch.values, batch.rows(), &batch.feature_names)?;
+    data.set_labels(&batch.labels)?;
+    Ok(data)
+}
+
+/// Loads a stored model (or takes the one kept in memory) and checks its features.
+fn load(previous: Previous<'_>, data: &Matrix, batch: &Batch) -> Result<Booster, TrainError> {
+    let booster = match previous {
+        Previous::None => Booster::new(&[data])?,
+        Previous::Artifact(artifact) => {
+            Booster::load(artifact, &[data]).map_err(TrainError::CorruptArtifact)?
+        }
+        Previous::Loaded(booster) => booster,
+    };
+    check_features(&booster, &batch.feature_names)?;
+    Ok(booster)
+}
+
+fn errors_on(booster: &Booster, data: &Matrix, batch: &Batch) -> Result<Errors, TrainError> {
+    Ok(Errors::of(&booster.predict(data)?, &batch.labels))
+}
+
+/// Applies the version's parameters (they are not all kept in a saved model) and the threads.
+fn configure(
+    booster: &mut Booster,
+    params: &BTreeMap<String, String>,
+    nthread: u32,
+    features: &[String],
+) -> Result<(), TrainError> {
+    booster.set_feature_names(features)?;
+    booster.set_param("validate_parameters", "1")?;
+    for (name, value) in params {
+        booster.set_param(name, value)?;
+    }
+    booster.set_param("nthread", &nthread.to_string())?;
+    Ok(())
+}
+
+/// Adds `rounds` rounds, at learning rate `eta` when it is positive.
+fn continue_rounds(
+    booster: &mut Booster,
+    data: &Matrix,
+    rounds: i32,
+    eta: f64,
+) -> Result<(), TrainError> {
+    if eta > 0.0 {
+        booster.set_param("eta", &eta.to_string())?;
+    }
+    let first = booster.boosted_rounds()?;
+    for iteration in first..first + rounds {
+        booster.update(iteration, data)?;
+    }
+    Ok(())
+}
+
+/// Re-fits the leaves of every tree on the batch; the tree count stays the same.
+fn refresh(booster: &mut Booster, data: &Matrix) -> Result<(), TrainError> {
+    let rounds = booster.boosted_rounds()?;
+    booster.set_param("process_type", "update")?;
+    booster.set_param("updater", "refresh")?;
+    booster.set_param("refresh_leaf", "1")?;
+    for iteration in 0..rounds {
+        booster.update(iteration, data)?;
+    }
+    // Later retrains grow trees again.
+    booster.set_param("process_type", "default")?;
+    Ok(())
+}
+
+/// A fresh model of the policy's rebuild rounds on the newest window of recent actuals plus the
+/// batch; returns it with the number of rows it was trained on.
+fn rebuild(
+    recent: &Batch,
+    batch: &Batch,
+    policy: &Policy,
+    params: &BTreeMap<String, String>,
+    nthread: u32,
+) -> Result<(Booster, usize), TrainError> {
+    let keep = (policy.window as usize).saturating_sub(batch.rows());
+    let mut rows = recent.newest(keep);
+    rows.extend(batch.clone());
+    let data = labelled(&rows)?;
+    let mut booster = Booster::new(&[&data])?;
+    configure(&mut booster, params, nthread, &rows.feature_names)?;
+    for iteration in 0..policy.rebuild_rounds {
+        booster.update(iteration, &data)?;
+    }
+    Ok((booster, rows.rows()))
+}
+
+/// Serialises the new model and describes it.
+fn finish(
+    booster: Booster,
+    keep_model: bool,
+    load: Duration,
+    train: Duration,
+) -> Result<Trained, TrainError> {
+    let started = Instant::now();
+    let artifact = booster.save_ubjson()?;
+    let save = started.elapsed();
     Ok(Trained {
         artifact,
         trees: booster.trees()?,
         boosted_rounds: booster.boosted_rounds()?,
-        booster: match input.keep_model && input.mode != TrainMode::Refresh {
+        booster: match keep_model {
             true => Some(booster.model_copy()?),
             false => None,
         },
         load,
         train,
         save,
-        scores,
+        scores: None,
     })
 }
 
@@ -216,19 +448,6 @@ fn check_features(booster: &Booster, recorded: &[String]) -> Result<(), TrainErr
     })
 }
 
-/// Root mean squared error or mean absolute error of predictions against the batch's labels.
-fn error_of(predictions: &[f32], batch: &Batch, metric: ValidationMetric) -> f64 {
-    let n = predictions.len().max(1) as f64;
-    let errors = predictions
-        .iter()
-        .zip(&batch.labels)
-        .map(|(p, y)| (*p as f64) - (*y as f64));
-    match metric {
-        ValidationMetric::Rmse => (errors.map(|e| e * e).sum::<f64>() / n).sqrt(),
-        ValidationMetric::Mae => errors.map(f64::abs).sum::<f64>() / n,
-    }
-}
-
 /// Predicts with a stored model; rows are laid out in `batch.feature_names` order.
 pub fn predict(artifact: &[u8], batch: &Batch) -> Result<Vec<f32>, TrainError> {
     let data = Matrix::dense(&batch.values, batch.rows(), &batch.feature_names)?;
@@ -238,7 +457,7 @@ pub fn predict(artifact: &[u8], batch: &Batch) -> Result<Vec<f32>, TrainError> {
 
 /// Root mean squared error or mean absolute error of `artifact` on `batch` (lower is better).
 pub fn score(artifact: &[u8], batch: &Batch, metric: ValidationMetric) -> Result<f64, TrainError> {
-    Ok(error_of(&predict(artifact, batch)?, batch, metric))
+    Ok(Errors::of(&predict(artifact, batch)?, &batch.labels).get(metric))
 }
 
 /// What a model file holds.

@@ -314,7 +314,7 @@ async fn a_rejected_version_leaves_serving_untouched() {
     let env = TestEnv::new().await;
     let service = env
         .service(&[
-            ("REFIT_VALIDATION_HOLDOUT", "0.2"),
+            ("REFIT_VALIDATION", "on"),
             ("REFIT_VALIDATION_TOLERANCE", "0"),
         ])
         .await;
@@ -335,7 +335,8 @@ async fn a_rejected_version_leaves_serving_untouched() {
     );
     assert_eq!(before["cache"], "miss");
 
-    // 40 corrupted labels, then 10 normal ones: the newest 10 are held out and expose the harm.
+    // 40 corrupted labels, then 10 normal ones: the candidate continued on them scores worse
+    // than the active version on the actuals it was trained on.
     let mut ids = Vec::new();
     for i in 0..50 {
         let actual = if i < 40 {
@@ -371,10 +372,7 @@ async fn a_rejected_version_leaves_serving_untouched() {
     // The rows are consumed and attributed to the rejected version: not lost, not retried.
     let outcomes: Vec<(String, i64)> = sqlx::query_as("SELECT outcome, count(*) FROM refit_consumed_actuals WHERE version = 2 GROUP BY outcome ORDER BY outcome")
         .fetch_all(&env.pool).await.unwrap();
-    assert_eq!(
-        outcomes,
-        [("held_out".to_owned(), 10), ("trained".to_owned(), 40)]
-    );
+    assert_eq!(outcomes, [("trained".to_owned(), 50)]);
     assert_eq!(env.pending("quinn").await, 0);
     let status: String = sqlx::query_scalar(
         "SELECT status FROM refit_model_versions WHERE user_id = 'quinn' AND version = 2",
@@ -396,7 +394,16 @@ async fn a_rejected_version_leaves_serving_untouched() {
     );
     let validation = rejected.validation.as_ref().unwrap();
     assert!(validation["candidate"].as_f64().unwrap() > validation["active"].as_f64().unwrap());
-    assert_eq!(validation["holdout_rows"], 10);
+    assert_eq!(validation["window_rows"], 50, "v1's actuals");
+    let live = rejected.live.as_ref().unwrap();
+    assert_eq!(
+        (live["version"].as_i64(), live["rows"].as_i64()),
+        (Some(1), Some(50))
+    );
+    assert!(
+        live["mae"].as_f64().unwrap() > 500.0,
+        "v1 scored on the corrupted labels: {live}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -534,8 +541,8 @@ async fn the_tree_count_never_passes_the_cap_refit_compaction() {
     assert!(trees.iter().all(|t| *t <= 30), "{trees:?}");
     assert_eq!(
         &trees[..4],
-        &[10, 20, 30, 15],
-        "continued up to the cap, then compacted"
+        &[15, 25, 15, 25],
+        "a first model of 15 rounds, continued up to the cap, then rebuilt"
     );
     assert!(
         history.iter().filter(|h| h.1 == "compaction-refit").count() >= 3,
@@ -551,6 +558,7 @@ async fn the_tree_count_never_passes_the_cap_update_compaction() {
         &[
             ("REFIT_MAX_TREES", "30"),
             ("REFIT_ROUNDS_PER_RETRAIN", "10"),
+            ("REFIT_COMPACTION_ROUNDS", "10"),
             ("REFIT_COMPACTION", "update"),
         ],
         8,

@@ -2,9 +2,11 @@
 //! (`make services` starts them). All compile into this one binary.
 
 mod bad_input;
+mod bike;
 mod lifecycle;
 mod observability;
 mod pipeline;
+mod policy;
 mod processes;
 mod prometheus;
 mod python_oracle;

@@ -19,6 +19,9 @@ async fn continued_model_matches_python_xgboost_continuing_the_same_version() {
     let service = env
         .service(&[
             ("REFIT_ROUNDS_PER_RETRAIN", "7"),
+            ("REFIT_COMPACTION_ROUNDS", "7"),
+            // Continue steps at their own learning rate, as the default policy does.
+            ("REFIT_CONTINUE_ETA", "0.05"),
             ("REFIT_XGB_PARAMS", r#"{"max_depth": 4, "eta": 0.2}"#),
         ])
         .await;
@@ -54,12 +57,18 @@ async fn continued_model_matches_python_xgboost_continuing_the_same_version() {
     .await
     .unwrap();
     assert_eq!(rows.len(), 50);
-    let (params, features): (Value, Value) = sqlx::query_as(
+    let (mut params, features): (Value, Value) = sqlx::query_as(
         "SELECT params, features FROM refit_model_versions WHERE user_id = 'ivy' AND version = 2",
     )
     .fetch_one(&env.pool)
     .await
     .unwrap();
+    // Python continues with the stored parameters and the continue step's learning rate.
+    assert_eq!(
+        params["eta"], "0.2",
+        "the version stores the model's own parameters"
+    );
+    params["eta"] = json!("0.05");
     let probe: Vec<Value> = (0..24)
         .map(|h| json!({"hour": h as f64, "weekday": 2.0, "humidity": 60.0, "temperature": 15.0}))
         .collect();

@@ -78,10 +78,15 @@ impl TestEnv {
             ("REFIT_CACHE_KEY_PREFIX", self.key_prefix.clone()),
             ("REFIT_POLL_INTERVAL_MS", "100".into()),
             ("REFIT_ROUNDS_PER_RETRAIN", "5".into()),
+            // Small, predictable models: a first model of 5 rounds, no scheduled rebuilds, the
+            // model's own learning rate. The policy has its own tests (lifecycle.rs, policy.rs).
+            ("REFIT_COMPACTION_ROUNDS", "5".into()),
+            ("REFIT_REBUILD_EVERY", "0".into()),
+            ("REFIT_CONTINUE_ETA", "0".into()),
             ("REFIT_HTTP_ADDR", "127.0.0.1:0".into()),
             ("REFIT_ENVIRONMENT", "test".into()),
             // The validation gate has its own tests (lifecycle.rs); elsewhere every row trains.
-            ("REFIT_VALIDATION_HOLDOUT", "0".into()),
+            ("REFIT_VALIDATION", "off".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

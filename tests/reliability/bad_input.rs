@@ -16,7 +16,7 @@ const WAIT: Duration = Duration::from_secs(40);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_kind_of_bad_row_is_set_aside_with_its_reason_and_the_rest_trains() {
     let env = TestEnv::new().await;
-    let running = env.start(&[("REFIT_VALIDATION_HOLDOUT", "0")]).await;
+    let running = env.start(&[("REFIT_VALIDATION", "off")]).await;
     let user = "mallory";
     // Version 1 fixes the model's features: hour, humidity, temperature, weekday.
     env.insert_actuals(user, 50).await;
@@ -176,7 +176,7 @@ async fn odd_user_ids_are_safe_redis_and_kafka_keys() {
     for b in bystanders {
         env.cache_model(b).await;
     }
-    let running = env.start(&[("REFIT_VALIDATION_HOLDOUT", "0")]).await;
+    let running = env.start(&[("REFIT_VALIDATION", "off")]).await;
     for id in &ids {
         env.insert_actuals(id, 50).await;
     }
@@ -227,7 +227,7 @@ async fn train_donor(
 /// active, rows stay pending, cache untouched), the control user trains.
 async fn foreign_artifact_fails_only_that_user(artifact: Vec<u8>, reason_has: &str, test: &str) {
     let env = TestEnv::new().await;
-    let service = env.service(&[("REFIT_VALIDATION_HOLDOUT", "0")]).await;
+    let service = env.service(&[("REFIT_VALIDATION", "off")]).await;
     let victim = "victim";
     env.insert_actuals(victim, 50).await;
     service.retrainer.retrain_user(victim, 50).await.unwrap();
@@ -259,7 +259,7 @@ async fn foreign_artifact_fails_only_that_user(artifact: Vec<u8>, reason_has: &s
         .execute(&env.pool)
         .await
         .unwrap();
-    let running = env.start(&[("REFIT_VALIDATION_HOLDOUT", "0")]).await;
+    let running = env.start(&[("REFIT_VALIDATION", "off")]).await;
     // Version 1's own invalidation first; then serving caches version 1.
     env.outbox_drained(WAIT).await;
     env.cache_model(victim).await;

@@ -40,8 +40,7 @@ async fn postgres_restarted_mid_stream_refit_reconnects_and_loses_nothing() {
     env.service(&[]).await;
     let pg = FaultProxy::new(5432);
     let url = database_url_via(&env, pg.port);
-    let mut refit =
-        Refit::spawn(&env.vars(&[("DATABASE_URL", &url), ("REFIT_VALIDATION_HOLDOUT", "0")]));
+    let mut refit = Refit::spawn(&env.vars(&[("DATABASE_URL", &url), ("REFIT_VALIDATION", "off")]));
     refit.wait_for_line("refit starting", WAIT).await;
     let connections_before = pg.accepted();
 
@@ -80,7 +79,7 @@ async fn redis_down_for_a_while_retrains_continue_and_invalidations_happen_when_
     let mut refit = Refit::spawn(&env.vars(&[
         ("REDIS_URL", &format!("redis://127.0.0.1:{}", redis.port)),
         ("REFIT_OUTBOX_RETRY_MAX_MS", "1000"),
-        ("REFIT_VALIDATION_HOLDOUT", "0"),
+        ("REFIT_VALIDATION", "off"),
     ]));
     refit.wait_for_line("refit starting", WAIT).await;
     let users = users("redis", 3);
@@ -153,7 +152,7 @@ async fn kafka_unreachable_for_a_while_events_arrive_when_it_returns_in_order_pe
     let mut refit = Refit::spawn(&env.vars(&[
         ("KAFKA_BROKERS", &broker.brokers()),
         ("REFIT_OUTBOX_RETRY_MAX_MS", "1000"),
-        ("REFIT_VALIDATION_HOLDOUT", "0"),
+        ("REFIT_VALIDATION", "off"),
     ]));
     refit.wait_for_line("Kafka topic ready", WAIT).await;
     let users = users("kafka", 3);
@@ -205,7 +204,7 @@ async fn invalidations_during_a_long_kafka_outage(restart_refit: bool, test: &st
     let vars = env.vars(&[
         ("KAFKA_BROKERS", &broker.brokers()),
         ("REFIT_OUTBOX_RETRY_MAX_MS", "1000"),
-        ("REFIT_VALIDATION_HOLDOUT", "0"),
+        ("REFIT_VALIDATION", "off"),
     ]);
     let mut refit = Refit::spawn(&vars);
     refit.wait_for_line("Kafka topic ready", WAIT).await;
@@ -270,7 +269,7 @@ async fn broker_killed_and_restarted(restart_refit: bool, test: &str) {
     let vars = env.vars(&[
         ("KAFKA_BROKERS", &broker.brokers()),
         ("REFIT_OUTBOX_RETRY_MAX_MS", "1000"),
-        ("REFIT_VALIDATION_HOLDOUT", "0"),
+        ("REFIT_VALIDATION", "off"),
     ]);
     let mut refit = Refit::spawn(&vars);
     refit.wait_for_line("Kafka topic ready", WAIT).await;
@@ -402,7 +401,7 @@ async fn a_replica_cut_from_postgres_mid_publish_never_delivers_a_stale_event_af
     let base = [
         ("KAFKA_BROKERS", broker.brokers()),
         ("REFIT_OUTBOX_RETRY_MAX_MS", "500".to_owned()),
-        ("REFIT_VALIDATION_HOLDOUT", "0".to_owned()),
+        ("REFIT_VALIDATION", "off".to_owned()),
     ];
     let base: Vec<(&str, &str)> = base.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut a_vars = base.clone();

@@ -210,7 +210,7 @@ async fn secrets_never_appear_in_logs_or_error_output() {
     ];
     let mut vars = env.vars(&secret_vars);
     vars.insert("RUST_LOG".into(), "debug".into());
-    vars.insert("REFIT_VALIDATION_HOLDOUT".into(), "0".into());
+    vars.insert("REFIT_VALIDATION".into(), "off".into());
     let mut refit = Refit::spawn(&vars);
     refit.wait_for_line("refit starting", WAIT).await;
     env.cache_model("sec").await;

@@ -1,0 +1,536 @@
+//! The retraining policy: which step makes a user's next version, and whether that version may
+//! serve. Everything here is a pure decision on numbers; `retrain` gathers the evidence from the
+//! registry and `trainer` runs the steps.
+//!
+//! The default policy, measured in QUALITY.md:
+//! - **continue**: each batch adds `REFIT_ROUNDS_PER_RETRAIN` (3) rounds to the active model at a
+//!   small learning rate `REFIT_CONTINUE_ETA` (0.05), so 50 rows nudge the model instead of
+//!   memorising their residuals;
+//! - **rebuild**: every `REFIT_REBUILD_EVERY`th (8th) accepted batch, and whenever the next step
+//!   would pass `REFIT_MAX_TREES`, a fresh model of `REFIT_COMPACTION_ROUNDS` (100) rounds is
+//!   trained on the last `REFIT_REFIT_WINDOW` (2,000) actuals served versions trained on;
+//! - **gate**: before a version may serve it must pass two checks. The serving model's *live*
+//!   error on the new batch must not exceed `REFIT_VALIDATION_LIVE_RATIO` (3) × its recent median
+//!   (labels that suddenly make no sense, e.g. ×10 or shuffled), and the candidate continued on
+//!   the batch must not score worse than the active model on the last `REFIT_VALIDATION_WINDOW`
+//!   (250) actuals already trained on by more than `REFIT_VALIDATION_TOLERANCE` (30 %) of the
+//!   typical live error (those actuals are in-sample for the active model, so its own error there
+//!   is no fair yardstick). A rejected version is kept;
+//!   when it predicts the *next* batch better than the active model did, it is reinstated (the
+//!   batch was real change, not poison) and its rows count again.
+
+use crate::config::{Compaction, ValidationMetric};
+
+/// Live errors of recent versions the gate's median is taken over.
+pub const LIVE_HISTORY: usize = 20;
+/// Fewer live errors than this and the live check does not judge yet.
+const LIVE_HISTORY_MIN: usize = 3;
+
+/// How versions are made (see the module documentation).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Rounds a continue step adds.
+    pub rounds: i32,
+    /// Learning rate of continue steps; 0 keeps the model's own `eta`.
+    pub continue_eta: f64,
+    /// Rebuild every this many accepted batches (0: only at the tree cap).
+    pub rebuild_every: u32,
+    /// Most recent trained actuals a rebuild trains on.
+    pub window: i64,
+    /// Rounds of a rebuild (and of a user's first model).
+    pub rebuild_rounds: i32,
+    /// Tree cap per model (0 = none).
+    pub max_trees: i64,
+    /// What happens at the tree cap.
+    pub compaction: Compaction,
+    pub gate: Gate,
+}
+
+/// The validation gate's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gate {
+    pub enabled: bool,
+    /// Recent trained actuals the candidate and the active model are scored on.
+    pub window: i64,
+    pub metric: ValidationMetric,
+    /// Rejected when candidate > active + tolerance × the typical live error, on the window.
+    pub tolerance: f64,
+    /// Rejected when the live error > ratio × the median of recent live errors.
+    pub live_ratio: f64,
+}
+
+/// The step that makes the next version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The user's first model, trained on the batch (and any earlier trained actuals).
+    Fresh,
+    /// Rounds added to the active model on the batch.
+    Continue,
+    /// A fresh model on the window of recent actuals: on schedule, or at the tree cap.
+    Rebuild { at_cap: bool },
+    /// At the tree cap with `REFIT_COMPACTION=update`: every leaf refitted on the batch.
+    Refresh,
+}
+
+impl Step {
+    /// Recorded per version (`metrics.policy.step`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Fresh => "fresh",
+            Step::Continue => "continue",
+            Step::Rebuild { .. } => "rebuild",
+            Step::Refresh => "refresh",
+        }
+    }
+
+    /// The version's `source` column.
+    pub fn source(self) -> &'static str {
+        match self {
+            Step::Fresh => "fresh",
+            Step::Continue => "retrain",
+            Step::Rebuild { at_cap: false } => "rebuild",
+            Step::Rebuild { at_cap: true } => "compaction-refit",
+            Step::Refresh => "compaction-update",
+        }
+    }
+
+    /// The event's `action`.
+    pub fn action(self) -> &'static str {
+        match self {
+            Step::Rebuild { at_cap: true } | Step::Refresh => "compaction",
+            _ => "retrain",
+        }
+    }
+
+    /// Whether the step trains on the window of recent actuals rather than the batch alone.
+    pub fn reads_window(self) -> bool {
+        matches!(self, Step::Fresh | Step::Rebuild { .. })
+    }
+}
+
+/// Where the model to build on stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Lineage {
+    /// Trees of the model the step starts from (`None`: no model yet).
+    pub trees: Option<i64>,
+    /// Accepted continue steps since that model's last rebuild.
+    pub since_rebuild: u32,
+}
+
+impl Policy {
+    /// The step for the next batch of a model that stands at `lineage`.
+    pub fn plan(&self, lineage: Lineage) -> Step {
+        let Some(trees) = lineage.trees else {
+            return Step::Fresh;
+        };
+        if self.max_trees > 0 && trees + i64::from(self.rounds) > self.max_trees {
+            return match self.compaction {
+                Compaction::Refit => Step::Rebuild { at_cap: true },
+                Compaction::Update => Step::Refresh,
+            };
+        }
+        if self.rebuild_every > 0 && lineage.since_rebuild + 1 >= self.rebuild_every {
+            return Step::Rebuild { at_cap: false };
+        }
+        Step::Continue
+    }
+
+    /// `since_rebuild` of the version a step makes from a model at `lineage`.
+    pub fn since_rebuild(step: Step, lineage: Lineage) -> u32 {
+        match step {
+            Step::Fresh | Step::Rebuild { .. } => 0,
+            Step::Continue | Step::Refresh => lineage.since_rebuild + 1,
+        }
+    }
+
+    /// The policy's settings as `NAME=value` pairs (for `refit config`).
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        let on_off = |on: bool| if on { "on" } else { "off" }.to_owned();
+        vec![
+            ("REFIT_ROUNDS_PER_RETRAIN", self.rounds.to_string()),
+            ("REFIT_CONTINUE_ETA", self.continue_eta.to_string()),
+            ("REFIT_REBUILD_EVERY", self.rebuild_every.to_string()),
+            ("REFIT_REFIT_WINDOW", self.window.to_string()),
+            ("REFIT_COMPACTION_ROUNDS", self.rebuild_rounds.to_string()),
+            ("REFIT_MAX_TREES", self.max_trees.to_string()),
+            ("REFIT_COMPACTION", self.compaction.as_str().to_owned()),
+            ("REFIT_VALIDATION", on_off(self.gate.enabled)),
+            ("REFIT_VALIDATION_WINDOW", self.gate.window.to_string()),
+            (
+                "REFIT_VALIDATION_METRIC",
+                self.gate.metric.as_str().to_owned(),
+            ),
+            (
+                "REFIT_VALIDATION_TOLERANCE",
+                self.gate.tolerance.to_string(),
+            ),
+            (
+                "REFIT_VALIDATION_LIVE_RATIO",
+                self.gate.live_ratio.to_string(),
+            ),
+        ]
+    }
+
+    /// Trained actuals to read besides the batch: the gate's window, and a rebuild's.
+    pub fn recent_rows(&self, step: Step, batch_rows: usize) -> i64 {
+        let gate = if self.gate.enabled {
+            self.gate.window
+        } else {
+            0
+        };
+        let rebuild = if step.reads_window() {
+            (self.window - batch_rows as i64).max(0)
+        } else {
+            0
+        };
+        gate.max(rebuild)
+    }
+}
+
+/// Error of predictions against labels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Errors {
+    pub mae: f64,
+    pub rmse: f64,
+    pub rows: usize,
+}
+
+impl Errors {
+    pub fn of(predictions: &[f32], labels: &[f32]) -> Errors {
+        let n = predictions.len().min(labels.len());
+        let (mut abs, mut sq) = (0.0, 0.0);
+        for (p, y) in predictions.iter().zip(labels) {
+            let e = f64::from(*p) - f64::from(*y);
+            abs += e.abs();
+            sq += e * e;
+        }
+        let d = n.max(1) as f64;
+        Errors {
+            mae: abs / d,
+            rmse: (sq / d).sqrt(),
+            rows: n,
+        }
+    }
+
+    pub fn get(&self, metric: ValidationMetric) -> f64 {
+        match metric {
+            ValidationMetric::Rmse => self.rmse,
+            ValidationMetric::Mae => self.mae,
+        }
+    }
+}
+
+/// What the gate judges a candidate on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evidence {
+    /// The base model's error on the batch, before training on it.
+    pub live: Errors,
+    /// Live errors (in the gate's metric) of the user's recent versions, newest first.
+    pub live_history: Vec<f64>,
+    /// Candidate and base on the recent trained actuals (`None`: no such actuals yet).
+    pub window: Option<(Errors, Errors)>,
+}
+
+/// The gate's decision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Accept,
+    /// The live error is far above the user's typical one.
+    LiveOutlier {
+        live: f64,
+        typical: f64,
+    },
+    /// The candidate is worse than the active model on recent actuals.
+    WorseOnWindow {
+        candidate: f64,
+        active: f64,
+        rows: usize,
+    },
+}
+
+impl Verdict {
+    pub fn accepted(&self) -> bool {
+        *self == Verdict::Accept
+    }
+
+    /// Why a version was rejected, for the version's `error` and the event's `reason`.
+    pub fn reason(&self, gate: &Gate) -> Option<String> {
+        match self {
+            Verdict::Accept => None,
+            Verdict::LiveOutlier { live, typical } => Some(format!(
+                "the batch's live {} {live:.4} is over {} × the recent median {typical:.4}: \
+                 its labels do not look like this user's data",
+                gate.metric.as_str(),
+                gate.live_ratio
+            )),
+            Verdict::WorseOnWindow {
+                candidate,
+                active,
+                rows,
+            } => Some(format!(
+                "validation {} {candidate:.4} on the last {rows} trained actuals is worse than \
+                 the active version's {active:.4} by more than {}% of the typical live error",
+                gate.metric.as_str(),
+                gate.tolerance * 100.0
+            )),
+        }
+    }
+}
+
+impl Gate {
+    /// Judges a candidate (see the module documentation).
+    pub fn judge(&self, evidence: &Evidence) -> Verdict {
+        if !self.enabled {
+            return Verdict::Accept;
+        }
+        let live = evidence.live.get(self.metric);
+        let typical = typical_live(&evidence.live_history);
+        if let Some(typical) = typical {
+            if live > self.live_ratio * typical {
+                return Verdict::LiveOutlier { live, typical };
+            }
+        }
+        if let Some((candidate, active)) = evidence.window {
+            let (c, a) = (candidate.get(self.metric), active.get(self.metric));
+            // The window holds actuals the active model trained on, so its error there is
+            // in-sample and may be far below its error on new data: what the candidate may lose
+            // is measured against the error serving typically has on new data.
+            let scale = typical.unwrap_or(live).max(a);
+            if c > a + self.tolerance * scale + 1e-9 {
+                return Verdict::WorseOnWindow {
+                    candidate: c,
+                    active: a,
+                    rows: candidate.rows,
+                };
+            }
+        }
+        Verdict::Accept
+    }
+}
+
+/// The median of recent live errors, once there are enough of them.
+pub fn typical_live(history: &[f64]) -> Option<f64> {
+    let recent: Vec<f64> = history
+        .iter()
+        .take(LIVE_HISTORY)
+        .copied()
+        .filter(|v| v.is_finite())
+        .collect();
+    (recent.len() >= LIVE_HISTORY_MIN).then(|| median(recent))
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n % 2 {
+        1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// Whether a rejected version predicted the next batch better than the active one: then its
+/// batch was real change, not poison, and it serves again.
+pub fn reinstate(rejected_on_batch: Errors, active_on_batch: Errors) -> bool {
+    rejected_on_batch.mae < active_on_batch.mae
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> Policy {
+        Policy {
+            rounds: 3,
+            continue_eta: 0.05,
+            rebuild_every: 8,
+            window: 2000,
+            rebuild_rounds: 100,
+            max_trees: 150,
+            compaction: Compaction::Refit,
+            gate: Gate {
+                enabled: true,
+                window: 250,
+                metric: ValidationMetric::Rmse,
+                tolerance: 0.3,
+                live_ratio: 3.0,
+            },
+        }
+    }
+
+    fn at(trees: i64, since_rebuild: u32) -> Lineage {
+        Lineage {
+            trees: Some(trees),
+            since_rebuild,
+        }
+    }
+
+    fn errors(mae: f64, rmse: f64) -> Errors {
+        Errors {
+            mae,
+            rmse,
+            rows: 50,
+        }
+    }
+
+    #[test]
+    fn a_user_without_a_model_starts_fresh() {
+        assert_eq!(policy().plan(Lineage::default()), Step::Fresh);
+        assert!(Step::Fresh.reads_window());
+    }
+
+    #[test]
+    fn every_eighth_accepted_batch_rebuilds() {
+        let p = policy();
+        let mut lineage = at(100, 0);
+        let mut steps = Vec::new();
+        for _ in 0..16 {
+            let step = p.plan(lineage);
+            steps.push(step);
+            lineage.since_rebuild = Policy::since_rebuild(step, lineage);
+        }
+        let rebuilds: Vec<usize> = (0..16)
+            .filter(|i| steps[*i] == Step::Rebuild { at_cap: false })
+            .collect();
+        assert_eq!(rebuilds, [7, 15]);
+    }
+
+    #[test]
+    fn the_tree_cap_compacts_as_configured() {
+        let mut p = policy();
+        assert_eq!(p.plan(at(147, 0)), Step::Continue);
+        assert_eq!(p.plan(at(148, 0)), Step::Rebuild { at_cap: true });
+        p.compaction = Compaction::Update;
+        assert_eq!(p.plan(at(148, 0)), Step::Refresh);
+        p.max_trees = 0;
+        p.rebuild_every = 0;
+        assert_eq!(
+            p.plan(at(10_000, 500)),
+            Step::Continue,
+            "no cap, no schedule"
+        );
+    }
+
+    #[test]
+    fn steps_name_their_source_and_action() {
+        assert_eq!(Step::Continue.source(), "retrain");
+        assert_eq!(Step::Rebuild { at_cap: true }.action(), "compaction");
+        assert_eq!(Step::Rebuild { at_cap: false }.action(), "retrain");
+        assert_eq!(Step::Refresh.source(), "compaction-update");
+    }
+
+    #[test]
+    fn recent_rows_cover_the_gate_and_a_rebuild() {
+        let mut p = policy();
+        assert_eq!(p.recent_rows(Step::Continue, 50), 250);
+        assert_eq!(p.recent_rows(Step::Rebuild { at_cap: false }, 50), 1950);
+        p.gate.enabled = false;
+        assert_eq!(p.recent_rows(Step::Continue, 50), 0);
+    }
+
+    #[test]
+    fn errors_are_mae_and_rmse() {
+        let e = Errors::of(&[1.0, 2.0, 3.0], &[1.0, 4.0, 0.0]);
+        assert_eq!(e.rows, 3);
+        assert!((e.mae - 5.0 / 3.0).abs() < 1e-12);
+        assert!((e.rmse - (13.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        assert_eq!(Errors::of(&[], &[]).mae, 0.0);
+    }
+
+    #[test]
+    fn the_gate_rejects_a_live_outlier_once_it_knows_the_user() {
+        let gate = Gate {
+            metric: ValidationMetric::Mae,
+            ..policy().gate
+        };
+        let mut evidence = Evidence {
+            live: errors(110.0, 120.0),
+            live_history: vec![30.0, 35.0],
+            window: None,
+        };
+        assert!(
+            gate.judge(&evidence).accepted(),
+            "two live errors are too few"
+        );
+        evidence.live_history.push(40.0);
+        assert_eq!(
+            gate.judge(&evidence),
+            Verdict::LiveOutlier {
+                live: 110.0,
+                typical: 35.0
+            }
+        );
+        evidence.live = errors(100.0, 120.0);
+        evidence.live_history = vec![30.0, 35.0, 40.0, 32.0];
+        assert!(gate.judge(&evidence).accepted(), "100 ≤ 3 × median 33.5");
+    }
+
+    #[test]
+    fn the_gate_compares_candidate_and_active_on_the_window() {
+        let gate = policy().gate;
+        // In-sample error 4 on the window, typical live RMSE 40: the candidate may lose 12.
+        let judge = |candidate: f64, active: f64, history: Vec<f64>| {
+            gate.judge(&Evidence {
+                live: errors(30.0, 40.0),
+                live_history: history,
+                window: Some((errors(0.0, candidate), errors(0.0, active))),
+            })
+        };
+        assert!(judge(16.0, 4.0, vec![40.0; 3]).accepted(), "4 + 0.3 × 40");
+        assert_eq!(
+            judge(16.1, 4.0, vec![40.0; 3]),
+            Verdict::WorseOnWindow {
+                candidate: 16.1,
+                active: 4.0,
+                rows: 50
+            }
+        );
+        // Without a history the batch's own live error is the scale.
+        assert!(judge(16.0, 4.0, vec![]).accepted());
+        assert!(!judge(16.1, 4.0, vec![]).accepted());
+        // An active model worse in-sample than the typical live error scales by itself.
+        assert!(judge(130.0, 100.0, vec![40.0; 3]).accepted());
+        assert!(!judge(130.1, 100.0, vec![40.0; 3]).accepted());
+        let off = Gate {
+            enabled: false,
+            ..gate.clone()
+        };
+        let evidence = Evidence {
+            live: errors(1e9, 1e9),
+            live_history: vec![1.0; 5],
+            window: Some((errors(0.0, 1e9), errors(0.0, 1.0))),
+        };
+        assert!(off.judge(&evidence).accepted());
+    }
+
+    #[test]
+    fn rejection_reasons_name_the_numbers() {
+        let gate = policy().gate;
+        let reason = Verdict::WorseOnWindow {
+            candidate: 2.0,
+            active: 1.0,
+            rows: 250,
+        }
+        .reason(&gate)
+        .unwrap();
+        assert!(reason.contains("rmse 2.0000 on the last 250"), "{reason}");
+        assert!(reason.contains("30%"), "{reason}");
+        assert_eq!(Verdict::Accept.reason(&gate), None);
+    }
+
+    #[test]
+    fn the_median_ignores_old_and_non_finite_errors() {
+        assert_eq!(typical_live(&[1.0, 2.0]), None);
+        assert_eq!(typical_live(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(typical_live(&[4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(typical_live(&[1.0, f64::NAN, 2.0, 3.0]), Some(2.0));
+        let mut long = vec![1.0; LIVE_HISTORY];
+        long.extend([100.0; 30]);
+        assert_eq!(typical_live(&long), Some(1.0), "only the newest count");
+    }
+
+    #[test]
+    fn a_rejected_version_is_reinstated_only_when_it_predicts_better() {
+        assert!(reinstate(errors(10.0, 0.0), errors(11.0, 0.0)));
+        assert!(!reinstate(errors(11.0, 0.0), errors(11.0, 0.0)));
+    }
+}
