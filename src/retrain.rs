@@ -29,12 +29,12 @@ use uuid::Uuid;
 use crate::config::Config;
 use crate::db::{self, Consumed, ModelHead, NewVersion, OutboxKind};
 use crate::events::RetrainEvent;
-use crate::features::{self, Batch};
+use crate::features::{self, ActualRow, Batch};
 use crate::metrics::Metrics;
 use crate::model_cache::ModelCache;
 use crate::outbox::{elapsed_ms, Committed, Outbox};
 use crate::policy::{Lineage, Step};
-use crate::trainer::{self, Previous, StepInput, StepResult};
+use crate::trainer::{self, Previous, StepInput, StepResult, TrainError};
 use crate::xgboost::Booster;
 
 /// The longest a user backs off after repeated failed retrains.
@@ -131,31 +131,15 @@ impl Retrainer {
     /// Retrains `user_id` once if it has `>= threshold` pending actuals (or stale ones). `pending` is what the
     /// detector counted (for the detect log line).
     pub async fn retrain_user(&self, user_id: &str, pending: i64) -> anyhow::Result<Outcome> {
-        let threshold = self.config.retrain_threshold;
         let retrain_id = Uuid::now_v7();
         let mut timings = Map::new();
-
-        let mut tx = self.pool.begin().await?;
-        let head = match db::lock_model(&mut tx, user_id).await? {
-            Some(head) => head,
-            // A new user has no registry row yet: make it (outside this transaction, so another
-            // replica never waits on it) and lock again.
-            None if !db::model_row_exists(&mut tx, user_id).await? => {
-                tx.rollback().await?;
-                db::ensure_model_row(&self.pool, user_id).await?;
-                tx = self.pool.begin().await?;
-                match db::lock_model(&mut tx, user_id).await? {
-                    Some(head) => head,
-                    None => return Ok(Outcome::Busy),
-                }
-            }
-            None => return Ok(Outcome::Busy),
+        let (mut tx, head) = match self.lock(user_id).await? {
+            Ok(locked) => locked,
+            Err(outcome) => return Ok(outcome),
         };
-        if head.backing_off {
-            return Ok(Outcome::BackingOff);
-        }
 
         let started = Instant::now();
+        let threshold = self.config.retrain_threshold;
         let pending_rows = db::read_pending(&mut tx, user_id, threshold).await?;
         let oldest = pending_rows.iter().map(|p| p.enqueued_at).min();
         if (pending_rows.len() as i64) < threshold && !self.stale(pending_rows.len(), oldest) {
@@ -170,8 +154,6 @@ impl Retrainer {
         info!(step = "read", %retrain_id, user_id, rows = pending_rows.len(), duration_ms = read_ms, "pending actuals read");
         crate::faults::point("after_read");
 
-        let data_until = pending_rows.iter().map(|p| p.enqueued_at).max();
-        let rows: Vec<_> = pending_rows.into_iter().map(|p| p.row).collect();
         let attempt = Attempt {
             user_id,
             retrain_id,
@@ -179,33 +161,17 @@ impl Retrainer {
             version: head.last_version + 1,
             active_version: head.active_version,
             failures: head.failures,
-            data_until,
+            data_until: pending_rows.iter().map(|p| p.enqueued_at).max(),
         };
-        let stored = match head.active_version {
-            Some(_) => stored_params(head.params.as_ref())
-                .and_then(|p| Ok((p, Some(stored_features(head.features.as_ref())?)))),
-            None => Ok((self.config.xgb_params.clone(), self.config.features.clone())),
-        };
-        let (params, feature_order) = match stored {
-            Ok(stored) => stored,
-            Err(error) => {
-                let reason = format!("{error:#}");
-                return self
-                    .commit_failure(tx, &attempt, reason, &json!({}), &json!([]), 0, timings)
-                    .await;
+        let rows: Vec<_> = pending_rows.into_iter().map(|p| p.row).collect();
+        let (params, feature_order) = match self.model_settings(&head) {
+            Ok(settings) => settings,
+            Err(reason) => {
+                let failure = Failure::before_training(reason);
+                return self.commit_failure(tx, &attempt, failure, timings).await;
             }
         };
-        let batch = features::prepare(&rows, feature_order.as_deref());
-        for aside in &batch.set_aside {
-            self.metrics
-                .set_aside
-                .with_label_values(&[aside.reason.as_str()])
-                .inc();
-            warn!(
-                step = "read", %retrain_id, user_id, actual_id = aside.actual_id,
-                reason = aside.reason.as_str(), detail = %aside.detail, "actual set aside"
-            );
-        }
+        let batch = self.prepare(&attempt, &rows, feature_order.as_deref());
         if batch.rows() == 0 {
             let consumed = Consumed::new(&[], &[], &batch.set_aside);
             db::consume(&mut tx, user_id, None, &consumed).await?;
@@ -217,95 +183,25 @@ impl Retrainer {
         }
 
         let started = Instant::now();
-        let policy = &self.config.policy;
         let inputs = match self.step_inputs(&mut tx, user_id, &head, &batch).await? {
             Ok(inputs) => inputs,
             Err(reason) => {
-                let features_json = json!(batch.feature_names);
-                let rejected = batch.set_aside.len();
-                return self
-                    .commit_failure(
-                        tx,
-                        &attempt,
-                        reason,
-                        &json!(params),
-                        &features_json,
-                        rejected,
-                        timings,
-                    )
-                    .await;
+                let failure = Failure::of(reason, &params, &batch);
+                return self.commit_failure(tx, &attempt, failure, timings).await;
             }
         };
         let fetch_ms = elapsed_ms(started);
 
         let started = Instant::now();
-        let (result, batch, params) = {
-            let span = tracing::Span::current();
-            let (policy, nthread) = (policy.clone(), self.config.xgb_nthread);
-            let keep_model = self.config.model_cache_bytes > 0;
-            tokio::task::spawn_blocking(move || {
-                let _entered = span.enter();
-                crate::faults::point("during_train");
-                let StepData {
-                    active,
-                    rejected,
-                    rejected_artifact,
-                    recent,
-                    live_history,
-                } = inputs;
-                let stored;
-                let active = match active {
-                    None => None,
-                    Some((ActiveModel::Loaded(booster), lineage)) => {
-                        Some((Previous::Loaded(booster), lineage))
-                    }
-                    Some((ActiveModel::Stored(artifact), lineage)) => {
-                        stored = artifact;
-                        Some((Previous::Artifact(&stored), lineage))
-                    }
-                };
-                let result = trainer::run_step(StepInput {
-                    policy: &policy,
-                    active,
-                    rejected: match (&rejected_artifact, rejected) {
-                        (Some(artifact), Some((_, lineage))) => {
-                            Some((artifact.as_slice(), lineage))
-                        }
-                        _ => None,
-                    },
-                    params: &params,
-                    nthread,
-                    batch: &batch,
-                    recent: &recent,
-                    live_history: &live_history,
-                    keep_model,
-                });
-                (result, batch, params)
-            })
-            .await
-            .context("training thread panicked")?
-        };
+        let (result, batch, params) = self.train(inputs, batch, params).await?;
         let train_ms = elapsed_ms(started);
         timings.insert("train".into(), train_ms.into());
         self.metrics.observe_step("train", train_ms);
-
-        let params_json = json!(params);
         let result = match result {
             Ok(result) => result,
             Err(error) => {
-                let features_json = json!(batch.feature_names);
-                let rejected = batch.set_aside.len();
-                return self
-                    .commit_failure(
-                        tx,
-                        &attempt,
-                        error.to_string(),
-                        &params_json,
-                        &features_json,
-                        rejected,
-                        timings,
-                    )
-                    .await;
+                let failure = Failure::of(error.to_string(), &params, &batch);
+                return self.commit_failure(tx, &attempt, failure, timings).await;
             }
         };
         let trained = &result.trained;
@@ -320,19 +216,131 @@ impl Retrainer {
             true => head.rejected.map(|r| r.version),
             false => None,
         };
-        self.commit_version(
-            tx,
-            &attempt,
-            &head,
-            Commit {
+        let commit = Commit {
+            batch: &batch,
+            result,
+            reinstated,
+            params: &json!(params),
+            timings,
+        };
+        self.commit_version(tx, &attempt, &head, commit).await
+    }
+
+    /// Locks the user's registry row (making it for a new user); `Err` is why this attempt stops
+    /// here.
+    async fn lock(
+        &self,
+        user_id: &str,
+    ) -> anyhow::Result<Result<(Tx<'static>, ModelHead), Outcome>> {
+        let mut tx = self.pool.begin().await?;
+        let head = match db::lock_model(&mut tx, user_id).await? {
+            Some(head) => head,
+            // A new user has no registry row yet: make it (outside this transaction, so another
+            // replica never waits on it) and lock again.
+            None if !db::model_row_exists(&mut tx, user_id).await? => {
+                tx.rollback().await?;
+                db::ensure_model_row(&self.pool, user_id).await?;
+                tx = self.pool.begin().await?;
+                match db::lock_model(&mut tx, user_id).await? {
+                    Some(head) => head,
+                    None => return Ok(Err(Outcome::Busy)),
+                }
+            }
+            None => return Ok(Err(Outcome::Busy)),
+        };
+        if head.backing_off {
+            return Ok(Err(Outcome::BackingOff));
+        }
+        Ok(Ok((tx, head)))
+    }
+
+    /// The parameters and feature order the next version trains with: the active version's, or
+    /// the configured ones for a user's first model.
+    fn model_settings(&self, head: &ModelHead) -> Result<ModelSettings, String> {
+        let stored = match head.active_version {
+            Some(_) => stored_params(head.params.as_ref())
+                .and_then(|p| Ok((p, Some(stored_features(head.features.as_ref())?)))),
+            None => Ok((self.config.xgb_params.clone(), self.config.features.clone())),
+        };
+        stored.map_err(|error| format!("{error:#}"))
+    }
+
+    /// Lays the pending rows out for XGBoost, counting and logging the ones set aside.
+    fn prepare(
+        &self,
+        attempt: &Attempt<'_>,
+        rows: &[ActualRow],
+        order: Option<&[String]>,
+    ) -> Batch {
+        let batch = features::prepare(rows, order);
+        for aside in &batch.set_aside {
+            self.metrics
+                .set_aside
+                .with_label_values(&[aside.reason.as_str()])
+                .inc();
+            warn!(
+                step = "read", retrain_id = %attempt.retrain_id, user_id = attempt.user_id,
+                actual_id = aside.actual_id, reason = aside.reason.as_str(), detail = %aside.detail,
+                "actual set aside"
+            );
+        }
+        batch
+    }
+
+    /// Runs the policy step on a blocking thread; hands the batch and parameters back.
+    async fn train(
+        &self,
+        inputs: StepData,
+        batch: Batch,
+        params: BTreeMap<String, String>,
+    ) -> anyhow::Result<(
+        Result<StepResult, TrainError>,
+        Batch,
+        BTreeMap<String, String>,
+    )> {
+        let span = tracing::Span::current();
+        let (policy, nthread) = (self.config.policy.clone(), self.config.xgb_nthread);
+        let keep_model = self.config.model_cache_bytes > 0;
+        tokio::task::spawn_blocking(move || {
+            let _entered = span.enter();
+            crate::faults::point("during_train");
+            let StepData {
+                active,
+                rejected,
+                rejected_artifact,
+                recent,
+                live_history,
+            } = inputs;
+            let stored;
+            let active = match active {
+                None => None,
+                Some((ActiveModel::Loaded(booster), lineage)) => {
+                    Some((Previous::Loaded(booster), lineage))
+                }
+                Some((ActiveModel::Stored(artifact), lineage)) => {
+                    stored = artifact;
+                    Some((Previous::Artifact(&stored), lineage))
+                }
+            };
+            let rejected = match (&rejected_artifact, rejected) {
+                (Some(artifact), Some((_, lineage))) => Some((artifact.as_slice(), lineage)),
+                _ => None,
+            };
+            let result = trainer::run_step(StepInput {
+                policy: &policy,
+                active,
+                rejected,
+                params: &params,
+                nthread,
                 batch: &batch,
-                result,
-                reinstated,
-                params: &params_json,
-                timings,
-            },
-        )
+                recent: &recent,
+                live_history: &live_history,
+                keep_model,
+            });
+            (result, batch, params)
+        })
         .await
+        .context("training thread panicked")
     }
 
     /// Reads what the policy step needs besides the batch: the active model (kept in memory or
@@ -340,7 +348,7 @@ impl Retrainer {
     /// errors. `Err` holds why the retrain cannot go on (recorded as a failed attempt).
     async fn step_inputs(
         &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        tx: &mut Tx<'_>,
         user_id: &str,
         head: &ModelHead,
         batch: &Batch,
@@ -424,7 +432,7 @@ impl Retrainer {
     /// a reinstated one) and records the side effects, in the retrain's transaction.
     async fn commit_version(
         &self,
-        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        mut tx: Tx<'_>,
         attempt: &Attempt<'_>,
         head: &ModelHead,
         c: Commit<'_>,
@@ -563,17 +571,19 @@ impl Retrainer {
 
     /// Records a failed attempt (the active version stays), backs the user off, announces it.
     /// The batch's actuals stay pending.
-    #[allow(clippy::too_many_arguments)]
     async fn commit_failure(
         &self,
-        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        mut tx: Tx<'_>,
         attempt: &Attempt<'_>,
-        reason: String,
-        params: &Value,
-        features: &Value,
-        rows_rejected: usize,
+        failure: Failure,
         timings: Map<String, Value>,
     ) -> anyhow::Result<Outcome> {
+        let Failure {
+            reason,
+            params,
+            features,
+            rows_rejected,
+        } = failure;
         let (user_id, version) = (attempt.user_id, attempt.version);
         self.metrics.retrains.with_label_values(&["failed"]).inc();
         warn!(
@@ -595,8 +605,8 @@ impl Retrainer {
                 rows_set_aside: 0,
                 trees: None,
                 boosted_rounds: None,
-                params,
-                features,
+                params: &params,
+                features: &features,
                 timings_ms: &Value::Object(timings.clone()),
                 metrics: &json!({}),
                 error: Some(&reason),
@@ -661,6 +671,40 @@ struct Attempt<'a> {
     /// Consecutive failures before this attempt (for the back-off).
     failures: i32,
     data_until: Option<chrono::DateTime<Utc>>,
+}
+
+/// The retrain's transaction, holding the user's registry row lock.
+type Tx<'c> = sqlx::Transaction<'c, sqlx::Postgres>;
+
+/// The parameters and feature order (`None`: from the batch) a version trains with.
+type ModelSettings = (BTreeMap<String, String>, Option<Vec<String>>);
+
+/// Why an attempt failed, with what it would have trained with (stored with the failed version).
+struct Failure {
+    reason: String,
+    params: Value,
+    features: Value,
+    rows_rejected: usize,
+}
+
+impl Failure {
+    fn before_training(reason: String) -> Self {
+        Failure {
+            reason,
+            params: json!({}),
+            features: json!([]),
+            rows_rejected: 0,
+        }
+    }
+
+    fn of(reason: String, params: &BTreeMap<String, String>, batch: &Batch) -> Self {
+        Failure {
+            reason,
+            params: json!(params),
+            features: json!(batch.feature_names),
+            rows_rejected: batch.set_aside.len(),
+        }
+    }
 }
 
 /// A trained version ready to commit.

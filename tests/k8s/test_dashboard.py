@@ -22,6 +22,12 @@ CONTRACT_METRICS = {
     "refit_outbox_backlog": ("gauge", {"kind"}),
     "refit_freshness_seconds": ("histogram", set()),
     "refit_build_info": ("gauge", {"version"}),
+    "refit_outbox_oldest_age_seconds": ("gauge", {"kind"}),
+    "refit_scheduler_heartbeat_timestamp_seconds": ("gauge", set()),
+    "refit_loki_dropped_lines_total": ("counter", set()),
+    "refit_loki_send_errors_total": ("counter", set()),
+    "refit_live_mae": ("histogram", set()),
+    "refit_live_error_ratio": ("histogram", set()),
 }
 
 
@@ -31,12 +37,13 @@ def dashboard():
 
 
 def exported_metrics() -> set[str]:
-    """Metric names the binary registers (src/metrics.rs), or the contract's list before it exists."""
-    source = ROOT / "src" / "metrics.rs"
-    if not source.exists():
+    """Metric names the binary registers (src/metrics.rs, src/telemetry.rs), or the contract's list
+    before they exist."""
+    sources = [ROOT / "src" / name for name in ("metrics.rs", "telemetry.rs")]
+    if not all(source.exists() for source in sources):
         warnings.warn("src/metrics.rs does not exist yet: checking against the contract's metrics")
         return set(CONTRACT_METRICS)
-    return set(re.findall(r'"(refit_[a-z_]+)"', source.read_text()))
+    return set().union(*(re.findall(r'"(refit_[a-z_]+)"', s.read_text()) for s in sources))
 
 
 def panels(dashboard):
