@@ -9,6 +9,7 @@ export KAFKA_BROKERS ?= 127.0.0.1:$(KAFKA_PORT)
 export REDIS_URL ?= redis://127.0.0.1:6379
 export REFIT_TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/postgres
 export REFIT_PYTHON ?= $(DEPS_DIR)/venv/bin/python
+export REFIT_BIKESHARE_CSV ?= $(DEPS_DIR)/bikeshare/bike-rental-dataset.csv
 DEMO_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/refit_demo
 DEMO_SECONDS ?= 45
 

