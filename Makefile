@@ -13,7 +13,7 @@ export REFIT_BIKESHARE_CSV ?= $(DEPS_DIR)/bikeshare/bike-rental-dataset.csv
 DEMO_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/refit_demo
 DEMO_SECONDS ?= 45
 
-.PHONY: help deps services build release test test-rust test-k8s test-alerts test-api lint demo bench clean-test-dbs
+.PHONY: help deps services build release quality test test-rust test-k8s test-alerts test-api lint demo bench clean-test-dbs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -59,6 +59,12 @@ clean-test-dbs: ## drop databases left by earlier test runs
 
 demo: services build ## run the service on generated rental data for DEMO_SECONDS seconds
 	DATABASE_URL=$(DEMO_DATABASE_URL) target/debug/refit demo --seconds $(DEMO_SECONDS)
+
+# The quality benchmark replays the real bike stream through `refit run` (QUALITY.md).
+## prequential model quality on real rental data, side by side with references (QUALITY_QUICK=1: 100 batches); QUALITY.md
+	@py="$$(scripts/quality-tools.sh)" && \
+	  "$$py" scripts/quality.py --refit target/debug/refit --csv "$(REFIT_BIKESHARE_CSV)" --out target/quality/results.json && \
+	  "$$py" scripts/quality-report.py target/quality/results.json QUALITY.md
 
 # The benchmark driver (benches/pipeline) runs the release refit binary as a child process and the
 # Python reference (scripts/bench-python.py) from the venv scripts/bench-tools.sh makes.

@@ -160,6 +160,8 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("REFIT_COMPACTION", "at the cap: refit (rebuild on recent actuals) or update (refresh leaves in place)"),
     ("REFIT_REFIT_WINDOW", "most recent trained actuals a rebuild trains on"),
     ("REFIT_COMPACTION_ROUNDS", "boosting rounds of a rebuild and of a user's first model"),
+    ("REFIT_REBUILD_ETA", "learning rate of a rebuild and of a user's first model (0 = the model's own eta)"),
+    ("REFIT_RECENCY_HALF_LIFE", "in a rebuild, a row this many rows older than the newest weighs half (0 = all equal)"),
     ("REFIT_VALIDATION", "on or off: the validation gate (live-error check and recent-window comparison)"),
     ("REFIT_VALIDATION_WINDOW", "most recent trained actuals the candidate and the active version are scored on"),
     ("REFIT_VALIDATION_METRIC", "rmse or mae"),
@@ -419,11 +421,13 @@ impl Config {
             other => return Err(invalid("REFIT_COMPACTION", other, "refit or update")),
         };
         let policy = Policy {
-            rounds: int(raw, "REFIT_ROUNDS_PER_RETRAIN", 3, 1, 10_000)? as i32,
-            continue_eta: float(raw, "REFIT_CONTINUE_ETA", 0.05, 0.0, 1.0)?,
-            rebuild_every: int(raw, "REFIT_REBUILD_EVERY", 8, 0, 1_000_000)? as u32,
-            window: int(raw, "REFIT_REFIT_WINDOW", 2000, 1, 10_000_000)?,
-            rebuild_rounds: int(raw, "REFIT_COMPACTION_ROUNDS", 100, 1, 10_000)? as i32,
+            rounds: int(raw, "REFIT_ROUNDS_PER_RETRAIN", 1, 1, 10_000)? as i32,
+            continue_eta: float(raw, "REFIT_CONTINUE_ETA", 0.1, 0.0, 1.0)?,
+            rebuild_every: int(raw, "REFIT_REBUILD_EVERY", 4, 0, 1_000_000)? as u32,
+            window: int(raw, "REFIT_REFIT_WINDOW", 4000, 1, 10_000_000)?,
+            rebuild_rounds: int(raw, "REFIT_COMPACTION_ROUNDS", 50, 1, 10_000)? as i32,
+            rebuild_eta: float(raw, "REFIT_REBUILD_ETA", 0.2, 0.0, 1.0)?,
+            half_life: int(raw, "REFIT_RECENCY_HALF_LIFE", 1000, 0, 10_000_000)?,
             max_trees: int(raw, "REFIT_MAX_TREES", 150, 0, 1_000_000)?,
             compaction,
             gate: Gate {
@@ -701,8 +705,12 @@ mod tests {
     fn defaults_apply_when_only_the_database_is_given() {
         let c = Config::from_sources(None, &env(&[("DATABASE_URL", "postgres://u@h/db")])).unwrap();
         assert_eq!(c.retrain_threshold, 50);
-        assert_eq!(c.policy.rounds, 3);
-        assert_eq!(c.policy.rebuild_every, 8);
+        assert_eq!(c.policy.rounds, 1);
+        assert_eq!(c.policy.rebuild_every, 4);
+        assert_eq!(c.policy.window, 4000);
+        assert_eq!(c.policy.rebuild_rounds, 50);
+        assert_eq!(c.policy.rebuild_eta, 0.2);
+        assert_eq!(c.policy.half_life, 1000);
         assert!(c.policy.gate.enabled);
         assert_eq!(c.max_staleness, None);
         assert_eq!(c.poll_interval, Duration::from_millis(1000));

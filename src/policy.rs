@@ -39,6 +39,11 @@ pub struct Policy {
     pub window: i64,
     /// Rounds of a rebuild (and of a user's first model).
     pub rebuild_rounds: i32,
+    /// Learning rate of a rebuild (and of a user's first model); 0 keeps the model's own `eta`.
+    pub rebuild_eta: f64,
+    /// In a rebuild, a row this many rows older than the newest weighs half as much (0: all
+    /// rows weigh the same).
+    pub half_life: i64,
     /// Tree cap per model (0 = none).
     pub max_trees: i64,
     /// What happens at the tree cap.
@@ -143,6 +148,16 @@ impl Policy {
         }
     }
 
+    /// The learning rate a step trains at, when the policy sets one (None: the model's own).
+    pub fn step_eta(&self, step: Step) -> Option<f64> {
+        let eta = match step {
+            Step::Continue => self.continue_eta,
+            Step::Fresh | Step::Rebuild { .. } => self.rebuild_eta,
+            Step::Refresh => 0.0,
+        };
+        (eta > 0.0).then_some(eta)
+    }
+
     /// The policy's settings as `NAME=value` pairs (for `refit config`).
     pub fn describe(&self) -> Vec<(&'static str, String)> {
         let on_off = |on: bool| if on { "on" } else { "off" }.to_owned();
@@ -152,6 +167,8 @@ impl Policy {
             ("REFIT_REBUILD_EVERY", self.rebuild_every.to_string()),
             ("REFIT_REFIT_WINDOW", self.window.to_string()),
             ("REFIT_COMPACTION_ROUNDS", self.rebuild_rounds.to_string()),
+            ("REFIT_REBUILD_ETA", self.rebuild_eta.to_string()),
+            ("REFIT_RECENCY_HALF_LIFE", self.half_life.to_string()),
             ("REFIT_MAX_TREES", self.max_trees.to_string()),
             ("REFIT_COMPACTION", self.compaction.as_str().to_owned()),
             ("REFIT_VALIDATION", on_off(self.gate.enabled)),
@@ -328,6 +345,16 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
+/// Training weights of a rebuild's `rows` rows, oldest first: the newest weighs 1 and a row
+/// `half_life` rows older weighs half as much (None: all rows weigh the same).
+pub fn recency_weights(rows: usize, half_life: i64) -> Option<Vec<f32>> {
+    (half_life > 0).then(|| {
+        (0..rows)
+            .map(|i| 0.5f64.powf((rows - 1 - i) as f64 / half_life as f64) as f32)
+            .collect()
+    })
+}
+
 /// Whether a rejected version predicted the next batch better than the active one: then its
 /// batch was real change, not poison, and it serves again.
 pub fn reinstate(rejected_on_batch: Errors, active_on_batch: Errors) -> bool {
@@ -338,6 +365,17 @@ pub fn reinstate(rejected_on_batch: Errors, active_on_batch: Errors) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn recency_weights_halve_every_half_life_back_from_the_newest() {
+        assert_eq!(recency_weights(5, 0), None);
+        let w = recency_weights(2001, 1000).unwrap();
+        assert_eq!(w.len(), 2001);
+        assert_eq!(w[2000], 1.0);
+        assert!((w[1000] - 0.5).abs() < 1e-6, "{}", w[1000]);
+        assert!((w[0] - 0.25).abs() < 1e-6, "{}", w[0]);
+        assert!(w.windows(2).all(|p| p[0] < p[1]), "older rows weigh less");
+    }
+
     fn policy() -> Policy {
         Policy {
             rounds: 3,
@@ -345,6 +383,8 @@ mod tests {
             rebuild_every: 8,
             window: 2000,
             rebuild_rounds: 100,
+            rebuild_eta: 0.0,
+            half_life: 0,
             max_trees: 150,
             compaction: Compaction::Refit,
             gate: Gate {

@@ -33,7 +33,7 @@ use crate::features::{self, ActualRow, Batch};
 use crate::metrics::Metrics;
 use crate::model_cache::ModelCache;
 use crate::outbox::{elapsed_ms, Committed, Outbox};
-use crate::policy::{Lineage, Step};
+use crate::policy::Lineage;
 use crate::trainer::{self, Previous, StepInput, StepResult, TrainError};
 use crate::xgboost::Booster;
 
@@ -455,8 +455,7 @@ impl Retrainer {
         let policy_json = json!({
             "step": result.step.as_str(),
             "rounds": result.rounds,
-            "eta": (result.step == Step::Continue && self.config.policy.continue_eta > 0.0)
-                .then_some(self.config.policy.continue_eta),
+            "eta": self.config.policy.step_eta(result.step),
             "rows_trained": result.rows_trained,
             "since_rebuild": result.since_rebuild,
             "reinstated": c.reinstated,

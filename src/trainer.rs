@@ -395,9 +395,15 @@ fn rebuild(
     let keep = (policy.window as usize).saturating_sub(batch.rows());
     let mut rows = recent.newest(keep);
     rows.extend(batch.clone());
-    let data = labelled(&rows)?;
+    let mut data = labelled(&rows)?;
+    if let Some(weights) = policy::recency_weights(rows.rows(), policy.half_life) {
+        data.set_weights(&weights)?;
+    }
     let mut booster = Booster::new(&[&data])?;
     configure(&mut booster, params, nthread, &rows.feature_names)?;
+    if policy.rebuild_eta > 0.0 {
+        booster.set_param("eta", &policy.rebuild_eta.to_string())?;
+    }
     for iteration in 0..policy.rebuild_rounds {
         booster.update(iteration, &data)?;
     }

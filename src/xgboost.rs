@@ -95,21 +95,30 @@ impl Matrix {
 
     /// Sets the training labels, one per row.
     pub fn set_labels(&mut self, labels: &[f32]) -> Result<()> {
-        if labels.len() != self.rows {
+        self.set_float_info("label", labels)
+    }
+
+    /// Sets the rows' weights in training, one per row.
+    pub fn set_weights(&mut self, weights: &[f32]) -> Result<()> {
+        self.set_float_info("weight", weights)
+    }
+
+    fn set_float_info(&mut self, field: &str, values: &[f32]) -> Result<()> {
+        if values.len() != self.rows {
             return Err(XgbError(format!(
-                "{} labels for {} rows",
-                labels.len(),
+                "{} {field}s for {} rows",
+                values.len(),
                 self.rows
             )));
         }
-        let field = c_string("label")?;
-        // SAFETY: `labels` holds exactly `rows` floats; XGBoost copies them.
+        let field = c_string(field)?;
+        // SAFETY: `values` holds exactly `rows` floats; XGBoost copies them.
         check(unsafe {
             sys::XGDMatrixSetFloatInfo(
                 self.handle,
                 field.as_ptr(),
-                labels.as_ptr(),
-                labels.len() as sys::bst_ulong,
+                values.as_ptr(),
+                values.len() as sys::bst_ulong,
             )
         })
     }

@@ -11,16 +11,6 @@ use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// The default policy (the test environment otherwise keeps models small and rebuild-free).
-const DEFAULT_POLICY: [(&str, &str); 6] = [
-    ("REFIT_VALIDATION", "on"),
-    ("REFIT_ROUNDS_PER_RETRAIN", "3"),
-    ("REFIT_CONTINUE_ETA", "0.05"),
-    ("REFIT_REBUILD_EVERY", "8"),
-    ("REFIT_COMPACTION_ROUNDS", "100"),
-    ("REFIT_MAX_TREES", "150"),
-];
-
 /// Inserts batch `k` (rows `50k .. 50k+50` of the synthetic rental stream), labels mapped.
 async fn insert_batch(env: &TestEnv, user: &str, k: usize, label: impl Fn(usize, f64) -> f64) {
     for i in 50 * k..50 * (k + 1) {

@@ -14,6 +14,20 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+/// The default retraining policy, as a user who sets nothing gets it: undoes the small,
+/// rebuild-free models [`TestEnv::vars`] sets up for the other tests.
+pub const DEFAULT_POLICY: [(&str, &str); 9] = [
+    ("REFIT_VALIDATION", "on"),
+    ("REFIT_ROUNDS_PER_RETRAIN", "1"),
+    ("REFIT_CONTINUE_ETA", "0.1"),
+    ("REFIT_REBUILD_EVERY", "4"),
+    ("REFIT_REFIT_WINDOW", "4000"),
+    ("REFIT_COMPACTION_ROUNDS", "50"),
+    ("REFIT_REBUILD_ETA", "0.2"),
+    ("REFIT_RECENCY_HALF_LIFE", "1000"),
+    ("REFIT_MAX_TREES", "150"),
+];
+
 pub fn admin_url() -> String {
     std::env::var("REFIT_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
@@ -83,6 +97,8 @@ impl TestEnv {
             ("REFIT_COMPACTION_ROUNDS", "5".into()),
             ("REFIT_REBUILD_EVERY", "0".into()),
             ("REFIT_CONTINUE_ETA", "0".into()),
+            ("REFIT_REBUILD_ETA", "0".into()),
+            ("REFIT_RECENCY_HALF_LIFE", "0".into()),
             ("REFIT_HTTP_ADDR", "127.0.0.1:0".into()),
             ("REFIT_ENVIRONMENT", "test".into()),
             // The validation gate has its own tests (lifecycle.rs); elsewhere every row trains.
