@@ -61,9 +61,9 @@ demo: services build ## run the service on generated rental data for DEMO_SECOND
 	DATABASE_URL=$(DEMO_DATABASE_URL) target/debug/refit demo --seconds $(DEMO_SECONDS)
 
 # The quality benchmark replays the real bike stream through `refit run` (QUALITY.md).
-## prequential model quality on real rental data, side by side with references (QUALITY_QUICK=1: 100 batches); QUALITY.md
+quality: services release ## prequential model quality on real rental data, side by side with references (QUALITY_QUICK=1: 100 batches); QUALITY.md
 	@py="$$(scripts/quality-tools.sh)" && \
-	  "$$py" scripts/quality.py --refit target/debug/refit --csv "$(REFIT_BIKESHARE_CSV)" --out target/quality/results.json && \
+	  "$$py" scripts/quality.py --refit target/release/refit --csv "$(REFIT_BIKESHARE_CSV)" --out target/quality/results.json && \
 	  "$$py" scripts/quality-report.py target/quality/results.json QUALITY.md
 
 # The benchmark driver (benches/pipeline) runs the release refit binary as a child process and the
