@@ -44,32 +44,44 @@ PARAMS = {"objective": "reg:squarederror", "tree_method": "hist", "max_depth": 6
           "seed": 0, "nthread": 1}
 USER = "dc"
 
-# refit's policies: (name, env over refit's defaults). The first is the default policy.
+# refit's policies: (name, env over refit's defaults). The first is the default policy; each
+# other changes one option of it, or is a reference run through refit itself.
+PLAIN_REBUILD = {"REFIT_REBUILD_ETA": "0", "REFIT_RECENCY_HALF_LIFE": "0"}
+YARDSTICK = {"REFIT_REBUILD_EVERY": "1", "REFIT_REFIT_WINDOW": "2000",
+             "REFIT_COMPACTION_ROUNDS": "100", "REFIT_VALIDATION": "off", **PLAIN_REBUILD}
 SOURCE_DESIGN = {"REFIT_ROUNDS_PER_RETRAIN": "10", "REFIT_CONTINUE_ETA": "0",
                  "REFIT_XGB_PARAMS": json.dumps({"eta": 0.3}), "REFIT_MAX_TREES": "0",
                  "REFIT_REBUILD_EVERY": "0", "REFIT_COMPACTION_ROUNDS": "10",
-                 "REFIT_VALIDATION": "off"}
+                 "REFIT_VALIDATION": "off", **PLAIN_REBUILD}
+PREVIOUS_DEFAULT = {"REFIT_ROUNDS_PER_RETRAIN": "3", "REFIT_CONTINUE_ETA": "0.05",
+                    "REFIT_REBUILD_EVERY": "8", "REFIT_REFIT_WINDOW": "2000",
+                    "REFIT_COMPACTION_ROUNDS": "100", **PLAIN_REBUILD}
+DEFAULT = "refit default"
+YARDSTICK_NAME = "refit window/every (yardstick in refit)"
+SOURCE_NAME = "refit source design (10 rounds, eta 0.3, no cap)"
+PREVIOUS_NAME = "refit 0.1 default (3 rounds at 0.05, rebuild 8th, 2,000 × 100)"
 REFIT_POLICIES = [
-    ("refit default", {}),
-    ("refit window/every (REBUILD_EVERY=1, gate off)",
-     {"REFIT_REBUILD_EVERY": "1", "REFIT_VALIDATION": "off"}),
-    ("refit source design (10 rounds, eta 0.3, no cap)", SOURCE_DESIGN),
-    ("refit gate off", {"REFIT_VALIDATION": "off"}),
-    ("refit REBUILD_EVERY=4", {"REFIT_REBUILD_EVERY": "4"}),
-    ("refit REBUILD_EVERY=16", {"REFIT_REBUILD_EVERY": "16"}),
-    ("refit REBUILD_EVERY=0 (rebuild only at the cap)", {"REFIT_REBUILD_EVERY": "0"}),
-    ("refit ROUNDS_PER_RETRAIN=1", {"REFIT_ROUNDS_PER_RETRAIN": "1"}),
-    ("refit ROUNDS_PER_RETRAIN=10", {"REFIT_ROUNDS_PER_RETRAIN": "10"}),
-    ("refit CONTINUE_ETA=0.1", {"REFIT_CONTINUE_ETA": "0.1"}),
-    ("refit CONTINUE_ETA=0 (model's eta 0.1)", {"REFIT_CONTINUE_ETA": "0"}),
-    ("refit REFIT_WINDOW=1000", {"REFIT_REFIT_WINDOW": "1000"}),
-    ("refit REFIT_WINDOW=4000", {"REFIT_REFIT_WINDOW": "4000"}),
-    ("refit COMPACTION=update", {"REFIT_COMPACTION": "update", "REFIT_REBUILD_EVERY": "0"}),
+    (DEFAULT, {}),
+    (YARDSTICK_NAME, YARDSTICK),
+    (SOURCE_NAME, SOURCE_DESIGN),
+    (PREVIOUS_NAME, PREVIOUS_DEFAULT),
+    ("refit VALIDATION=off", {"REFIT_VALIDATION": "off"}),
+    ("refit REBUILD_EVERY=2", {"REFIT_REBUILD_EVERY": "2"}),
+    ("refit REBUILD_EVERY=8", {"REFIT_REBUILD_EVERY": "8"}),
+    ("refit REBUILD_EVERY=0 (only at the cap)", {"REFIT_REBUILD_EVERY": "0"}),
+    ("refit RECENCY_HALF_LIFE=0 (equal weights)", {"REFIT_RECENCY_HALF_LIFE": "0"}),
+    ("refit REFIT_WINDOW=2000", {"REFIT_REFIT_WINDOW": "2000"}),
+    ("refit REFIT_WINDOW=8000", {"REFIT_REFIT_WINDOW": "8000"}),
+    ("refit COMPACTION_ROUNDS=100, REBUILD_ETA=0.1",
+     {"REFIT_COMPACTION_ROUNDS": "100", "REFIT_REBUILD_ETA": "0.1"}),
+    ("refit ROUNDS_PER_RETRAIN=3", {"REFIT_ROUNDS_PER_RETRAIN": "3"}),
+    ("refit CONTINUE_ETA=0.05", {"REFIT_CONTINUE_ETA": "0.05"}),
+    ("refit COMPACTION=update, REBUILD_EVERY=0",
+     {"REFIT_COMPACTION": "update", "REFIT_REBUILD_EVERY": "0"}),
 ]
-QUICK_POLICIES = ["refit default", "refit window/every (REBUILD_EVERY=1, gate off)",
-                  "refit source design (10 rounds, eta 0.3, no cap)"]
-DRIFT_POLICIES = ["refit default", "refit gate off", "refit source design (10 rounds, eta 0.3, no cap)",
-                  "refit REBUILD_EVERY=0 (rebuild only at the cap)"]
+QUICK_POLICIES = [DEFAULT, YARDSTICK_NAME, SOURCE_NAME, PREVIOUS_NAME]
+DRIFT_POLICIES = [DEFAULT, "refit VALIDATION=off", SOURCE_NAME, PREVIOUS_NAME,
+                  "refit REBUILD_EVERY=0 (only at the cap)"]
 
 
 def progress(label, done, total):
@@ -322,7 +334,7 @@ def measure_stream(rows, policies, args, check_every):
         if name not in policies:
             continue
         res = run_refit(args.refit, args.admin_url, rows, env, name,
-                        check_every if name == "refit default" else 0)
+                        check_every if name == DEFAULT else 0)
         out.append(summarise(name, "refit", res, "refit's train step (1 XGBoost thread)"))
     for p in out:
         assert len(p["per_batch_mae"]) == n - 1, (p["name"], len(p["per_batch_mae"]))
