@@ -11,6 +11,8 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::retention::Retention;
+
 pub use crate::policy::{Gate, Policy};
 
 /// A value that must never reach a log: `Debug` and `Display` print a redacted form.
@@ -171,6 +173,11 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("REFIT_STALE_MIN_ROWS", "fewest pending actuals a staleness retrain trains on"),
     ("REFIT_MODEL_CACHE_MB", "memory for recently trained models kept between retrains (by artifact size; 0 = none)"),
     ("REFIT_CACHE_TTL_SECS", "TTL of the serving cache entry that `refit predict` fills"),
+    ("REFIT_RETENTION", "on or off: prune each user's old versions, artifacts and consumed actuals"),
+    ("REFIT_KEEP_ARTIFACTS", "newest ready versions per user that keep their artifacts (the active one always does)"),
+    ("REFIT_KEEP_VERSIONS", "newest versions per user kept at all; older ones are deleted (never the active one)"),
+    ("REFIT_OUTBOX_RETENTION_SECS", "delivered outbox entries are deleted after this long"),
+    ("REFIT_SET_ASIDE_RETENTION_DAYS", "set-aside actuals' records are deleted after this many days"),
     ("REFIT_LOG_FORMAT", "text or json (stdout)"),
     ("RUST_LOG", "log filter, e.g. info or refit=debug"),
 ];
@@ -220,6 +227,8 @@ pub struct Config {
     pub policy: Policy,
     /// TTL of the cache entry the serving reference fills.
     pub cache_ttl: Duration,
+    /// How much of each user's history is kept.
+    pub retention: Retention,
     /// Bytes of artifacts whose models stay loaded between a user's retrains.
     pub model_cache_bytes: usize,
     /// Where /healthz, /readyz and /metrics are served; `None` when REFIT_HTTP_ADDR=off.
@@ -443,7 +452,9 @@ impl Config {
             secs => Some(Duration::from_secs(secs as u64)),
         };
 
+        let retention = retention(raw, &policy)?;
         Ok(Config {
+            retention,
             policy,
             max_staleness,
             stale_min_rows: int(raw, "REFIT_STALE_MIN_ROWS", 1, 1, 1_000_000)?,
@@ -567,8 +578,52 @@ impl Config {
             ),
         ];
         described.extend(self.policy.describe());
+        described.extend(describe_retention(&self.retention));
         described
     }
+}
+
+/// The retention settings; the trained rows kept are what the policy reads.
+fn retention(raw: &Raw, policy: &Policy) -> Result<Retention, ConfigError> {
+    let keep_artifacts = int(raw, "REFIT_KEEP_ARTIFACTS", 5, 1, 1_000_000)?;
+    let keep_versions = int(raw, "REFIT_KEEP_VERSIONS", 100, 1, 100_000_000)?;
+    if keep_versions < keep_artifacts {
+        return Err(invalid(
+            "REFIT_KEEP_VERSIONS",
+            &keep_versions.to_string(),
+            "at least REFIT_KEEP_ARTIFACTS",
+        ));
+    }
+    let secs = |name, default, max| int(raw, name, default, 1, max).map(|s| s as u64);
+    Ok(Retention {
+        enabled: switch(raw, "REFIT_RETENTION", true)?,
+        keep_artifacts,
+        keep_versions,
+        keep_rows: policy.window.max(policy.gate.window),
+        outbox_after: Duration::from_secs(secs("REFIT_OUTBOX_RETENTION_SECS", 3600, 365 * 86_400)?),
+        set_aside_after: Duration::from_secs(
+            secs("REFIT_SET_ASIDE_RETENTION_DAYS", 7, 3650)? * 86_400,
+        ),
+    })
+}
+
+fn describe_retention(r: &Retention) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "REFIT_RETENTION",
+            if r.enabled { "on" } else { "off" }.into(),
+        ),
+        ("REFIT_KEEP_ARTIFACTS", r.keep_artifacts.to_string()),
+        ("REFIT_KEEP_VERSIONS", r.keep_versions.to_string()),
+        (
+            "REFIT_OUTBOX_RETENTION_SECS",
+            r.outbox_after.as_secs().to_string(),
+        ),
+        (
+            "REFIT_SET_ASIDE_RETENTION_DAYS",
+            (r.set_aside_after.as_secs() / 86_400).to_string(),
+        ),
+    ]
 }
 
 /// An on/off setting.

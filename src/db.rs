@@ -810,12 +810,3 @@ pub async fn outbox_due_users(
     .fetch_all(pool)
     .await
 }
-
-/// Forgets delivered outbox entries older than `age`.
-pub async fn purge_outbox(pool: &PgPool, age: Duration) -> sqlx::Result<u64> {
-    sqlx::query("DELETE FROM refit_outbox WHERE done_at < now() - make_interval(secs => $1)")
-        .bind(age.as_secs_f64())
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected())
-}

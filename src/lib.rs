@@ -11,6 +11,7 @@
 //! - [`xgboost`]: the safe wrapper over the XGBoost C API (the only `unsafe` code);
 //! - [`outbox`]: after the commit, the cache invalidation ([`cache`]) and the event ([`events`]);
 //! - [`metrics`], [`telemetry`], [`http`]: Prometheus metrics, logs (stdout, Loki), probes;
+//! - [`retention`]: pruning of old versions, artifacts and bookkeeping rows;
 //! - [`registry`]: list/show/export/import/promote/rollback/prune versions (CLI and HTTP);
 //! - [`serving`]: the serving reference, `refit predict`, reading through the Redis cache;
 //! - [`demo`]: generated rental data for `refit demo`.
@@ -30,6 +31,7 @@ pub mod model_cache;
 pub mod outbox;
 pub mod policy;
 pub mod registry;
+pub mod retention;
 pub mod retrain;
 pub mod service;
 pub mod serving;

@@ -23,7 +23,7 @@ use anyhow::Context;
 use chrono::Utc;
 use serde_json::{json, Map, Value};
 use sqlx::PgPool;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::config::Config;
@@ -34,6 +34,7 @@ use crate::metrics::Metrics;
 use crate::model_cache::ModelCache;
 use crate::outbox::{elapsed_ms, Committed, Outbox};
 use crate::policy::Lineage;
+use crate::retention;
 use crate::trainer::{self, Previous, StepInput, StepResult, TrainError};
 use crate::xgboost::Booster;
 
@@ -558,6 +559,7 @@ impl Retrainer {
             warn!(retrain_id = %attempt.retrain_id, user_id, model_version = version, reason = %reason, "version rejected by the validation gate; serving unchanged");
         }
         self.after_commit(user_id, attempt.event_id, commit_ms);
+        self.prune(user_id, version).await;
         Ok(match reason {
             Some(reason) => Outcome::Rejected { version, reason },
             None => Outcome::Trained {
@@ -566,6 +568,26 @@ impl Retrainer {
                 rows_set_aside: c.batch.set_aside.len(),
             },
         })
+    }
+
+    /// Prunes the user's history after every `retention::EVERY`th version; a failure only delays
+    /// it (the next prune catches up).
+    async fn prune(&self, user_id: &str, version: i32) {
+        let retention = &self.config.retention;
+        if !retention.enabled || version % retention::EVERY != 0 {
+            return;
+        }
+        match retention::prune_user(&self.pool, user_id, retention).await {
+            Ok(Some(p)) => debug!(
+                user_id,
+                artifacts = p.artifacts,
+                versions = p.versions,
+                consumed_rows = p.consumed_rows,
+                "history pruned"
+            ),
+            Ok(None) => debug!(user_id, "history not pruned: the user is busy"),
+            Err(e) => warn!(user_id, error = %e, "history not pruned"),
+        }
     }
 
     /// Records a failed attempt (the active version stays), backs the user off, announces it.

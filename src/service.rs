@@ -39,10 +39,12 @@ use crate::db;
 use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::outbox::{elapsed_ms, Outbox};
+use crate::retention::{self, Retention};
 use crate::retrain::{Outcome, Retrainer};
 
 /// Delivered outbox entries are kept this long for inspection, then purged.
-const OUTBOX_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// How often the sweeper deletes rows past their retention.
+const PURGE_EVERY: Duration = Duration::from_secs(10);
 
 /// While due users wait in the queue, the safety-net full scan runs at most this often.
 const BUSY_SCAN_INTERVAL: Duration = Duration::from_secs(30);
@@ -133,6 +135,7 @@ impl Service {
         tasks.spawn(sweep(
             self.outbox.clone(),
             self.pool.clone(),
+            self.config.retention,
             self.config.poll_interval,
             background.clone(),
         ));
@@ -531,7 +534,13 @@ async fn listen(
 }
 
 /// Periodically delivers leftover outbox entries and refreshes the backlog gauge.
-async fn sweep(outbox: Arc<Outbox>, pool: PgPool, interval: Duration, stop: CancellationToken) {
+async fn sweep(
+    outbox: Arc<Outbox>,
+    pool: PgPool,
+    retention: Retention,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     let mut last_purge = Instant::now();
     loop {
         match outbox.sweep().await {
@@ -544,15 +553,27 @@ async fn sweep(outbox: Arc<Outbox>, pool: PgPool, interval: Duration, stop: Canc
         if let Err(e) = outbox.refresh_backlog().await {
             debug!(error = %e, "outbox backlog gauge not refreshed");
         }
-        if last_purge.elapsed() > Duration::from_secs(3600) {
+        if last_purge.elapsed() > PURGE_EVERY {
             last_purge = Instant::now();
-            if let Err(e) = db::purge_outbox(&pool, OUTBOX_RETENTION).await {
-                warn!(error = %e, "outbox purge failed");
-            }
+            purge_expired(&pool, &retention).await;
         }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
+/// Deletes rows past their retention, batch after batch until none is left (or 20 batches).
+async fn purge_expired(pool: &PgPool, retention: &Retention) {
+    for _ in 0..20 {
+        match retention::purge_expired(pool, retention).await {
+            Ok(0) => return,
+            Ok(n) => debug!(
+                rows = n,
+                "expired outbox entries and set-aside records deleted"
+            ),
+            Err(e) => return warn!(error = %e, "retention purge failed"),
         }
     }
 }

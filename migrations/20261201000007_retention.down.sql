@@ -1,0 +1,1 @@
+DROP INDEX IF EXISTS refit_outbox_done;

@@ -1,0 +1,189 @@
+//! Storage that grows with users, not with retrains.
+//!
+//! Every retrain adds a version (with its artifact) and one consumed-actual row per actual. Left
+//! alone, both grow forever. After every [`EVERY`]th version of a user the retrainer prunes that
+//! user in one short transaction that skips the user if anyone holds its registry row:
+//!
+//! - **artifacts**: versions older than both the active version and the newest
+//!   `REFIT_KEEP_ARTIFACTS` ready versions become metadata-only (the artifact is dropped; the
+//!   row, its metrics and its lineage stay);
+//! - **versions**: all but the newest `REFIT_KEEP_VERSIONS` are deleted, never the active one nor
+//!   anything newer than it, together with the consumed-actual rows attributed to them;
+//! - **consumed actuals**: trained rows older than the window the policy still reads (the larger of
+//!   the rebuild window and the gate's window) are deleted.
+//!
+//! Each call deletes at most [`BATCH`] versions and [`BATCH`] × 50 consumed rows, so a backlog
+//! (e.g. after an upgrade) drains over a few retrains without a long lock. Time-based rules for
+//! rows that no user's retrain touches — delivered outbox entries and set-aside actuals — run in
+//! the sweeper ([`purge_expired`]), also in batches, by index.
+
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool};
+
+/// Prune a user after every this many versions.
+pub(crate) const EVERY: i32 = 10;
+/// Most versions one call deletes.
+const BATCH: i64 = 100;
+
+/// How much of each user's history is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Off: nothing is pruned (`REFIT_RETENTION=off`).
+    pub enabled: bool,
+    /// Newest ready versions that keep their artifacts (besides the active one).
+    pub keep_artifacts: i64,
+    /// Newest versions kept at all (metadata); older ones are deleted.
+    pub keep_versions: i64,
+    /// Newest trained actuals per user kept (what the rebuild and the gate read).
+    pub keep_rows: i64,
+    /// Delivered outbox entries are deleted after this long.
+    pub outbox_after: Duration,
+    /// Set-aside actuals are deleted after this long.
+    pub set_aside_after: Duration,
+}
+
+/// What one prune of one user removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub artifacts: u64,
+    pub versions: u64,
+    pub consumed_rows: u64,
+}
+
+/// Prunes one user's history; `None` when the user's row is locked (it is pruned next time).
+pub async fn prune_user(
+    pool: &PgPool,
+    user_id: &str,
+    r: &Retention,
+) -> sqlx::Result<Option<Pruned>> {
+    let mut tx = pool.begin().await?;
+    let locked: Option<Option<i32>> = sqlx::query_scalar(
+        "SELECT active_version FROM refit_models WHERE user_id = $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(user_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(active) = locked else {
+        return Ok(None);
+    };
+    let pruned = Pruned {
+        versions: delete_versions(&mut tx, user_id, active, r.keep_versions).await?,
+        artifacts: drop_artifacts(&mut tx, user_id, active, r.keep_artifacts).await?,
+        consumed_rows: trim_consumed(&mut tx, user_id, r.keep_rows).await?,
+    };
+    tx.commit().await?;
+    Ok(Some(pruned))
+}
+
+/// Deletes versions older than the newest `keep` and older than the active version, with the
+/// consumed rows attributed to them.
+async fn delete_versions(
+    conn: &mut PgConnection,
+    user_id: &str,
+    active: Option<i32>,
+    keep: i64,
+) -> sqlx::Result<u64> {
+    let doomed: Vec<i32> = sqlx::query_scalar(
+        "SELECT version FROM refit_model_versions
+          WHERE user_id = $1
+            AND version < least($2, (SELECT version FROM refit_model_versions WHERE user_id = $1
+                                      ORDER BY version DESC OFFSET $3 - 1 LIMIT 1))
+          ORDER BY version LIMIT $4",
+    )
+    .bind(user_id)
+    .bind(active)
+    .bind(keep)
+    .bind(BATCH)
+    .fetch_all(&mut *conn)
+    .await?;
+    if doomed.is_empty() {
+        return Ok(0);
+    }
+    sqlx::query("DELETE FROM refit_consumed_actuals WHERE user_id = $1 AND version = ANY($2)")
+        .bind(user_id)
+        .bind(&doomed)
+        .execute(&mut *conn)
+        .await?;
+    let deleted =
+        sqlx::query("DELETE FROM refit_model_versions WHERE user_id = $1 AND version = ANY($2)")
+            .bind(user_id)
+            .bind(&doomed)
+            .execute(&mut *conn)
+            .await?;
+    Ok(deleted.rows_affected())
+}
+
+/// Drops the artifacts of versions older than the active one and the newest `keep` ready ones.
+async fn drop_artifacts(
+    conn: &mut PgConnection,
+    user_id: &str,
+    active: Option<i32>,
+    keep: i64,
+) -> sqlx::Result<u64> {
+    let dropped = sqlx::query(
+        "UPDATE refit_model_versions SET artifact = NULL
+          WHERE user_id = $1 AND artifact IS NOT NULL
+            AND version < least($2, (SELECT version FROM refit_model_versions
+                                      WHERE user_id = $1 AND status = 'ready'
+                                      ORDER BY version DESC OFFSET $3 - 1 LIMIT 1))",
+    )
+    .bind(user_id)
+    .bind(active)
+    .bind(keep)
+    .execute(&mut *conn)
+    .await?;
+    Ok(dropped.rows_affected())
+}
+
+/// Deletes trained rows older than the newest `keep` that a ready version trained on — the
+/// window `db::recent_actuals` reads stays whole.
+async fn trim_consumed(conn: &mut PgConnection, user_id: &str, keep: i64) -> sqlx::Result<u64> {
+    let trimmed = sqlx::query(
+        "WITH cutoff AS (
+             SELECT c.actual_id FROM refit_consumed_actuals c
+              WHERE c.user_id = $1 AND c.outcome <> 'set_aside'
+                AND c.version <> ALL (ARRAY(SELECT version FROM refit_model_versions
+                                             WHERE user_id = $1 AND status <> 'ready'))
+              ORDER BY c.actual_id DESC OFFSET $2 - 1 LIMIT 1
+         ), doomed AS (
+             SELECT actual_id FROM refit_consumed_actuals
+              WHERE user_id = $1 AND outcome <> 'set_aside'
+                AND actual_id < (SELECT actual_id FROM cutoff)
+              ORDER BY actual_id DESC LIMIT $3
+         )
+         DELETE FROM refit_consumed_actuals c USING doomed d WHERE c.actual_id = d.actual_id",
+    )
+    .bind(user_id)
+    .bind(keep)
+    .bind(BATCH * 50)
+    .execute(&mut *conn)
+    .await?;
+    Ok(trimmed.rows_affected())
+}
+
+/// Deletes delivered outbox entries and set-aside actuals past their retention, at most `BATCH`
+/// × 50 of each per call; returns how many rows went.
+pub async fn purge_expired(pool: &PgPool, r: &Retention) -> sqlx::Result<u64> {
+    let outbox = sqlx::query(
+        "DELETE FROM refit_outbox WHERE id IN (
+             SELECT id FROM refit_outbox
+              WHERE done_at IS NOT NULL AND done_at < now() - make_interval(secs => $1)
+              LIMIT $2)",
+    )
+    .bind(r.outbox_after.as_secs_f64())
+    .bind(BATCH * 50)
+    .execute(pool)
+    .await?;
+    let set_aside = sqlx::query(
+        "DELETE FROM refit_consumed_actuals WHERE actual_id IN (
+             SELECT actual_id FROM refit_consumed_actuals
+              WHERE outcome = 'set_aside' AND consumed_at < now() - make_interval(secs => $1)
+              LIMIT $2)",
+    )
+    .bind(r.set_aside_after.as_secs_f64())
+    .bind(BATCH * 50)
+    .execute(pool)
+    .await?;
+    Ok(outbox.rows_affected() + set_aside.rows_affected())
+}

@@ -1,0 +1,175 @@
+//! Retention: a user's stored history stops growing with its retrains.
+
+use refit::retention::{self, Retention};
+use refit::retrain::Outcome;
+
+use crate::support::*;
+
+/// Five actuals a retrain; keep 2 artifacts, 5 versions, and the 12 newest trained rows.
+const SMALL: [(&str, &str); 5] = [
+    ("REFIT_RETRAIN_THRESHOLD", "5"),
+    ("REFIT_KEEP_ARTIFACTS", "2"),
+    ("REFIT_KEEP_VERSIONS", "5"),
+    ("REFIT_REFIT_WINDOW", "12"),
+    ("REFIT_VALIDATION_WINDOW", "10"),
+];
+
+async fn retrain(env: &TestEnv, service: &refit::service::Service, from: usize, retrains: usize) {
+    for r in from..from + retrains {
+        for i in 0..5 {
+            let n = r * 5 + i;
+            insert_actual(&env.pool, "rita", &rental_features(n), rental_actual(n)).await;
+        }
+        let outcome = service.retrainer.retrain_user("rita", 5).await.unwrap();
+        assert!(matches!(outcome, Outcome::Trained { .. }), "{outcome:?}");
+    }
+}
+
+/// (versions, versions with an artifact, trained rows) stored for rita.
+async fn stored(env: &TestEnv) -> (i64, i64, i64) {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM refit_model_versions WHERE user_id = 'rita'),
+                (SELECT count(*) FROM refit_model_versions WHERE user_id = 'rita' AND artifact IS NOT NULL),
+                (SELECT count(*) FROM refit_consumed_actuals WHERE user_id = 'rita' AND outcome = 'trained')",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_pruned_to_the_policy_and_stops_growing() {
+    let env = TestEnv::new().await;
+    let service = env.service(&SMALL).await;
+    retrain(&env, &service, 0, 9).await;
+    assert_eq!(
+        stored(&env).await,
+        (9, 9, 45),
+        "nothing is pruned before the 10th version"
+    );
+
+    retrain(&env, &service, 9, 1).await;
+    // Versions 6..=10 stay, 9 and 10 with artifacts; the 12 newest trained rows stay.
+    assert_eq!(stored(&env).await, (5, 2, 12));
+    let kept: Vec<i32> = sqlx::query_scalar(
+        "SELECT version FROM refit_model_versions WHERE user_id = 'rita' ORDER BY version",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(kept, [6, 7, 8, 9, 10]);
+    let newest_rows: Vec<i64> = sqlx::query_scalar(
+        "SELECT actual_id FROM refit_consumed_actuals WHERE user_id = 'rita' ORDER BY actual_id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let all: Vec<i64> = sqlx::query_scalar("SELECT id FROM actual_rentals ORDER BY id")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        newest_rows,
+        all[all.len() - 12..],
+        "the newest rows are kept"
+    );
+
+    // Ten and thirty retrains later the same: storage follows the policy, not the history.
+    retrain(&env, &service, 10, 10).await;
+    assert_eq!(stored(&env).await, (5, 2, 12));
+    retrain(&env, &service, 20, 20).await;
+    assert_eq!(stored(&env).await, (5, 2, 12));
+    assert_eq!(env.active_version("rita").await, Some(40));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_active_version_and_everything_newer_survive_pruning() {
+    let env = TestEnv::new().await;
+    let service = env.service(&SMALL).await;
+    retrain(&env, &service, 0, 9).await;
+    // An operator rolled back to version 2: it serves, so it and its successors stay whole.
+    sqlx::query("UPDATE refit_models SET active_version = 2 WHERE user_id = 'rita'")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let pruned = retention::prune_user(&env.pool, "rita", &env.config(&SMALL).retention)
+        .await
+        .unwrap()
+        .expect("the user is not busy");
+    assert_eq!(
+        (pruned.versions, pruned.artifacts),
+        (1, 0),
+        "version 1 goes whole"
+    );
+    let with_artifact: Vec<i32> = sqlx::query_scalar(
+        "SELECT version FROM refit_model_versions WHERE user_id = 'rita' AND artifact IS NOT NULL ORDER BY version",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(with_artifact, (2..=9).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_user_is_skipped_not_waited_for() {
+    let env = TestEnv::new().await;
+    let service = env.service(&SMALL).await;
+    retrain(&env, &service, 0, 8).await;
+    let mut holder = env.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM refit_models WHERE user_id = 'rita' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let retention = env.config(&SMALL).retention;
+    let pruned = retention::prune_user(&env.pool, "rita", &retention)
+        .await
+        .unwrap();
+    assert_eq!(pruned, None);
+    holder.rollback().await.unwrap();
+    assert!(retention::prune_user(&env.pool, "rita", &retention)
+        .await
+        .unwrap()
+        .is_some_and(|p| p.versions == 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_outbox_entries_and_old_set_aside_records_expire() {
+    let env = TestEnv::new().await;
+    let service = env.service(&SMALL).await;
+    retrain(&env, &service, 0, 2).await;
+    insert_raw(&env.pool, "rita", r#"{"hour": "eight"}"#, 1.0).await;
+    for n in 0..4 {
+        insert_actual(&env.pool, "rita", &rental_features(n), rental_actual(n)).await;
+    }
+    service.retrainer.retrain_user("rita", 5).await.unwrap();
+    env.outbox_drained(std::time::Duration::from_secs(20)).await;
+    let retention: Retention = env.config(&SMALL).retention;
+    let count = |sql: &'static str| env.count(sql);
+    assert_eq!(
+        retention::purge_expired(&env.pool, &retention)
+            .await
+            .unwrap(),
+        0
+    );
+
+    // Age one delivered entry past the outbox retention and the set-aside row past its own.
+    sqlx::query("UPDATE refit_outbox SET done_at = now() - interval '2 hours' WHERE id = (SELECT min(id) FROM refit_outbox)")
+        .execute(&env.pool).await.unwrap();
+    sqlx::query("UPDATE refit_consumed_actuals SET consumed_at = now() - interval '8 days' WHERE outcome = 'set_aside'")
+        .execute(&env.pool).await.unwrap();
+    let outbox_before = count("SELECT count(*) FROM refit_outbox").await;
+    assert_eq!(
+        retention::purge_expired(&env.pool, &retention)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM refit_outbox").await,
+        outbox_before - 1
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM refit_consumed_actuals WHERE outcome = 'set_aside'").await,
+        0
+    );
+}
