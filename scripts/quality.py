@@ -67,11 +67,15 @@ REFIT_POLICIES = [
     (PREVIOUS_NAME, PREVIOUS_DEFAULT),
     ("refit VALIDATION=off", {"REFIT_VALIDATION": "off"}),
     ("refit REBUILD_EVERY=2", {"REFIT_REBUILD_EVERY": "2"}),
+    ("refit REBUILD_EVERY=5", {"REFIT_REBUILD_EVERY": "5"}),
     ("refit REBUILD_EVERY=8", {"REFIT_REBUILD_EVERY": "8"}),
     ("refit REBUILD_EVERY=0 (only at the cap)", {"REFIT_REBUILD_EVERY": "0"}),
     ("refit RECENCY_HALF_LIFE=0 (equal weights)", {"REFIT_RECENCY_HALF_LIFE": "0"}),
     ("refit REFIT_WINDOW=2000", {"REFIT_REFIT_WINDOW": "2000"}),
+    ("refit REFIT_WINDOW=3000", {"REFIT_REFIT_WINDOW": "3000"}),
     ("refit REFIT_WINDOW=8000", {"REFIT_REFIT_WINDOW": "8000"}),
+    ("refit COMPACTION_ROUNDS=40, REBUILD_ETA=0.25",
+     {"REFIT_COMPACTION_ROUNDS": "40", "REFIT_REBUILD_ETA": "0.25"}),
     ("refit COMPACTION_ROUNDS=100, REBUILD_ETA=0.1",
      {"REFIT_COMPACTION_ROUNDS": "100", "REFIT_REBUILD_ETA": "0.1"}),
     ("refit ROUNDS_PER_RETRAIN=3", {"REFIT_ROUNDS_PER_RETRAIN": "3"}),
@@ -193,6 +197,8 @@ class Refit:
             "REFIT_CACHE_KEY_PREFIX": f"quality:{tag}:model:",
             "REFIT_POLL_INTERVAL_MS": "50",
             "REFIT_HTTP_ADDR": "off",
+            # The benchmark rescores exported old versions: keep every artifact.
+            "REFIT_RETENTION": "off",
             "REFIT_FEATURES": ",".join(bikeshare.FEATURES),
             "RUST_LOG": "warn",
         })
@@ -248,6 +254,11 @@ class Refit:
                 raise RuntimeError(f"no version {n} within {deadline_s}s")
             time.sleep(0.01)
 
+    def cpu_seconds(self):
+        """CPU the `refit run` process has used so far (user + system), from /proc."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def versions(self):
         return self.conn.execute(
             "SELECT version, status, metrics, timings_ms FROM refit_model_versions "
@@ -264,10 +275,12 @@ def run_refit(binary, admin_url, rows, policy_env, label, check_every=0):
     the largest relative difference between refit's live MAE and Python's on sampled versions."""
     batches = [rows[i:i + BATCH] for i in range(0, len(rows), BATCH)]
     with Refit(binary, admin_url, policy_env) as refit:
+        cpu_before = refit.cpu_seconds()
         for k, batch in enumerate(batches):
             refit.insert(batch)
             refit.wait_for_versions(k + 1)
             progress(label, k + 1, len(batches))
+        cpu_ms = (refit.cpu_seconds() - cpu_before) * 1e3 / len(batches)
         versions = refit.versions()
         checked = cross_check(refit, versions, batches, check_every) if check_every else None
     out, steps, rejected = [], {}, 0
@@ -282,7 +295,7 @@ def run_refit(binary, admin_url, rows, policy_env, label, check_every=0):
         out.append({"mae": live["mae"], "rmse": live["rmse"], "train_ms": timings.get("train"),
                     "status": status, "step": step})
     return {"batches": out, "steps": steps, "rejected": rejected, "versions": len(versions),
-            "cross_check": checked}
+            "cross_check": checked, "process_cpu_ms": cpu_ms}
 
 
 def cross_check(refit, versions, batches, every):
@@ -316,7 +329,8 @@ def summarise(name, kind, result, cpu_label):
         "train_ms_p50": float(np.percentile(train, 50)) if len(train) else None,
         "train_ms_p90": float(np.percentile(train, 90)) if len(train) else None,
         "per_batch_mae": mae.tolist(),
-        **({k: result[k] for k in ("steps", "rejected", "versions", "cross_check")}
+        **({k: result[k] for k in ("steps", "rejected", "versions", "cross_check",
+                                   "process_cpu_ms")}
            if isinstance(result, dict) else {}),
     }
 
@@ -357,6 +371,12 @@ def main():
         rows = rows[:100 * BATCH]
     names = [n for n, _ in REFIT_POLICIES]
     policies = QUICK_POLICIES if quick else names
+    if os.environ.get("QUALITY_POLICIES"):
+        wanted = os.environ["QUALITY_POLICIES"].split(";")
+        unknown = [w for w in wanted if w not in names]
+        if unknown:
+            sys.exit(f"QUALITY_POLICIES: unknown {unknown}; known: {names}")
+        policies = wanted
     started = time.time()
     bike = measure_stream(rows, policies, args, check_every=25)
     drift_rows = rows[:min(len(rows), 160 * BATCH)]
