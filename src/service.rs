@@ -133,7 +133,7 @@ impl Service {
         tasks.spawn(sweep(
             self.outbox.clone(),
             self.pool.clone(),
-            self.config.poll_interval,
+            (self.config.poll_interval, self.config.audit_retention),
             background.clone(),
         ));
         tasks.spawn(ensure_topic(self.events.clone(), background.clone()));
@@ -530,8 +530,14 @@ async fn listen(
     }
 }
 
-/// Periodically delivers leftover outbox entries and refreshes the backlog gauge.
-async fn sweep(outbox: Arc<Outbox>, pool: PgPool, interval: Duration, stop: CancellationToken) {
+/// Periodically delivers leftover outbox entries and refreshes the backlog gauge; hourly, purges
+/// what is past its retention.
+async fn sweep(
+    outbox: Arc<Outbox>,
+    pool: PgPool,
+    (interval, audit_retention): (Duration, Duration),
+    stop: CancellationToken,
+) {
     let mut last_purge = Instant::now();
     loop {
         match outbox.sweep().await {
@@ -546,14 +552,27 @@ async fn sweep(outbox: Arc<Outbox>, pool: PgPool, interval: Duration, stop: Canc
         }
         if last_purge.elapsed() > Duration::from_secs(3600) {
             last_purge = Instant::now();
-            if let Err(e) = db::purge_outbox(&pool, OUTBOX_RETENTION).await {
-                warn!(error = %e, "outbox purge failed");
-            }
+            purge(&pool, audit_retention).await;
         }
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
+    }
+}
+
+/// Forgets delivered outbox entries and audit rows past their retention.
+async fn purge(pool: &PgPool, audit_retention: Duration) {
+    if let Err(e) = db::purge_outbox(pool, OUTBOX_RETENTION).await {
+        warn!(error = %e, "outbox purge failed");
+    }
+    match crate::audit::purge(pool, audit_retention).await {
+        Ok(0) => {}
+        Ok(n) => info!(
+            rows = n,
+            "audit rows past REFIT_AUDIT_RETENTION_DAYS purged"
+        ),
+        Err(e) => warn!(error = %e, "audit purge failed"),
     }
 }
 

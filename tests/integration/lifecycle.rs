@@ -41,7 +41,7 @@ fn model_tool(args: &[&str]) -> Value {
 }
 
 /// Runs `refit <args>` against the environment; returns (exit code, stdout, stderr).
-fn refit(env: &TestEnv, args: &[&str]) -> (i32, String, String) {
+pub(crate) fn refit(env: &TestEnv, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(BIN)
         .args(args)
         .env_clear()
@@ -55,13 +55,13 @@ fn refit(env: &TestEnv, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn refit_json(env: &TestEnv, args: &[&str]) -> Value {
+pub(crate) fn refit_json(env: &TestEnv, args: &[&str]) -> Value {
     let (code, stdout, stderr) = refit(env, args);
     assert_eq!(code, 0, "refit {args:?} failed: {stderr}");
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("refit {args:?}: {e}: {stdout}"))
 }
 
-const PROBE: &str = r#"{"hour": 8, "weekday": 2, "humidity": 55, "temperature": 14.5}"#;
+pub(crate) const PROBE: &str = r#"{"hour": 8, "weekday": 2, "humidity": 55, "temperature": 14.5}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_commands_work_on_real_services() {
@@ -474,7 +474,7 @@ async fn http_registry_reads_are_open_and_writes_need_the_token() {
     running.stop().await;
 }
 
-async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+pub(crate) async fn get_json(client: &reqwest::Client, url: &str) -> Value {
     client.get(url).send().await.unwrap().json().await.unwrap()
 }
 

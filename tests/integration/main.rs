@@ -10,4 +10,5 @@ mod policy;
 mod processes;
 mod prometheus;
 mod python_oracle;
+mod registry;
 mod support;
