@@ -26,11 +26,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, Query, Request, State};
+use axum::handler::Handler;
 use axum::http::HeaderMap;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 use sqlx::PgPool;
@@ -90,12 +91,11 @@ pub const OPENAPI: &str = include_str!("../docs/openapi.json");
 
 pub fn router(state: AppState) -> Router {
     // Registry writes: the token is checked first, before any extractor reads the request.
+    let token = middleware::from_fn_with_state(state.clone(), require_token);
     let writes = Router::new()
         .route("/models/{user}/promote", post(promote))
         .route("/models/{user}/rollback", post(rollback))
         .route("/models/{user}/prune", post(prune))
-        .route("/models/{user}", patch(update_model).delete(erase))
-        .route("/models/{user}/versions/{version}", patch(update_version))
         .route(
             "/models/{user}/aliases/{alias}",
             put(set_alias).delete(remove_alias),
@@ -104,16 +104,26 @@ pub fn router(state: AppState) -> Router {
             "/models/{user}/import",
             post(import).layer(axum::extract::DefaultBodyLimit::max(512 << 20)),
         )
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(token.clone());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .route("/models", get(list_models))
-        .route("/models/{user}", get(user_models))
+        // Paths with reads and writes: the token guards each write handler (a route layer would
+        // also answer other methods, e.g. TRACE, with 401 instead of 405).
+        .route(
+            "/models/{user}",
+            get(user_models)
+                .patch(update_model.layer(token.clone()))
+                .delete(erase.layer(token.clone())),
+        )
         .route("/models/{user}/history", get(history))
-        .route("/models/{user}/versions/{version}", get(show_version))
+        .route(
+            "/models/{user}/versions/{version}",
+            get(show_version).patch(update_version.layer(token.clone())),
+        )
         .route(
             "/models/{user}/versions/{version}/artifact",
             get(export_version),

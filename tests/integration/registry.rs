@@ -377,6 +377,10 @@ async fn http_describe_alias_delete_and_history_writes_need_the_token() {
     }
     let history: Value = get_json(&client, &format!("{base}/models/uma/history")).await;
     assert_eq!(history, json!([]), "refused writes change nothing");
+    for path in ["/models/uma", "/models/uma/versions/1"] {
+        let response = send("TRACE", path, &Value::Null, None).await.unwrap();
+        assert_eq!(response.status(), 405, "TRACE {path} is no write: not 401");
+    }
     assert_eq!(env.active_version("uma").await, Some(2));
 
     for (method, path, body) in &writes[..3] {
