@@ -334,7 +334,7 @@ impl EventReader {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.next_message(left)? {
                 None => return Ok(None),
-                Some(Message::Event(e)) => return Ok(Some(e)),
+                Some(Message::Event(e)) => return Ok(Some(*e)),
                 Some(Message::Tombstone { .. }) => continue,
             }
         }
@@ -379,14 +379,14 @@ impl EventReader {
                         .collect()
                 })
                 .unwrap_or_default();
-            return Ok(Some(Message::Event(ReadEvent {
+            return Ok(Some(Message::Event(Box::new(ReadEvent {
                 event,
                 value,
                 key,
                 partition: message.partition(),
                 offset: message.offset(),
                 headers,
-            })));
+            }))));
         }
     }
 }
@@ -394,7 +394,7 @@ impl EventReader {
 /// A message read back from the topic.
 #[derive(Debug, Clone)]
 pub enum Message {
-    Event(ReadEvent),
+    Event(Box<ReadEvent>),
     /// A null value: the key's (user's) earlier events may be forgotten.
     Tombstone {
         key: Vec<u8>,

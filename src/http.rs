@@ -328,20 +328,16 @@ async fn user_models(State(state): State<AppState>, Path(user): Path<String>) ->
 }
 
 /// A version path segment: a number, an alias or `active`.
-fn version_ref(segment: &str) -> Result<VersionRef, Response> {
-    segment
-        .parse()
-        .map_err(|e: String| error(StatusCode::BAD_REQUEST, &e))
+fn version_ref(segment: &str) -> Result<VersionRef, RegistryError> {
+    segment.parse().map_err(RegistryError::Invalid)
 }
 
 async fn show_version(
     State(state): State<AppState>,
     Path((user, version)): Path<(String, String)>,
 ) -> Response {
-    match version_ref(&version) {
-        Ok(v) => reply(registry::show(&state.pool, &user, Some(&v)).await),
-        Err(refused) => refused,
-    }
+    let shown = async { registry::show(&state.pool, &user, Some(&version_ref(&version)?)).await };
+    reply(shown.await)
 }
 
 async fn export_version(
@@ -350,7 +346,7 @@ async fn export_version(
 ) -> Response {
     let version = match version_ref(&version) {
         Ok(v) => v,
-        Err(refused) => return refused,
+        Err(e) => return registry_error(e),
     };
     match registry::artifact(&state.pool, &user, Some(&version)).await {
         Ok((_, bytes)) => ([(header::CONTENT_TYPE, "application/ubjson")], bytes).into_response(),
@@ -547,13 +543,9 @@ async fn update_version(
     Path((user, version)): Path<(String, String)>,
     Json(body): Json<UpdateBody>,
 ) -> Response {
-    let version = match version_ref(&version) {
-        Ok(v) => v,
-        Err(refused) => return refused,
-    };
     let change = body.into();
     let result = async {
-        let version = registry::resolve(&state.pool, &user, Some(&version)).await?;
+        let version = registry::resolve(&state.pool, &user, Some(&version_ref(&version)?)).await?;
         metadata::update(&state.pool, &user, Some(version), &change, Interface::Http).await
     };
     reply(result.await)

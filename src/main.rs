@@ -308,7 +308,7 @@ async fn models(
             json,
         } => {
             cli::list(
-                &pool,
+                pool,
                 &Filter {
                     user,
                     status,
@@ -324,26 +324,26 @@ async fn models(
             user,
             version,
             json,
-        } => cli::show(&pool, &user, version.as_ref(), json).await,
+        } => cli::show(pool, &user, version.as_ref(), json).await,
         ModelsCommand::Export { user, version, out } => {
-            cli::export(&pool, &user, version.as_ref(), &out).await
+            cli::export(pool, &user, version.as_ref(), &out).await
         }
         ModelsCommand::Import {
             user,
             file,
             features,
             json,
-        } => cli::import(&config, &pool, &user, &file, features, json).await,
+        } => cli::import(config, pool, &user, &file, features, json).await,
         ModelsCommand::Promote {
             user,
             version,
             json,
-        } => cli::activate(&config, &pool, &user, &version, json).await,
+        } => cli::activate(config, pool, &user, &version, json).await,
         ModelsCommand::Rollback { user, to, json } => {
-            cli::rollback(&config, &pool, &user, to, json).await
+            cli::rollback(config, pool, &user, to, json).await
         }
         ModelsCommand::Prune { user, keep, json } => {
-            cli::prune(&pool, user.as_deref(), keep, json).await
+            cli::prune(pool, user.as_deref(), keep, json).await
         }
         ModelsCommand::Update {
             user,
@@ -358,7 +358,7 @@ async fn models(
                 tags: tags.into_iter().collect(),
                 untag,
             };
-            cli::update(&pool, &user, version.as_ref(), &change, json).await
+            cli::update(pool, &user, version.as_ref(), &change, json).await
         }
         ModelsCommand::Alias {
             user,
@@ -366,14 +366,14 @@ async fn models(
             version,
             delete: _,
             json,
-        } => cli::alias(&pool, &user, &name, version.as_ref(), json).await,
+        } => cli::alias(pool, &user, &name, version.as_ref(), json).await,
         ModelsCommand::Delete {
             user,
             confirm,
             json,
-        } => cli::delete(&config, &pool, &user, &confirm, json).await,
+        } => cli::delete(config, pool, &user, &confirm, json).await,
         ModelsCommand::History { user, limit, json } => {
-            cli::history(&pool, &user, limit, json).await
+            cli::history(pool, &user, limit, json).await
         }
     }
 }

@@ -201,7 +201,8 @@ async fn current(
     user: &str,
     version: Option<i32>,
 ) -> Result<(Option<String>, BTreeMap<String, String>), RegistryError> {
-    let row: Option<(Option<String>, sqlx::types::Json<BTreeMap<String, String>>)> = match version {
+    type Stored = (Option<String>, sqlx::types::Json<BTreeMap<String, String>>);
+    let row: Option<Stored> = match version {
         None => {
             sqlx::query_as(
                 "SELECT description, tags FROM refit_models WHERE user_id = $1 FOR UPDATE",
