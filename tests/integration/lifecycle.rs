@@ -254,6 +254,26 @@ async fn registry_commands_work_on_real_services() {
         .map(|v| v["version"].as_i64().unwrap())
         .collect();
     assert_eq!(left, [3, 1], "v3 is the newest, v1 is active");
+
+    // Every write is in the audit trail (the refused import is not: it wrote nothing).
+    let history = refit_json(&env, &["models", "history", "--user", "olga", "--json"]);
+    let writes: Vec<(&str, &Value, &Value)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), &e["old"], &e["new"]))
+        .collect();
+    let active = |v: i64| json!({"active_version": v});
+    assert_eq!(
+        writes,
+        [
+            ("prune", &json!({"versions": [2]}), &json!({"versions": []})),
+            ("rollback", &active(3), &active(1)),
+            ("import", &active(2), &active(3)),
+            ("promote", &active(1), &active(2)),
+            ("rollback", &active(2), &active(1)),
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -459,6 +479,16 @@ async fn http_registry_reads_are_open_and_writes_need_the_token() {
     let ok = promote(Some("s3cret-admin-token")).await.unwrap();
     assert_eq!(ok.status(), 200);
     assert_eq!(env.active_version("rita").await, Some(1));
+    let history: Value = get_json(&client, &format!("{base}/models/rita/history")).await;
+    assert_eq!(
+        (&history[0]["action"], &history[0]["interface"]),
+        (&json!("promote"), &json!("http"))
+    );
+    assert_eq!(
+        history.as_array().unwrap().len(),
+        1,
+        "refused writes are not recorded"
+    );
     running.stop().await;
 
     // Without a configured token, writes are always refused.
