@@ -217,13 +217,26 @@ pub async fn activate(
     emit(json, &activation, print_activation)
 }
 
+/// The version number a named version (a number, an alias, `active`) stands for, if one is named.
+async fn resolve_named(
+    pool: &PgPool,
+    user: &str,
+    version: Option<&VersionRef>,
+) -> anyhow::Result<Option<i32>> {
+    Ok(match version {
+        Some(v) => Some(registry::resolve(pool, user, Some(v)).await?),
+        None => None,
+    })
+}
+
 pub async fn rollback(
     config: &Config,
     pool: &PgPool,
     user: &str,
-    to: Option<i32>,
+    to: Option<&VersionRef>,
     json: bool,
 ) -> anyhow::Result<()> {
+    let to = resolve_named(pool, user, to).await?;
     let activation = registry::rollback(pool, user, to, Interface::Cli).await?;
     deliver(config, pool, user).await;
     emit(json, &activation, print_activation)
@@ -270,10 +283,7 @@ pub async fn update(
     change: &Change,
     json: bool,
 ) -> anyhow::Result<()> {
-    let version = match version {
-        Some(v) => Some(registry::resolve(pool, user, Some(v)).await?),
-        None => None,
-    };
+    let version = resolve_named(pool, user, version).await?;
     let described = metadata::update(pool, user, version, change, Interface::Cli).await?;
     emit(json, &described, |d: &Described| {
         let what = d

@@ -134,8 +134,9 @@ enum ModelsCommand {
     Rollback {
         #[arg(long)]
         user: String,
+        /// A version number or an alias.
         #[arg(long)]
-        to: Option<i32>,
+        to: Option<VersionRef>,
         #[arg(long)]
         json: bool,
     },
@@ -340,7 +341,7 @@ async fn models(
             json,
         } => cli::activate(config, pool, &user, &version, json).await,
         ModelsCommand::Rollback { user, to, json } => {
-            cli::rollback(config, pool, &user, to, json).await
+            cli::rollback(config, pool, &user, to.as_ref(), json).await
         }
         ModelsCommand::Prune { user, keep, json } => {
             cli::prune(pool, user.as_deref(), keep, json).await
