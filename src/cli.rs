@@ -10,13 +10,19 @@ use serde::Serialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::{self, AuditEntry, Interface};
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::erasure::{self, Erasure};
 use crate::events::{EventReader, Events};
+use crate::metadata::{self, AliasChange, Change, Described, VersionRef};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::registry::{self, Activation, Filter, VersionSummary};
 use crate::{db, demo, service, serving};
+
+/// How long `refit models delete` waits for a retrain of the user in flight.
+const ERASE_WAIT: Duration = Duration::from_secs(30);
 
 /// Prints `value` as JSON, or runs `table` for people.
 fn emit<T: Serialize>(json: bool, value: &T, table: impl FnOnce(&T)) -> anyhow::Result<()> {
@@ -30,7 +36,7 @@ fn emit<T: Serialize>(json: bool, value: &T, table: impl FnOnce(&T)) -> anyhow::
 
 fn print_versions(versions: &Vec<VersionSummary>) {
     println!(
-        "{:<20} {:>7} {:<9} {:<6} {:>6} {:>5} {:>6} {:>6} {:<17} {:<8} {:>10} {:<20} ERROR",
+        "{:<20} {:>7} {:<9} {:<6} {:>6} {:>5} {:>6} {:>6} {:<17} {:<8} {:>10} {:<20} {:<16} {:<24} ERROR",
         "USER",
         "VERSION",
         "STATUS",
@@ -42,11 +48,13 @@ fn print_versions(versions: &Vec<VersionSummary>) {
         "SOURCE",
         "STEP",
         "LIVE_MAE",
-        "CREATED"
+        "CREATED",
+        "ALIASES",
+        "TAGS"
     );
     for v in versions {
         println!(
-            "{:<20} {:>7} {:<9} {:<6} {:>6} {:>5} {:>6} {:>6} {:<17} {:<8} {:>10} {:<20} {}",
+            "{:<20} {:>7} {:<9} {:<6} {:>6} {:>5} {:>6} {:>6} {:<17} {:<8} {:>10} {:<20} {:<16} {:<24} {}",
             v.user_id,
             v.version,
             v.status,
@@ -59,8 +67,24 @@ fn print_versions(versions: &Vec<VersionSummary>) {
             v.step.as_deref().unwrap_or("-"),
             v.live_mae.map_or("-".into(), |m| format!("{m:.3}")),
             v.created_at.format("%Y-%m-%d %H:%M:%S"),
+            or_dash(v.aliases.join(",")),
+            or_dash(tag_list(&v.tags)),
             v.error.as_deref().unwrap_or("")
         );
+    }
+}
+
+/// `k=v,k=v`.
+fn tag_list(tags: &std::collections::BTreeMap<String, String>) -> String {
+    let pairs: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.join(",")
+}
+
+fn or_dash(s: String) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s
     }
 }
 
@@ -72,7 +96,7 @@ pub async fn list(pool: &PgPool, filter: &Filter, json: bool) -> anyhow::Result<
 pub async fn show(
     pool: &PgPool,
     user: &str,
-    version: Option<i32>,
+    version: Option<&VersionRef>,
     json: bool,
 ) -> anyhow::Result<()> {
     let detail = registry::show(pool, user, version).await?;
@@ -110,13 +134,28 @@ pub async fn show(
         if let Some(error) = &s.error {
             println!("error:           {error}");
         }
+        println!(
+            "description:     {}",
+            s.description.as_deref().unwrap_or("-")
+        );
+        println!("tags:            {}", or_dash(tag_list(&s.tags)));
+        println!("system tags:     {}", or_dash(tag_list(&s.system_tags)));
+        println!("aliases:         {}", or_dash(s.aliases.join(",")));
+        let m = &d.model;
+        println!(
+            "model:           {}",
+            m.description.as_deref().unwrap_or("-")
+        );
+        println!("model tags:      {}", or_dash(tag_list(&m.tags)));
+        let aliases: Vec<String> = m.aliases.iter().map(|(a, v)| format!("{a}={v}")).collect();
+        println!("user's aliases:  {}", or_dash(aliases.join(",")));
     })
 }
 
 pub async fn export(
     pool: &PgPool,
     user: &str,
-    version: Option<i32>,
+    version: Option<&VersionRef>,
     out: &Path,
 ) -> anyhow::Result<()> {
     let (version, bytes) = registry::artifact(pool, user, version).await?;
@@ -169,22 +208,36 @@ pub async fn activate(
     config: &Config,
     pool: &PgPool,
     user: &str,
-    version: i32,
+    version: &VersionRef,
     json: bool,
 ) -> anyhow::Result<()> {
-    let activation = registry::activate(pool, user, version, "promote").await?;
+    let version = registry::resolve(pool, user, Some(version)).await?;
+    let activation = registry::activate(pool, user, version, "promote", Interface::Cli).await?;
     deliver(config, pool, user).await;
     emit(json, &activation, print_activation)
+}
+
+/// The version number a named version (a number, an alias, `active`) stands for, if one is named.
+async fn resolve_named(
+    pool: &PgPool,
+    user: &str,
+    version: Option<&VersionRef>,
+) -> anyhow::Result<Option<i32>> {
+    Ok(match version {
+        Some(v) => Some(registry::resolve(pool, user, Some(v)).await?),
+        None => None,
+    })
 }
 
 pub async fn rollback(
     config: &Config,
     pool: &PgPool,
     user: &str,
-    to: Option<i32>,
+    to: Option<&VersionRef>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let activation = registry::rollback(pool, user, to).await?;
+    let to = resolve_named(pool, user, to).await?;
+    let activation = registry::rollback(pool, user, to, Interface::Cli).await?;
     deliver(config, pool, user).await;
     emit(json, &activation, print_activation)
 }
@@ -198,13 +251,21 @@ pub async fn import(
     json: bool,
 ) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let activation = registry::import(pool, user, bytes, features, &config.xgb_params).await?;
+    let activation = registry::import(
+        pool,
+        user,
+        bytes,
+        features,
+        &config.xgb_params,
+        Interface::Cli,
+    )
+    .await?;
     deliver(config, pool, user).await;
     emit(json, &activation, print_activation)
 }
 
 pub async fn prune(pool: &PgPool, user: Option<&str>, keep: i64, json: bool) -> anyhow::Result<()> {
-    let deleted = registry::prune(pool, user, keep).await?;
+    let deleted = registry::prune(pool, user, keep, Interface::Cli).await?;
     emit(
         json,
         &serde_json::json!({"deleted": deleted, "keep": keep}),
@@ -214,15 +275,122 @@ pub async fn prune(pool: &PgPool, user: Option<&str>, keep: i64, json: bool) -> 
     )
 }
 
+/// `refit models update`: the description and tags of a version, or of the user's model.
+pub async fn update(
+    pool: &PgPool,
+    user: &str,
+    version: Option<&VersionRef>,
+    change: &Change,
+    json: bool,
+) -> anyhow::Result<()> {
+    let version = resolve_named(pool, user, version).await?;
+    let described = metadata::update(pool, user, version, change, Interface::Cli).await?;
+    emit(json, &described, |d: &Described| {
+        let what = d
+            .version
+            .map_or("the model".into(), |v| format!("version {v}"));
+        println!(
+            "{:?}, {what}: description {}; tags {}",
+            d.user_id,
+            d.description.as_deref().unwrap_or("-"),
+            or_dash(tag_list(&d.tags))
+        )
+    })
+}
+
+/// `refit models alias`: points an alias at a version, or removes it (`version` `None`).
+pub async fn alias(
+    pool: &PgPool,
+    user: &str,
+    name: &str,
+    version: Option<&VersionRef>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let change = match version {
+        Some(v) => {
+            let version = registry::resolve(pool, user, Some(v)).await?;
+            metadata::set_alias(pool, user, name, version, Interface::Cli).await?
+        }
+        None => metadata::remove_alias(pool, user, name, Interface::Cli).await?,
+    };
+    emit(json, &change, |c: &AliasChange| {
+        let show = |v: Option<i32>| v.map_or("none".into(), |v| v.to_string());
+        println!(
+            "{:?}: alias {} -> {} (was {}); the active version is unchanged",
+            c.user_id,
+            c.alias,
+            show(c.version),
+            show(c.previous_version)
+        )
+    })
+}
+
+/// `refit models delete`: erases the user; `confirm` must repeat the user id.
+pub async fn delete(
+    config: &Config,
+    pool: &PgPool,
+    user: &str,
+    confirm: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        confirm == user,
+        "refusing to delete: --confirm must repeat the user id ({user:?})"
+    );
+    let erasure = erasure::erase(pool, user, Interface::Cli, ERASE_WAIT).await?;
+    deliver(config, pool, user).await;
+    emit(json, &erasure, |e: &Erasure| {
+        println!(
+            "deleted {:?}: {} version(s), {} alias(es), {} pending and {} consumed actual(s); \
+             cache invalidation, delete event and tombstone {} recorded",
+            e.user_id,
+            e.deleted.versions,
+            e.deleted.aliases,
+            e.deleted.pending,
+            e.deleted.consumed,
+            e.event_id
+        )
+    })
+}
+
+/// `refit models history`: the user's registry writes, newest first.
+pub async fn history(pool: &PgPool, user: &str, limit: i64, json: bool) -> anyhow::Result<()> {
+    let entries = audit::history(pool, user, limit).await?;
+    emit(json, &entries, |entries: &Vec<AuditEntry>| {
+        println!(
+            "{:<25} {:<9} {:<8} {:<22} {:<30} NEW",
+            "AT", "INTERFACE", "ACTION", "TARGET", "OLD"
+        );
+        let text = |v: &Option<serde_json::Value>| v.as_ref().map_or("-".into(), |v| v.to_string());
+        for e in entries {
+            println!(
+                "{:<25} {:<9} {:<8} {:<22} {:<30} {}",
+                e.at.format("%Y-%m-%d %H:%M:%S%.3f"),
+                e.interface,
+                e.action,
+                e.target.to_string(),
+                text(&e.old),
+                text(&e.new)
+            );
+        }
+    })
+}
+
 pub async fn predict(
     config: &Config,
     pool: &PgPool,
     user: &str,
+    version: Option<&VersionRef>,
     features: &str,
     json: bool,
 ) -> anyhow::Result<()> {
     let cache = Cache::new(&config.redis_url, &config.cache_key_prefix)?;
-    let prediction = serving::predict(pool, &cache, config.cache_ttl, user, features).await?;
+    let version = match version {
+        None | Some(VersionRef::Active) => None,
+        Some(v) => Some(registry::resolve(pool, user, Some(v)).await?),
+    };
+    let prediction =
+        serving::predict(pool, &cache, config.cache_ttl, user, version, features).await?;
     emit(json, &prediction, |p| {
         println!(
             "{} (user {:?}, version {}, cache {})",
@@ -296,7 +464,7 @@ pub async fn demo(config: Config, stations: usize, rate: u32, seconds: u64) -> a
     let station = "station-01";
     let features = r#"{"hour": 8, "weekday": 1, "holiday": 0, "temperature": 18.5, "humidity": 60, "windspeed": 7.5}"#;
     for _ in 0..2 {
-        if let Err(e) = predict(&config, &pool, station, features, false).await {
+        if let Err(e) = predict(&config, &pool, station, None, features, false).await {
             println!("predict: {e:#}");
         }
     }

@@ -156,6 +156,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "REFIT_ADMIN_TOKEN",
         "bearer token for HTTP writes to the model registry",
     ),
+    (
+        "REFIT_AUDIT_RETENTION_DAYS",
+        "days the registry's audit trail keeps each write",
+    ),
     ("REFIT_CONTINUE_ETA", "learning rate of the rounds each batch adds (0 = the model's own eta)"),
     ("REFIT_REBUILD_EVERY", "rebuild the model from the recent window every Nth accepted batch (0 = only at the tree cap)"),
     ("REFIT_MAX_TREES", "tree cap per model; a retrain that would pass it compacts the model (0 = no cap)"),
@@ -239,6 +243,8 @@ pub struct Config {
     pub environment: String,
     /// Bearer token for HTTP writes to the registry; writes answer 401 without it.
     pub admin_token: Option<Secret>,
+    /// How long the registry's audit trail keeps a write.
+    pub audit_retention: Duration,
 }
 
 /// How the validation gate scores a version on held-out actuals (lower is better).
@@ -468,6 +474,9 @@ impl Config {
             loki_url,
             environment: get("REFIT_ENVIRONMENT").unwrap_or("dev").to_owned(),
             admin_token: get("REFIT_ADMIN_TOKEN").map(Secret::new),
+            audit_retention: Duration::from_secs(
+                int(raw, "REFIT_AUDIT_RETENTION_DAYS", 365, 1, 36_500)? as u64 * 86_400,
+            ),
             database_url: Secret::new(database_url),
             redis_url: Secret::new(redis_url),
             kafka_brokers,
@@ -569,6 +578,10 @@ impl Config {
                     .unwrap_or_default(),
             ),
             ("REFIT_ENVIRONMENT", self.environment.clone()),
+            (
+                "REFIT_AUDIT_RETENTION_DAYS",
+                (self.audit_retention.as_secs() / 86_400).to_string(),
+            ),
             (
                 "REFIT_LOG_FORMAT",
                 match self.log_format {

@@ -755,14 +755,19 @@ pub async fn lock_outboxes(
     Ok((locked, entries))
 }
 
-/// Marks entries delivered.
+/// Marks entries delivered; an erasure's entries (payload key `erase`) are deleted instead, so
+/// that nothing naming an erased user stays behind.
 pub async fn outbox_done(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<()> {
     // done_at is when the entry was marked, after its side effect (not the transaction's start,
     // which can precede another task's marking of the invalidation this entry waited for).
     sqlx::query(
-        "UPDATE refit_outbox o SET done_at = clock_timestamp(), attempts = o.attempts + 1
+        "WITH erased AS (
+             DELETE FROM refit_outbox o USING unnest($1::bigint[]) AS d(id)
+              WHERE o.id = d.id AND o.payload ? 'erase'
+         )
+         UPDATE refit_outbox o SET done_at = clock_timestamp(), attempts = o.attempts + 1
            FROM unnest($1::bigint[]) AS d(id)
-          WHERE o.id = d.id",
+          WHERE o.id = d.id AND NOT o.payload ? 'erase'",
     )
     .bind(ids)
     .execute(conn)

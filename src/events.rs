@@ -31,7 +31,8 @@ pub struct RetrainEvent {
     pub user_id: String,
     /// `success`, `failed` or `rejected`.
     pub status: String,
-    /// What made the version: `retrain`, `compaction`, `promote`, `rollback` or `import`.
+    /// What made the version: `retrain`, `compaction`, `promote`, `rollback` or `import`; or
+    /// `delete` when the user was erased (then followed by a tombstone for the user's key).
     #[serde(default = "default_action")]
     pub action: String,
     /// The version this event is about (the new one, or the failed attempt).
@@ -194,6 +195,22 @@ impl Events {
             .key(event.user_id.as_bytes())
             .payload(&value)
             .headers(headers);
+        self.send(record, value.len()).await
+    }
+
+    /// Publishes a tombstone (a null value) for the user's key: compacted topics forget the
+    /// user's earlier events.
+    pub async fn publish_tombstone(&self, user_id: &str) -> anyhow::Result<Delivery> {
+        let record = FutureRecord::<[u8], ()>::to(&self.topic).key(user_id.as_bytes());
+        self.send(record, 0).await
+    }
+
+    /// Sends one message and waits for the broker's acknowledgement.
+    async fn send<P: rdkafka::message::ToBytes + ?Sized>(
+        &self,
+        record: FutureRecord<'_, [u8], P>,
+        bytes: usize,
+    ) -> anyhow::Result<Delivery> {
         let producer = self.producer.read().expect("not poisoned").clone();
         let delivery = match producer.send(record, DELIVERY_TIMEOUT).await {
             Ok(delivery) => delivery,
@@ -207,7 +224,7 @@ impl Events {
         Ok(Delivery {
             partition: delivery.partition,
             offset: delivery.offset,
-            bytes: value.len(),
+            bytes,
         })
     }
 
@@ -310,9 +327,22 @@ impl EventReader {
         Ok(EventReader { consumer })
     }
 
-    /// The next event, or `None` if none arrives within `timeout`.
+    /// The next event, or `None` if none arrives within `timeout`; tombstones are skipped.
     pub fn next(&self, timeout: Duration) -> anyhow::Result<Option<ReadEvent>> {
-        use rdkafka::message::{Headers, Message};
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.next_message(left)? {
+                None => return Ok(None),
+                Some(Message::Event(e)) => return Ok(Some(*e)),
+                Some(Message::Tombstone { .. }) => continue,
+            }
+        }
+    }
+
+    /// The next message, event or tombstone, or `None` if none arrives within `timeout`.
+    pub fn next_message(&self, timeout: Duration) -> anyhow::Result<Option<Message>> {
+        use rdkafka::message::{Headers, Message as _};
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -325,9 +355,15 @@ impl EventReader {
                 Err(_) if !left.is_zero() => continue,
                 Err(e) => return Err(e.into()),
             };
+            let key = message.key().unwrap_or_default().to_vec();
+            let Some(payload) = message.payload() else {
+                return Ok(Some(Message::Tombstone {
+                    key,
+                    partition: message.partition(),
+                }));
+            };
             let value: serde_json::Value =
-                serde_json::from_slice(message.payload().unwrap_or_default())
-                    .context("a message on the topic is not JSON")?;
+                serde_json::from_slice(payload).context("a message on the topic is not JSON")?;
             let event: RetrainEvent = serde_json::from_value(value.clone())
                 .context("a message on the topic is not a retrain event")?;
             let headers = message
@@ -343,14 +379,25 @@ impl EventReader {
                         .collect()
                 })
                 .unwrap_or_default();
-            return Ok(Some(ReadEvent {
+            return Ok(Some(Message::Event(Box::new(ReadEvent {
                 event,
                 value,
-                key: message.key().unwrap_or_default().to_vec(),
+                key,
                 partition: message.partition(),
                 offset: message.offset(),
                 headers,
-            }));
+            }))));
         }
     }
+}
+
+/// A message read back from the topic.
+#[derive(Debug, Clone)]
+pub enum Message {
+    Event(Box<ReadEvent>),
+    /// A null value: the key's (user's) earlier events may be forgotten.
+    Tombstone {
+        key: Vec<u8>,
+        partition: i32,
+    },
 }

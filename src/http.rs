@@ -12,7 +12,11 @@
 //!   {"version": v}?`, `POST /models/{user}/prune {"keep": n}`, `POST /models/{user}/import
 //!   [?features=a,b]` with the model file as body — need `Authorization: Bearer
 //!   <REFIT_ADMIN_TOKEN>` (compared in constant time) and answer 401 without it, or when no token
-//!   is configured; the token is checked before the request body is read.
+//!   is configured; the token is checked before the request body is read. Also writes:
+//!   `PATCH /models/{user}` and `PATCH /models/{user}/versions/{v}` (description and tags),
+//!   `PUT`/`DELETE /models/{user}/aliases/{alias}`, `DELETE /models/{user}` (erasure); and a
+//!   read, `GET /models/{user}/history` (the audit trail). `{v}` is a number, an alias or
+//!   `active`.
 //!
 //! Every error is JSON, `{"error": "..."}`: the handlers' own and axum's refusals of a malformed
 //! path, query or body (400, 413, 415, 422), unknown routes (404) included.
@@ -22,22 +26,29 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, Query, Request, State};
+use axum::handler::Handler;
 use axum::http::HeaderMap;
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::{self, Interface};
 use crate::config::Config;
 use crate::db;
+use crate::erasure;
+use crate::metadata::{self, Change, VersionRef};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::registry::{self, Filter, RegistryError};
+
+/// How long `DELETE /models/{user}` waits for a retrain of the user in flight.
+const ERASE_WAIT: Duration = Duration::from_secs(10);
 
 /// The scheduler's proof of life.
 #[derive(Debug, Default)]
@@ -80,23 +91,39 @@ pub const OPENAPI: &str = include_str!("../docs/openapi.json");
 
 pub fn router(state: AppState) -> Router {
     // Registry writes: the token is checked first, before any extractor reads the request.
+    let token = middleware::from_fn_with_state(state.clone(), require_token);
     let writes = Router::new()
         .route("/models/{user}/promote", post(promote))
         .route("/models/{user}/rollback", post(rollback))
         .route("/models/{user}/prune", post(prune))
         .route(
+            "/models/{user}/aliases/{alias}",
+            put(set_alias).delete(remove_alias),
+        )
+        .route(
             "/models/{user}/import",
             post(import).layer(axum::extract::DefaultBodyLimit::max(512 << 20)),
         )
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(token.clone());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .route("/models", get(list_models))
-        .route("/models/{user}", get(user_models))
-        .route("/models/{user}/versions/{version}", get(show_version))
+        // Paths with reads and writes: the token guards each write handler (a route layer would
+        // also answer other methods, e.g. TRACE, with 401 instead of 405).
+        .route(
+            "/models/{user}",
+            get(user_models)
+                .patch(update_model.layer(token.clone()))
+                .delete(erase.layer(token.clone())),
+        )
+        .route("/models/{user}/history", get(history))
+        .route(
+            "/models/{user}/versions/{version}",
+            get(show_version).patch(update_version.layer(token.clone())),
+        )
         .route(
             "/models/{user}/versions/{version}/artifact",
             get(export_version),
@@ -214,11 +241,11 @@ async fn metrics(State(state): State<AppState>) -> Response {
 /// A registry failure as an HTTP answer.
 fn registry_error(e: RegistryError) -> Response {
     let status = match &e {
-        RegistryError::UnknownUser(_) | RegistryError::UnknownVersion { .. } => {
-            StatusCode::NOT_FOUND
-        }
+        RegistryError::UnknownUser(_)
+        | RegistryError::UnknownVersion { .. }
+        | RegistryError::UnknownAlias { .. } => StatusCode::NOT_FOUND,
         RegistryError::NoArtifact { .. } | RegistryError::Conflict(_) => StatusCode::CONFLICT,
-        RegistryError::InvalidModel(_) => StatusCode::BAD_REQUEST,
+        RegistryError::InvalidModel(_) | RegistryError::Invalid(_) => StatusCode::BAD_REQUEST,
         RegistryError::Database(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     error(status, &e.to_string())
@@ -256,17 +283,24 @@ struct ListQuery {
     status: Option<VersionStatus>,
     since: Option<chrono::DateTime<chrono::Utc>>,
     limit: Option<i64>,
+    /// `k=v`: only versions carrying this tag.
+    tag: Option<String>,
 }
 
 async fn list_models(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Response {
     if q.limit.is_some_and(|l| l < 0) {
         return error(StatusCode::BAD_REQUEST, "limit must not be negative");
     }
+    let tags = match q.tag.as_deref().map(metadata::parse_tag).transpose() {
+        Ok(tag) => tag.into_iter().collect(),
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+    };
     let filter = Filter {
         user: q.user,
         status: q.status.map(|s| s.as_str().to_owned()),
         since: q.since,
         limit: q.limit,
+        tags,
     };
     reply(registry::list(&state.pool, &filter).await)
 }
@@ -282,21 +316,39 @@ async fn user_models(State(state): State<AppState>, Path(user): Path<String>) ->
         Err(e) => return registry_error(e),
     };
     let active = versions.iter().find(|v| v.active).map(|v| v.version);
-    Json(json!({"user_id": user, "active_version": active, "versions": versions})).into_response()
+    let meta = match metadata::model_meta(&state.pool, &user).await {
+        Ok(meta) => meta.unwrap_or_default(),
+        Err(e) => return registry_error(e),
+    };
+    Json(json!({
+        "user_id": user, "active_version": active, "description": meta.description,
+        "tags": meta.tags, "aliases": meta.aliases, "versions": versions
+    }))
+    .into_response()
+}
+
+/// A version path segment: a number, an alias or `active`.
+fn version_ref(segment: &str) -> Result<VersionRef, RegistryError> {
+    segment.parse().map_err(RegistryError::Invalid)
 }
 
 async fn show_version(
     State(state): State<AppState>,
-    Path((user, version)): Path<(String, i32)>,
+    Path((user, version)): Path<(String, String)>,
 ) -> Response {
-    reply(registry::show(&state.pool, &user, Some(version)).await)
+    let shown = async { registry::show(&state.pool, &user, Some(&version_ref(&version)?)).await };
+    reply(shown.await)
 }
 
 async fn export_version(
     State(state): State<AppState>,
-    Path((user, version)): Path<(String, i32)>,
+    Path((user, version)): Path<(String, String)>,
 ) -> Response {
-    match registry::artifact(&state.pool, &user, Some(version)).await {
+    let version = match version_ref(&version) {
+        Ok(v) => v,
+        Err(e) => return registry_error(e),
+    };
+    match registry::artifact(&state.pool, &user, Some(&version)).await {
         Ok((_, bytes)) => ([(header::CONTENT_TYPE, "application/ubjson")], bytes).into_response(),
         Err(e) => registry_error(e),
     }
@@ -384,7 +436,7 @@ async fn promote(
     let Some(Integer(version)) = body.version else {
         return error(StatusCode::BAD_REQUEST, "body must be {\"version\": N}");
     };
-    let result = registry::activate(&state.pool, &user, version, "promote").await;
+    let result = registry::activate(&state.pool, &user, version, "promote", Interface::Http).await;
     if result.is_ok() {
         deliver(&state, &user).await;
     }
@@ -397,7 +449,7 @@ async fn rollback(
     body: Option<Json<VersionBody>>,
 ) -> Response {
     let to = body.and_then(|Json(b)| b.version).map(|Integer(v)| v);
-    let result = registry::rollback(&state.pool, &user, to).await;
+    let result = registry::rollback(&state.pool, &user, to, Interface::Http).await;
     if result.is_ok() {
         deliver(&state, &user).await;
     }
@@ -421,7 +473,7 @@ async fn prune(
         return error(StatusCode::BAD_REQUEST, "keep must be at least 1");
     }
     reply(
-        registry::prune(&state.pool, Some(&user), keep)
+        registry::prune(&state.pool, Some(&user), keep, Interface::Http)
             .await
             .map(|deleted| json!({"deleted": deleted})),
     )
@@ -447,10 +499,106 @@ async fn import(
         body.to_vec(),
         features,
         &state.config.xgb_params,
+        Interface::Http,
     )
     .await;
     if result.is_ok() {
         deliver(&state, &user).await;
     }
     reply(result)
+}
+
+/// A change of description and tags: `{"description": "...", "tags": {"k": "v"}, "untag": ["k"]}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    description: Option<String>,
+    #[serde(default)]
+    tags: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    untag: Vec<String>,
+}
+
+impl From<UpdateBody> for Change {
+    fn from(b: UpdateBody) -> Self {
+        Change {
+            description: b.description,
+            tags: b.tags,
+            untag: b.untag,
+        }
+    }
+}
+
+async fn update_model(
+    State(state): State<AppState>,
+    Path(user): Path<String>,
+    Json(body): Json<UpdateBody>,
+) -> Response {
+    let change = body.into();
+    reply(metadata::update(&state.pool, &user, None, &change, Interface::Http).await)
+}
+
+async fn update_version(
+    State(state): State<AppState>,
+    Path((user, version)): Path<(String, String)>,
+    Json(body): Json<UpdateBody>,
+) -> Response {
+    let change = body.into();
+    let result = async {
+        let version = registry::resolve(&state.pool, &user, Some(&version_ref(&version)?)).await?;
+        metadata::update(&state.pool, &user, Some(version), &change, Interface::Http).await
+    };
+    reply(result.await)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AliasBody {
+    version: Integer<i32>,
+}
+
+async fn set_alias(
+    State(state): State<AppState>,
+    Path((user, alias)): Path<(String, String)>,
+    Json(AliasBody {
+        version: Integer(version),
+    }): Json<AliasBody>,
+) -> Response {
+    reply(metadata::set_alias(&state.pool, &user, &alias, version, Interface::Http).await)
+}
+
+async fn remove_alias(
+    State(state): State<AppState>,
+    Path((user, alias)): Path<(String, String)>,
+) -> Response {
+    reply(metadata::remove_alias(&state.pool, &user, &alias, Interface::Http).await)
+}
+
+async fn erase(State(state): State<AppState>, Path(user): Path<String>) -> Response {
+    let result = erasure::erase(&state.pool, &user, Interface::Http, ERASE_WAIT).await;
+    if result.is_ok() {
+        deliver(&state, &user).await;
+    }
+    reply(result)
+}
+
+#[derive(serde::Deserialize)]
+struct HistoryQuery {
+    limit: Option<i64>,
+}
+
+async fn history(
+    State(state): State<AppState>,
+    Path(user): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> Response {
+    let limit = q.limit.unwrap_or(100);
+    if limit < 0 {
+        return error(StatusCode::BAD_REQUEST, "limit must not be negative");
+    }
+    reply(
+        audit::history(&state.pool, &user, limit)
+            .await
+            .map_err(RegistryError::from),
+    )
 }

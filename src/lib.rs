@@ -13,19 +13,24 @@
 //! - [`metrics`], [`telemetry`], [`http`]: Prometheus metrics, logs (stdout, Loki), probes;
 //! - [`retention`]: pruning of old versions, artifacts and bookkeeping rows;
 //! - [`registry`]: list/show/export/import/promote/rollback/prune versions (CLI and HTTP);
+//!   [`metadata`]: descriptions, tags and aliases; [`erasure`]: deleting a user for good;
+//!   [`audit`]: the record of every registry write;
 //! - [`serving`]: the serving reference, `refit predict`, reading through the Redis cache;
 //! - [`demo`]: generated rental data for `refit demo`.
 #![deny(unsafe_code)]
 
+pub mod audit;
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod demo;
+pub mod erasure;
 pub mod events;
 pub mod faults;
 pub mod features;
 pub mod http;
+pub mod metadata;
 pub mod metrics;
 pub mod model_cache;
 pub mod outbox;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use refit::config::{Config, VARIABLES};
+use refit::metadata::{self, Change, VersionRef};
 use refit::registry::Filter;
 use refit::{cli, db, service, telemetry};
 use tokio_util::sync::CancellationToken;
@@ -45,10 +46,14 @@ enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
-    /// Predict with a user's active model, read through the Redis cache as serving does.
+    /// Predict with a user's active model, read through the Redis cache as serving does (or with
+    /// a version or alias, read from PostgreSQL).
     Predict {
         #[arg(long)]
         user: String,
+        /// A version number or an alias (default: the active version, through the cache).
+        #[arg(long)]
+        version: Option<VersionRef>,
         /// A JSON object of features, e.g. '{"hour": 8, "temperature": 18.5}'.
         #[arg(long)]
         features: String,
@@ -77,6 +82,9 @@ enum ModelsCommand {
         since: Option<DateTime<Utc>>,
         #[arg(long)]
         limit: Option<i64>,
+        /// Only versions tagged k=v (repeatable; `refit.*` are refit's own tags).
+        #[arg(long = "tag", value_name = "K=V", value_parser = metadata::parse_tag)]
+        tags: Vec<(String, String)>,
         #[arg(long)]
         json: bool,
     },
@@ -84,8 +92,9 @@ enum ModelsCommand {
     Show {
         #[arg(long)]
         user: String,
+        /// A version number, an alias or `active` (the default).
         #[arg(long)]
-        version: Option<i32>,
+        version: Option<VersionRef>,
         #[arg(long)]
         json: bool,
     },
@@ -93,8 +102,9 @@ enum ModelsCommand {
     Export {
         #[arg(long)]
         user: String,
+        /// A version number, an alias or `active` (the default).
         #[arg(long)]
-        version: Option<i32>,
+        version: Option<VersionRef>,
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
@@ -114,8 +124,9 @@ enum ModelsCommand {
     Promote {
         #[arg(long)]
         user: String,
+        /// A version number or an alias.
         #[arg(long)]
-        version: i32,
+        version: VersionRef,
         #[arg(long)]
         json: bool,
     },
@@ -123,8 +134,9 @@ enum ModelsCommand {
     Rollback {
         #[arg(long)]
         user: String,
+        /// A version number or an alias.
         #[arg(long)]
-        to: Option<i32>,
+        to: Option<VersionRef>,
         #[arg(long)]
         json: bool,
     },
@@ -134,6 +146,60 @@ enum ModelsCommand {
         user: Option<String>,
         #[arg(long)]
         keep: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set the description and tags of a version, or of the user's model without --version.
+    Update {
+        #[arg(long)]
+        user: String,
+        /// A version number, an alias or `active` (default: the user's model as a whole).
+        #[arg(long)]
+        version: Option<VersionRef>,
+        /// The new description ('' removes it).
+        #[arg(long)]
+        description: Option<String>,
+        /// Set a tag (repeatable); keys starting with `refit.` are reserved.
+        #[arg(long = "tag", value_name = "K=V", value_parser = metadata::parse_tag)]
+        tags: Vec<(String, String)>,
+        /// Remove a tag (repeatable).
+        #[arg(long = "untag", value_name = "K")]
+        untag: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Point an alias (champion, candidate, ...) at a version, or remove it; serving is unchanged.
+    Alias {
+        #[arg(long)]
+        user: String,
+        /// The alias: lower-case letters, digits, - and _, starting with a letter.
+        #[arg(long)]
+        name: String,
+        /// The version (a number or another alias) to point at.
+        #[arg(long, required_unless_present = "delete", conflicts_with = "delete")]
+        version: Option<VersionRef>,
+        /// Remove the alias.
+        #[arg(long)]
+        delete: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete everything refit holds about a user (versions, artifacts, bookkeeping), for good.
+    Delete {
+        #[arg(long)]
+        user: String,
+        /// The user id again, to confirm.
+        #[arg(long)]
+        confirm: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The user's registry writes (the audit trail), newest first.
+    History {
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
         #[arg(long)]
         json: bool,
     },
@@ -213,61 +279,102 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Predict {
             user,
+            version,
             features,
             json,
         } => {
             let pool = db::connect(&config.database_url, 1).await?;
-            cli::predict(&config, &pool, &user, &features, json).await
+            cli::predict(&config, &pool, &user, version.as_ref(), &features, json).await
         }
         Command::Models { command } => {
             let pool = db::connect(&config.database_url, 1).await?;
             db::check_migrated(&pool).await?;
-            match command {
-                ModelsCommand::List {
+            models(&config, &pool, command).await
+        }
+    }
+}
+
+async fn models(
+    config: &Config,
+    pool: &sqlx::PgPool,
+    command: ModelsCommand,
+) -> anyhow::Result<()> {
+    match command {
+        ModelsCommand::List {
+            user,
+            status,
+            since,
+            limit,
+            tags,
+            json,
+        } => {
+            cli::list(
+                pool,
+                &Filter {
                     user,
                     status,
                     since,
                     limit,
-                    json,
-                } => {
-                    cli::list(
-                        &pool,
-                        &Filter {
-                            user,
-                            status,
-                            since,
-                            limit,
-                        },
-                        json,
-                    )
-                    .await
-                }
-                ModelsCommand::Show {
-                    user,
-                    version,
-                    json,
-                } => cli::show(&pool, &user, version, json).await,
-                ModelsCommand::Export { user, version, out } => {
-                    cli::export(&pool, &user, version, &out).await
-                }
-                ModelsCommand::Import {
-                    user,
-                    file,
-                    features,
-                    json,
-                } => cli::import(&config, &pool, &user, &file, features, json).await,
-                ModelsCommand::Promote {
-                    user,
-                    version,
-                    json,
-                } => cli::activate(&config, &pool, &user, version, json).await,
-                ModelsCommand::Rollback { user, to, json } => {
-                    cli::rollback(&config, &pool, &user, to, json).await
-                }
-                ModelsCommand::Prune { user, keep, json } => {
-                    cli::prune(&pool, user.as_deref(), keep, json).await
-                }
-            }
+                    tags: tags.into_iter().collect(),
+                },
+                json,
+            )
+            .await
+        }
+        ModelsCommand::Show {
+            user,
+            version,
+            json,
+        } => cli::show(pool, &user, version.as_ref(), json).await,
+        ModelsCommand::Export { user, version, out } => {
+            cli::export(pool, &user, version.as_ref(), &out).await
+        }
+        ModelsCommand::Import {
+            user,
+            file,
+            features,
+            json,
+        } => cli::import(config, pool, &user, &file, features, json).await,
+        ModelsCommand::Promote {
+            user,
+            version,
+            json,
+        } => cli::activate(config, pool, &user, &version, json).await,
+        ModelsCommand::Rollback { user, to, json } => {
+            cli::rollback(config, pool, &user, to.as_ref(), json).await
+        }
+        ModelsCommand::Prune { user, keep, json } => {
+            cli::prune(pool, user.as_deref(), keep, json).await
+        }
+        ModelsCommand::Update {
+            user,
+            version,
+            description,
+            tags,
+            untag,
+            json,
+        } => {
+            let change = Change {
+                description,
+                tags: tags.into_iter().collect(),
+                untag,
+            };
+            cli::update(pool, &user, version.as_ref(), &change, json).await
+        }
+        ModelsCommand::Alias {
+            user,
+            name,
+            version,
+            delete: _,
+            json,
+        } => cli::alias(pool, &user, &name, version.as_ref(), json).await,
+        ModelsCommand::Delete {
+            user,
+            confirm,
+            json,
+        } => cli::delete(config, pool, &user, &confirm, json).await,
+        ModelsCommand::History { user, limit, json } => {
+            cli::history(pool, &user, limit, json).await
         }
     }
 }

@@ -334,6 +334,11 @@ impl Outbox {
             return Ok(());
         }
         let publishes = due.iter().map(|entry| async move {
+            if entry.payload.get("tombstone").is_some() {
+                let started = Instant::now();
+                let delivery = self.events.publish_tombstone(&entry.user_id).await?;
+                return anyhow::Ok((None, delivery, elapsed_ms(started)));
+            }
             let mut event: RetrainEvent = serde_json::from_value(entry.payload.clone())
                 .map_err(|e| anyhow::anyhow!("outbox payload is not a retrain event: {e}"))?;
             if let Some(ms) = commit_ms.get(&entry.event_id) {
@@ -344,7 +349,7 @@ impl Outbox {
             }
             let started = Instant::now();
             let delivery = self.events.publish(&event).await?;
-            anyhow::Ok((event, delivery, elapsed_ms(started)))
+            anyhow::Ok((Some(event), delivery, elapsed_ms(started)))
         });
         let publishes = futures::future::join_all(publishes);
         // The outbox locks live as long as this transaction's connection. If that dies while the
@@ -369,7 +374,15 @@ impl Outbox {
         let mut failed = false;
         for (entry, outcome) in due.iter().zip(outcomes) {
             match outcome {
-                Ok((event, delivery, ms)) => {
+                Ok((None, delivery, _)) => {
+                    info!(
+                        step = "announce", user_id = %entry.user_id, topic = self.events.topic(),
+                        partition = delivery.partition, offset = delivery.offset,
+                        "tombstone published"
+                    );
+                    done.push(entry.id);
+                }
+                Ok((Some(event), delivery, ms)) => {
                     self.metrics.observe_step("announce", ms);
                     if let Some(data_until) = event.data_until {
                         let freshness =

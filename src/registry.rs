@@ -4,6 +4,7 @@
 //! Every change of a user's active version (promote, rollback, import) takes the user's registry
 //! row lock — so it waits for a retrain in flight — and records the cache invalidation and the
 //! `model-retrained` event in the outbox in the same transaction, exactly as a retrain does.
+//! Every write is recorded in the audit trail ([`crate::audit`]) in its own transaction.
 
 use std::collections::BTreeMap;
 
@@ -13,8 +14,10 @@ use serde_json::{json, Map, Value};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
+use crate::audit::{self, Interface, Write};
 use crate::db::{self, OutboxKind};
 use crate::events::RetrainEvent;
+use crate::metadata::{self, ModelMeta, VersionRef};
 use crate::trainer;
 
 /// Why a registry operation was refused.
@@ -24,6 +27,10 @@ pub enum RegistryError {
     UnknownUser(String),
     #[error("user {user:?} has no version {version}")]
     UnknownVersion { user: String, version: i32 },
+    #[error("user {user:?} has no alias {alias:?}")]
+    UnknownAlias { user: String, alias: String },
+    #[error("{0}")]
+    Invalid(String),
     #[error("version {version} of user {user:?} has no artifact (status {status})")]
     NoArtifact {
         user: String,
@@ -56,6 +63,15 @@ pub struct VersionSummary {
     pub live_mae: Option<f64>,
     /// The policy step that made the version: fresh, continue, rebuild or refresh.
     pub step: Option<String>,
+    /// Set by people (`refit models update`).
+    pub description: Option<String>,
+    /// Set by people; keys never start with `refit.`.
+    pub tags: BTreeMap<String, String>,
+    /// Derived by refit: `refit.source`, `refit.step`, `refit.reason` (why it failed or was
+    /// rejected).
+    pub system_tags: BTreeMap<String, String>,
+    /// The user's aliases pointing at this version.
+    pub aliases: Vec<String>,
 }
 
 /// Everything about one version but its artifact.
@@ -70,6 +86,8 @@ pub struct VersionDetail {
     pub timings_ms: Value,
     pub metrics: Value,
     pub retrain_id: Option<Uuid>,
+    /// The user's model as a whole: its description, tags and aliases.
+    pub model: ModelMeta,
 }
 
 /// Listing filters.
@@ -79,12 +97,29 @@ pub struct Filter {
     pub status: Option<String>,
     pub since: Option<DateTime<Utc>>,
     pub limit: Option<i64>,
+    /// Only versions carrying all these tags (their own, their model's or refit's `refit.*`).
+    pub tags: BTreeMap<String, String>,
 }
 
-const SUMMARY_COLUMNS: &str =
+/// The tags refit derives from a version (`v`): its source, policy step and, unless it is ready,
+/// why it failed or was rejected.
+macro_rules! system_tags {
+    () => {
+        "jsonb_strip_nulls(jsonb_build_object(
+            'refit.source', v.source, 'refit.step', v.metrics->'policy'->>'step',
+            'refit.reason', CASE WHEN v.status <> 'ready' THEN v.error END))"
+    };
+}
+const SYSTEM_TAGS: &str = system_tags!();
+
+const SUMMARY_COLUMNS: &str = concat!(
     "v.user_id, v.version, v.status, (m.active_version = v.version) IS TRUE,
     v.parent_version, v.rows_used, v.rows_set_aside, v.trees, v.source, v.created_at, v.error,
-    (v.metrics->'live'->>'mae')::float8, v.metrics->'policy'->>'step'";
+    (v.metrics->'live'->>'mae')::float8, v.metrics->'policy'->>'step', v.description, v.tags, ",
+    system_tags!(),
+    ", ARRAY(SELECT a.alias FROM refit_aliases a
+             WHERE a.user_id = v.user_id AND a.version = v.version ORDER BY a.alias)"
+);
 
 fn summary(row: &sqlx::postgres::PgRow) -> VersionSummary {
     VersionSummary {
@@ -101,7 +136,16 @@ fn summary(row: &sqlx::postgres::PgRow) -> VersionSummary {
         error: row.get(10),
         live_mae: row.get(11),
         step: row.get(12),
+        description: row.get(13),
+        tags: string_map(row.get(14)),
+        system_tags: string_map(row.get(15)),
+        aliases: row.get(16),
     }
+}
+
+/// A JSON object of strings (tags) as a map; anything else is empty.
+fn string_map(value: Value) -> BTreeMap<String, String> {
+    serde_json::from_value(value).unwrap_or_default()
 }
 
 /// Versions matching `filter`, newest first.
@@ -111,6 +155,7 @@ pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Vec<VersionSummary>,
           WHERE ($1::text IS NULL OR v.user_id = $1)
             AND ($2::text IS NULL OR v.status = $2)
             AND ($3::timestamptz IS NULL OR v.created_at >= $3)
+            AND (m.tags || v.tags || {SYSTEM_TAGS}) @> $5
           ORDER BY v.created_at DESC, v.user_id, v.version DESC
           LIMIT $4"
     );
@@ -119,6 +164,7 @@ pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Vec<VersionSummary>,
         .bind(&filter.status)
         .bind(filter.since)
         .bind(filter.limit.unwrap_or(1000))
+        .bind(sqlx::types::Json(&filter.tags))
         .fetch_all(pool)
         .await?;
     Ok(rows.iter().map(summary).collect())
@@ -128,9 +174,12 @@ pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Vec<VersionSummary>,
 pub async fn show(
     pool: &PgPool,
     user: &str,
-    version: Option<i32>,
+    version: Option<&VersionRef>,
 ) -> Result<VersionDetail, RegistryError> {
     let version = resolve(pool, user, version).await?;
+    let model = metadata::model_meta(pool, user)
+        .await?
+        .ok_or_else(|| RegistryError::UnknownUser(user.into()))?;
     let sql = format!(
         "SELECT {SUMMARY_COLUMNS}, v.boosted_rounds, octet_length(v.artifact), v.params, v.features,
                 v.timings_ms, v.metrics, v.retrain_id
@@ -148,20 +197,27 @@ pub async fn show(
         })?;
     Ok(VersionDetail {
         summary: summary(&row),
-        boosted_rounds: row.get(13),
-        artifact_bytes: row.get(14),
-        params: row.get(15),
-        features: row.get(16),
-        timings_ms: row.get(17),
-        metrics: row.get(18),
-        retrain_id: row.get(19),
+        boosted_rounds: row.get(17),
+        artifact_bytes: row.get(18),
+        params: row.get(19),
+        features: row.get(20),
+        timings_ms: row.get(21),
+        metrics: row.get(22),
+        retrain_id: row.get(23),
+        model,
     })
 }
 
-/// The version number `version` names, or the active one.
-async fn resolve(pool: &PgPool, user: &str, version: Option<i32>) -> Result<i32, RegistryError> {
-    if let Some(v) = version {
-        return Ok(v);
+/// The version number `version` names (a number, an alias), or the active one.
+pub async fn resolve(
+    pool: &PgPool,
+    user: &str,
+    version: Option<&VersionRef>,
+) -> Result<i32, RegistryError> {
+    match version {
+        Some(VersionRef::Number(v)) => return Ok(*v),
+        Some(VersionRef::Alias(alias)) => return metadata::alias_target(pool, user, alias).await,
+        Some(VersionRef::Active) | None => {}
     }
     let active: Option<Option<i32>> =
         sqlx::query_scalar("SELECT active_version FROM refit_models WHERE user_id = $1")
@@ -182,7 +238,7 @@ async fn resolve(pool: &PgPool, user: &str, version: Option<i32>) -> Result<i32,
 pub async fn artifact(
     pool: &PgPool,
     user: &str,
-    version: Option<i32>,
+    version: Option<&VersionRef>,
 ) -> Result<(i32, Vec<u8>), RegistryError> {
     let version = resolve(pool, user, version).await?;
     let row: Option<(String, Option<Vec<u8>>)> = sqlx::query_as(
@@ -216,12 +272,26 @@ pub struct Activation {
     pub event_id: Uuid,
 }
 
+impl Activation {
+    /// The audit record of this change of the active version.
+    fn audit(&self) -> Write<'_> {
+        Write {
+            user: &self.user_id,
+            action: &self.action,
+            target: json!({"version": self.active_version}),
+            old: Some(json!({"active_version": self.previous_version})),
+            new: Some(json!({"active_version": self.active_version})),
+        }
+    }
+}
+
 /// Makes `version` the user's active version (`action`: promote or rollback).
 pub async fn activate(
     pool: &PgPool,
     user: &str,
     version: i32,
     action: &str,
+    interface: Interface,
 ) -> Result<Activation, RegistryError> {
     let mut tx = pool.begin().await?;
     let previous = lock_user(&mut tx, user).await?;
@@ -256,6 +326,7 @@ pub async fn activate(
     .execute(&mut *tx)
     .await?;
     let activation = record_activation(&mut tx, user, previous, version, trees, action).await?;
+    audit::record(&mut tx, interface, activation.audit()).await?;
     tx.commit().await?;
     Ok(activation)
 }
@@ -265,6 +336,7 @@ pub async fn rollback(
     pool: &PgPool,
     user: &str,
     to: Option<i32>,
+    interface: Interface,
 ) -> Result<Activation, RegistryError> {
     let target = match to {
         Some(v) => v,
@@ -281,7 +353,7 @@ pub async fn rollback(
             .ok_or_else(|| RegistryError::Conflict(format!("user {user:?} has no ready version before {active}")))?
         }
     };
-    activate(pool, user, target, "rollback").await
+    activate(pool, user, target, "rollback", interface).await
 }
 
 /// Stores a model file (UBJSON or JSON, from any XGBoost >= 1.0) as the user's next version and
@@ -292,6 +364,7 @@ pub async fn import(
     bytes: Vec<u8>,
     features: Option<Vec<String>>,
     default_params: &BTreeMap<String, String>,
+    interface: Interface,
 ) -> Result<Activation, RegistryError> {
     let info = tokio::task::spawn_blocking(move || trainer::inspect(&bytes).map(|i| (i, bytes)))
         .await
@@ -357,33 +430,52 @@ pub async fn import(
         "import",
     )
     .await?;
+    audit::record(&mut tx, interface, activation.audit()).await?;
     tx.commit().await?;
     Ok(activation)
 }
 
 /// Deletes all but the newest `keep` versions (of `user`, or of every user); the active version
-/// is never deleted. Returns how many were deleted.
-pub async fn prune(pool: &PgPool, user: Option<&str>, keep: i64) -> Result<u64, RegistryError> {
+/// and versions an alias points at are never deleted. Each user whose versions were deleted gets
+/// an audit record of them. Returns how many were deleted.
+pub async fn prune(
+    pool: &PgPool,
+    user: Option<&str>,
+    keep: i64,
+    interface: Interface,
+) -> Result<u64, RegistryError> {
     if keep < 1 {
-        return Err(RegistryError::Conflict("--keep must be at least 1".into()));
+        return Err(RegistryError::Invalid("--keep must be at least 1".into()));
     }
-    let deleted = sqlx::query(
-        "DELETE FROM refit_model_versions v
-          USING (SELECT user_id, version,
-                        row_number() OVER (PARTITION BY user_id ORDER BY version DESC) AS rank
-                   FROM refit_model_versions
-                  WHERE $1::text IS NULL OR user_id = $1) ranked, refit_models m
-          WHERE v.user_id = ranked.user_id AND v.version = ranked.version
-            AND m.user_id = v.user_id
-            AND ranked.rank > $2
-            AND m.active_version IS DISTINCT FROM v.version",
+    let deleted: i64 = sqlx::query_scalar(
+        "WITH deleted AS (
+             DELETE FROM refit_model_versions v
+              USING (SELECT user_id, version,
+                            row_number() OVER (PARTITION BY user_id ORDER BY version DESC) AS rank
+                       FROM refit_model_versions
+                      WHERE $1::text IS NULL OR user_id = $1) ranked, refit_models m
+              WHERE v.user_id = ranked.user_id AND v.version = ranked.version
+                AND m.user_id = v.user_id
+                AND ranked.rank > $2
+                AND m.active_version IS DISTINCT FROM v.version
+                AND NOT EXISTS (SELECT 1 FROM refit_aliases a
+                                 WHERE a.user_id = v.user_id AND a.version = v.version)
+             RETURNING v.user_id, v.version
+         ), audited AS (
+             INSERT INTO refit_audit (user_id, interface, action, target, old_value, new_value)
+             SELECT user_id, $3, 'prune', jsonb_build_object('keep', $2),
+                    jsonb_build_object('versions', jsonb_agg(version ORDER BY version)),
+                    jsonb_build_object('versions', '[]'::jsonb)
+               FROM deleted GROUP BY user_id
+         )
+         SELECT count(*) FROM deleted",
     )
     .bind(user)
     .bind(keep)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    Ok(deleted)
+    .bind(interface.as_str())
+    .fetch_one(pool)
+    .await?;
+    Ok(deleted as u64)
 }
 
 /// Locks the user's registry row (waiting for a retrain in flight); returns the active version.

@@ -9,6 +9,7 @@
 //!   row, its metrics and its lineage stay);
 //! - **versions**: all but the newest `REFIT_KEEP_VERSIONS` are deleted, never the active one nor
 //!   anything newer than it, together with the consumed-actual rows attributed to them;
+//! - a version an alias points at keeps its row and its artifact (people named it);
 //! - **consumed actuals**: trained rows older than the window the policy still reads (the larger of
 //!   the rebuild window and the gate's window) are deleted.
 //!
@@ -89,6 +90,8 @@ async fn delete_versions(
           WHERE user_id = $1
             AND version < least($2, (SELECT version FROM refit_model_versions WHERE user_id = $1
                                       ORDER BY version DESC OFFSET $3 - 1 LIMIT 1))
+            AND NOT EXISTS (SELECT 1 FROM refit_aliases a
+                             WHERE a.user_id = $1 AND a.version = refit_model_versions.version)
           ORDER BY version LIMIT $4",
     )
     .bind(user_id)
@@ -126,7 +129,9 @@ async fn drop_artifacts(
           WHERE user_id = $1 AND artifact IS NOT NULL
             AND version < least($2, (SELECT version FROM refit_model_versions
                                       WHERE user_id = $1 AND status = 'ready'
-                                      ORDER BY version DESC OFFSET $3 - 1 LIMIT 1))",
+                                      ORDER BY version DESC OFFSET $3 - 1 LIMIT 1))
+            AND NOT EXISTS (SELECT 1 FROM refit_aliases a
+                             WHERE a.user_id = $1 AND a.version = refit_model_versions.version)",
     )
     .bind(user_id)
     .bind(active)

@@ -136,6 +136,7 @@ impl Service {
             self.outbox.clone(),
             self.pool.clone(),
             self.config.retention,
+            self.config.audit_retention,
             self.config.poll_interval,
             background.clone(),
         ));
@@ -533,11 +534,13 @@ async fn listen(
     }
 }
 
-/// Periodically delivers leftover outbox entries and refreshes the backlog gauge.
+/// Periodically delivers leftover outbox entries and refreshes the backlog gauge; every
+/// `PURGE_EVERY`, deletes what is past its retention.
 async fn sweep(
     outbox: Arc<Outbox>,
     pool: PgPool,
     retention: Retention,
+    audit_retention: Duration,
     interval: Duration,
     stop: CancellationToken,
 ) {
@@ -555,7 +558,7 @@ async fn sweep(
         }
         if last_purge.elapsed() > PURGE_EVERY {
             last_purge = Instant::now();
-            purge_expired(&pool, &retention).await;
+            purge_expired(&pool, &retention, audit_retention).await;
         }
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -564,17 +567,29 @@ async fn sweep(
     }
 }
 
-/// Deletes rows past their retention, batch after batch until none is left (or 20 batches).
-async fn purge_expired(pool: &PgPool, retention: &Retention) {
+/// Deletes rows past their retention — delivered outbox entries and set-aside records in batches
+/// until none is left (or 20 batches), then the audit trail's old rows.
+async fn purge_expired(pool: &PgPool, retention: &Retention, audit_retention: Duration) {
     for _ in 0..20 {
         match retention::purge_expired(pool, retention).await {
-            Ok(0) => return,
+            Ok(0) => break,
             Ok(n) => debug!(
                 rows = n,
                 "expired outbox entries and set-aside records deleted"
             ),
-            Err(e) => return warn!(error = %e, "retention purge failed"),
+            Err(e) => {
+                warn!(error = %e, "retention purge failed");
+                break;
+            }
         }
+    }
+    match crate::audit::purge(pool, audit_retention).await {
+        Ok(0) => {}
+        Ok(n) => info!(
+            rows = n,
+            "audit rows past REFIT_AUDIT_RETENTION_DAYS purged"
+        ),
+        Err(e) => warn!(error = %e, "audit purge failed"),
     }
 }
 

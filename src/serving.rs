@@ -5,6 +5,9 @@
 //! re-reads the active version: if a retrain committed in between, its `DEL` may have run before
 //! this fill, so the fill is deleted again and the read retried. This closes the classic
 //! "stale refill" race that a plain read-through cache has.
+//!
+//! A named version (a number or an alias) is read from PostgreSQL, bypassing the cache, which
+//! holds only the active version.
 
 use std::time::Duration;
 
@@ -22,19 +25,25 @@ pub struct Prediction {
     pub user_id: String,
     pub version: i32,
     pub prediction: f32,
-    /// `hit` when the model came from the cache, `miss` when it was loaded and cached.
+    /// `hit` when the model came from the cache, `miss` when it was loaded and cached, `bypass`
+    /// for a named version (read from PostgreSQL, the cache left alone).
     pub cache: &'static str,
 }
 
-/// Predicts for one feature object (JSON text) with the user's model.
+/// Predicts for one feature object (JSON text) with the user's model: the active one, read
+/// through the cache, or `version`.
 pub async fn predict(
     pool: &PgPool,
     cache: &Cache,
     ttl: Duration,
     user: &str,
+    version: Option<i32>,
     features_json: &str,
 ) -> anyhow::Result<Prediction> {
-    let (model, source) = load(pool, cache, ttl, user).await?;
+    let (model, source) = match version {
+        None => load(pool, cache, ttl, user).await?,
+        Some(v) => (version_model(pool, user, v).await?, "bypass"),
+    };
     let row = ActualRow {
         actual_id: 0,
         actual_value: 0.0,
@@ -87,6 +96,24 @@ async fn active_version(pool: &PgPool, user: &str) -> sqlx::Result<Option<i32>> 
     .fetch_optional(pool)
     .await?
     .flatten())
+}
+
+/// One version's model, from PostgreSQL.
+async fn version_model(pool: &PgPool, user: &str, version: i32) -> anyhow::Result<CachedModel> {
+    let row: Option<(Option<Vec<u8>>, serde_json::Value)> = sqlx::query_as(
+        "SELECT artifact, features FROM refit_model_versions WHERE user_id = $1 AND version = $2",
+    )
+    .bind(user)
+    .bind(version)
+    .fetch_optional(pool)
+    .await?;
+    let (artifact, features) =
+        row.with_context(|| format!("user {user:?} has no version {version}"))?;
+    Ok(CachedModel {
+        version,
+        features: serde_json::from_value(features)?,
+        artifact: artifact.with_context(|| format!("version {version} has no artifact"))?,
+    })
 }
 
 async fn active_model(pool: &PgPool, user: &str) -> anyhow::Result<CachedModel> {

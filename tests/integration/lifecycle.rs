@@ -41,7 +41,7 @@ fn model_tool(args: &[&str]) -> Value {
 }
 
 /// Runs `refit <args>` against the environment; returns (exit code, stdout, stderr).
-fn refit(env: &TestEnv, args: &[&str]) -> (i32, String, String) {
+pub(crate) fn refit(env: &TestEnv, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(BIN)
         .args(args)
         .env_clear()
@@ -55,13 +55,13 @@ fn refit(env: &TestEnv, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn refit_json(env: &TestEnv, args: &[&str]) -> Value {
+pub(crate) fn refit_json(env: &TestEnv, args: &[&str]) -> Value {
     let (code, stdout, stderr) = refit(env, args);
     assert_eq!(code, 0, "refit {args:?} failed: {stderr}");
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("refit {args:?}: {e}: {stdout}"))
 }
 
-const PROBE: &str = r#"{"hour": 8, "weekday": 2, "humidity": 55, "temperature": 14.5}"#;
+pub(crate) const PROBE: &str = r#"{"hour": 8, "weekday": 2, "humidity": 55, "temperature": 14.5}"#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_commands_work_on_real_services() {
@@ -254,6 +254,26 @@ async fn registry_commands_work_on_real_services() {
         .map(|v| v["version"].as_i64().unwrap())
         .collect();
     assert_eq!(left, [3, 1], "v3 is the newest, v1 is active");
+
+    // Every write is in the audit trail (the refused import is not: it wrote nothing).
+    let history = refit_json(&env, &["models", "history", "--user", "olga", "--json"]);
+    let writes: Vec<(&str, &Value, &Value)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), &e["old"], &e["new"]))
+        .collect();
+    let active = |v: i64| json!({"active_version": v});
+    assert_eq!(
+        writes,
+        [
+            ("prune", &json!({"versions": [2]}), &json!({"versions": []})),
+            ("rollback", &active(3), &active(1)),
+            ("import", &active(2), &active(3)),
+            ("promote", &active(1), &active(2)),
+            ("rollback", &active(2), &active(1)),
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -459,6 +479,16 @@ async fn http_registry_reads_are_open_and_writes_need_the_token() {
     let ok = promote(Some("s3cret-admin-token")).await.unwrap();
     assert_eq!(ok.status(), 200);
     assert_eq!(env.active_version("rita").await, Some(1));
+    let history: Value = get_json(&client, &format!("{base}/models/rita/history")).await;
+    assert_eq!(
+        (&history[0]["action"], &history[0]["interface"]),
+        (&json!("promote"), &json!("http"))
+    );
+    assert_eq!(
+        history.as_array().unwrap().len(),
+        1,
+        "refused writes are not recorded"
+    );
     running.stop().await;
 
     // Without a configured token, writes are always refused.
@@ -474,7 +504,7 @@ async fn http_registry_reads_are_open_and_writes_need_the_token() {
     running.stop().await;
 }
 
-async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+pub(crate) async fn get_json(client: &reqwest::Client, url: &str) -> Value {
     client.get(url).send().await.unwrap().json().await.unwrap()
 }
 

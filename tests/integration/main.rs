@@ -10,5 +10,6 @@ mod policy;
 mod processes;
 mod prometheus;
 mod python_oracle;
+mod registry;
 mod retention;
 mod support;

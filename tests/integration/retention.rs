@@ -111,6 +111,37 @@ async fn the_active_version_and_everything_newer_survive_pruning() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_with_an_alias_keeps_its_row_and_artifact() {
+    let env = TestEnv::new().await;
+    let service = env.service(&SMALL).await;
+    retrain(&env, &service, 0, 3).await;
+    sqlx::query(
+        "INSERT INTO refit_aliases (user_id, alias, version) VALUES ('rita', 'champion', 2)",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    retrain(&env, &service, 3, 17).await;
+    let kept: Vec<(i32, bool)> = sqlx::query_as(
+        "SELECT version, artifact IS NOT NULL FROM refit_model_versions WHERE user_id = 'rita' ORDER BY version",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        kept,
+        [
+            (2, true),
+            (16, false),
+            (17, false),
+            (18, false),
+            (19, true),
+            (20, true)
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_user_is_skipped_not_waited_for() {
     let env = TestEnv::new().await;
     let service = env.service(&SMALL).await;

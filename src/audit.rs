@@ -1,0 +1,129 @@
+//! The audit trail of the model registry: every write (update, alias, promote, rollback, prune,
+//! import, delete) is recorded in `refit_audit`, in the write's own transaction, with the interface
+//! it came through, when, what it wrote and the old and new values. Rows older than
+//! REFIT_AUDIT_RETENTION_DAYS are purged by the service; erasing a user leaves only a record,
+//! keyed by the SHA-256 of the user id, that an erasure happened.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool, Row};
+
+/// Where a registry write came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interface {
+    Cli,
+    Http,
+}
+
+impl Interface {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Interface::Cli => "cli",
+            Interface::Http => "http",
+        }
+    }
+}
+
+/// One registry write, as recorded.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AuditEntry {
+    pub id: i64,
+    /// `None` on the record an erasure leaves.
+    pub user_id: Option<String>,
+    pub interface: String,
+    pub action: String,
+    /// Which version or alias was written (`{}` for the model as a whole).
+    pub target: Value,
+    pub old: Option<Value>,
+    pub new: Option<Value>,
+    pub at: DateTime<Utc>,
+}
+
+/// A write to record: `action` on `target` of `user`, from `old` to `new`.
+pub(crate) struct Write<'a> {
+    pub user: &'a str,
+    pub action: &'a str,
+    pub target: Value,
+    pub old: Option<Value>,
+    pub new: Option<Value>,
+}
+
+/// Records one write (in the caller's transaction).
+pub(crate) async fn record(
+    conn: &mut PgConnection,
+    interface: Interface,
+    write: Write<'_>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO refit_audit (user_id, interface, action, target, old_value, new_value)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(write.user)
+    .bind(interface.as_str())
+    .bind(write.action)
+    .bind(write.target)
+    .bind(write.old)
+    .bind(write.new)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// Replaces the user's audit rows with the one record an erasure leaves: no user id, its SHA-256,
+/// and how much was deleted (`deleted`).
+pub(crate) async fn record_erasure(
+    conn: &mut PgConnection,
+    interface: Interface,
+    user: &str,
+    deleted: &Value,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "WITH forgotten AS (DELETE FROM refit_audit WHERE user_id = $1)
+         INSERT INTO refit_audit (user_hash, interface, action, old_value)
+         VALUES (encode(sha256(convert_to($1, 'UTF8')), 'hex'), $2, 'delete', $3)",
+    )
+    .bind(user)
+    .bind(interface.as_str())
+    .bind(deleted)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// The user's registry writes, newest first (an erasure's record included).
+pub async fn history(pool: &PgPool, user: &str, limit: i64) -> sqlx::Result<Vec<AuditEntry>> {
+    sqlx::query(
+        "SELECT id, user_id, interface, action, target, old_value, new_value, at
+           FROM refit_audit
+          WHERE user_id = $1
+             OR user_hash = encode(sha256(convert_to($1, 'UTF8')), 'hex')
+          ORDER BY id DESC
+          LIMIT $2",
+    )
+    .bind(user)
+    .bind(limit)
+    .map(|row: sqlx::postgres::PgRow| AuditEntry {
+        id: row.get(0),
+        user_id: row.get(1),
+        interface: row.get(2),
+        action: row.get(3),
+        target: row.get(4),
+        old: row.get(5),
+        new: row.get(6),
+        at: row.get(7),
+    })
+    .fetch_all(pool)
+    .await
+}
+
+/// Forgets audit rows older than `age`; returns how many.
+pub async fn purge(pool: &PgPool, age: Duration) -> sqlx::Result<u64> {
+    sqlx::query("DELETE FROM refit_audit WHERE at < now() - make_interval(secs => $1)")
+        .bind(age.as_secs_f64())
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected())
+}

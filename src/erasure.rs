@@ -1,0 +1,160 @@
+//! Deleting a user for good (data-protection erasure): the user's versions and artifacts,
+//! aliases, pending and consumed bookkeeping, undelivered side effects and registry row go in one
+//! transaction, which waits for a retrain of the user in flight (its registry row lock) up to a
+//! limit and is refused after it. The same transaction leaves in the audit trail only a record,
+//! keyed by the SHA-256 of the user id, that an erasure happened, and records in the outbox the
+//! cache invalidation, a `model-retrained` event of action `delete` and a Kafka tombstone (null
+//! value) for the user's key. Once delivered, those outbox entries are deleted rather than kept.
+//!
+//! The upstream tables (`prediction_requests`, `actual_rentals`) are not touched: actuals that
+//! arrive later start a new model from scratch.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use sqlx::PgConnection;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::audit::{self, Interface};
+use crate::db::{self, OutboxKind};
+use crate::events::RetrainEvent;
+use crate::registry::RegistryError;
+
+/// The marker of an erasure's outbox entries: delivered, they are deleted.
+pub const ERASE_MARK: &str = "erase";
+
+/// What an erasure deleted.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default, sqlx::FromRow)]
+pub struct Deleted {
+    pub versions: i64,
+    pub aliases: i64,
+    pub pending: i64,
+    pub consumed: i64,
+}
+
+/// An erasure, done.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Erasure {
+    pub user_id: String,
+    pub previous_version: Option<i32>,
+    pub deleted: Deleted,
+    pub event_id: Uuid,
+}
+
+/// Deletes everything refit holds about `user`; waits up to `wait` for a retrain in flight.
+pub async fn erase(
+    pool: &PgPool,
+    user: &str,
+    interface: Interface,
+    wait: Duration,
+) -> Result<Erasure, RegistryError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+        .bind(format!("{}ms", wait.as_millis().max(1)))
+        .execute(&mut *tx)
+        .await?;
+    let head = lock(&mut tx, user).await?;
+    let deleted = delete_rows(&mut tx, user).await?;
+    if head.is_none() && deleted == Deleted::default() {
+        return Err(RegistryError::UnknownUser(user.into()));
+    }
+    let previous_version = head.flatten();
+    audit::record_erasure(&mut tx, interface, user, &json!(deleted)).await?;
+    let event_id = announce(&mut tx, user, previous_version).await?;
+    tx.commit().await?;
+    tracing::info!(user_id = user, ?deleted, "user erased");
+    Ok(Erasure {
+        user_id: user.into(),
+        previous_version,
+        deleted,
+        event_id,
+    })
+}
+
+/// Locks the user's registry row: `None` without one, else the active version.
+async fn lock(conn: &mut PgConnection, user: &str) -> Result<Option<Option<i32>>, RegistryError> {
+    let locked =
+        sqlx::query_scalar("SELECT active_version FROM refit_models WHERE user_id = $1 FOR UPDATE")
+            .bind(user)
+            .fetch_optional(conn)
+            .await;
+    match locked {
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
+            Err(RegistryError::Conflict(format!(
+                "a retrain of user {user:?} is in flight; try again when it is done"
+            )))
+        }
+        other => Ok(other?),
+    }
+}
+
+/// Deletes the user's rows from every refit table but the audit trail.
+async fn delete_rows(conn: &mut PgConnection, user: &str) -> sqlx::Result<Deleted> {
+    sqlx::query_as(
+        "WITH aliases AS (DELETE FROM refit_aliases WHERE user_id = $1 RETURNING 1),
+              versions AS (DELETE FROM refit_model_versions WHERE user_id = $1 RETURNING 1),
+              pending AS (DELETE FROM refit_pending WHERE user_id = $1 RETURNING 1),
+              consumed AS (DELETE FROM refit_consumed_actuals WHERE user_id = $1 RETURNING 1),
+              outbox AS (DELETE FROM refit_outbox WHERE user_id = $1),
+              models AS (DELETE FROM refit_models WHERE user_id = $1)
+         SELECT (SELECT count(*) FROM versions) AS versions,
+                (SELECT count(*) FROM aliases) AS aliases,
+                (SELECT count(*) FROM pending) AS pending,
+                (SELECT count(*) FROM consumed) AS consumed",
+    )
+    .bind(user)
+    .fetch_one(conn)
+    .await
+}
+
+/// Records the invalidation, the `delete` event and the tombstone in the outbox.
+async fn announce(
+    conn: &mut PgConnection,
+    user: &str,
+    previous_version: Option<i32>,
+) -> sqlx::Result<Uuid> {
+    let event = RetrainEvent {
+        event_id: Uuid::new_v4(),
+        user_id: user.into(),
+        status: "success".into(),
+        action: "delete".into(),
+        model_version: None,
+        previous_version,
+        active_version: None,
+        rows_used: 0,
+        rows_rejected: 0,
+        trees: None,
+        timings_ms: Map::new(),
+        validation: None,
+        live: None,
+        policy: None,
+        reason: None,
+        retrain_id: Uuid::now_v7(),
+        data_until: None,
+        created_at: Utc::now(),
+    };
+    let announce = marked(json!(event));
+    let invalidate = marked(json!({"retrain_id": event.retrain_id}));
+    let tombstone = marked(json!({"tombstone": true}));
+    db::enqueue_outbox(
+        conn,
+        event.event_id,
+        user,
+        &[
+            (OutboxKind::Invalidate, &invalidate),
+            (OutboxKind::Announce, &announce),
+            (OutboxKind::Announce, &tombstone),
+        ],
+    )
+    .await?;
+    Ok(event.event_id)
+}
+
+/// An outbox payload marked as an erasure's.
+fn marked(mut payload: Value) -> Value {
+    payload[ERASE_MARK] = json!(true);
+    payload
+}
