@@ -171,6 +171,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("REFIT_STALE_MIN_ROWS", "fewest pending actuals a staleness retrain trains on"),
     ("REFIT_MODEL_CACHE_MB", "memory for recently trained models kept between retrains (by artifact size; 0 = none)"),
     ("REFIT_CACHE_TTL_SECS", "TTL of the serving cache entry that `refit predict` fills"),
+    ("REFIT_STATEMENT_TIMEOUT_MS", "PostgreSQL statement_timeout of refit's sessions (0 = none)"),
+    ("REFIT_IDLE_IN_TRANSACTION_TIMEOUT_MS", "PostgreSQL idle_in_transaction_session_timeout of refit's sessions (0 = none)"),
+    ("REFIT_TCP_KEEPALIVE_SECS", "TCP keepalive idle time and interval of refit's PostgreSQL sessions, server side (0 = the server's)"),
+    ("REFIT_RETRAIN_TIMEOUT_SECS", "deadline of one retrain; past it the retrain rolls back and the user backs off (0 = none)"),
     ("REFIT_LOG_FORMAT", "text or json (stdout)"),
     ("RUST_LOG", "log filter, e.g. info or refit=debug"),
 ];
@@ -230,6 +234,23 @@ pub struct Config {
     pub environment: String,
     /// Bearer token for HTTP writes to the registry; writes answer 401 without it.
     pub admin_token: Option<Secret>,
+    /// Limits of every PostgreSQL session refit opens.
+    pub session: SessionLimits,
+    /// Deadline of one retrain (`None`: none): past it the retrain's transaction rolls back, its
+    /// row lock is released and the user backs off.
+    pub retrain_timeout: Option<Duration>,
+}
+
+/// Limits of refit's PostgreSQL sessions, so a hung statement, an abandoned transaction or a
+/// half-open connection cannot hold a user's row lock for long. `None`: the server's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// `statement_timeout`.
+    pub statement_timeout: Option<Duration>,
+    /// `idle_in_transaction_session_timeout`.
+    pub idle_in_transaction_timeout: Option<Duration>,
+    /// `tcp_keepalives_idle` and `tcp_keepalives_interval` (3 probes), and `tcp_user_timeout`.
+    pub tcp_keepalive: Option<Duration>,
 }
 
 /// How the validation gate scores a version on held-out actuals (lower is better).
@@ -443,7 +464,31 @@ impl Config {
             secs => Some(Duration::from_secs(secs as u64)),
         };
 
+        let ms_setting = |name, default| {
+            int(raw, name, default, 0, 86_400_000).map(|ms| match ms {
+                0 => None,
+                ms => Some(Duration::from_millis(ms as u64)),
+            })
+        };
+        let session = SessionLimits {
+            statement_timeout: ms_setting("REFIT_STATEMENT_TIMEOUT_MS", 30_000)?,
+            idle_in_transaction_timeout: ms_setting(
+                "REFIT_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+                45_000,
+            )?,
+            tcp_keepalive: match int(raw, "REFIT_TCP_KEEPALIVE_SECS", 10, 0, 3600)? {
+                0 => None,
+                secs => Some(Duration::from_secs(secs as u64)),
+            },
+        };
+        let retrain_timeout = match int(raw, "REFIT_RETRAIN_TIMEOUT_SECS", 30, 0, 86_400)? {
+            0 => None,
+            secs => Some(Duration::from_secs(secs as u64)),
+        };
+
         Ok(Config {
+            session,
+            retrain_timeout,
             policy,
             max_staleness,
             stale_min_rows: int(raw, "REFIT_STALE_MIN_ROWS", 1, 1, 1_000_000)?,
@@ -543,6 +588,25 @@ impl Config {
             ),
             ("REFIT_STALE_MIN_ROWS", self.stale_min_rows.to_string()),
             (
+                "REFIT_STATEMENT_TIMEOUT_MS",
+                millis(self.session.statement_timeout),
+            ),
+            (
+                "REFIT_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+                millis(self.session.idle_in_transaction_timeout),
+            ),
+            (
+                "REFIT_TCP_KEEPALIVE_SECS",
+                self.session
+                    .tcp_keepalive
+                    .map_or(0, |d| d.as_secs())
+                    .to_string(),
+            ),
+            (
+                "REFIT_RETRAIN_TIMEOUT_SECS",
+                self.retrain_timeout.map_or(0, |d| d.as_secs()).to_string(),
+            ),
+            (
                 "REFIT_OUTBOX_RETRY_MAX_MS",
                 self.outbox_retry_max.as_millis().to_string(),
             ),
@@ -569,6 +633,11 @@ impl Config {
         described.extend(self.policy.describe());
         described
     }
+}
+
+/// A duration setting in milliseconds as `refit config` shows it (0 = none).
+fn millis(value: Option<Duration>) -> String {
+    value.map_or(0, |d| d.as_millis()).to_string()
 }
 
 /// An on/off setting.
@@ -717,6 +786,12 @@ mod tests {
         assert_eq!(c.topic, "model-retrained");
         assert_eq!(c.xgb_params["objective"], "reg:squarederror");
         assert_eq!(c.cache_key_prefix, "model:");
+        // A hung retrain's row lock is released well within a minute by default.
+        let s = c.session;
+        assert_eq!(s.statement_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(s.idle_in_transaction_timeout, Some(Duration::from_secs(45)));
+        assert_eq!(s.tcp_keepalive, Some(Duration::from_secs(10)));
+        assert_eq!(c.retrain_timeout, Some(Duration::from_secs(30)));
     }
 
     #[test]

@@ -183,7 +183,12 @@ fn main() -> ExitCode {
 async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Migrate => {
-            let pool = db::connect(&config.database_url, 1).await?;
+            let pool = db::connect(
+                &config.database_url,
+                &config.session,
+                db::service_pool_size(1),
+            )
+            .await?;
             db::migrate(&pool).await?;
             tracing::info!(database = %config.database_url, "migrations applied");
             Ok(())
@@ -216,11 +221,21 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             features,
             json,
         } => {
-            let pool = db::connect(&config.database_url, 1).await?;
+            let pool = db::connect(
+                &config.database_url,
+                &config.session,
+                db::service_pool_size(1),
+            )
+            .await?;
             cli::predict(&config, &pool, &user, &features, json).await
         }
         Command::Models { command } => {
-            let pool = db::connect(&config.database_url, 1).await?;
+            let pool = db::connect(
+                &config.database_url,
+                &config.session,
+                db::service_pool_size(1),
+            )
+            .await?;
             db::check_migrated(&pool).await?;
             match command {
                 ModelsCommand::List {

@@ -128,6 +128,39 @@ impl Retrainer {
         }
     }
 
+    /// [`Retrainer::retrain_user`] within the retrain deadline (REFIT_RETRAIN_TIMEOUT_SECS). An
+    /// error — at read, at commit, or the deadline passed (the retrain's transaction is dropped,
+    /// so it rolls back and releases the user's row lock) — backs the user off exponentially, as
+    /// a failed training does, instead of retrying it at every poll.
+    pub async fn retrain_bounded(&self, user_id: &str, pending: i64) -> anyhow::Result<Outcome> {
+        let attempt = self.retrain_user(user_id, pending);
+        let result = match self.config.retrain_timeout {
+            None => attempt.await,
+            Some(limit) => tokio::time::timeout(limit, attempt)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "the retrain passed its deadline of {} s (REFIT_RETRAIN_TIMEOUT_SECS) and was rolled back",
+                        limit.as_secs()
+                    ))
+                }),
+        };
+        if let Err(error) = &result {
+            self.metrics.retrains.with_label_values(&["failed"]).inc();
+            warn!(
+                user_id,
+                error = format!("{error:#}"),
+                "retrain aborted; its actuals stay pending and the user backs off"
+            );
+            let lock_wait = Duration::from_secs(5);
+            if let Err(e) = db::back_off(&self.pool, user_id, MAX_FAILURE_BACKOFF, lock_wait).await
+            {
+                warn!(user_id, error = %e, "cannot record the back-off; the next scan retries the user");
+            }
+        }
+        result
+    }
+
     /// Retrains `user_id` once if it has `>= threshold` pending actuals (or stale ones). `pending` is what the
     /// detector counted (for the detect log line).
     pub async fn retrain_user(&self, user_id: &str, pending: i64) -> anyhow::Result<Outcome> {

@@ -69,7 +69,8 @@ impl Service {
     /// Redis and Kafka may be down: their work waits in the outbox.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let config = Arc::new(config);
-        let pool = db::connect(&config.database_url, config.max_concurrent_retrains).await?;
+        let pool_size = db::service_pool_size(config.max_concurrent_retrains);
+        let pool = db::connect(&config.database_url, &config.session, pool_size).await?;
         db::check_migrated(&pool).await?;
         let metrics = Arc::new(Metrics::new());
         let cache = Arc::new(Cache::new(&config.redis_url, &config.cache_key_prefix)?);
@@ -454,7 +455,7 @@ async fn work(retrainer: &Retrainer, user: &db::DueUser, shutdown: &Cancellation
     let threshold = retrainer.threshold();
     let mut pending = user.pending;
     loop {
-        match retrainer.retrain_user(&user.user_id, pending).await {
+        match retrainer.retrain_bounded(&user.user_id, pending).await {
             Ok(outcome) if outcome.consumed_rows() => {
                 debug!(user_id = %user.user_id, ?outcome, "retrain done");
                 pending = (pending - threshold).max(0);
@@ -471,10 +472,8 @@ async fn work(retrainer: &Retrainer, user: &db::DueUser, shutdown: &Cancellation
                 debug!(user_id = %user.user_id, ?outcome, "worker done");
                 return Finished::Unknown;
             }
-            Err(e) => {
-                error!(user_id = %user.user_id, error = format!("{e:#}"), "retrain aborted; its actuals stay pending");
-                return Finished::Unknown;
-            }
+            // Logged and backed off by `retrain_bounded`: left to the full scan, like a failure.
+            Err(_) => return Finished::BackingOff,
         }
     }
 }
