@@ -364,6 +364,36 @@ pub async fn reinstate(
     .map(|_| ())
 }
 
+/// Why a pending actual can never be consumed (`refit_unconsumable_actuals.reason`, the label of
+/// `refit_unconsumable_actuals_total`).
+pub const UNCONSUMABLE_REASONS: [&str; 1] = ["already_consumed"];
+
+/// Moves the user's pending actuals whose id was consumed before — deleted upstream and inserted
+/// again with the same id — out of the queue into `refit_unconsumable_actuals`, with the reason:
+/// consuming them again would violate `refit_consumed_actuals`' primary key and fail every
+/// retrain of the user. Returns their ids.
+pub async fn set_aside_consumed_again(
+    conn: &mut PgConnection,
+    user_id: &str,
+) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "WITH again AS (
+             DELETE FROM refit_pending p USING refit_consumed_actuals c
+              WHERE p.user_id = $1 AND c.actual_id = p.actual_id
+             RETURNING p.actual_id, c.user_id AS consumed_for, c.version, c.outcome
+         )
+         INSERT INTO refit_unconsumable_actuals (actual_id, user_id, reason, detail)
+         SELECT actual_id, $1, 'already_consumed',
+                format('actual id %s was consumed before (%s, user %s, version %s); deleted and inserted again upstream?',
+                       actual_id, outcome, consumed_for, coalesce(version::text, 'none'))
+           FROM again
+         RETURNING actual_id",
+    )
+    .bind(user_id)
+    .fetch_all(conn)
+    .await
+}
+
 /// A pending actual with its request's features, and when it became pending.
 pub struct PendingActual {
     pub row: ActualRow,

@@ -172,10 +172,16 @@ impl Retrainer {
         };
 
         let started = Instant::now();
+        let unconsumable = self
+            .set_aside_unconsumable(&mut tx, user_id, retrain_id)
+            .await?;
         let threshold = self.config.retrain_threshold;
         let pending_rows = db::read_pending(&mut tx, user_id, threshold).await?;
         let oldest = pending_rows.iter().map(|p| p.enqueued_at).min();
         if (pending_rows.len() as i64) < threshold && !self.stale(pending_rows.len(), oldest) {
+            if unconsumable > 0 {
+                tx.commit().await?;
+            }
             return Ok(Outcome::NotDue {
                 pending: pending_rows.len() as i64,
             });
@@ -285,6 +291,28 @@ impl Retrainer {
             return Ok(Err(Outcome::BackingOff));
         }
         Ok(Ok((tx, head)))
+    }
+
+    /// Sets aside (logs and counts) the user's pending actuals that can never be consumed; returns
+    /// how many.
+    async fn set_aside_unconsumable(
+        &self,
+        tx: &mut Tx<'_>,
+        user_id: &str,
+        retrain_id: Uuid,
+    ) -> anyhow::Result<usize> {
+        let ids = db::set_aside_consumed_again(tx, user_id).await?;
+        for actual_id in &ids {
+            warn!(
+                step = "read", %retrain_id, user_id, actual_id, reason = "already_consumed",
+                "pending actual set aside: its id was consumed before (refit_unconsumable_actuals)"
+            );
+        }
+        self.metrics
+            .unconsumable
+            .with_label_values(&["already_consumed"])
+            .inc_by(ids.len() as u64);
+        Ok(ids.len())
     }
 
     /// The parameters and feature order the next version trains with: the active version's, or

@@ -115,3 +115,104 @@ async fn every_refit_session_has_the_configured_timeouts_and_keepalives() {
     running.stop().await;
 }
 
+/// Defect 2: an actual deleted upstream and inserted again with an id refit already consumed made
+/// every retrain of its user fail on `refit_consumed_actuals`' primary key, so none of the user's
+/// later actuals were ever trained. It is set aside with its reason, counted, and the user moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actual_inserted_again_with_a_consumed_id_is_set_aside_and_the_user_moves_on() {
+    let env = TestEnv::new().await;
+    let running = env.start(&[]).await;
+    let user = "reinserted";
+    let ids = env.insert_actuals(user, 50).await;
+    eventually(WAIT, "version 1", || async {
+        env.versions(user, "ready").await == [1]
+    })
+    .await;
+    let again = ids[7];
+    sqlx::query(
+        "WITH gone AS (DELETE FROM actual_rentals WHERE id = $1 RETURNING request_id)
+         INSERT INTO actual_rentals (id, request_id, actual_value)
+         SELECT $1, request_id, 42.0 FROM gone",
+    )
+    .bind(again)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(env.pending(user).await, 1, "the trigger queued it again");
+    env.insert_actuals(user, 50).await;
+    eventually(WAIT, "version 2 trained on the later actuals", || async {
+        env.versions(user, "ready").await == [1, 2]
+    })
+    .await;
+    assert_eq!(env.pending(user).await, 0);
+    let aside: Vec<(i64, String, String, String)> =
+        sqlx::query_as("SELECT actual_id, user_id, reason, detail FROM refit_unconsumable_actuals")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        (aside[0].0, aside[0].2.as_str()),
+        (again, "already_consumed")
+    );
+    assert!(aside[0].3.contains("consumed before"), "{aside:?}");
+    let metrics = running.service.metrics.render();
+    assert!(
+        metrics.contains("refit_unconsumable_actuals_total{reason=\"already_consumed\"} 1"),
+        "{metrics}"
+    );
+    env.outbox_drained(WAIT).await;
+    let counts = verify(&env, &brokers(), 50, "reinserted_consumed_id").await;
+    assert_eq!((counts.trained, counts.still_pending), (100, 0));
+    running.stop().await;
+}
+
+/// Defect 2: an error at read or commit (here a commit PostgreSQL refuses every time) was retried
+/// at every poll, without back-off. It backs the user off exponentially, like a failed training,
+/// and other users keep training.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_error_backs_the_user_off_instead_of_retrying_every_poll() {
+    let env = TestEnv::new().await;
+    env.service(&[]).await; // the topic
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_doomed() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.user_id = 'doomed' THEN RAISE EXCEPTION 'injected commit failure'; END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse_doomed BEFORE INSERT ON refit_model_versions
+             FOR EACH ROW EXECUTE FUNCTION refuse_doomed();",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let refit = Refit::spawn(&env.vars(&[]));
+    refit.wait_for_line("refit starting", WAIT).await;
+    env.insert_actuals("doomed", 50).await;
+    refit.wait_for_line("injected commit failure", WAIT).await;
+    let first = Instant::now();
+    env.insert_actuals("healthy", 50).await;
+    eventually(WAIT, "the other user trains", || async {
+        env.versions("healthy", "ready").await == [1]
+    })
+    .await;
+    // Observe 6 s: back-offs of 1, 2 and 4 s allow at most 4 attempts; one per poll (100 ms)
+    // would be about 60.
+    let window = Duration::from_secs(6);
+    tokio::time::sleep(window.saturating_sub(first.elapsed())).await;
+    let attempts = refit.count("injected commit failure");
+    println!("{attempts} attempts in {window:?}");
+    assert!(
+        attempts <= 5,
+        "{attempts} attempts in {window:?}: no back-off"
+    );
+    let (failures, backing_off): (i32, bool) = sqlx::query_as(
+        "SELECT failures, retry_after > now() - interval '1 second' FROM refit_models WHERE user_id = 'doomed'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(failures >= 2 && backing_off, "{failures} {backing_off}");
+    assert_eq!(env.pending("doomed").await, 50, "nothing lost");
+}
+
