@@ -175,6 +175,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("REFIT_IDLE_IN_TRANSACTION_TIMEOUT_MS", "PostgreSQL idle_in_transaction_session_timeout of refit's sessions (0 = none)"),
     ("REFIT_TCP_KEEPALIVE_SECS", "TCP keepalive idle time and interval of refit's PostgreSQL sessions, server side (0 = the server's)"),
     ("REFIT_RETRAIN_TIMEOUT_SECS", "deadline of one retrain; past it the retrain rolls back and the user backs off (0 = none)"),
+    ("REFIT_HTTP_DB_POOL_SIZE", "PostgreSQL connections of the HTTP API, apart from the retrains' pool"),
     ("REFIT_LOG_FORMAT", "text or json (stdout)"),
     ("RUST_LOG", "log filter, e.g. info or refit=debug"),
 ];
@@ -236,6 +237,9 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// Limits of every PostgreSQL session refit opens.
     pub session: SessionLimits,
+    /// PostgreSQL connections of the HTTP API: its own pool, so registry reads cannot take the
+    /// connections retrains need.
+    pub http_db_pool_size: u32,
     /// Deadline of one retrain (`None`: none): past it the retrain's transaction rolls back, its
     /// row lock is released and the user backs off.
     pub retrain_timeout: Option<Duration>,
@@ -487,6 +491,7 @@ impl Config {
         };
 
         Ok(Config {
+            http_db_pool_size: int(raw, "REFIT_HTTP_DB_POOL_SIZE", 2, 1, 100)? as u32,
             session,
             retrain_timeout,
             policy,
@@ -613,6 +618,10 @@ impl Config {
             (
                 "REFIT_HTTP_ADDR",
                 self.http_addr.map_or("off".into(), |a| a.to_string()),
+            ),
+            (
+                "REFIT_HTTP_DB_POOL_SIZE",
+                self.http_db_pool_size.to_string(),
             ),
             (
                 "LOKI_URL",

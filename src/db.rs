@@ -33,11 +33,21 @@ pub async fn connect(
     limits: &SessionLimits,
     connections: u32,
 ) -> anyhow::Result<PgPool> {
+    connect_as("refit", url, limits, connections).await
+}
+
+/// [`connect`], the sessions named `application_name` (as `pg_stat_activity` shows them).
+pub async fn connect_as(
+    application_name: &str,
+    url: &Secret,
+    limits: &SessionLimits,
+    connections: u32,
+) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = url
         .expose()
         .parse::<PgConnectOptions>()
         .with_context(|| format!("DATABASE_URL {url} is not a valid PostgreSQL URL"))?
-        .application_name("refit")
+        .application_name(application_name)
         // Every statement is planned for its arguments. refit's tables start empty and grow and
         // shrink by the minute; a generic plan cached while one was small (prepared statements
         // live as long as the connection) went on scanning it whole once it was large — seen in

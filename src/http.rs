@@ -256,17 +256,24 @@ struct ListQuery {
     status: Option<VersionStatus>,
     since: Option<chrono::DateTime<chrono::Utc>>,
     limit: Option<i64>,
+    offset: Option<i64>,
 }
 
 async fn list_models(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Response {
-    if q.limit.is_some_and(|l| l < 0) {
-        return error(StatusCode::BAD_REQUEST, "limit must not be negative");
+    let max = registry::MAX_LIST_LIMIT;
+    if q.limit.is_some_and(|l| !(0..=max).contains(&l)) {
+        let message = format!("limit must be from 0 to {max}; page with offset");
+        return error(StatusCode::BAD_REQUEST, &message);
+    }
+    if q.offset.is_some_and(|o| o < 0) {
+        return error(StatusCode::BAD_REQUEST, "offset must not be negative");
     }
     let filter = Filter {
         user: q.user,
         status: q.status.map(|s| s.as_str().to_owned()),
         since: q.since,
         limit: q.limit,
+        offset: q.offset,
     };
     reply(registry::list(&state.pool, &filter).await)
 }

@@ -252,6 +252,7 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
                             status,
                             since,
                             limit,
+                            offset: None,
                         },
                         json,
                     )

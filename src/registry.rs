@@ -72,13 +72,19 @@ pub struct VersionDetail {
     pub retrain_id: Option<Uuid>,
 }
 
+/// The most versions one HTTP listing returns, and the default: larger listings are paged.
+pub const MAX_LIST_LIMIT: i64 = 1000;
+
 /// Listing filters.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     pub user: Option<String>,
     pub status: Option<String>,
     pub since: Option<DateTime<Utc>>,
+    /// [`MAX_LIST_LIMIT`] by default (the HTTP API allows no more).
     pub limit: Option<i64>,
+    /// Versions skipped, for paging through a listing.
+    pub offset: Option<i64>,
 }
 
 const SUMMARY_COLUMNS: &str =
@@ -112,13 +118,14 @@ pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Vec<VersionSummary>,
             AND ($2::text IS NULL OR v.status = $2)
             AND ($3::timestamptz IS NULL OR v.created_at >= $3)
           ORDER BY v.created_at DESC, v.user_id, v.version DESC
-          LIMIT $4"
+          LIMIT $4 OFFSET $5"
     );
     let rows = sqlx::query(&sql)
         .bind(&filter.user)
         .bind(&filter.status)
         .bind(filter.since)
-        .bind(filter.limit.unwrap_or(1000))
+        .bind(filter.limit.unwrap_or(MAX_LIST_LIMIT))
+        .bind(filter.offset.unwrap_or(0).max(0))
         .fetch_all(pool)
         .await?;
     Ok(rows.iter().map(summary).collect())

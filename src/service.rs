@@ -51,6 +51,9 @@ const BUSY_SCAN_INTERVAL: Duration = Duration::from_secs(30);
 pub struct Service {
     pub config: Arc<Config>,
     pub pool: PgPool,
+    /// The HTTP API's own small pool (REFIT_HTTP_DB_POOL_SIZE): registry reads cannot take the
+    /// connections retrains need.
+    pub http_pool: PgPool,
     pub metrics: Arc<Metrics>,
     pub cache: Arc<Cache>,
     pub events: Arc<Events>,
@@ -72,6 +75,13 @@ impl Service {
         let pool_size = db::service_pool_size(config.max_concurrent_retrains);
         let pool = db::connect(&config.database_url, &config.session, pool_size).await?;
         db::check_migrated(&pool).await?;
+        let http_pool = db::connect_as(
+            "refit-http",
+            &config.database_url,
+            &config.session,
+            config.http_db_pool_size,
+        )
+        .await?;
         let metrics = Arc::new(Metrics::new());
         let cache = Arc::new(Cache::new(&config.redis_url, &config.cache_key_prefix)?);
         let events = Arc::new(Events::new(&config)?);
@@ -104,6 +114,7 @@ impl Service {
             http_addr,
             config,
             pool,
+            http_pool,
             metrics,
             cache,
             events,
@@ -141,7 +152,7 @@ impl Service {
         let listener = self.http_listener.lock().expect("not poisoned").take();
         if let Some(listener) = listener {
             let state = crate::http::AppState {
-                pool: self.pool.clone(),
+                pool: self.http_pool.clone(),
                 metrics: self.metrics.clone(),
                 outbox: self.outbox.clone(),
                 heartbeat: self.heartbeat.clone(),

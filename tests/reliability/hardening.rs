@@ -216,3 +216,69 @@ async fn a_commit_error_backs_the_user_off_instead_of_retrying_every_poll() {
     assert_eq!(env.pending("doomed").await, 50, "nothing lost");
 }
 
+/// Trains `versions` versions of `user` with a running service (batches of 50).
+async fn train_versions(env: &TestEnv, user: &str, versions: i32) {
+    for v in 1..=versions {
+        env.insert_actuals(user, 50).await;
+        eventually(WAIT, "the next version", || async {
+            env.versions(user, "ready").await.len() == v as usize
+        })
+        .await;
+    }
+    env.outbox_drained(WAIT).await;
+}
+
+/// Defect 5: `GET /models` took any `limit` (a few `limit=100000000` reads could hold every
+/// connection) and shared the retrains' pool. The limit is capped (400 beyond), listings page
+/// with `offset`, and the HTTP API has its own small pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_listings_are_capped_paged_and_on_their_own_pool() {
+    let env = TestEnv::new().await;
+    let running = env.start(&[("REFIT_HTTP_DB_POOL_SIZE", "1")]).await;
+    let base = format!("http://{}", running.service.http_addr.unwrap());
+    train_versions(&env, "paged", 3).await;
+    let client = reqwest::Client::new();
+
+    let refused = client
+        .get(format!("{base}/models?status=failed&limit=100000000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("1000"), "{body}");
+
+    let page = |query: &'static str| {
+        let url = format!("{base}/models?user=paged&{query}");
+        let client = client.clone();
+        async move {
+            let response = client.get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            let versions: Vec<serde_json::Value> = response.json().await.unwrap();
+            versions
+                .iter()
+                .map(|v| v["version"].as_i64().unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(page("limit=1000").await, [3, 2, 1]);
+    assert_eq!(page("limit=2").await, [3, 2]);
+    assert_eq!(page("limit=2&offset=2").await, [1]);
+    assert_eq!(page("offset=3").await, Vec::<i64>::new());
+    let negative = client
+        .get(format!("{base}/models?offset=-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(negative.status(), 400);
+
+    // Twenty concurrent listings run on the HTTP pool's one connection, not the retrains'.
+    let reads: Vec<_> = (0..20).map(|_| page("limit=1000")).collect();
+    futures::future::join_all(reads).await;
+    let http_sessions = env
+        .count("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'refit-http' AND datname = current_database()")
+        .await;
+    assert_eq!(http_sessions, 1, "the HTTP API's own pool of 1");
+    running.stop().await;
+}
+
