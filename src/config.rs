@@ -176,6 +176,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("REFIT_TCP_KEEPALIVE_SECS", "TCP keepalive idle time and interval of refit's PostgreSQL sessions, server side (0 = the server's)"),
     ("REFIT_RETRAIN_TIMEOUT_SECS", "deadline of one retrain; past it the retrain rolls back and the user backs off (0 = none)"),
     ("REFIT_HTTP_DB_POOL_SIZE", "PostgreSQL connections of the HTTP API, apart from the retrains' pool"),
+    ("REFIT_IMPORT_MAX_BYTES", "largest model file POST /models/{user}/import accepts (larger: 413)"),
     ("REFIT_LOG_FORMAT", "text or json (stdout)"),
     ("RUST_LOG", "log filter, e.g. info or refit=debug"),
 ];
@@ -240,6 +241,8 @@ pub struct Config {
     /// PostgreSQL connections of the HTTP API: its own pool, so registry reads cannot take the
     /// connections retrains need.
     pub http_db_pool_size: u32,
+    /// Largest body `POST /models/{user}/import` accepts.
+    pub import_max_bytes: usize,
     /// Deadline of one retrain (`None`: none): past it the retrain's transaction rolls back, its
     /// row lock is released and the user backs off.
     pub retrain_timeout: Option<Duration>,
@@ -492,6 +495,7 @@ impl Config {
 
         Ok(Config {
             http_db_pool_size: int(raw, "REFIT_HTTP_DB_POOL_SIZE", 2, 1, 100)? as u32,
+            import_max_bytes: int(raw, "REFIT_IMPORT_MAX_BYTES", 64 << 20, 1024, 1 << 30)? as usize,
             session,
             retrain_timeout,
             policy,
@@ -623,6 +627,7 @@ impl Config {
                 "REFIT_HTTP_DB_POOL_SIZE",
                 self.http_db_pool_size.to_string(),
             ),
+            ("REFIT_IMPORT_MAX_BYTES", self.import_max_bytes.to_string()),
             (
                 "LOKI_URL",
                 self.loki_url

@@ -84,10 +84,7 @@ pub fn router(state: AppState) -> Router {
         .route("/models/{user}/promote", post(promote))
         .route("/models/{user}/rollback", post(rollback))
         .route("/models/{user}/prune", post(prune))
-        .route(
-            "/models/{user}/import",
-            post(import).layer(axum::extract::DefaultBodyLimit::max(512 << 20)),
-        )
+        .route("/models/{user}/import", post(import))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
@@ -439,12 +436,37 @@ struct ImportQuery {
     features: Option<String>,
 }
 
+/// Reached only with the token (the body is not read before). A body larger than
+/// REFIT_IMPORT_MAX_BYTES is refused with 413: at once when its declared length says so, else as
+/// soon as that many bytes have arrived.
 async fn import(
     State(state): State<AppState>,
     Path(user): Path<String>,
     Query(q): Query<ImportQuery>,
-    body: axum::body::Bytes,
+    request: Request,
 ) -> Response {
+    let max = state.config.import_max_bytes;
+    let too_large = || {
+        let message = format!("the model file is larger than REFIT_IMPORT_MAX_BYTES ({max} bytes)");
+        error(StatusCode::PAYLOAD_TOO_LARGE, &message)
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return too_large();
+    }
+    let body = match axum::body::to_bytes(request.into_body(), max).await {
+        Ok(body) => body,
+        Err(e) if e.to_string().contains("length limit") => return too_large(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the body: {e}"),
+            )
+        }
+    };
     let features = q
         .features
         .map(|f| f.split(',').map(|s| s.trim().to_owned()).collect());

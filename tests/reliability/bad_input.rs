@@ -360,6 +360,7 @@ fn configuration_out_of_range_stops_startup_naming_the_setting() {
         ("REFIT_TCP_KEEPALIVE_SECS", 0, 3600),
         ("REFIT_RETRAIN_TIMEOUT_SECS", 0, 86_400),
         ("REFIT_HTTP_DB_POOL_SIZE", 1, 100),
+        ("REFIT_IMPORT_MAX_BYTES", 1024, 1 << 30),
     ];
     let mut cases: Vec<(&str, String)> = Vec::new();
     for (name, min, max) in integers {

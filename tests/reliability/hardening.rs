@@ -282,3 +282,95 @@ async fn registry_listings_are_capped_paged_and_on_their_own_pool() {
     running.stop().await;
 }
 
+/// Writes `head`, then `body` (in the background: the server may answer without reading it), to
+/// `addr`, and returns the first line of the answer (or panics after 10 s).
+async fn answer_to(addr: std::net::SocketAddr, head: String, body: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    writer.write_all(head.as_bytes()).await.unwrap();
+    let body = body.to_vec();
+    let sending = tokio::spawn(async move {
+        let _ = writer.write_all(&body).await;
+        writer
+    });
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut answer))
+        .await
+        .expect("an answer before the whole body is read")
+        .unwrap();
+    sending.abort();
+    let text = String::from_utf8_lossy(&answer[..n]).into_owned();
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+/// Defect 1: `POST /models/{user}/import` must refuse a request without the token before reading
+/// its body, and cap the body (REFIT_IMPORT_MAX_BYTES) with a 413.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_is_refused_before_its_body_is_read_and_its_size_is_capped() {
+    let env = TestEnv::new().await;
+    let running = env
+        .start(&[
+            ("REFIT_ADMIN_TOKEN", "t0ken"),
+            ("REFIT_IMPORT_MAX_BYTES", "1048576"),
+        ])
+        .await;
+    let addr = running.service.http_addr.unwrap();
+    // 400 MB announced, 64 KiB sent: an answer can only come before the body is read.
+    let head = |auth: &str| {
+        format!(
+            "POST /models/u/import HTTP/1.1\r\nHost: refit\r\nContent-Length: 400000000\r\n\
+             Content-Type: application/octet-stream\r\n{auth}\r\n"
+        )
+    };
+    let chunk = vec![0u8; 64 << 10];
+    for auth in ["", "Authorization: Bearer wrong\r\n"] {
+        let status = answer_to(addr, head(auth), &chunk).await;
+        assert!(status.starts_with("HTTP/1.1 401"), "{auth:?}: {status}");
+    }
+    let status = answer_to(addr, head("Authorization: Bearer t0ken\r\n"), &chunk).await;
+    assert!(status.starts_with("HTTP/1.1 413"), "{status}");
+
+    // A body over the cap, its length declared or not (chunked), is 413 with the JSON error.
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/models/u/import");
+    let big = vec![7u8; 2 << 20];
+    let declared = client
+        .post(&url)
+        .bearer_auth("t0ken")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(declared.status(), 413);
+    let body: serde_json::Value = declared.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("REFIT_IMPORT_MAX_BYTES"),
+        "{body}"
+    );
+    // Chunked, no declared length: refused once more than the cap has arrived.
+    let mut chunked = Vec::new();
+    for chunk in big.chunks(64 << 10) {
+        chunked.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        chunked.extend_from_slice(chunk);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    let head = "POST /models/u/import HTTP/1.1\r\nHost: refit\r\nTransfer-Encoding: chunked\r\n\
+                Authorization: Bearer t0ken\r\n\r\n";
+    let status = answer_to(addr, head.to_owned(), &chunked).await;
+    assert!(status.starts_with("HTTP/1.1 413"), "chunked: {status}");
+    // Under the cap, a body that is no model is the usual 400.
+    let small = client
+        .post(&url)
+        .bearer_auth("t0ken")
+        .body("not a model")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(small.status(), 400);
+    running.stop().await;
+}
+
