@@ -317,7 +317,6 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
 /// Checks `Authorization: Bearer <token>` against REFIT_ADMIN_TOKEN in constant time; returns
 /// the 401 answer when the request may not write.
 fn refuse_unauthorized(state: &AppState, headers: &HeaderMap) -> Option<Response> {
-    use subtle::ConstantTimeEq;
     let unauthorized = |message: &str| {
         let mut response = error(StatusCode::UNAUTHORIZED, message);
         response.headers_mut().insert(
@@ -336,11 +335,21 @@ fn refuse_unauthorized(state: &AppState, headers: &HeaderMap) -> Option<Response
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())) {
+    if tokens_match(given, expected.expose()) {
         None
     } else {
         Some(unauthorized("a valid bearer token is required"))
     }
+}
+
+/// Whether two tokens are equal, in time that depends on neither's content nor length: their
+/// SHA-256 digests (always 32 bytes) are compared in constant time. (Comparing the tokens
+/// themselves returns at once when the lengths differ, which tells the token's length.)
+fn tokens_match(given: &str, expected: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let (given, expected) = (Sha256::digest(given), Sha256::digest(expected));
+    bool::from(given.as_slice().ct_eq(expected.as_slice()))
 }
 
 /// Delivers an activation's invalidation and event now (the sweep retries on failure).
@@ -482,4 +491,18 @@ async fn import(
         deliver(&state, &user).await;
     }
     reply(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_compared_by_fixed_length_digests() {
+        assert!(tokens_match("s3cret-token", "s3cret-token"));
+        assert!(!tokens_match("s3cret-token", "s3cret-tokem"));
+        // Lengths differ: no early return on the length, the digests are compared.
+        assert!(!tokens_match("", "s3cret-token"));
+        assert!(!tokens_match("s3cret-token-and-more", "s3cret-token"));
+    }
 }

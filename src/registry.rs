@@ -232,6 +232,19 @@ pub async fn activate(
 ) -> Result<Activation, RegistryError> {
     let mut tx = pool.begin().await?;
     let previous = lock_user(&mut tx, user).await?;
+    let activation = activate_locked(&mut tx, user, previous, version, action).await?;
+    tx.commit().await?;
+    Ok(activation)
+}
+
+/// [`activate`] under the user's row lock, `previous` being the active version read under it.
+async fn activate_locked(
+    tx: &mut sqlx::PgConnection,
+    user: &str,
+    previous: Option<i32>,
+    version: i32,
+    action: &str,
+) -> Result<Activation, RegistryError> {
     let row: Option<(String, bool, Option<i32>)> = sqlx::query_as(
         "SELECT status, artifact IS NOT NULL, trees FROM refit_model_versions WHERE user_id = $1 AND version = $2",
     )
@@ -262,33 +275,43 @@ pub async fn activate(
     .bind(version)
     .execute(&mut *tx)
     .await?;
-    let activation = record_activation(&mut tx, user, previous, version, trees, action).await?;
-    tx.commit().await?;
-    Ok(activation)
+    record_activation(tx, user, previous, version, trees, action).await
 }
 
-/// Moves the active version back: to `to`, or to the newest ready version older than the active.
+/// Moves the active version back: to `to`, or to the newest ready version older than the active
+/// one — chosen under the user's row lock, so a change of the active version meanwhile (a
+/// retrain, a promote) cannot make it a step forward.
 pub async fn rollback(
     pool: &PgPool,
     user: &str,
     to: Option<i32>,
 ) -> Result<Activation, RegistryError> {
-    let target = match to {
-        Some(v) => v,
-        None => {
-            let active = resolve(pool, user, None).await?;
-            sqlx::query_scalar::<_, Option<i32>>(
-                "SELECT max(version) FROM refit_model_versions
-                  WHERE user_id = $1 AND version < $2 AND status = 'ready' AND artifact IS NOT NULL",
-            )
-            .bind(user)
-            .bind(active)
-            .fetch_one(pool)
-            .await?
-            .ok_or_else(|| RegistryError::Conflict(format!("user {user:?} has no ready version before {active}")))?
+    let mut tx = pool.begin().await?;
+    let previous = lock_user(&mut tx, user).await?;
+    let target = match (to, previous) {
+        (Some(v), _) => v,
+        (None, None) => {
+            return Err(RegistryError::Conflict(format!(
+                "user {user:?} has no active version"
+            )))
         }
+        (None, Some(active)) => sqlx::query_scalar::<_, Option<i32>>(
+            "SELECT max(version) FROM refit_model_versions
+              WHERE user_id = $1 AND version < $2 AND status = 'ready' AND artifact IS NOT NULL",
+        )
+        .bind(user)
+        .bind(active)
+        .fetch_one(&mut *tx)
+        .await?
+        .ok_or_else(|| {
+            RegistryError::Conflict(format!(
+                "user {user:?} has no ready version before {active}"
+            ))
+        })?,
     };
-    activate(pool, user, target, "rollback").await
+    let activation = activate_locked(&mut tx, user, previous, target, "rollback").await?;
+    tx.commit().await?;
+    Ok(activation)
 }
 
 /// Stores a model file (UBJSON or JSON, from any XGBoost >= 1.0) as the user's next version and
@@ -300,7 +323,8 @@ pub async fn import(
     features: Option<Vec<String>>,
     default_params: &BTreeMap<String, String>,
 ) -> Result<Activation, RegistryError> {
-    let info = tokio::task::spawn_blocking(move || trainer::inspect(&bytes).map(|i| (i, bytes)))
+    // Stored (and exported) as UBJSON whatever the file's format: a JSON file is converted.
+    let info = tokio::task::spawn_blocking(move || trainer::inspect_as_ubjson(&bytes))
         .await
         .map_err(|e| RegistryError::InvalidModel(e.to_string()))?;
     let (info, bytes) = info.map_err(|e| RegistryError::InvalidModel(e.to_string()))?;

@@ -38,7 +38,7 @@ use crate::trainer::{self, Previous, StepInput, StepResult, TrainError};
 use crate::xgboost::Booster;
 
 /// The longest a user backs off after repeated failed retrains.
-const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(300);
+pub(crate) const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(300);
 
 /// What one call of [`Retrainer::retrain_user`] did.
 #[derive(Debug, Clone, PartialEq)]

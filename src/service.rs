@@ -44,6 +44,10 @@ use crate::retrain::{Outcome, Retrainer};
 /// Delivered outbox entries are kept this long for inspection, then purged.
 const OUTBOX_RETENTION: Duration = Duration::from_secs(24 * 3600);
 
+/// Users whose pending count the scheduler remembers at most (beyond: counted again when they are
+/// notified).
+const MAX_KNOWN_USERS: usize = 100_000;
+
 /// While due users wait in the queue, the safety-net full scan runs at most this often.
 const BUSY_SCAN_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -335,8 +339,8 @@ pub struct Pending {
     known: HashMap<String, i64>,
     /// Users to count in the database before they can be scheduled.
     pub unknown: HashSet<String>,
-    /// Users backing off after a failed retrain: left to the full scan.
-    backing_off: HashSet<String>,
+    /// Users backing off after a failed retrain, since when: left to the full scan.
+    backing_off: HashMap<String, Instant>,
     /// Users being retrained → notified again meanwhile.
     in_flight: HashMap<String, bool>,
     /// Due users in the order they became due (their counts stay in `known`).
@@ -358,7 +362,7 @@ impl Pending {
             *notified = true;
             return;
         }
-        if self.backing_off.contains(&user_id) {
+        if self.backing_off.contains_key(&user_id) {
             return;
         }
         match (self.known.get_mut(&user_id), count) {
@@ -386,7 +390,7 @@ impl Pending {
                 *notified = true;
             } else if backing_off {
                 self.known.remove(user_id);
-                self.backing_off.insert(user_id.clone());
+                self.backing_off.insert(user_id.clone(), Instant::now());
             } else {
                 self.known.insert(user_id.clone(), pending);
                 self.due_if(user_id.clone(), pending);
@@ -397,6 +401,7 @@ impl Pending {
     /// The full scan's due users (backing-off users excluded by the query); stale users are
     /// due whatever their count.
     pub fn scanned(&mut self, due: Vec<db::DueUser>) {
+        self.forget_idle();
         for user in due {
             self.backing_off.remove(&user.user_id);
             if let Some(notified) = self.in_flight.get_mut(&user.user_id) {
@@ -411,13 +416,32 @@ impl Pending {
         }
     }
 
+    /// Keeps the per-user maps from growing with every user ever seen: a user with nothing
+    /// pending is forgotten (its next arrival is counted in the database), a back-off is forgotten
+    /// once the longest back-off has passed (the scan brings the user back when it may retry),
+    /// and past [`MAX_KNOWN_USERS`] counts not queued are forgotten too.
+    fn forget_idle(&mut self) {
+        self.known.retain(|_, pending| *pending > 0);
+        self.backing_off
+            .retain(|_, since| since.elapsed() < crate::retrain::MAX_FAILURE_BACKOFF);
+        if self.known.len() > MAX_KNOWN_USERS {
+            let queued = &self.queued;
+            self.known.retain(|user, _| queued.contains(user));
+        }
+    }
+
+    /// Users the scheduler holds state for (for tests and diagnostics).
+    pub fn users_held(&self) -> usize {
+        self.known.len() + self.backing_off.len() + self.in_flight.len() + self.unknown.len()
+    }
+
     /// A worker ended.
     pub fn finished(&mut self, user_id: String, finished: Finished) {
         let notified = self.in_flight.remove(&user_id).unwrap_or(false);
         match finished {
             Finished::BackingOff => {
                 self.known.remove(&user_id);
-                self.backing_off.insert(user_id);
+                self.backing_off.insert(user_id, Instant::now());
             }
             Finished::Remaining(_) if notified => {
                 self.unknown.insert(user_id);
@@ -713,6 +737,30 @@ mod tests {
             p.start_next().is_none(),
             "not stale and below the threshold"
         );
+    }
+
+    #[test]
+    fn the_per_user_maps_shrink_when_users_go_quiet() {
+        let mut p = Pending::new(50);
+        for i in 0..1000 {
+            let user = format!("u{i}");
+            p.scanned(vec![db::DueUser {
+                user_id: user.clone(),
+                pending: 50,
+                stale: false,
+            }]);
+            p.start_next().unwrap();
+            p.finished(user, Finished::Remaining(0));
+        }
+        p.scanned(Vec::new());
+        assert_eq!(
+            p.users_held(),
+            0,
+            "users with nothing pending are forgotten"
+        );
+        // A forgotten user's next arrival is counted in the database, not lost.
+        p.arrived("u1".into(), Some(3));
+        assert!(p.unknown.contains("u1"));
     }
 
     #[test]

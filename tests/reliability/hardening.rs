@@ -374,3 +374,147 @@ async fn an_import_is_refused_before_its_body_is_read_and_its_size_is_capped() {
     running.stop().await;
 }
 
+/// Defect 8: rollback without a target chose it (the version before the active one) before
+/// taking the user's lock; a change of the active version meanwhile made it a conflict or a step
+/// forward. It is chosen under the lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_without_a_target_chooses_it_under_the_users_lock() {
+    let env = TestEnv::new().await;
+    let running = env.start(&[]).await;
+    train_versions(&env, "rolled", 3).await;
+    running.stop().await;
+
+    // Another writer holds the user's lock and moves the active version to 2 meanwhile.
+    let mut other = env.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM refit_models WHERE user_id = 'rolled' FOR UPDATE")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE refit_models SET active_version = 2 WHERE user_id = 'rolled'")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let pool = env.pool.clone();
+    let rollback =
+        tokio::spawn(async move { refit::registry::rollback(&pool, "rolled", None).await });
+    eventually(WAIT, "the rollback waits for the user's lock", || async {
+        env.count("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")
+            .await
+            == 1
+    })
+    .await;
+    other.commit().await.unwrap();
+    let activation = rollback.await.unwrap().expect("rolled back");
+    assert_eq!(
+        (activation.previous_version, activation.active_version),
+        (Some(2), 1),
+        "one step back from the version active under the lock"
+    );
+    assert_eq!(env.active_version("rolled").await, Some(1));
+}
+
+fn python() -> String {
+    std::env::var("REFIT_PYTHON").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/refit/venv/bin/python",
+            std::env::var("HOME").unwrap()
+        )
+    })
+}
+
+/// Defect 8: a model imported as JSON was stored as given and exported as UBJSON
+/// (`application/ubjson`, `m.ubj`) although it was JSON. It is stored, and exported, as UBJSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_import_is_exported_as_ubjson() {
+    let env = TestEnv::new().await;
+    let running = env.start(&[("REFIT_ADMIN_TOKEN", "t0ken")]).await;
+    let base = format!("http://{}", running.service.http_addr.unwrap());
+    train_versions(&env, "donor", 1).await;
+    let artifact: Vec<u8> = sqlx::query_scalar(
+        "SELECT artifact FROM refit_model_versions WHERE user_id = 'donor' AND version = 1",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (ubj, json_path) = (dir.path().join("m.ubj"), dir.path().join("m.json"));
+    std::fs::write(&ubj, &artifact).unwrap();
+    let converted = std::process::Command::new(python())
+        .args([
+            "-c",
+            "import sys, xgboost as xgb; xgb.Booster(model_file=sys.argv[1]).save_model(sys.argv[2])",
+        ])
+        .arg(&ubj)
+        .arg(&json_path)
+        .status()
+        .unwrap();
+    assert!(converted.success());
+    let json_model = std::fs::read(&json_path).unwrap();
+    assert!(serde_json::from_slice::<serde_json::Value>(&json_model).is_ok());
+
+    let client = reqwest::Client::new();
+    let imported = client
+        .post(format!("{base}/models/importer/import"))
+        .bearer_auth("t0ken")
+        .body(json_model)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(imported.status(), 200);
+    let exported = client
+        .get(format!("{base}/models/importer/versions/1/artifact"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(exported.headers()["content-type"], "application/ubjson");
+    let bytes = exported.bytes().await.unwrap();
+    assert!(
+        serde_json::from_slice::<serde_json::Value>(&bytes).is_err(),
+        "exported as UBJSON, not JSON: {:?}",
+        String::from_utf8_lossy(&bytes[..bytes.len().min(60)])
+    );
+    let info = refit::trainer::inspect(&bytes).expect("XGBoost loads the export");
+    assert_eq!(info.features.len(), 4);
+    running.stop().await;
+}
+
+/// Defect 8: the serving reference's stale-refill guard re-reads the active version after filling
+/// the cache; when that re-read failed, the entry it could not confirm stayed cached (until its
+/// TTL). It is evicted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_cache_fill_is_evicted() {
+    let env = TestEnv::new().await;
+    let running = env.start(&[]).await;
+    train_versions(&env, "filled", 1).await;
+    running.stop().await;
+    // The fill's read of refit_models works; the confirming re-read (the next one) fails.
+    sqlx::raw_sql(
+        "ALTER TABLE refit_models RENAME TO refit_models_table;
+         CREATE SEQUENCE reads;
+         CREATE FUNCTION second_read_fails() RETURNS boolean LANGUAGE plpgsql VOLATILE AS $$
+         BEGIN
+             IF nextval('reads') > 1 THEN RAISE EXCEPTION 'injected read failure'; END IF;
+             RETURN true;
+         END $$;
+         CREATE VIEW refit_models AS SELECT * FROM refit_models_table WHERE second_read_fails();",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let cache = refit::cache::Cache::new(&refit::config::Secret::new(redis_url()), &env.key_prefix)
+        .unwrap();
+    let result = refit::serving::predict(
+        &env.pool,
+        &cache,
+        Duration::from_secs(3600),
+        "filled",
+        r#"{"hour": 8}"#,
+    )
+    .await;
+    let error = format!("{:#}", result.expect_err("the re-read fails"));
+    assert!(error.contains("injected read failure"), "{error}");
+    assert!(
+        !env.cached("filled").await,
+        "the unconfirmed fill is evicted"
+    );
+}
