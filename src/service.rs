@@ -416,22 +416,25 @@ impl Pending {
         }
     }
 
-    /// Keeps the per-user maps from growing with every user ever seen: a user with nothing
-    /// pending is forgotten (its next arrival is counted in the database), a back-off is forgotten
-    /// once the longest back-off has passed (the scan brings the user back when it may retry),
-    /// and past [`MAX_KNOWN_USERS`] counts not queued are forgotten too.
+    /// Keeps the per-user maps from growing with every user ever seen: a back-off is forgotten
+    /// once the longest back-off has passed (the scan brings the user back when it may retry);
+    /// past [`MAX_KNOWN_USERS`] remembered counts, users with nothing pending are forgotten, then
+    /// every count not queued (a forgotten user's next arrival is counted in the database).
     fn forget_idle(&mut self) {
-        self.known.retain(|_, pending| *pending > 0);
         self.backing_off
             .retain(|_, since| since.elapsed() < crate::retrain::MAX_FAILURE_BACKOFF);
+        if self.known.len() > MAX_KNOWN_USERS {
+            self.known.retain(|_, pending| *pending > 0);
+        }
         if self.known.len() > MAX_KNOWN_USERS {
             let queued = &self.queued;
             self.known.retain(|user, _| queued.contains(user));
         }
     }
 
-    /// Users the scheduler holds state for (for tests and diagnostics).
-    pub fn users_held(&self) -> usize {
+    /// Users the scheduler holds state for.
+    #[cfg(test)]
+    fn users_held(&self) -> usize {
         self.known.len() + self.backing_off.len() + self.in_flight.len() + self.unknown.len()
     }
 
@@ -740,27 +743,24 @@ mod tests {
     }
 
     #[test]
-    fn the_per_user_maps_shrink_when_users_go_quiet() {
+    fn the_per_user_maps_stay_bounded_when_users_go_quiet() {
         let mut p = Pending::new(50);
-        for i in 0..1000 {
-            let user = format!("u{i}");
-            p.scanned(vec![db::DueUser {
-                user_id: user.clone(),
-                pending: 50,
-                stale: false,
-            }]);
-            p.start_next().unwrap();
-            p.finished(user, Finished::Remaining(0));
-        }
+        let quiet: Vec<String> = (0..MAX_KNOWN_USERS + 10).map(|i| format!("u{i}")).collect();
+        p.counted(&quiet, Vec::new());
+        p.counted(&["trickle".into()], vec![count("trickle", 7, false)]);
+        assert_eq!(p.users_held(), MAX_KNOWN_USERS + 11);
         p.scanned(Vec::new());
         assert_eq!(
             p.users_held(),
-            0,
-            "users with nothing pending are forgotten"
+            1,
+            "past the cap, users with nothing pending are forgotten"
         );
-        // A forgotten user's next arrival is counted in the database, not lost.
+        // A forgotten user's next arrival is counted in the database, not lost; a remembered
+        // count goes on from where it was.
         p.arrived("u1".into(), Some(3));
         assert!(p.unknown.contains("u1"));
+        p.arrived("trickle".into(), Some(43));
+        assert_eq!(p.start_next().map(|u| u.pending), Some(50));
     }
 
     #[test]
