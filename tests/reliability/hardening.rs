@@ -297,7 +297,7 @@ async fn answer_to(addr: std::net::SocketAddr, head: String, body: &[u8]) -> Str
     let mut answer = vec![0u8; 4096];
     let n = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut answer))
         .await
-        .expect("an answer before the whole body is read")
+        .unwrap_or_else(|_| panic!("no answer within 10 s (the body is being read?) to:\n{head}"))
         .unwrap();
     sending.abort();
     let text = String::from_utf8_lossy(&answer[..n]).into_owned();
