@@ -927,11 +927,19 @@ pub async fn outbox_due_users(
     .await
 }
 
-/// Forgets delivered outbox entries older than `age`.
+/// Forgets delivered outbox entries older than `age`. Maintenance, not the hot path: it runs
+/// without the session's statement timeout (it locks no user).
 pub async fn purge_outbox(pool: &PgPool, age: Duration) -> sqlx::Result<u64> {
-    sqlx::query("DELETE FROM refit_outbox WHERE done_at < now() - make_interval(secs => $1)")
-        .bind(age.as_secs_f64())
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected())
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('statement_timeout', '0', true)")
+        .execute(&mut *tx)
+        .await?;
+    let purged =
+        sqlx::query("DELETE FROM refit_outbox WHERE done_at < now() - make_interval(secs => $1)")
+            .bind(age.as_secs_f64())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    tx.commit().await?;
+    Ok(purged)
 }
