@@ -9,9 +9,9 @@ use crate::support::*;
 
 const WAIT: Duration = Duration::from_secs(40);
 
-/// Replica A stalls in the training of `user` (its transaction holds the user's row lock, idle);
+/// Replica A stalls in the training of a user (its transaction holds the user's row lock, idle);
 /// replica B, started once A stalled, must retrain the user. Returns how long B took from A's
-/// stall, and the two processes.
+/// stall.
 async fn stalled_replica_hands_over(a_vars: &[(&str, &str)], test: &str) -> Duration {
     require_fault_injection();
     let env = TestEnv::new().await;
