@@ -402,7 +402,12 @@ pub async fn predict(
 /// `refit demo`: generated rentals through the real service, one line per event.
 pub async fn demo(config: Config, stations: usize, rate: u32, seconds: u64) -> anyhow::Result<()> {
     demo::create_database(config.database_url.expose()).await?;
-    let pool = db::connect(&config.database_url, 2).await?;
+    let pool = db::connect(
+        &config.database_url,
+        &config.session,
+        db::service_pool_size(2),
+    )
+    .await?;
     db::migrate(&pool).await?;
     let service = service::Service::build(config.clone()).await?;
     service.events.ensure_topic().await?;

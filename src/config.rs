@@ -182,6 +182,12 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("REFIT_KEEP_VERSIONS", "newest versions per user kept at all; older ones are deleted (never the active one)"),
     ("REFIT_OUTBOX_RETENTION_SECS", "delivered outbox entries are deleted after this long"),
     ("REFIT_SET_ASIDE_RETENTION_DAYS", "set-aside actuals' records are deleted after this many days"),
+    ("REFIT_STATEMENT_TIMEOUT_MS", "PostgreSQL statement_timeout of refit's sessions (0 = none)"),
+    ("REFIT_IDLE_IN_TRANSACTION_TIMEOUT_MS", "PostgreSQL idle_in_transaction_session_timeout of refit's sessions (0 = none)"),
+    ("REFIT_TCP_KEEPALIVE_SECS", "TCP keepalive idle time and interval of refit's PostgreSQL sessions, server side (0 = the server's)"),
+    ("REFIT_RETRAIN_TIMEOUT_SECS", "deadline of one retrain; past it the retrain rolls back and the user backs off (0 = none)"),
+    ("REFIT_HTTP_DB_POOL_SIZE", "PostgreSQL connections of the HTTP API, apart from the retrains' pool"),
+    ("REFIT_IMPORT_MAX_BYTES", "largest model file POST /models/{user}/import accepts (larger: 413)"),
     ("REFIT_LOG_FORMAT", "text or json (stdout)"),
     ("RUST_LOG", "log filter, e.g. info or refit=debug"),
 ];
@@ -245,6 +251,28 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// How long the registry's audit trail keeps a write.
     pub audit_retention: Duration,
+    /// Limits of every PostgreSQL session refit opens.
+    pub session: SessionLimits,
+    /// PostgreSQL connections of the HTTP API: its own pool, so registry reads cannot take the
+    /// connections retrains need.
+    pub http_db_pool_size: u32,
+    /// Largest body `POST /models/{user}/import` accepts.
+    pub import_max_bytes: usize,
+    /// Deadline of one retrain (`None`: none): past it the retrain's transaction rolls back, its
+    /// row lock is released and the user backs off.
+    pub retrain_timeout: Option<Duration>,
+}
+
+/// Limits of refit's PostgreSQL sessions, so a hung statement, an abandoned transaction or a
+/// half-open connection cannot hold a user's row lock for long. `None`: the server's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// `statement_timeout`.
+    pub statement_timeout: Option<Duration>,
+    /// `idle_in_transaction_session_timeout`.
+    pub idle_in_transaction_timeout: Option<Duration>,
+    /// `tcp_keepalives_idle` and `tcp_keepalives_interval` (3 probes), and `tcp_user_timeout`.
+    pub tcp_keepalive: Option<Duration>,
 }
 
 /// How the validation gate scores a version on held-out actuals (lower is better).
@@ -458,9 +486,35 @@ impl Config {
             secs => Some(Duration::from_secs(secs as u64)),
         };
 
+        let ms_setting = |name, default| {
+            int(raw, name, default, 0, 86_400_000).map(|ms| match ms {
+                0 => None,
+                ms => Some(Duration::from_millis(ms as u64)),
+            })
+        };
+        let session = SessionLimits {
+            statement_timeout: ms_setting("REFIT_STATEMENT_TIMEOUT_MS", 30_000)?,
+            idle_in_transaction_timeout: ms_setting(
+                "REFIT_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+                45_000,
+            )?,
+            tcp_keepalive: match int(raw, "REFIT_TCP_KEEPALIVE_SECS", 10, 0, 3600)? {
+                0 => None,
+                secs => Some(Duration::from_secs(secs as u64)),
+            },
+        };
+        let retrain_timeout = match int(raw, "REFIT_RETRAIN_TIMEOUT_SECS", 30, 0, 86_400)? {
+            0 => None,
+            secs => Some(Duration::from_secs(secs as u64)),
+        };
+
         let retention = retention(raw, &policy)?;
         Ok(Config {
             retention,
+            http_db_pool_size: int(raw, "REFIT_HTTP_DB_POOL_SIZE", 2, 1, 100)? as u32,
+            import_max_bytes: int(raw, "REFIT_IMPORT_MAX_BYTES", 64 << 20, 1024, 1 << 30)? as usize,
+            session,
+            retrain_timeout,
             policy,
             max_staleness,
             stale_min_rows: int(raw, "REFIT_STALE_MIN_ROWS", 1, 1, 1_000_000)?,
@@ -563,6 +617,25 @@ impl Config {
             ),
             ("REFIT_STALE_MIN_ROWS", self.stale_min_rows.to_string()),
             (
+                "REFIT_STATEMENT_TIMEOUT_MS",
+                millis(self.session.statement_timeout),
+            ),
+            (
+                "REFIT_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+                millis(self.session.idle_in_transaction_timeout),
+            ),
+            (
+                "REFIT_TCP_KEEPALIVE_SECS",
+                self.session
+                    .tcp_keepalive
+                    .map_or(0, |d| d.as_secs())
+                    .to_string(),
+            ),
+            (
+                "REFIT_RETRAIN_TIMEOUT_SECS",
+                self.retrain_timeout.map_or(0, |d| d.as_secs()).to_string(),
+            ),
+            (
                 "REFIT_OUTBOX_RETRY_MAX_MS",
                 self.outbox_retry_max.as_millis().to_string(),
             ),
@@ -570,6 +643,11 @@ impl Config {
                 "REFIT_HTTP_ADDR",
                 self.http_addr.map_or("off".into(), |a| a.to_string()),
             ),
+            (
+                "REFIT_HTTP_DB_POOL_SIZE",
+                self.http_db_pool_size.to_string(),
+            ),
+            ("REFIT_IMPORT_MAX_BYTES", self.import_max_bytes.to_string()),
             (
                 "LOKI_URL",
                 self.loki_url
@@ -637,6 +715,11 @@ fn describe_retention(r: &Retention) -> Vec<(&'static str, String)> {
             (r.set_aside_after.as_secs() / 86_400).to_string(),
         ),
     ]
+}
+
+/// A duration setting in milliseconds as `refit config` shows it (0 = none).
+fn millis(value: Option<Duration>) -> String {
+    value.map_or(0, |d| d.as_millis()).to_string()
 }
 
 /// An on/off setting.
@@ -785,6 +868,12 @@ mod tests {
         assert_eq!(c.topic, "model-retrained");
         assert_eq!(c.xgb_params["objective"], "reg:squarederror");
         assert_eq!(c.cache_key_prefix, "model:");
+        // A hung retrain's row lock is released well within a minute by default.
+        let s = c.session;
+        assert_eq!(s.statement_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(s.idle_in_transaction_timeout, Some(Duration::from_secs(45)));
+        assert_eq!(s.tcp_keepalive, Some(Duration::from_secs(10)));
+        assert_eq!(c.retrain_timeout, Some(Duration::from_secs(30)));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgConnection, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
-use crate::config::Secret;
+use crate::config::{Secret, SessionLimits};
 use crate::features::{ActualRow, SetAside};
 
 /// The channel the actual-insert trigger notifies, with the user id as payload.
@@ -27,31 +27,88 @@ pub const ACTUALS_CHANNEL: &str = "refit_actuals";
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// A connection pool sized for `retrains` concurrent retrains plus the service's other tasks.
-pub async fn connect(url: &Secret, retrains: usize) -> anyhow::Result<PgPool> {
+/// A pool of at most `connections` PostgreSQL sessions, each with the `limits` set.
+pub async fn connect(
+    url: &Secret,
+    limits: &SessionLimits,
+    connections: u32,
+) -> anyhow::Result<PgPool> {
+    connect_as("refit", url, limits, connections).await
+}
+
+/// [`connect`], the sessions named `application_name` (as `pg_stat_activity` shows them).
+pub async fn connect_as(
+    application_name: &str,
+    url: &Secret,
+    limits: &SessionLimits,
+    connections: u32,
+) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = url
         .expose()
         .parse::<PgConnectOptions>()
         .with_context(|| format!("DATABASE_URL {url} is not a valid PostgreSQL URL"))?
-        .application_name("refit")
+        .application_name(application_name)
         // Every statement is planned for its arguments. refit's tables start empty and grow and
         // shrink by the minute; a generic plan cached while one was small (prepared statements
         // live as long as the connection) went on scanning it whole once it was large — seen in
         // `make bench` for the outbox done-marks and the retrain's commit (BENCHMARKS.md).
         .options([("plan_cache_mode", "force_custom_plan")])
+        .options(session_settings(limits))
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2));
     PgPoolOptions::new()
-        .max_connections(retrains as u32 + 4)
+        .max_connections(connections)
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await
         .with_context(|| format!("cannot connect to PostgreSQL at {url}"))
 }
 
+/// The pool of the retrain service: `retrains` concurrent retrains plus its other tasks.
+pub fn service_pool_size(retrains: usize) -> u32 {
+    retrains as u32 + 4
+}
+
+/// The session settings that bound how long a statement, an idle transaction or a dead peer can
+/// hold a lock: the server ends the session (rolling back its transaction) past them. Keepalives
+/// are the server's side of the connection: a replica that vanished without closing its socket
+/// (a half-open connection) is detected and its session ended.
+fn session_settings(limits: &SessionLimits) -> Vec<(&'static str, String)> {
+    let ms = |d: Duration| d.as_millis().to_string();
+    let mut settings = Vec::new();
+    if let Some(d) = limits.statement_timeout {
+        settings.push(("statement_timeout", ms(d)));
+    }
+    if let Some(d) = limits.idle_in_transaction_timeout {
+        settings.push(("idle_in_transaction_session_timeout", ms(d)));
+    }
+    if let Some(d) = limits.tcp_keepalive {
+        let secs = d.as_secs().max(1);
+        settings.push(("tcp_keepalives_idle", secs.to_string()));
+        settings.push(("tcp_keepalives_interval", secs.to_string()));
+        settings.push(("tcp_keepalives_count", "3".to_owned()));
+        // Unacknowledged data (a peer gone while the server writes to it) counts too.
+        settings.push(("tcp_user_timeout", (secs * 4 * 1000).to_string()));
+    }
+    settings
+}
+
 /// Applies the migrations (idempotent; safe to run from several replicas at once).
+/// A migration may rewrite a large table: it runs without the session's statement timeout.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
-    MIGRATOR.run(pool).await.context("applying migrations")
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SET statement_timeout = 0")
+        .execute(&mut *conn)
+        .await?;
+    let applied = MIGRATOR
+        .run(&mut *conn)
+        .await
+        .context("applying migrations");
+    // The connection goes back to the pool: give it its limit back.
+    sqlx::query("RESET statement_timeout")
+        .execute(&mut *conn)
+        .await?;
+    applied
 }
 
 /// Fails with a clear message when the database lacks refit's schema.
@@ -317,6 +374,36 @@ pub async fn reinstate(
     .map(|_| ())
 }
 
+/// Why a pending actual can never be consumed (`refit_unconsumable_actuals.reason`, the label of
+/// `refit_unconsumable_actuals_total`).
+pub const UNCONSUMABLE_REASONS: [&str; 1] = ["already_consumed"];
+
+/// Moves the user's pending actuals whose id was consumed before — deleted upstream and inserted
+/// again with the same id — out of the queue into `refit_unconsumable_actuals`, with the reason:
+/// consuming them again would violate `refit_consumed_actuals`' primary key and fail every
+/// retrain of the user. Returns their ids.
+pub async fn set_aside_consumed_again(
+    conn: &mut PgConnection,
+    user_id: &str,
+) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "WITH again AS (
+             DELETE FROM refit_pending p USING refit_consumed_actuals c
+              WHERE p.user_id = $1 AND c.actual_id = p.actual_id
+             RETURNING p.actual_id, c.user_id AS consumed_for, c.version, c.outcome
+         )
+         INSERT INTO refit_unconsumable_actuals (actual_id, user_id, reason, detail)
+         SELECT actual_id, $1, 'already_consumed',
+                format('actual id %s was consumed before (%s, user %s, version %s); deleted and inserted again upstream?',
+                       actual_id, outcome, consumed_for, coalesce(version::text, 'none'))
+           FROM again
+         RETURNING actual_id",
+    )
+    .bind(user_id)
+    .fetch_all(conn)
+    .await
+}
+
 /// A pending actual with its request's features, and when it became pending.
 pub struct PendingActual {
     pub row: ActualRow,
@@ -443,6 +530,35 @@ pub async fn record_failure(
     .execute(conn)
     .await
     .map(|_| ())
+}
+
+/// Backs a user off after a retrain that ended in an error (not a training failure, which
+/// [`record_failure`] records in the retrain's own transaction): `2^failures` seconds, at most
+/// `max`. Waits for the user's row lock at most `lock_wait` (the aborted retrain's session may
+/// still be rolling back).
+pub async fn back_off(
+    pool: &PgPool,
+    user_id: &str,
+    max: Duration,
+    lock_wait: Duration,
+) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+        .bind(lock_wait.as_millis().to_string())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "UPDATE refit_models
+            SET failures = failures + 1,
+                retry_after = now() + make_interval(secs => least(power(2, least(failures, 16)), $2)),
+                updated_at = now()
+          WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .bind(max.as_secs_f64())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
 }
 
 /// The actuals one retrain consumes, as the column arrays the consuming statements bind.

@@ -100,10 +100,8 @@ pub fn router(state: AppState) -> Router {
             "/models/{user}/aliases/{alias}",
             put(set_alias).delete(remove_alias),
         )
-        .route(
-            "/models/{user}/import",
-            post(import).layer(axum::extract::DefaultBodyLimit::max(512 << 20)),
-        )
+        // The body is read (up to REFIT_IMPORT_MAX_BYTES) by the handler, after the token check.
+        .route("/models/{user}/import", post(import))
         .route_layer(token.clone());
     Router::new()
         .route("/healthz", get(healthz))
@@ -285,11 +283,17 @@ struct ListQuery {
     limit: Option<i64>,
     /// `k=v`: only versions carrying this tag.
     tag: Option<String>,
+    offset: Option<i64>,
 }
 
 async fn list_models(State(state): State<AppState>, Query(q): Query<ListQuery>) -> Response {
-    if q.limit.is_some_and(|l| l < 0) {
-        return error(StatusCode::BAD_REQUEST, "limit must not be negative");
+    let max = registry::MAX_LIST_LIMIT;
+    if q.limit.is_some_and(|l| !(0..=max).contains(&l)) {
+        let message = format!("limit must be from 0 to {max}; page with offset");
+        return error(StatusCode::BAD_REQUEST, &message);
+    }
+    if q.offset.is_some_and(|o| o < 0) {
+        return error(StatusCode::BAD_REQUEST, "offset must not be negative");
     }
     let tags = match q.tag.as_deref().map(metadata::parse_tag).transpose() {
         Ok(tag) => tag.into_iter().collect(),
@@ -301,6 +305,7 @@ async fn list_models(State(state): State<AppState>, Query(q): Query<ListQuery>) 
         since: q.since,
         limit: q.limit,
         tags,
+        offset: q.offset,
     };
     reply(registry::list(&state.pool, &filter).await)
 }
@@ -365,7 +370,6 @@ async fn require_token(State(state): State<AppState>, request: Request, next: Ne
 /// Checks `Authorization: Bearer <token>` against REFIT_ADMIN_TOKEN in constant time; returns
 /// the 401 answer when the request may not write.
 fn refuse_unauthorized(state: &AppState, headers: &HeaderMap) -> Option<Response> {
-    use subtle::ConstantTimeEq;
     let unauthorized = |message: &str| {
         let mut response = error(StatusCode::UNAUTHORIZED, message);
         response.headers_mut().insert(
@@ -384,11 +388,21 @@ fn refuse_unauthorized(state: &AppState, headers: &HeaderMap) -> Option<Response
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if bool::from(given.as_bytes().ct_eq(expected.expose().as_bytes())) {
+    if tokens_match(given, expected.expose()) {
         None
     } else {
         Some(unauthorized("a valid bearer token is required"))
     }
+}
+
+/// Whether two tokens are equal, in time that depends on neither's content nor length: their
+/// SHA-256 digests (always 32 bytes) are compared in constant time. (Comparing the tokens
+/// themselves returns at once when the lengths differ, which tells the token's length.)
+fn tokens_match(given: &str, expected: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let (given, expected) = (Sha256::digest(given), Sha256::digest(expected));
+    bool::from(given.as_slice().ct_eq(expected.as_slice()))
 }
 
 /// Delivers an activation's invalidation and event now (the sweep retries on failure).
@@ -484,12 +498,37 @@ struct ImportQuery {
     features: Option<String>,
 }
 
+/// Reached only with the token (the body is not read before). A body larger than
+/// REFIT_IMPORT_MAX_BYTES is refused with 413: at once when its declared length says so, else as
+/// soon as that many bytes have arrived.
 async fn import(
     State(state): State<AppState>,
     Path(user): Path<String>,
     Query(q): Query<ImportQuery>,
-    body: axum::body::Bytes,
+    request: Request,
 ) -> Response {
+    let max = state.config.import_max_bytes;
+    let too_large = || {
+        let message = format!("the model file is larger than REFIT_IMPORT_MAX_BYTES ({max} bytes)");
+        error(StatusCode::PAYLOAD_TOO_LARGE, &message)
+    };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return too_large();
+    }
+    let body = match axum::body::to_bytes(request.into_body(), max).await {
+        Ok(body) => body,
+        Err(e) if e.to_string().contains("length limit") => return too_large(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the body: {e}"),
+            )
+        }
+    };
     let features = q
         .features
         .map(|f| f.split(',').map(|s| s.trim().to_owned()).collect());
@@ -601,4 +640,18 @@ async fn history(
             .await
             .map_err(RegistryError::from),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_compared_by_fixed_length_digests() {
+        assert!(tokens_match("s3cret-token", "s3cret-token"));
+        assert!(!tokens_match("s3cret-token", "s3cret-tokem"));
+        // Lengths differ: no early return on the length, the digests are compared.
+        assert!(!tokens_match("", "s3cret-token"));
+        assert!(!tokens_match("s3cret-token-and-more", "s3cret-token"));
+    }
 }

@@ -249,7 +249,12 @@ fn main() -> ExitCode {
 async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Migrate => {
-            let pool = db::connect(&config.database_url, 1).await?;
+            let pool = db::connect(
+                &config.database_url,
+                &config.session,
+                db::service_pool_size(1),
+            )
+            .await?;
             db::migrate(&pool).await?;
             tracing::info!(database = %config.database_url, "migrations applied");
             Ok(())
@@ -283,11 +288,21 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             features,
             json,
         } => {
-            let pool = db::connect(&config.database_url, 1).await?;
+            let pool = db::connect(
+                &config.database_url,
+                &config.session,
+                db::service_pool_size(1),
+            )
+            .await?;
             cli::predict(&config, &pool, &user, version.as_ref(), &features, json).await
         }
         Command::Models { command } => {
-            let pool = db::connect(&config.database_url, 1).await?;
+            let pool = db::connect(
+                &config.database_url,
+                &config.session,
+                db::service_pool_size(1),
+            )
+            .await?;
             db::check_migrated(&pool).await?;
             models(&config, &pool, command).await
         }
@@ -316,6 +331,7 @@ async fn models(
                     since,
                     limit,
                     tags: tags.into_iter().collect(),
+                    offset: None,
                 },
                 json,
             )

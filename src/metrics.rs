@@ -44,6 +44,9 @@ pub struct Metrics {
     pub pending: IntGauge,
     /// `refit_rows_set_aside_total{reason}`.
     pub set_aside: IntCounterVec,
+    /// `refit_unconsumable_actuals_total{reason}`: pending actuals that can never be consumed
+    /// (e.g. an id consumed before), moved to `refit_unconsumable_actuals`.
+    pub unconsumable: IntCounterVec,
     /// `refit_outbox_backlog{kind}`: side effects committed but not yet carried out.
     pub outbox_backlog: IntGaugeVec,
     /// `refit_outbox_oldest_age_seconds{kind}`: age of the oldest of them (0 when none).
@@ -75,6 +78,11 @@ impl Metrics {
             set_aside: counter_vec(
                 "refit_rows_set_aside_total",
                 "Actuals set aside as unusable, by reason",
+                "reason",
+            ),
+            unconsumable: counter_vec(
+                "refit_unconsumable_actuals_total",
+                "Pending actuals that can never be consumed, set aside, by reason",
                 "reason",
             ),
             outbox_backlog: IntGaugeVec::new(
@@ -131,8 +139,9 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn Collector>; 13] = [
+        let collectors: [Box<dyn Collector>; 14] = [
             Box::new(self.step_duration.clone()),
+            Box::new(self.unconsumable.clone()),
             Box::new(self.retrains.clone()),
             Box::new(self.pending.clone()),
             Box::new(self.set_aside.clone()),
@@ -164,6 +173,9 @@ impl Metrics {
         }
         for reason in SetAsideReason::ALL {
             self.set_aside.with_label_values(&[reason.as_str()]);
+        }
+        for reason in crate::db::UNCONSUMABLE_REASONS {
+            self.unconsumable.with_label_values(&[reason]);
         }
         for kind in OUTBOX_KINDS {
             self.outbox_backlog.with_label_values(&[kind]);
@@ -250,6 +262,10 @@ mod tests {
         expected.extend(
             SetAsideReason::ALL
                 .map(|r| format!("refit_rows_set_aside_total{{reason=\"{}\"}} 0", r.as_str())),
+        );
+        expected.extend(
+            crate::db::UNCONSUMABLE_REASONS
+                .map(|r| format!("refit_unconsumable_actuals_total{{reason=\"{r}\"}} 0")),
         );
         for kind in OUTBOX_KINDS {
             expected.push(format!("refit_outbox_backlog{{kind=\"{kind}\"}} 0"));

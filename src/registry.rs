@@ -90,15 +90,21 @@ pub struct VersionDetail {
     pub model: ModelMeta,
 }
 
+/// The most versions one HTTP listing returns, and the default: larger listings are paged.
+pub const MAX_LIST_LIMIT: i64 = 1000;
+
 /// Listing filters.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
     pub user: Option<String>,
     pub status: Option<String>,
     pub since: Option<DateTime<Utc>>,
+    /// [`MAX_LIST_LIMIT`] by default (the HTTP API allows no more).
     pub limit: Option<i64>,
     /// Only versions carrying all these tags (their own, their model's or refit's `refit.*`).
     pub tags: BTreeMap<String, String>,
+    /// Versions skipped, for paging through a listing.
+    pub offset: Option<i64>,
 }
 
 /// The tags refit derives from a version (`v`): its source, policy step and, unless it is ready,
@@ -157,14 +163,15 @@ pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Vec<VersionSummary>,
             AND ($3::timestamptz IS NULL OR v.created_at >= $3)
             AND (m.tags || v.tags || {SYSTEM_TAGS}) @> $5
           ORDER BY v.created_at DESC, v.user_id, v.version DESC
-          LIMIT $4"
+          LIMIT $4 OFFSET $6"
     );
     let rows = sqlx::query(&sql)
         .bind(&filter.user)
         .bind(&filter.status)
         .bind(filter.since)
-        .bind(filter.limit.unwrap_or(1000))
+        .bind(filter.limit.unwrap_or(MAX_LIST_LIMIT))
         .bind(sqlx::types::Json(&filter.tags))
+        .bind(filter.offset.unwrap_or(0).max(0))
         .fetch_all(pool)
         .await?;
     Ok(rows.iter().map(summary).collect())
@@ -295,6 +302,20 @@ pub async fn activate(
 ) -> Result<Activation, RegistryError> {
     let mut tx = pool.begin().await?;
     let previous = lock_user(&mut tx, user).await?;
+    let activation = activate_locked(&mut tx, user, previous, version, action, interface).await?;
+    tx.commit().await?;
+    Ok(activation)
+}
+
+/// [`activate`] under the user's row lock, `previous` being the active version read under it.
+async fn activate_locked(
+    tx: &mut sqlx::PgConnection,
+    user: &str,
+    previous: Option<i32>,
+    version: i32,
+    action: &str,
+    interface: Interface,
+) -> Result<Activation, RegistryError> {
     let row: Option<(String, bool, Option<i32>)> = sqlx::query_as(
         "SELECT status, artifact IS NOT NULL, trees FROM refit_model_versions WHERE user_id = $1 AND version = $2",
     )
@@ -325,35 +346,47 @@ pub async fn activate(
     .bind(version)
     .execute(&mut *tx)
     .await?;
-    let activation = record_activation(&mut tx, user, previous, version, trees, action).await?;
-    audit::record(&mut tx, interface, activation.audit()).await?;
-    tx.commit().await?;
+    let activation = record_activation(tx, user, previous, version, trees, action).await?;
+    audit::record(tx, interface, activation.audit()).await?;
     Ok(activation)
 }
 
-/// Moves the active version back: to `to`, or to the newest ready version older than the active.
+/// Moves the active version back: to `to`, or to the newest ready version older than the active
+/// one — chosen under the user's row lock, so a change of the active version meanwhile (a
+/// retrain, a promote) cannot make it a step forward.
 pub async fn rollback(
     pool: &PgPool,
     user: &str,
     to: Option<i32>,
     interface: Interface,
 ) -> Result<Activation, RegistryError> {
-    let target = match to {
-        Some(v) => v,
-        None => {
-            let active = resolve(pool, user, None).await?;
-            sqlx::query_scalar::<_, Option<i32>>(
-                "SELECT max(version) FROM refit_model_versions
-                  WHERE user_id = $1 AND version < $2 AND status = 'ready' AND artifact IS NOT NULL",
-            )
-            .bind(user)
-            .bind(active)
-            .fetch_one(pool)
-            .await?
-            .ok_or_else(|| RegistryError::Conflict(format!("user {user:?} has no ready version before {active}")))?
+    let mut tx = pool.begin().await?;
+    let previous = lock_user(&mut tx, user).await?;
+    let target = match (to, previous) {
+        (Some(v), _) => v,
+        (None, None) => {
+            return Err(RegistryError::Conflict(format!(
+                "user {user:?} has no active version"
+            )))
         }
+        (None, Some(active)) => sqlx::query_scalar::<_, Option<i32>>(
+            "SELECT max(version) FROM refit_model_versions
+              WHERE user_id = $1 AND version < $2 AND status = 'ready' AND artifact IS NOT NULL",
+        )
+        .bind(user)
+        .bind(active)
+        .fetch_one(&mut *tx)
+        .await?
+        .ok_or_else(|| {
+            RegistryError::Conflict(format!(
+                "user {user:?} has no ready version before {active}"
+            ))
+        })?,
     };
-    activate(pool, user, target, "rollback", interface).await
+    let activation =
+        activate_locked(&mut tx, user, previous, target, "rollback", interface).await?;
+    tx.commit().await?;
+    Ok(activation)
 }
 
 /// Stores a model file (UBJSON or JSON, from any XGBoost >= 1.0) as the user's next version and
@@ -366,7 +399,8 @@ pub async fn import(
     default_params: &BTreeMap<String, String>,
     interface: Interface,
 ) -> Result<Activation, RegistryError> {
-    let info = tokio::task::spawn_blocking(move || trainer::inspect(&bytes).map(|i| (i, bytes)))
+    // Stored (and exported) as UBJSON whatever the file's format: a JSON file is converted.
+    let info = tokio::task::spawn_blocking(move || trainer::inspect_as_ubjson(&bytes))
         .await
         .map_err(|e| RegistryError::InvalidModel(e.to_string()))?;
     let (info, bytes) = info.map_err(|e| RegistryError::InvalidModel(e.to_string()))?;

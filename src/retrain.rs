@@ -39,7 +39,7 @@ use crate::trainer::{self, Previous, StepInput, StepResult, TrainError};
 use crate::xgboost::Booster;
 
 /// The longest a user backs off after repeated failed retrains.
-const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(300);
+pub(crate) const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(300);
 
 /// What one call of [`Retrainer::retrain_user`] did.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,6 +129,39 @@ impl Retrainer {
         }
     }
 
+    /// [`Retrainer::retrain_user`] within the retrain deadline (REFIT_RETRAIN_TIMEOUT_SECS). An
+    /// error — at read, at commit, or the deadline passed (the retrain's transaction is dropped,
+    /// so it rolls back and releases the user's row lock) — backs the user off exponentially, as
+    /// a failed training does, instead of retrying it at every poll.
+    pub async fn retrain_bounded(&self, user_id: &str, pending: i64) -> anyhow::Result<Outcome> {
+        let attempt = self.retrain_user(user_id, pending);
+        let result = match self.config.retrain_timeout {
+            None => attempt.await,
+            Some(limit) => tokio::time::timeout(limit, attempt)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "the retrain passed its deadline of {} s (REFIT_RETRAIN_TIMEOUT_SECS) and was rolled back",
+                        limit.as_secs()
+                    ))
+                }),
+        };
+        if let Err(error) = &result {
+            self.metrics.retrains.with_label_values(&["failed"]).inc();
+            warn!(
+                user_id,
+                error = format!("{error:#}"),
+                "retrain aborted; its actuals stay pending and the user backs off"
+            );
+            let lock_wait = Duration::from_secs(5);
+            if let Err(e) = db::back_off(&self.pool, user_id, MAX_FAILURE_BACKOFF, lock_wait).await
+            {
+                warn!(user_id, error = %e, "cannot record the back-off; the next scan retries the user");
+            }
+        }
+        result
+    }
+
     /// Retrains `user_id` once if it has `>= threshold` pending actuals (or stale ones). `pending` is what the
     /// detector counted (for the detect log line).
     pub async fn retrain_user(&self, user_id: &str, pending: i64) -> anyhow::Result<Outcome> {
@@ -140,10 +173,16 @@ impl Retrainer {
         };
 
         let started = Instant::now();
+        let unconsumable = self
+            .set_aside_unconsumable(&mut tx, user_id, retrain_id)
+            .await?;
         let threshold = self.config.retrain_threshold;
         let pending_rows = db::read_pending(&mut tx, user_id, threshold).await?;
         let oldest = pending_rows.iter().map(|p| p.enqueued_at).min();
         if (pending_rows.len() as i64) < threshold && !self.stale(pending_rows.len(), oldest) {
+            if unconsumable > 0 {
+                tx.commit().await?;
+            }
             return Ok(Outcome::NotDue {
                 pending: pending_rows.len() as i64,
             });
@@ -253,6 +292,28 @@ impl Retrainer {
             return Ok(Err(Outcome::BackingOff));
         }
         Ok(Ok((tx, head)))
+    }
+
+    /// Sets aside (logs and counts) the user's pending actuals that can never be consumed; returns
+    /// how many.
+    async fn set_aside_unconsumable(
+        &self,
+        tx: &mut Tx<'_>,
+        user_id: &str,
+        retrain_id: Uuid,
+    ) -> anyhow::Result<usize> {
+        let ids = db::set_aside_consumed_again(tx, user_id).await?;
+        for actual_id in &ids {
+            warn!(
+                step = "read", %retrain_id, user_id, actual_id, reason = "already_consumed",
+                "pending actual set aside: its id was consumed before (refit_unconsumable_actuals)"
+            );
+        }
+        self.metrics
+            .unconsumable
+            .with_label_values(&["already_consumed"])
+            .inc_by(ids.len() as u64);
+        Ok(ids.len())
     }
 
     /// The parameters and feature order the next version trains with: the active version's, or

@@ -46,6 +46,10 @@ use crate::retrain::{Outcome, Retrainer};
 /// How often the sweeper deletes rows past their retention.
 const PURGE_EVERY: Duration = Duration::from_secs(10);
 
+/// Users whose pending count the scheduler remembers at most (beyond: counted again when they are
+/// notified).
+const MAX_KNOWN_USERS: usize = 100_000;
+
 /// While due users wait in the queue, the safety-net full scan runs at most this often.
 const BUSY_SCAN_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -53,6 +57,9 @@ const BUSY_SCAN_INTERVAL: Duration = Duration::from_secs(30);
 pub struct Service {
     pub config: Arc<Config>,
     pub pool: PgPool,
+    /// The HTTP API's own small pool (REFIT_HTTP_DB_POOL_SIZE): registry reads cannot take the
+    /// connections retrains need.
+    pub http_pool: PgPool,
     pub metrics: Arc<Metrics>,
     pub cache: Arc<Cache>,
     pub events: Arc<Events>,
@@ -71,8 +78,16 @@ impl Service {
     /// Redis and Kafka may be down: their work waits in the outbox.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let config = Arc::new(config);
-        let pool = db::connect(&config.database_url, config.max_concurrent_retrains).await?;
+        let pool_size = db::service_pool_size(config.max_concurrent_retrains);
+        let pool = db::connect(&config.database_url, &config.session, pool_size).await?;
         db::check_migrated(&pool).await?;
+        let http_pool = db::connect_as(
+            "refit-http",
+            &config.database_url,
+            &config.session,
+            config.http_db_pool_size,
+        )
+        .await?;
         let metrics = Arc::new(Metrics::new());
         let cache = Arc::new(Cache::new(&config.redis_url, &config.cache_key_prefix)?);
         let events = Arc::new(Events::new(&config)?);
@@ -105,6 +120,7 @@ impl Service {
             http_addr,
             config,
             pool,
+            http_pool,
             metrics,
             cache,
             events,
@@ -144,7 +160,7 @@ impl Service {
         let listener = self.http_listener.lock().expect("not poisoned").take();
         if let Some(listener) = listener {
             let state = crate::http::AppState {
-                pool: self.pool.clone(),
+                pool: self.http_pool.clone(),
                 metrics: self.metrics.clone(),
                 outbox: self.outbox.clone(),
                 heartbeat: self.heartbeat.clone(),
@@ -327,8 +343,8 @@ pub struct Pending {
     known: HashMap<String, i64>,
     /// Users to count in the database before they can be scheduled.
     pub unknown: HashSet<String>,
-    /// Users backing off after a failed retrain: left to the full scan.
-    backing_off: HashSet<String>,
+    /// Users backing off after a failed retrain, since when: left to the full scan.
+    backing_off: HashMap<String, Instant>,
     /// Users being retrained → notified again meanwhile.
     in_flight: HashMap<String, bool>,
     /// Due users in the order they became due (their counts stay in `known`).
@@ -350,7 +366,7 @@ impl Pending {
             *notified = true;
             return;
         }
-        if self.backing_off.contains(&user_id) {
+        if self.backing_off.contains_key(&user_id) {
             return;
         }
         match (self.known.get_mut(&user_id), count) {
@@ -378,7 +394,7 @@ impl Pending {
                 *notified = true;
             } else if backing_off {
                 self.known.remove(user_id);
-                self.backing_off.insert(user_id.clone());
+                self.backing_off.insert(user_id.clone(), Instant::now());
             } else {
                 self.known.insert(user_id.clone(), pending);
                 self.due_if(user_id.clone(), pending);
@@ -389,6 +405,7 @@ impl Pending {
     /// The full scan's due users (backing-off users excluded by the query); stale users are
     /// due whatever their count.
     pub fn scanned(&mut self, due: Vec<db::DueUser>) {
+        self.forget_idle();
         for user in due {
             self.backing_off.remove(&user.user_id);
             if let Some(notified) = self.in_flight.get_mut(&user.user_id) {
@@ -403,13 +420,35 @@ impl Pending {
         }
     }
 
+    /// Keeps the per-user maps from growing with every user ever seen: a back-off is forgotten
+    /// once the longest back-off has passed (the scan brings the user back when it may retry);
+    /// past [`MAX_KNOWN_USERS`] remembered counts, users with nothing pending are forgotten, then
+    /// every count not queued (a forgotten user's next arrival is counted in the database).
+    fn forget_idle(&mut self) {
+        self.backing_off
+            .retain(|_, since| since.elapsed() < crate::retrain::MAX_FAILURE_BACKOFF);
+        if self.known.len() > MAX_KNOWN_USERS {
+            self.known.retain(|_, pending| *pending > 0);
+        }
+        if self.known.len() > MAX_KNOWN_USERS {
+            let queued = &self.queued;
+            self.known.retain(|user, _| queued.contains(user));
+        }
+    }
+
+    /// Users the scheduler holds state for.
+    #[cfg(test)]
+    fn users_held(&self) -> usize {
+        self.known.len() + self.backing_off.len() + self.in_flight.len() + self.unknown.len()
+    }
+
     /// A worker ended.
     pub fn finished(&mut self, user_id: String, finished: Finished) {
         let notified = self.in_flight.remove(&user_id).unwrap_or(false);
         match finished {
             Finished::BackingOff => {
                 self.known.remove(&user_id);
-                self.backing_off.insert(user_id);
+                self.backing_off.insert(user_id, Instant::now());
             }
             Finished::Remaining(_) if notified => {
                 self.unknown.insert(user_id);
@@ -458,7 +497,7 @@ async fn work(retrainer: &Retrainer, user: &db::DueUser, shutdown: &Cancellation
     let threshold = retrainer.threshold();
     let mut pending = user.pending;
     loop {
-        match retrainer.retrain_user(&user.user_id, pending).await {
+        match retrainer.retrain_bounded(&user.user_id, pending).await {
             Ok(outcome) if outcome.consumed_rows() => {
                 debug!(user_id = %user.user_id, ?outcome, "retrain done");
                 pending = (pending - threshold).max(0);
@@ -475,10 +514,8 @@ async fn work(retrainer: &Retrainer, user: &db::DueUser, shutdown: &Cancellation
                 debug!(user_id = %user.user_id, ?outcome, "worker done");
                 return Finished::Unknown;
             }
-            Err(e) => {
-                error!(user_id = %user.user_id, error = format!("{e:#}"), "retrain aborted; its actuals stay pending");
-                return Finished::Unknown;
-            }
+            // Logged and backed off by `retrain_bounded`: left to the full scan, like a failure.
+            Err(_) => return Finished::BackingOff,
         }
     }
 }
@@ -739,6 +776,27 @@ mod tests {
             p.start_next().is_none(),
             "not stale and below the threshold"
         );
+    }
+
+    #[test]
+    fn the_per_user_maps_stay_bounded_when_users_go_quiet() {
+        let mut p = Pending::new(50);
+        let quiet: Vec<String> = (0..MAX_KNOWN_USERS + 10).map(|i| format!("u{i}")).collect();
+        p.counted(&quiet, Vec::new());
+        p.counted(&["trickle".into()], vec![count("trickle", 7, false)]);
+        assert_eq!(p.users_held(), MAX_KNOWN_USERS + 11);
+        p.scanned(Vec::new());
+        assert_eq!(
+            p.users_held(),
+            1,
+            "past the cap, users with nothing pending are forgotten"
+        );
+        // A forgotten user's next arrival is counted in the database, not lost; a remembered
+        // count goes on from where it was.
+        p.arrived("u1".into(), Some(3));
+        assert!(p.unknown.contains("u1"));
+        p.arrived("trickle".into(), Some(43));
+        assert_eq!(p.start_next().map(|u| u.pending), Some(50));
     }
 
     #[test]

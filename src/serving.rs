@@ -79,11 +79,20 @@ async fn load(
     for _ in 0..3 {
         let model = active_model(pool, user).await?;
         cache.put_model(user, &model, ttl).await?;
-        if active_version(pool, user).await? == Some(model.version) {
-            return Ok((model, "miss"));
+        match active_version(pool, user).await {
+            Ok(active) if active == Some(model.version) => return Ok((model, "miss")),
+            // A retrain committed while we filled: our entry may be stale.
+            Ok(_) => cache.invalidate(user).await.map(drop)?,
+            // Unconfirmed: the entry may be stale, and nothing else would ever delete it.
+            Err(e) => {
+                let error = anyhow::Error::new(e)
+                    .context("cannot confirm the active version after filling the cache");
+                return Err(match cache.invalidate(user).await {
+                    Ok(_) => error,
+                    Err(evict) => error.context(format!("entry not evicted either: {evict:#}")),
+                });
+            }
         }
-        // A retrain committed while we filled: our entry may be stale.
-        cache.invalidate(user).await?;
     }
     bail!("the active version of {user:?} keeps changing; try again")
 }

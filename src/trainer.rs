@@ -480,7 +480,10 @@ pub struct ModelInfo {
 
 /// Loads a model file and describes it; fails when XGBoost cannot load it.
 pub fn inspect(artifact: &[u8]) -> Result<ModelInfo, TrainError> {
-    let booster = Booster::load(artifact, &[]).map_err(TrainError::CorruptArtifact)?;
+    describe(&Booster::load(artifact, &[]).map_err(TrainError::CorruptArtifact)?)
+}
+
+fn describe(booster: &Booster) -> Result<ModelInfo, TrainError> {
     let config: serde_json::Value =
         serde_json::from_str(&booster.config_json()?).unwrap_or_default();
     Ok(ModelInfo {
@@ -493,6 +496,13 @@ pub fn inspect(artifact: &[u8]) -> Result<ModelInfo, TrainError> {
             .and_then(|v| v.as_str())
             .map(str::to_owned),
     })
+}
+
+/// [`inspect`], and the model saved as UBJSON (the format refit stores and exports), whatever the
+/// format of `artifact` (UBJSON or JSON).
+pub fn inspect_as_ubjson(artifact: &[u8]) -> Result<(ModelInfo, Vec<u8>), TrainError> {
+    let booster = Booster::load(artifact, &[]).map_err(TrainError::CorruptArtifact)?;
+    Ok((describe(&booster)?, booster.save_ubjson()?))
 }
 
 /// The feature names stored inside a model file, if it has them.

@@ -355,6 +355,12 @@ fn configuration_out_of_range_stops_startup_naming_the_setting() {
         ("REFIT_MAX_CONCURRENT_RETRAINS", 1, 1024),
         ("REFIT_XGB_NTHREAD", 1, 256),
         ("REFIT_OUTBOX_RETRY_MAX_MS", 10, 3_600_000),
+        ("REFIT_STATEMENT_TIMEOUT_MS", 0, 86_400_000),
+        ("REFIT_IDLE_IN_TRANSACTION_TIMEOUT_MS", 0, 86_400_000),
+        ("REFIT_TCP_KEEPALIVE_SECS", 0, 3600),
+        ("REFIT_RETRAIN_TIMEOUT_SECS", 0, 86_400),
+        ("REFIT_HTTP_DB_POOL_SIZE", 1, 100),
+        ("REFIT_IMPORT_MAX_BYTES", 1024, 1 << 30),
     ];
     let mut cases: Vec<(&str, String)> = Vec::new();
     for (name, min, max) in integers {

@@ -12,6 +12,7 @@ mod bad_input;
 mod chaos;
 mod concurrency;
 pub mod crash;
+mod hardening;
 mod harness;
 mod outage;
 mod security;

@@ -1,0 +1,1 @@
+DROP TABLE IF EXISTS refit_unconsumable_actuals;
