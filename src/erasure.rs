@@ -98,6 +98,7 @@ async fn delete_rows(conn: &mut PgConnection, user: &str) -> sqlx::Result<Delete
               versions AS (DELETE FROM refit_model_versions WHERE user_id = $1 RETURNING 1),
               pending AS (DELETE FROM refit_pending WHERE user_id = $1 RETURNING 1),
               consumed AS (DELETE FROM refit_consumed_actuals WHERE user_id = $1 RETURNING 1),
+              unconsumable AS (DELETE FROM refit_unconsumable_actuals WHERE user_id = $1),
               outbox AS (DELETE FROM refit_outbox WHERE user_id = $1),
               models AS (DELETE FROM refit_models WHERE user_id = $1)
          SELECT (SELECT count(*) FROM versions) AS versions,

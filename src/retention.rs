@@ -88,8 +88,9 @@ async fn delete_versions(
     let doomed: Vec<i32> = sqlx::query_scalar(
         "SELECT version FROM refit_model_versions
           WHERE user_id = $1
-            AND version < least($2, (SELECT version FROM refit_model_versions WHERE user_id = $1
-                                      ORDER BY version DESC OFFSET $3 - 1 LIMIT 1))
+            AND version < least($2, coalesce((SELECT version FROM refit_model_versions
+                                               WHERE user_id = $1
+                                               ORDER BY version DESC OFFSET $3 - 1 LIMIT 1), 0))
             AND NOT EXISTS (SELECT 1 FROM refit_aliases a
                              WHERE a.user_id = $1 AND a.version = refit_model_versions.version)
           ORDER BY version LIMIT $4",
@@ -127,9 +128,9 @@ async fn drop_artifacts(
     let dropped = sqlx::query(
         "UPDATE refit_model_versions SET artifact = NULL
           WHERE user_id = $1 AND artifact IS NOT NULL
-            AND version < least($2, (SELECT version FROM refit_model_versions
-                                      WHERE user_id = $1 AND status = 'ready'
-                                      ORDER BY version DESC OFFSET $3 - 1 LIMIT 1))
+            AND version < least($2, coalesce((SELECT version FROM refit_model_versions
+                                               WHERE user_id = $1 AND status = 'ready'
+                                               ORDER BY version DESC OFFSET $3 - 1 LIMIT 1), 0))
             AND NOT EXISTS (SELECT 1 FROM refit_aliases a
                              WHERE a.user_id = $1 AND a.version = refit_model_versions.version)",
     )

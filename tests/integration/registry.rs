@@ -550,6 +550,15 @@ async fn deleting_a_user_leaves_nothing_about_them_in_refits_tables() {
         ],
     );
     env.cache_model("gone-gina").await;
+    // An actual that came back with an id already consumed was set aside as unconsumable.
+    sqlx::query(
+        "INSERT INTO refit_unconsumable_actuals (actual_id, user_id, reason)
+         SELECT min(actual_id), user_id, 'already_consumed' FROM refit_consumed_actuals
+          WHERE user_id = 'gone-gina' GROUP BY user_id",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
     let requests = "SELECT count(*) FROM prediction_requests WHERE user_id = 'gone-gina'";
     let upstream = env.count(requests).await;
     let before = rows_mentioning(&env, "gone-gina").await;

@@ -83,6 +83,19 @@ async fn history_is_pruned_to_the_policy_and_stops_growing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_with_fewer_versions_than_kept_loses_none() {
+    let env = TestEnv::new().await;
+    let roomy = [
+        ("REFIT_KEEP_VERSIONS", "50"),
+        ("REFIT_KEEP_ARTIFACTS", "20"),
+    ];
+    let service = env.service(&[SMALL.as_slice(), &roomy].concat()).await;
+    retrain(&env, &service, 0, 10).await;
+    // Only the trained rows beyond the policy's 12-row window go.
+    assert_eq!(stored(&env).await, (10, 10, 12));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_active_version_and_everything_newer_survive_pruning() {
     let env = TestEnv::new().await;
     let service = env.service(&SMALL).await;
