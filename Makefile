@@ -13,7 +13,7 @@ export REFIT_BIKESHARE_CSV ?= $(DEPS_DIR)/bikeshare/bike-rental-dataset.csv
 DEMO_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/refit_demo
 DEMO_SECONDS ?= 45
 
-.PHONY: help deps services build release quality test test-rust test-k8s test-alerts test-api lint demo bench clean-test-dbs
+.PHONY: help deps services build release quality storage test test-rust test-k8s test-alerts test-api lint demo bench clean-test-dbs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -65,6 +65,11 @@ quality: services release ## prequential model quality on real rental data, side
 	@py="$$(scripts/quality-tools.sh)" && \
 	  "$$py" scripts/quality.py --refit target/release/refit --csv "$(REFIT_BIKESHARE_CSV)" --out target/quality/results.json && \
 	  "$$py" scripts/quality-report.py target/quality/results.json QUALITY.md
+
+# The storage benchmark runs the release binary: refit's bytes after 100/1,000 retrains, 10,000 users.
+storage: services release ## refit's database bytes as retrains and users grow (STORAGE_USERS=10000); BENCHMARKS.md
+	@py="$$(scripts/quality-tools.sh)" && \
+	  "$$py" scripts/storage.py --refit target/release/refit --users $${STORAGE_USERS:-10000} --md BENCHMARKS.md
 
 # The benchmark driver (benches/pipeline) runs the release refit binary as a child process and the
 # Python reference (scripts/bench-python.py) from the venv scripts/bench-tools.sh makes.
