@@ -369,4 +369,34 @@ mod tests {
         assert_eq!(b.values[0], -5.0);
         assert!(b.values[1].is_nan());
     }
+
+    /// Item 8 of issue 12: keys the model does not know are ignored, so a number out of range
+    /// under one of them must not set the row aside; under a known key it still does.
+    #[test]
+    fn an_unknown_key_with_an_out_of_range_number_is_ignored() {
+        let order = vec!["a".to_owned()];
+        let rows = [
+            row(1, 1.0, r#"{"a": 2, "unknown": 1e400}"#),
+            row(2, 1.0, r#"{"a": 1e400, "unknown": 1}"#),
+            row(3, 1.0, r#"{"a": 3, "nested": {"deep": -1e999}}"#),
+            row(4, 1.0, r#"{"a": 1e400"#),
+        ];
+        let b = prepare(&rows, Some(&order));
+        let reasons: Vec<_> = b
+            .set_aside
+            .iter()
+            .map(|s| (s.actual_id, s.reason))
+            .collect();
+        use SetAsideReason::*;
+        assert_eq!(
+            reasons,
+            [(2, FeatureOutOfRange), (4, MalformedFeatures)],
+            "{:?}",
+            b.set_aside
+        );
+        assert_eq!((b.used, b.values), (vec![1, 3], vec![2.0, 3.0]));
+        // A new model's features are the keys holding a number it can use.
+        let fresh = prepare(&rows[..1], None);
+        assert_eq!(fresh.feature_names, ["a"]);
+    }
 }

@@ -399,6 +399,13 @@ pub async fn import(
     default_params: &BTreeMap<String, String>,
     interface: Interface,
 ) -> Result<Activation, RegistryError> {
+    if user.len() > db::MAX_USER_ID_BYTES {
+        return Err(RegistryError::Invalid(format!(
+            "the user id is {} bytes; refit takes at most {}",
+            user.len(),
+            db::MAX_USER_ID_BYTES
+        )));
+    }
     // Stored (and exported) as UBJSON whatever the file's format: a JSON file is converted.
     let info = tokio::task::spawn_blocking(move || trainer::inspect_as_ubjson(&bytes))
         .await
