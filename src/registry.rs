@@ -407,10 +407,14 @@ pub async fn import(
         )));
     }
     // Stored (and exported) as UBJSON whatever the file's format: a JSON file is converted.
-    let info = tokio::task::spawn_blocking(move || trainer::inspect_as_ubjson(&bytes))
-        .await
-        .map_err(|e| RegistryError::InvalidModel(e.to_string()))?;
-    let (info, bytes) = info.map_err(|e| RegistryError::InvalidModel(e.to_string()))?;
+    // Its structure is checked before XGBoost sees it: XGBoost trusts the files it loads.
+    let info = tokio::task::spawn_blocking(move || {
+        crate::model_check::check_model(&bytes).map_err(RegistryError::InvalidModel)?;
+        trainer::inspect_as_ubjson(&bytes).map_err(|e| RegistryError::InvalidModel(e.to_string()))
+    })
+    .await
+    .map_err(|e| RegistryError::InvalidModel(e.to_string()))?;
+    let (info, bytes) = info?;
     let features = match (features, info.features.is_empty()) {
         (Some(given), _) if given.len() as u64 != info.num_features => {
             return Err(RegistryError::InvalidModel(format!(
