@@ -816,3 +816,53 @@ async fn hostile_model_imports_are_refused_before_xgboost_sees_them() {
         0
     );
 }
+
+/// The query of the KEDA trigger in a manifest file: the first `query:` line's quoted text, with
+/// the Helm chart's `{threshold}` placeholder given the default threshold (50).
+fn keda_query(path: &str) -> String {
+    let text = std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("query:"))
+        .unwrap_or_else(|| panic!("no query in {path}"));
+    let quoted = line.split_once(':').unwrap().1.trim();
+    let query: String = serde_json::from_str(quoted).unwrap_or_else(|e| panic!("{quoted}: {e}"));
+    query.replace("{threshold}", "50")
+}
+
+/// Defect 9: KEDA scaled on every pending row, so 10,000 users with 30 pending each (none due at
+/// the threshold of 50) asked for 300,000 / 500 = 600 pods: the maximum. The exact queries of the
+/// kustomize component and of the Helm chart count due users instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keda_scales_on_due_users_not_on_pending_rows() {
+    let env = TestEnv::new().await;
+    // 10,000 users with 30 pending actuals each, and 3 users with 50, 60 and 120.
+    sqlx::raw_sql(
+        "INSERT INTO prediction_requests (request_id, user_id, features)
+         SELECT gen_random_uuid(), 'quiet-' || (g % 10000), '{}'::jsonb FROM generate_series(1, 300000) g
+         UNION ALL
+         SELECT gen_random_uuid(), 'due-' || d, '{}'::jsonb
+           FROM (VALUES (1, 50), (2, 60), (3, 120)) AS t(d, n), generate_series(1, n);
+         INSERT INTO actual_rentals (request_id, actual_value)
+         SELECT request_id, 1.0 FROM prediction_requests;",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        env.count("SELECT count(*) FROM refit_pending").await,
+        300_230
+    );
+    for path in [
+        "deploy/components/keda/scaledobject.yaml",
+        "helm/refit/values.yaml",
+    ] {
+        let query = keda_query(path);
+        let value: i64 = sqlx::query_scalar(&query)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {query}: {e}"));
+        println!("{path}: {value} ({query})");
+        assert_eq!(value, 3, "{path}: three users are due");
+    }
+}
