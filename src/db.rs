@@ -374,6 +374,10 @@ pub async fn reinstate(
     .map(|_| ())
 }
 
+/// Longest user id refit takes, in bytes: the trigger sets longer ones' actuals aside
+/// (`user_id_too_long`, migrations/20261201000008_defects.up.sql), and imports refuse them.
+pub const MAX_USER_ID_BYTES: usize = 1000;
+
 /// Why a pending actual can never be consumed (`refit_unconsumable_actuals.reason`, the label of
 /// `refit_unconsumable_actuals_total`).
 pub const UNCONSUMABLE_REASONS: [&str; 1] = ["already_consumed"];
@@ -906,6 +910,21 @@ pub async fn outbox_failed(
     .bind(id)
     .bind(error)
     .bind(retry_in.as_secs_f64())
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// Resolves an entry that can never be delivered: done, `dead_letter` saying why.
+pub async fn outbox_dead_letter(conn: &mut PgConnection, id: i64, error: &str) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE refit_outbox
+            SET attempts = attempts + 1, last_error = $2, dead_letter = $2,
+                done_at = clock_timestamp()
+          WHERE id = $1",
+    )
+    .bind(id)
+    .bind(error)
     .execute(conn)
     .await
     .map(|_| ())

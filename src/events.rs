@@ -23,6 +23,31 @@ const REPLACE_AFTER_FAILURES: u32 = 3;
 /// How long one delivery may take before the outbox records a failure and retries later.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// librdkafka's default `message.max.bytes` (what refit assumes unless REFIT_KAFKA_PROPERTIES
+/// sets it): a larger message is refused by the producer, or by the broker.
+const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
+
+/// Room for the record's framing and the headers' names beside the key, value and header values.
+const RECORD_OVERHEAD_BYTES: usize = 512;
+
+/// A message the broker can never accept (too large, invalid): retrying cannot deliver it.
+#[derive(Debug, thiserror::Error)]
+#[error("undeliverable: {0}")]
+pub struct Undeliverable(pub String);
+
+/// Whether a failed delivery can never succeed however often it is retried.
+fn is_permanent(code: Option<RDKafkaErrorCode>) -> bool {
+    matches!(
+        code,
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidRecord
+        )
+    )
+}
+
 /// The value of a `model-retrained` message.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RetrainEvent {
@@ -90,6 +115,8 @@ pub struct Events {
     /// can answer UNKNOWN_PRODUCER_ID forever to the old producer id).
     consecutive_failures: std::sync::atomic::AtomicU32,
     client_config: ClientConfig,
+    /// Largest message the producer sends (`message.max.bytes`); larger is [`Undeliverable`].
+    max_message_bytes: usize,
     topic: String,
     partitions: i32,
     replication: i32,
@@ -114,6 +141,10 @@ impl Events {
                 "message.timeout.ms",
                 DELIVERY_TIMEOUT.as_millis().to_string(),
             );
+        let max_message_bytes = producer_config
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
         let producer: FutureProducer = producer_config.create().context(
             "cannot create the Kafka producer (check KAFKA_BROKERS and REFIT_KAFKA_PROPERTIES)",
         )?;
@@ -122,6 +153,7 @@ impl Events {
             producer_config,
             consecutive_failures: Default::default(),
             client_config,
+            max_message_bytes,
             topic: config.topic.clone(),
             partitions: config.topic_partitions,
             replication: config.topic_replication,
@@ -157,9 +189,11 @@ impl Events {
         Ok(())
     }
 
-    /// Publishes one event and waits for the broker's acknowledgement.
+    /// Publishes one event and waits for the broker's acknowledgement. An event over the
+    /// message size limit is [`Undeliverable`] without being sent.
     pub async fn publish(&self, event: &RetrainEvent) -> anyhow::Result<Delivery> {
         let value = serde_json::to_vec(event)?;
+        self.check_size(event, value.len())?;
         let id = event.event_id.to_string();
         let time = event.created_at.to_rfc3339();
         let headers = OwnedHeaders::new()
@@ -198,6 +232,20 @@ impl Events {
         self.send(record, value.len()).await
     }
 
+    /// Refuses, up front, an event whose message would be over the broker's size limit.
+    fn check_size(&self, event: &RetrainEvent, value_bytes: usize) -> anyhow::Result<()> {
+        // The user id goes as the key and in ce_subject beside the value.
+        let bytes = value_bytes + 2 * event.user_id.len() + RECORD_OVERHEAD_BYTES;
+        if bytes > self.max_message_bytes {
+            return Err(Undeliverable(format!(
+                "the event is too large for Kafka: about {bytes} bytes, message.max.bytes is {}",
+                self.max_message_bytes
+            ))
+            .into());
+        }
+        Ok(())
+    }
+
     /// Publishes a tombstone (a null value) for the user's key: compacted topics forget the
     /// user's earlier events.
     pub async fn publish_tombstone(&self, user_id: &str) -> anyhow::Result<Delivery> {
@@ -214,6 +262,13 @@ impl Events {
         let producer = self.producer.read().expect("not poisoned").clone();
         let delivery = match producer.send(record, DELIVERY_TIMEOUT).await {
             Ok(delivery) => delivery,
+            Err((e, _)) if is_permanent(e.rdkafka_error_code()) => {
+                return Err(Undeliverable(format!(
+                    "Kafka refused the message to {} (message too large or invalid): {e}",
+                    self.topic
+                ))
+                .into());
+            }
             Err((e, _)) => {
                 self.replace_if_broken(&producer);
                 return Err(anyhow!("Kafka delivery to {} failed: {e}", self.topic));

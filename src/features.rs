@@ -8,7 +8,7 @@
 //! - the actual must be finite and fit in `f32` (XGBoost labels are `f32`).
 //! - a row that carries none of the model's features is set aside (it holds no information).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde_json::{Map, Value};
@@ -144,7 +144,7 @@ impl Batch {
 /// the features that hold a number in at least one row.
 pub fn prepare(rows: &[ActualRow], feature_order: Option<&[String]>) -> Batch {
     let mut set_aside = Vec::new();
-    let mut parsed: Vec<(&ActualRow, Map<String, Value>)> = Vec::with_capacity(rows.len());
+    let mut parsed: Vec<(&ActualRow, Features)> = Vec::with_capacity(rows.len());
     for row in rows {
         match parse_row(row) {
             Ok(object) => parsed.push((row, object)),
@@ -161,7 +161,8 @@ pub fn prepare(rows: &[ActualRow], feature_order: Option<&[String]>) -> Batch {
         None => parsed
             .iter()
             .flat_map(|(_, o)| {
-                o.iter()
+                o.values
+                    .iter()
                     .filter(|(_, v)| v.is_number())
                     .map(|(k, _)| k.clone())
             })
@@ -198,7 +199,14 @@ pub fn prepare(rows: &[ActualRow], feature_order: Option<&[String]>) -> Batch {
 
 type RowError = (SetAsideReason, String);
 
-fn parse_row(row: &ActualRow) -> Result<Map<String, Value>, RowError> {
+/// A row's features: the values serde_json can hold, and the numbers it cannot (beyond f64, e.g.
+/// `1e400`), kept as written. Only a feature the model uses makes such a number a problem.
+struct Features {
+    values: Map<String, Value>,
+    out_of_range: BTreeMap<String, String>,
+}
+
+fn parse_row(row: &ActualRow) -> Result<Features, RowError> {
     if !row.actual_value.is_finite() {
         return Err((
             SetAsideReason::NonFiniteActual,
@@ -212,23 +220,52 @@ fn parse_row(row: &ActualRow) -> Result<Map<String, Value>, RowError> {
         ));
     }
     match serde_json::from_str::<Value>(&row.features) {
-        Ok(Value::Object(object)) => Ok(object),
+        Ok(Value::Object(values)) => Ok(Features {
+            values,
+            out_of_range: BTreeMap::new(),
+        }),
         Ok(other) => Err((
             SetAsideReason::FeaturesNotObject,
             format!("features is a JSON {}", json_kind(&other)),
         )),
-        Err(e) => Err((SetAsideReason::MalformedFeatures, e.to_string())),
+        Err(e) => {
+            parse_leniently(&row.features).ok_or((SetAsideReason::MalformedFeatures, e.to_string()))
+        }
     }
 }
 
-fn layout(
-    object: &Map<String, Value>,
-    names: &[String],
-    out: &mut Vec<f32>,
-) -> Result<(), RowError> {
+/// An object whose values serde_json cannot all hold: each value parsed on its own, those that
+/// fail (numbers out of range) kept as written.
+fn parse_leniently(text: &str) -> Option<Features> {
+    let raw: BTreeMap<String, Box<serde_json::value::RawValue>> =
+        serde_json::from_str(text).ok()?;
+    let mut features = Features {
+        values: Map::new(),
+        out_of_range: BTreeMap::new(),
+    };
+    for (key, value) in raw {
+        match serde_json::from_str::<Value>(value.get()) {
+            Ok(v) => {
+                features.values.insert(key, v);
+            }
+            Err(_) => {
+                features.out_of_range.insert(key, value.get().to_owned());
+            }
+        }
+    }
+    Some(features)
+}
+
+fn layout(features: &Features, names: &[String], out: &mut Vec<f32>) -> Result<(), RowError> {
     let mut known = 0;
     for name in names {
-        let value = match object.get(name) {
+        if let Some(raw) = features.out_of_range.get(name) {
+            return Err((
+                SetAsideReason::FeatureOutOfRange,
+                format!("feature {name:?} = {raw} does not fit in f32"),
+            ));
+        }
+        let value = match features.values.get(name) {
             None | Some(Value::Null) => f32::NAN,
             Some(Value::Number(n)) => {
                 known += 1;
@@ -361,12 +398,42 @@ mod tests {
                 (5, FeatureOutOfRange),
                 (6, NoKnownFeatures),
                 (8, ActualOutOfRange),
-                (9, MalformedFeatures),
+                (9, FeatureOutOfRange),
                 (10, NoKnownFeatures),
             ]
         );
         assert_eq!(b.used, [7]);
         assert_eq!(b.values[0], -5.0);
         assert!(b.values[1].is_nan());
+    }
+
+    /// Item 8 of issue 12: keys the model does not know are ignored, so a number out of range
+    /// under one of them must not set the row aside; under a known key it still does.
+    #[test]
+    fn an_unknown_key_with_an_out_of_range_number_is_ignored() {
+        let order = vec!["a".to_owned()];
+        let rows = [
+            row(1, 1.0, r#"{"a": 2, "unknown": 1e400}"#),
+            row(2, 1.0, r#"{"a": 1e400, "unknown": 1}"#),
+            row(3, 1.0, r#"{"a": 3, "nested": {"deep": -1e999}}"#),
+            row(4, 1.0, r#"{"a": 1e400"#),
+        ];
+        let b = prepare(&rows, Some(&order));
+        let reasons: Vec<_> = b
+            .set_aside
+            .iter()
+            .map(|s| (s.actual_id, s.reason))
+            .collect();
+        use SetAsideReason::*;
+        assert_eq!(
+            reasons,
+            [(2, FeatureOutOfRange), (4, MalformedFeatures)],
+            "{:?}",
+            b.set_aside
+        );
+        assert_eq!((b.used, b.values), (vec![1, 3], vec![2.0, 3.0]));
+        // A new model's features are the keys holding a number it can use.
+        let fresh = prepare(&rows[..1], None);
+        assert_eq!(fresh.feature_names, ["a"]);
     }
 }

@@ -33,6 +33,7 @@ pub mod http;
 pub mod metadata;
 pub mod metrics;
 pub mod model_cache;
+pub mod model_check;
 pub mod outbox;
 pub mod policy;
 pub mod registry;

@@ -47,6 +47,9 @@ pub struct Metrics {
     /// `refit_unconsumable_actuals_total{reason}`: pending actuals that can never be consumed
     /// (e.g. an id consumed before), moved to `refit_unconsumable_actuals`.
     pub unconsumable: IntCounterVec,
+    /// `refit_outbox_dead_letters_total{kind}`: side effects that can never be carried out (an
+    /// event over the broker's message size), resolved as dead letters (`refit_outbox.dead_letter`).
+    pub outbox_dead_letters: IntCounterVec,
     /// `refit_outbox_backlog{kind}`: side effects committed but not yet carried out.
     pub outbox_backlog: IntGaugeVec,
     /// `refit_outbox_oldest_age_seconds{kind}`: age of the oldest of them (0 when none).
@@ -84,6 +87,11 @@ impl Metrics {
                 "refit_unconsumable_actuals_total",
                 "Pending actuals that can never be consumed, set aside, by reason",
                 "reason",
+            ),
+            outbox_dead_letters: counter_vec(
+                "refit_outbox_dead_letters_total",
+                "Side effects that can never be carried out, dead-lettered, by kind",
+                "kind",
             ),
             outbox_backlog: IntGaugeVec::new(
                 Opts::new(
@@ -139,12 +147,13 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn Collector>; 14] = [
+        let collectors: [Box<dyn Collector>; 15] = [
             Box::new(self.step_duration.clone()),
             Box::new(self.unconsumable.clone()),
             Box::new(self.retrains.clone()),
             Box::new(self.pending.clone()),
             Box::new(self.set_aside.clone()),
+            Box::new(self.outbox_dead_letters.clone()),
             Box::new(self.outbox_backlog.clone()),
             Box::new(self.outbox_oldest_age.clone()),
             Box::new(self.freshness.clone()),
@@ -178,6 +187,7 @@ impl Metrics {
             self.unconsumable.with_label_values(&[reason]);
         }
         for kind in OUTBOX_KINDS {
+            self.outbox_dead_letters.with_label_values(&[kind]);
             self.outbox_backlog.with_label_values(&[kind]);
             self.outbox_oldest_age.with_label_values(&[kind]);
         }
@@ -269,6 +279,9 @@ mod tests {
         );
         for kind in OUTBOX_KINDS {
             expected.push(format!("refit_outbox_backlog{{kind=\"{kind}\"}} 0"));
+            expected.push(format!(
+                "refit_outbox_dead_letters_total{{kind=\"{kind}\"}} 0"
+            ));
             expected.push(format!(
                 "refit_outbox_oldest_age_seconds{{kind=\"{kind}\"}} 0"
             ));

@@ -29,12 +29,12 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use uuid::Uuid;
 
 use crate::cache::Cache;
 use crate::db::{self, OutboxEntry, OutboxKind};
-use crate::events::{Events, RetrainEvent};
+use crate::events::{Events, RetrainEvent, Undeliverable};
 use crate::metrics::Metrics;
 
 /// The most users one delivery pass takes.
@@ -77,6 +77,8 @@ pub struct Committed {
 pub struct Delivered {
     pub done: usize,
     pub failed: usize,
+    /// Entries that can never be delivered, dead-lettered.
+    pub dead_lettered: usize,
     /// Another task held some user's outbox.
     pub busy: bool,
     /// An invalidation failed (Redis is unreachable).
@@ -89,6 +91,7 @@ impl Delivered {
     fn add(&mut self, other: Delivered) {
         self.done += other.done;
         self.failed += other.failed;
+        self.dead_lettered += other.dead_lettered;
         self.busy |= other.busy;
         self.redis_failed |= other.redis_failed;
         self.kafka_failed |= other.kafka_failed;
@@ -317,7 +320,10 @@ impl Outbox {
         Ok(())
     }
 
-    /// The announcements: every event produced at once, the acknowledgements awaited together.
+    /// The announcements: every user's events produced at once, the acknowledgements awaited
+    /// together. A user's own events go one after the other, each after the previous one's
+    /// acknowledgement, and stop at the first that fails (so none overtakes it); one the broker
+    /// can never accept is dead-lettered instead, and the user's next ones follow.
     async fn announce(
         &self,
         users: &[String],
@@ -333,23 +339,17 @@ impl Outbox {
             tx.commit().await?;
             return Ok(());
         }
-        let publishes = due.iter().map(|entry| async move {
-            if entry.payload.get("tombstone").is_some() {
-                let started = Instant::now();
-                let delivery = self.events.publish_tombstone(&entry.user_id).await?;
-                return anyhow::Ok((None, delivery, elapsed_ms(started)));
+        let publishes = per_user(&due).into_iter().map(|entries| async move {
+            let mut outcomes = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let outcome = self.publish(entry, commit_ms, invalidate_ms).await;
+                let retry_later = matches!(&outcome, Err(e) if !is_undeliverable(e));
+                outcomes.push((entry, outcome));
+                if retry_later {
+                    break;
+                }
             }
-            let mut event: RetrainEvent = serde_json::from_value(entry.payload.clone())
-                .map_err(|e| anyhow::anyhow!("outbox payload is not a retrain event: {e}"))?;
-            if let Some(ms) = commit_ms.get(&entry.event_id) {
-                event.timings_ms.insert("commit".into(), (*ms).into());
-            }
-            if let Some(ms) = invalidate_ms.get(&entry.event_id) {
-                event.timings_ms.insert("invalidate".into(), (*ms).into());
-            }
-            let started = Instant::now();
-            let delivery = self.events.publish(&event).await?;
-            anyhow::Ok((Some(event), delivery, elapsed_ms(started)))
+            outcomes
         });
         let publishes = futures::future::join_all(publishes);
         // The outbox locks live as long as this transaction's connection. If that dies while the
@@ -364,7 +364,7 @@ impl Outbox {
             }
         };
         let outcomes = tokio::select! {
-            outcomes = publishes => outcomes,
+            outcomes = publishes => outcomes.into_iter().flatten(),
             () = lock_lost => {
                 self.events.purge_queued();
                 anyhow::bail!("lost the outbox lock while publishing {} events; queued events purged", due.len());
@@ -372,7 +372,7 @@ impl Outbox {
         };
         let mut done = Vec::with_capacity(due.len());
         let mut failed = false;
-        for (entry, outcome) in due.iter().zip(outcomes) {
+        for (entry, outcome) in outcomes {
             match outcome {
                 Ok((None, delivery, _)) => {
                     info!(
@@ -405,6 +405,10 @@ impl Outbox {
                     );
                     done.push(entry.id);
                 }
+                Err(error) if is_undeliverable(&error) => {
+                    self.dead_letter(&mut tx, entry, &error).await?;
+                    result.dead_lettered += 1;
+                }
                 Err(error) => {
                     failed = true;
                     self.failed(&mut tx, entry, &error).await?;
@@ -417,6 +421,55 @@ impl Outbox {
         db::outbox_done(&mut tx, &done).await?;
         result.done += done.len();
         tx.commit().await?;
+        Ok(())
+    }
+
+    /// One announcement (or tombstone) published: the event, where it went, how long it took.
+    async fn publish(
+        &self,
+        entry: &OutboxEntry,
+        commit_ms: &HashMap<Uuid, f64>,
+        invalidate_ms: &HashMap<Uuid, f64>,
+    ) -> anyhow::Result<(Option<RetrainEvent>, crate::events::Delivery, f64)> {
+        if entry.payload.get("tombstone").is_some() {
+            let started = Instant::now();
+            let delivery = self.events.publish_tombstone(&entry.user_id).await?;
+            return Ok((None, delivery, elapsed_ms(started)));
+        }
+        let mut event: RetrainEvent = serde_json::from_value(entry.payload.clone())
+            .map_err(|e| Undeliverable(format!("outbox payload is not a retrain event: {e}")))?;
+        if let Some(ms) = commit_ms.get(&entry.event_id) {
+            event.timings_ms.insert("commit".into(), (*ms).into());
+        }
+        if let Some(ms) = invalidate_ms.get(&entry.event_id) {
+            event.timings_ms.insert("invalidate".into(), (*ms).into());
+        }
+        let started = Instant::now();
+        let delivery = self.events.publish(&event).await?;
+        Ok((Some(event), delivery, elapsed_ms(started)))
+    }
+
+    /// Resolves an entry that can never be delivered: done, with the reason kept in
+    /// `refit_outbox.dead_letter`, logged and counted; the user's next entries follow it.
+    async fn dead_letter(
+        &self,
+        tx: &mut Transaction<'static, Postgres>,
+        entry: &OutboxEntry,
+        error: &anyhow::Error,
+    ) -> anyhow::Result<()> {
+        error!(
+            step = entry.kind.as_str(),
+            user_id = %entry.user_id,
+            event_id = %entry.event_id,
+            outbox_id = entry.id,
+            error = format!("{error:#}"),
+            "side effect can never be delivered; dead-lettered (refit_outbox.dead_letter)"
+        );
+        db::outbox_dead_letter(tx, entry.id, &format!("{error:#}")).await?;
+        self.metrics
+            .outbox_dead_letters
+            .with_label_values(&[entry.kind.as_str()])
+            .inc();
         Ok(())
     }
 
@@ -500,6 +553,25 @@ async fn next_pass(queue: &mut mpsc::UnboundedReceiver<Committed>) -> Option<Vec
         }
     }
     Some(pass)
+}
+
+/// Whether a failure can never be overcome by retrying.
+fn is_undeliverable(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<Undeliverable>().is_some()
+}
+
+/// The entries grouped by user, each group in the given (id) order.
+fn per_user(entries: &[OutboxEntry]) -> Vec<Vec<&OutboxEntry>> {
+    let mut groups: Vec<Vec<&OutboxEntry>> = Vec::new();
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for entry in entries {
+        let i = *index.entry(&entry.user_id).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[i].push(entry);
+    }
+    groups
 }
 
 /// The distinct users of a pass, in order.

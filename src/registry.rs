@@ -399,11 +399,22 @@ pub async fn import(
     default_params: &BTreeMap<String, String>,
     interface: Interface,
 ) -> Result<Activation, RegistryError> {
+    if user.len() > db::MAX_USER_ID_BYTES {
+        return Err(RegistryError::Invalid(format!(
+            "the user id is {} bytes; refit takes at most {}",
+            user.len(),
+            db::MAX_USER_ID_BYTES
+        )));
+    }
     // Stored (and exported) as UBJSON whatever the file's format: a JSON file is converted.
-    let info = tokio::task::spawn_blocking(move || trainer::inspect_as_ubjson(&bytes))
-        .await
-        .map_err(|e| RegistryError::InvalidModel(e.to_string()))?;
-    let (info, bytes) = info.map_err(|e| RegistryError::InvalidModel(e.to_string()))?;
+    // Its structure is checked before XGBoost sees it: XGBoost trusts the files it loads.
+    let info = tokio::task::spawn_blocking(move || {
+        crate::model_check::check_model(&bytes).map_err(RegistryError::InvalidModel)?;
+        trainer::inspect_as_ubjson(&bytes).map_err(|e| RegistryError::InvalidModel(e.to_string()))
+    })
+    .await
+    .map_err(|e| RegistryError::InvalidModel(e.to_string()))?;
+    let (info, bytes) = info?;
     let features = match (features, info.features.is_empty()) {
         (Some(given), _) if given.len() as u64 != info.num_features => {
             return Err(RegistryError::InvalidModel(format!(

@@ -215,7 +215,16 @@ impl Booster {
 
     /// The model as UBJSON, the format `Booster.save_model("m.ubj")` writes.
     pub fn save_ubjson(&self) -> Result<Vec<u8>> {
-        let config = c_string(r#"{"format": "ubj"}"#)?;
+        self.save(r#"{"format": "ubj"}"#)
+    }
+
+    /// The model as JSON, the format `Booster.save_model("m.json")` writes.
+    pub fn save_json(&self) -> Result<Vec<u8>> {
+        self.save(r#"{"format": "json"}"#)
+    }
+
+    fn save(&self, config: &str) -> Result<Vec<u8>> {
+        let config = c_string(config)?;
         let mut length: sys::bst_ulong = 0;
         let mut data: *const c_char = ptr::null();
         // SAFETY: out pointers are valid; XGBoost owns the returned buffer until the next call

@@ -178,3 +178,14 @@ def test_references_resolve(label, docs):
                 secret = ref and by_name(docs, "Secret", ref["name"])
                 if secret and not ref.get("optional"):
                     assert ref["key"] in {**secret.get("data", {}), **secret.get("stringData", {})}
+
+
+@pytest.mark.parametrize("label,docs", SETS, ids=IDS)
+def test_keda_counts_users_due_at_the_configured_threshold(label, docs):
+    scaled = of_kind(docs, "ScaledObject")
+    if not scaled:
+        pytest.skip(f"{label}: no KEDA")
+    (trigger,) = scaled[0]["spec"]["triggers"]
+    threshold = config_env(docs, main_container(docs))["REFIT_RETRAIN_THRESHOLD"]
+    query = trigger["metadata"]["query"]
+    assert f"HAVING count(*) >= {threshold})" in query, f"{label}: {query} vs threshold {threshold}"

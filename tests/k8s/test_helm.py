@@ -237,8 +237,11 @@ def test_keda_scales_the_deployment(nondefault):
     assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (1, 20)
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "postgresql"
+    # Due users at the configured threshold, not every pending row.
     assert "refit_pending" in trigger["metadata"]["query"]
-    assert trigger["metadata"]["targetQueryValue"] == "2000"
+    assert "HAVING count(*) >= " in trigger["metadata"]["query"]
+    assert "{threshold}" not in trigger["metadata"]["query"]
+    assert trigger["metadata"]["targetQueryValue"] == "40"
     auth = one(nondefault, "TriggerAuthentication")
     assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
 

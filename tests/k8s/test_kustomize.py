@@ -48,7 +48,9 @@ def test_production_overlay():
     assert scaled["spec"]["maxReplicaCount"] == 12
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "postgresql"
-    assert trigger["metadata"]["query"] == "SELECT count(*) FROM refit_pending"
+    assert trigger["metadata"]["query"] == (
+        "SELECT count(*) FROM (SELECT 1 FROM refit_pending GROUP BY user_id HAVING count(*) >= 50) AS due"
+    )
     auth = one(docs, "TriggerAuthentication")
     assert auth["spec"]["secretTargetRef"] == [{"parameter": "connection", "name": "refit", "key": "DATABASE_URL"}]
     env = config_env(docs, main_container(docs))

@@ -520,3 +520,349 @@ async fn an_unconfirmed_cache_fill_is_evicted() {
         "the unconfirmed fill is evicted"
     );
 }
+
+/// Defect 4 (and item 8's full scan per insert): a user id over 1,000 bytes was queued like any
+/// other (each insert then woke a full scan: the notification cannot carry it), trained and
+/// announced with the id three times in the message; an incompressible one over 2,704 bytes made
+/// the upstream's own insert fail in refit's trigger (the pending queue's index). Such actuals
+/// are set aside by the trigger (`user_id_too_long`) and never trained; 1,000 bytes still train.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_user_id_is_set_aside_and_kafka_stays_healthy() {
+    let env = TestEnv::new().await;
+    let running = env.start(&[]).await;
+    let longest = "l".repeat(1000);
+    let long = "u".repeat(1001);
+    // Incompressible: PostgreSQL cannot shrink it under an index's size limit.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let noisy: String = (0..20_000)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            char::from(b'0' + (seed % 75) as u8)
+        })
+        .collect();
+    let mut refused = Vec::new();
+    for user in [&longest, &long, &noisy, &"neighbour".to_owned()] {
+        for i in 0..50 {
+            if let Err(e) = try_insert_actual(&env, user, i).await {
+                refused.push(format!("{} bytes: {e}", user.len()));
+                break;
+            }
+        }
+    }
+    eventually(
+        WAIT,
+        "the neighbour's and the 1,000-byte id's versions",
+        || async {
+            env.versions("neighbour", "ready").await == [1]
+                && env.versions(&longest, "ready").await == [1]
+        },
+    )
+    .await;
+    let undone = undone_outbox(&env, Duration::from_secs(10)).await;
+    let aside: Vec<(i32, String, i64)> = sqlx::query_as(
+        "SELECT octet_length(user_id), reason, count(*) FROM refit_unconsumable_actuals
+          GROUP BY 1, 2 ORDER BY 1",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let trained: Vec<(i32, i64)> = sqlx::query_as(
+        "SELECT octet_length(user_id), count(*) FROM refit_model_versions
+          WHERE octet_length(user_id) > 1000 GROUP BY 1",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    println!("refused {refused:?}; set aside {aside:?}; versions over 1,000 bytes {trained:?}; undone {undone:?}");
+    assert_eq!(
+        refused,
+        Vec::<String>::new(),
+        "the upstream's inserts succeed"
+    );
+    assert_eq!(
+        aside,
+        [
+            (1001, "user_id_too_long".to_owned(), 50),
+            (20_000, "user_id_too_long".to_owned(), 50)
+        ]
+    );
+    assert_eq!(trained, []);
+    assert_eq!(undone, []);
+    assert_eq!(env.count("SELECT count(*) FROM refit_pending").await, 0);
+    assert!(running.service.outbox.kafka_healthy());
+    running.stop().await;
+}
+
+/// Inserts the `i`th actual of `user` (as `TestEnv::insert_actuals` does), returning the
+/// database's error instead of panicking.
+async fn try_insert_actual(env: &TestEnv, user: &str, i: usize) -> Result<(), sqlx::Error> {
+    let request_id = uuid::Uuid::new_v4();
+    let mut tx = env.pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO prediction_requests (request_id, user_id, features) VALUES ($1, $2, $3)",
+    )
+    .bind(request_id)
+    .bind(user)
+    .bind(rental_features(i))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("INSERT INTO actual_rentals (request_id, actual_value) VALUES ($1, $2)")
+        .bind(request_id)
+        .bind(rental_actual(i))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// The undone outbox entries (user id length, kind, attempts, error's start) once the outbox is
+/// drained or `timeout` has passed.
+async fn undone_outbox(env: &TestEnv, timeout: Duration) -> Vec<(i32, String, i32, String)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let undone: Vec<(i32, String, i32, String)> = sqlx::query_as(
+            "SELECT octet_length(user_id), kind, attempts, left(coalesce(last_error, ''), 120)
+               FROM refit_outbox WHERE done_at IS NULL ORDER BY id",
+        )
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+        if undone.is_empty() || Instant::now() > deadline {
+            return undone;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Defect 4: an outbox event the broker can never accept (here over Kafka's message size) was
+/// retried forever, held the user's later events back for good and marked Kafka unhealthy. It is
+/// dead-lettered (kept, with its error, counted), and the user's later events follow it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_kafka_can_never_accept_is_dead_lettered_and_the_next_ones_follow() {
+    let env = TestEnv::new().await;
+    let running = env.start(&[]).await;
+    train_versions(&env, "loud", 1).await;
+    // Two more events of the user, as a registry write would record them: the first too large.
+    let fine = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO refit_outbox (event_id, user_id, kind, payload, created_at)
+         SELECT e.id, 'loud', 'announce',
+                o.payload || jsonb_build_object('event_id', e.id::text) || e.extra,
+                now() - interval '1 minute'
+           FROM refit_outbox o,
+                (VALUES (gen_random_uuid(), jsonb_build_object('status', 'failed',
+                                                               'reason', repeat('x', 2000000)), 1),
+                        ($1, '{}'::jsonb, 2)) AS e(id, extra, n)
+          WHERE o.user_id = 'loud' AND o.kind = 'announce'
+          ORDER BY e.n",
+    )
+    .bind(fine)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let undone = undone_outbox(&env, Duration::from_secs(15)).await;
+    // (Before the fix there was no dead_letter column: the query fails, and `dead` is empty.)
+    // In id order: whether it is the "fine" one, its dead letter, and its rank in done order.
+    let dead: Vec<(bool, Option<String>, i64)> = sqlx::query_as(
+        "SELECT event_id = $1, dead_letter,
+                rank() OVER (ORDER BY done_at)
+           FROM refit_outbox WHERE user_id = 'loud' AND kind = 'announce' ORDER BY id",
+    )
+    .bind(fine)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap_or_default();
+    println!("undone {undone:?}; entries {dead:?}");
+    assert_eq!(undone, [], "every entry resolved");
+    assert_eq!(dead.len(), 3, "{dead:?}");
+    assert!(dead[0].1.is_none() && dead[2].1.is_none(), "{dead:?}");
+    assert!(
+        dead[2].0 && dead[1].2 < dead[2].2,
+        "the later event after the dead letter: {dead:?}"
+    );
+    let reason = dead[1].1.as_deref().unwrap_or_default();
+    assert!(reason.contains("too large"), "{reason}");
+    let reader = env.reader();
+    let fine: Vec<_> = drain_events(&reader, Duration::from_secs(5))
+        .into_iter()
+        .filter(|e| e.event.event_id == fine)
+        .collect();
+    assert_eq!(
+        fine.len(),
+        1,
+        "the event after the dead letter was delivered"
+    );
+    assert!(running.service.outbox.kafka_healthy());
+    let metrics = running.service.metrics.render();
+    assert!(
+        metrics.contains("refit_outbox_dead_letters_total{kind=\"announce\"} 1"),
+        "{metrics}"
+    );
+    running.stop().await;
+}
+
+/// A valid model as XGBoost's JSON: user `donor`'s version 1, converted by Python's xgboost.
+async fn donor_model_json(env: &TestEnv) -> serde_json::Value {
+    let artifact: Vec<u8> = sqlx::query_scalar(
+        "SELECT artifact FROM refit_model_versions WHERE user_id = 'donor' AND version = 1",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (ubj, json_path) = (dir.path().join("m.ubj"), dir.path().join("m.json"));
+    std::fs::write(&ubj, &artifact).unwrap();
+    let converted = std::process::Command::new(python())
+        .args([
+            "-c",
+            "import sys, xgboost as xgb; xgb.Booster(model_file=sys.argv[1]).save_model(sys.argv[2])",
+        ])
+        .arg(&ubj)
+        .arg(&json_path)
+        .status()
+        .unwrap();
+    assert!(converted.success());
+    serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap()
+}
+
+/// Hostile edits of a valid model: (name, JSON pointer, new value).
+fn hostile_edits() -> Vec<(&'static str, &'static str, serde_json::Value)> {
+    use serde_json::json;
+    let tree = "/learner/gradient_booster/model/trees/0";
+    let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+    vec![
+        (
+            "child out of range",
+            leak(format!("{tree}/left_children/0")),
+            json!(99999),
+        ),
+        (
+            "cyclic child (root is its own child)",
+            leak(format!("{tree}/left_children/0")),
+            json!(0),
+        ),
+        (
+            "child pointing back",
+            leak(format!("{tree}/right_children/0")),
+            json!(-7),
+        ),
+        (
+            "split index >= number of features",
+            leak(format!("{tree}/split_indices/0")),
+            json!(4000),
+        ),
+        (
+            "absurd node count",
+            leak(format!("{tree}/tree_param/num_nodes")),
+            json!("2000000000"),
+        ),
+        (
+            "absurd feature count",
+            "/learner/learner_model_param/num_feature",
+            json!("4000000000"),
+        ),
+        (
+            "absurd tree count",
+            "/learner/gradient_booster/model/gbtree_model_param/num_trees",
+            json!("1000000000"),
+        ),
+        (
+            "gblinear",
+            "/learner/gradient_booster/name",
+            json!("gblinear"),
+        ),
+    ]
+}
+
+/// Defect 7: a crafted model file (children out of range or cyclic, a split on a feature the
+/// model does not have, absurd sizes, gblinear) was handed to XGBoost as it came. Each is refused
+/// with a clear error before XGBoost sees it, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_model_imports_are_refused_before_xgboost_sees_them() {
+    let env = TestEnv::new().await;
+    let running = env.start(&[]).await;
+    train_versions(&env, "donor", 1).await;
+    running.stop().await;
+    let model = donor_model_json(&env).await;
+    let mut accepted = Vec::new();
+    for (name, pointer, value) in hostile_edits() {
+        let mut hostile = model.clone();
+        *hostile
+            .pointer_mut(pointer)
+            .unwrap_or_else(|| panic!("{pointer}")) = value;
+        let user = format!("hostile-{}", name.replace(' ', "-"));
+        let result = refit::registry::import(
+            &env.pool,
+            &user,
+            serde_json::to_vec(&hostile).unwrap(),
+            None,
+            &Default::default(),
+            refit::audit::Interface::Cli,
+        )
+        .await;
+        println!("{name}: {result:?}");
+        match result {
+            Err(refit::registry::RegistryError::InvalidModel(reason)) => {
+                assert!(!reason.is_empty(), "{name}");
+            }
+            other => accepted.push(format!("{name}: {other:?}")),
+        }
+    }
+    assert!(accepted.is_empty(), "accepted: {accepted:#?}");
+    assert_eq!(
+        env.count("SELECT count(*) FROM refit_model_versions WHERE user_id LIKE 'hostile-%'")
+            .await,
+        0
+    );
+}
+
+/// The query of the KEDA trigger in a manifest file: the first `query:` line's quoted text, with
+/// the Helm chart's `{threshold}` placeholder given the default threshold (50).
+fn keda_query(path: &str) -> String {
+    let text = std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("query:"))
+        .unwrap_or_else(|| panic!("no query in {path}"));
+    let quoted = line.split_once(':').unwrap().1.trim();
+    let query: String = serde_json::from_str(quoted).unwrap_or_else(|e| panic!("{quoted}: {e}"));
+    query.replace("{threshold}", "50")
+}
+
+/// Defect 9: KEDA scaled on every pending row, so 10,000 users with 30 pending each (none due at
+/// the threshold of 50) asked for 300,000 / 500 = 600 pods: the maximum. The exact queries of the
+/// kustomize component and of the Helm chart count due users instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keda_scales_on_due_users_not_on_pending_rows() {
+    let env = TestEnv::new().await;
+    // 10,000 users with 30 pending actuals each, and 3 users with 50, 60 and 120.
+    sqlx::raw_sql(
+        "INSERT INTO prediction_requests (request_id, user_id, features)
+         SELECT gen_random_uuid(), 'quiet-' || (g % 10000), '{}'::jsonb FROM generate_series(1, 300000) g
+         UNION ALL
+         SELECT gen_random_uuid(), 'due-' || d, '{}'::jsonb
+           FROM (VALUES (1, 50), (2, 60), (3, 120)) AS t(d, n), generate_series(1, n);
+         INSERT INTO actual_rentals (request_id, actual_value)
+         SELECT request_id, 1.0 FROM prediction_requests;",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        env.count("SELECT count(*) FROM refit_pending").await,
+        300_230
+    );
+    for path in [
+        "deploy/components/keda/scaledobject.yaml",
+        "helm/refit/values.yaml",
+    ] {
+        let query = keda_query(path);
+        let value: i64 = sqlx::query_scalar(&query)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {query}: {e}"));
+        println!("{path}: {value} ({query})");
+        assert_eq!(value, 3, "{path}: three users are due");
+    }
+}
