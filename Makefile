@@ -73,5 +73,5 @@ storage: services release ## refit's database bytes as retrains and users grow (
 
 # The benchmark driver (benches/pipeline) runs the release refit binary as a child process and the
 # Python reference (scripts/bench-python.py) from the venv scripts/bench-tools.sh makes.
-bench: services ## DESIGN.md's performance targets, side by side with Python (BENCH_QUICK=1: smaller sizes); BENCHMARKS.md
+bench: services ## the performance targets, side by side with Python (BENCH_QUICK=1: smaller sizes); BENCHMARKS.md
 	BENCH_PYTHON="$$(scripts/bench-tools.sh)" MALLOC_ARENA_MAX=2 cargo bench --locked --bench pipeline

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The straightforward Python implementation of refit's sequence, the reference for `make bench`.
 
-It is what DESIGN.md calls "the straightforward Python sequence", written the way one usually
+It is "the straightforward Python sequence", written the way one usually
 would, in one process and one thread:
 
     loop:
@@ -15,7 +15,7 @@ would, in one process and one thread:
             produce the model-retrained event to Kafka and wait for the ack (flush)
 
 Known flaw, kept on purpose because it is the sequence being compared: the watermark silently
-skips a row whose transaction commits after a later row's was read (see DESIGN.md, Invariants),
+skips a row whose transaction commits after a later row's was read (see README, "How the sequence keeps its guarantees"),
 and buffered rows are lost on a crash. refit does neither.
 
 It stores models in its own table `py_model_versions` (created if missing) and adds an index on

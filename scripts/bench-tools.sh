@@ -7,7 +7,7 @@ set -euo pipefail
 DEPS="${REFIT_DEPS_DIR:-$HOME/.cache/refit}"
 VENV="$DEPS/bench-venv"
 # Pinned so the reference is the same from run to run. xgboost-cpu 3.2.0 is the newest release
-# with a wheel for this machine's Python 3.11 (it reads refit's XGBoost 3.4 models, see DESIGN.md).
+# with a wheel for this machine's Python 3.11 (it reads refit's XGBoost 3.4 models).
 PKGS=(
   "xgboost-cpu==3.2.0"
   "numpy==2.4.6"

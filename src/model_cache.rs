@@ -1,6 +1,6 @@
 //! Recently trained models kept loaded between a user's retrains, so the next retrain skips
 //! fetching the artifact from PostgreSQL and deserialising it (which costs more than training
-//! once models grow, see DESIGN.md).
+//! once models grow, see BENCHMARKS.md).
 //!
 //! An entry is only used for the exact stored row it was made from: the registry head names the
 //! active version and the identity of its row (`xmin`, which changes whenever the row is

@@ -1,4 +1,4 @@
-//! `make bench`: DESIGN.md's performance targets, measured end to end on the real services
+//! `make bench`: the performance targets (BENCHMARKS.md), measured end to end on the real services
 //! (PostgreSQL, Redis, the Kafka-compatible broker) with the release `refit` binary as a child
 //! process, side by side with the straightforward Python sequence (scripts/bench-python.py).
 //!
@@ -483,7 +483,7 @@ pub fn summarize(r: &Value) -> String {
     }
     // ---- targets --------------------------------------------------------------------------------
     let _ = writeln!(o, "### Targets\n");
-    let _ = writeln!(o, "| Target (DESIGN.md) | Condition | Measured | Verdict |");
+    let _ = writeln!(o, "| Target | Condition | Measured | Verdict |");
     let _ = writeln!(o, "| --- | --- | --- | --- |");
     let fresh = r["freshness"].as_array().cloned().unwrap_or_default();
     let fresh_py = r["freshness_python"]

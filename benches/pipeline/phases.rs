@@ -1,5 +1,5 @@
 //! The phases of a run. Each returns its numbers as JSON (kept in results.json) and never asserts
-//! anything about time: the report compares them with DESIGN.md's targets.
+//! anything about time: the report compares them with the targets.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};

@@ -553,7 +553,7 @@ pub fn record(counts: &Counts) {
     println!("COUNTS {json}");
 }
 
-/// Every invariant of DESIGN.md that the database and the topic can show, once the run is over:
+/// Every invariant (RELIABILITY.md) that the database and the topic can show, once the run is over:
 /// no actual lost or trained twice, every due batch trained, versions contiguous with a linear
 /// parent chain (one retrain per user at a time), every ready version invalidated and announced
 /// (the invalidation first), every version's event on the topic, keyed by user, in version order

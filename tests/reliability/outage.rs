@@ -194,7 +194,7 @@ async fn kafka_unreachable_for_a_while_events_arrive_when_it_returns_in_order_pe
     assert!(refit.wait_exit(WAIT).await.success());
 }
 
-/// DESIGN.md: "Invalidations never wait for Kafka, so a broker outage does not leave a stale model
+/// The design: "Invalidations never wait for Kafka, so a broker outage does not leave a stale model
 /// cached." With the broker unreachable for three rounds of retrains, each version's cache key
 /// must still be deleted within 5 s. Then the broker returns; with `restart_refit` refit is
 /// restarted before the outbox must drain.
