@@ -11,9 +11,8 @@
 
 use std::time::Duration;
 
-use chrono::Utc;
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use sqlx::PgConnection;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -117,26 +116,7 @@ async fn announce(
     user: &str,
     previous_version: Option<i32>,
 ) -> sqlx::Result<Uuid> {
-    let event = RetrainEvent {
-        event_id: Uuid::new_v4(),
-        user_id: user.into(),
-        status: "success".into(),
-        action: "delete".into(),
-        model_version: None,
-        previous_version,
-        active_version: None,
-        rows_used: 0,
-        rows_rejected: 0,
-        trees: None,
-        timings_ms: Map::new(),
-        validation: None,
-        live: None,
-        policy: None,
-        reason: None,
-        retrain_id: Uuid::now_v7(),
-        data_until: None,
-        created_at: Utc::now(),
-    };
+    let event = RetrainEvent::registry_change(user, "delete", previous_version, None, None);
     let announce = marked(json!(event));
     let invalidate = marked(json!({"retrain_id": event.retrain_id}));
     let tombstone = marked(json!({"tombstone": true}));

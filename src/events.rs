@@ -92,6 +92,39 @@ pub struct RetrainEvent {
     pub created_at: DateTime<Utc>,
 }
 
+impl RetrainEvent {
+    /// The event of a registry write that changes what serves without training — `promote`,
+    /// `rollback`, `import` (`active` is the version now serving) or `delete` (`active` is none).
+    pub(crate) fn registry_change(
+        user: &str,
+        action: &str,
+        previous: Option<i32>,
+        active: Option<i32>,
+        trees: Option<i64>,
+    ) -> Self {
+        RetrainEvent {
+            event_id: Uuid::new_v4(),
+            user_id: user.into(),
+            status: "success".into(),
+            action: action.into(),
+            model_version: active,
+            previous_version: previous,
+            active_version: active,
+            rows_used: 0,
+            rows_rejected: 0,
+            trees,
+            timings_ms: serde_json::Map::new(),
+            validation: None,
+            live: None,
+            policy: None,
+            reason: None,
+            retrain_id: Uuid::now_v7(),
+            data_until: None,
+            created_at: Utc::now(),
+        }
+    }
+}
+
 fn default_action() -> String {
     "retrain".into()
 }

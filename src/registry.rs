@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
@@ -546,27 +546,9 @@ async fn record_activation(
     action: &str,
 ) -> Result<Activation, RegistryError> {
     db::activate(conn, user, version).await?;
-    let event_id = Uuid::new_v4();
-    let event = RetrainEvent {
-        event_id,
-        user_id: user.into(),
-        status: "success".into(),
-        action: action.into(),
-        model_version: Some(version),
-        previous_version: previous,
-        active_version: Some(version),
-        rows_used: 0,
-        rows_rejected: 0,
-        trees: trees.map(i64::from),
-        timings_ms: Map::new(),
-        validation: None,
-        live: None,
-        policy: None,
-        reason: None,
-        retrain_id: Uuid::now_v7(),
-        data_until: None,
-        created_at: Utc::now(),
-    };
+    let event =
+        RetrainEvent::registry_change(user, action, previous, Some(version), trees.map(i64::from));
+    let event_id = event.event_id;
     let invalidate = json!({"retrain_id": event.retrain_id});
     let announce = json!(event);
     db::enqueue_outbox(

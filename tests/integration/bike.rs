@@ -16,15 +16,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_refit");
 /// Clean batches: a fresh model, then continue steps with a rebuild every 4th batch (5th, 9th).
 const BATCHES: usize = 9;
 
-fn python() -> String {
-    std::env::var("REFIT_PYTHON").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/refit/venv/bin/python",
-            std::env::var("HOME").unwrap()
-        )
-    })
-}
-
 fn bike_csv() -> String {
     std::env::var("REFIT_BIKESHARE_CSV").unwrap_or_else(|_| {
         format!(

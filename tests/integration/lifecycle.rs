@@ -11,15 +11,6 @@ use crate::support::*;
 const BIN: &str = env!("CARGO_BIN_EXE_refit");
 const WAIT: Duration = Duration::from_secs(20);
 
-fn python() -> String {
-    std::env::var("REFIT_PYTHON").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/refit/venv/bin/python",
-            std::env::var("HOME").unwrap()
-        )
-    })
-}
-
 fn model_tool(args: &[&str]) -> Value {
     let out = Command::new(python())
         .arg(concat!(

@@ -4,15 +4,6 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-fn python() -> String {
-    std::env::var("REFIT_PYTHON").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/refit/venv/bin/python",
-            std::env::var("HOME").unwrap()
-        )
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continued_model_matches_python_xgboost_continuing_the_same_version() {
     let env = TestEnv::new().await;

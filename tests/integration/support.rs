@@ -28,6 +28,16 @@ pub const DEFAULT_POLICY: [(&str, &str); 9] = [
     ("REFIT_MAX_TREES", "150"),
 ];
 
+/// The Python with xgboost the tests compare against (`REFIT_PYTHON`, made by install-deps.sh).
+pub fn python() -> String {
+    std::env::var("REFIT_PYTHON").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/refit/venv/bin/python",
+            std::env::var("HOME").unwrap()
+        )
+    })
+}
+
 pub fn admin_url() -> String {
     std::env::var("REFIT_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())

@@ -423,15 +423,6 @@ async fn rollback_without_a_target_chooses_it_under_the_users_lock() {
     assert_eq!(env.active_version("rolled").await, Some(1));
 }
 
-fn python() -> String {
-    std::env::var("REFIT_PYTHON").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/refit/venv/bin/python",
-            std::env::var("HOME").unwrap()
-        )
-    })
-}
-
 /// Defect 8: a model imported as JSON was stored as given and exported as UBJSON
 /// (`application/ubjson`, `m.ubj`) although it was JSON. It is stored, and exported, as UBJSON.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -440,26 +431,7 @@ async fn a_json_import_is_exported_as_ubjson() {
     let running = env.start(&[("REFIT_ADMIN_TOKEN", "t0ken")]).await;
     let base = format!("http://{}", running.service.http_addr.unwrap());
     train_versions(&env, "donor", 1).await;
-    let artifact: Vec<u8> = sqlx::query_scalar(
-        "SELECT artifact FROM refit_model_versions WHERE user_id = 'donor' AND version = 1",
-    )
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (ubj, json_path) = (dir.path().join("m.ubj"), dir.path().join("m.json"));
-    std::fs::write(&ubj, &artifact).unwrap();
-    let converted = std::process::Command::new(python())
-        .args([
-            "-c",
-            "import sys, xgboost as xgb; xgb.Booster(model_file=sys.argv[1]).save_model(sys.argv[2])",
-        ])
-        .arg(&ubj)
-        .arg(&json_path)
-        .status()
-        .unwrap();
-    assert!(converted.success());
-    let json_model = std::fs::read(&json_path).unwrap();
+    let json_model = donor_model_json_file(&env).await;
     assert!(serde_json::from_slice::<serde_json::Value>(&json_model).is_ok());
 
     let client = reqwest::Client::new();
@@ -713,6 +685,11 @@ async fn an_event_kafka_can_never_accept_is_dead_lettered_and_the_next_ones_foll
 
 /// A valid model as XGBoost's JSON: user `donor`'s version 1, converted by Python's xgboost.
 async fn donor_model_json(env: &TestEnv) -> serde_json::Value {
+    serde_json::from_slice(&donor_model_json_file(env).await).unwrap()
+}
+
+/// [`donor_model_json`] as the file Python wrote.
+async fn donor_model_json_file(env: &TestEnv) -> Vec<u8> {
     let artifact: Vec<u8> = sqlx::query_scalar(
         "SELECT artifact FROM refit_model_versions WHERE user_id = 'donor' AND version = 1",
     )
@@ -732,7 +709,7 @@ async fn donor_model_json(env: &TestEnv) -> serde_json::Value {
         .status()
         .unwrap();
     assert!(converted.success());
-    serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap()
+    std::fs::read(&json_path).unwrap()
 }
 
 /// Hostile edits of a valid model: (name, JSON pointer, new value).
