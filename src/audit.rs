@@ -119,11 +119,19 @@ pub async fn history(pool: &PgPool, user: &str, limit: i64) -> sqlx::Result<Vec<
     .await
 }
 
-/// Forgets audit rows older than `age`; returns how many.
+/// Most audit rows one [`purge`] deletes: a backlog goes in short statements.
+const PURGE_BATCH: i64 = 5000;
+
+/// Forgets audit rows older than `age`, at most [`PURGE_BATCH`] of them, picked by index and
+/// deleted by primary key; returns how many.
 pub async fn purge(pool: &PgPool, age: Duration) -> sqlx::Result<u64> {
-    sqlx::query("DELETE FROM refit_audit WHERE at < now() - make_interval(secs => $1)")
-        .bind(age.as_secs_f64())
-        .execute(pool)
-        .await
-        .map(|r| r.rows_affected())
+    sqlx::query(
+        "DELETE FROM refit_audit WHERE id = ANY (ARRAY(
+             SELECT id FROM refit_audit WHERE at < now() - make_interval(secs => $1) LIMIT $2))",
+    )
+    .bind(age.as_secs_f64())
+    .bind(PURGE_BATCH)
+    .execute(pool)
+    .await
+    .map(|r| r.rows_affected())
 }

@@ -180,6 +180,7 @@ async fn deliver(config: &Config, pool: &PgPool, user: &str) {
             events.clone(),
             Arc::new(Metrics::new()),
             config.outbox_retry_max,
+            !config.retention.outbox_after.is_zero(),
         );
         let result = outbox.deliver_user(user).await?;
         events.flush(Duration::from_secs(10))?;

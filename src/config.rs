@@ -180,8 +180,8 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("REFIT_RETENTION", "on or off: prune each user's old versions, artifacts and consumed actuals"),
     ("REFIT_KEEP_ARTIFACTS", "newest ready versions per user that keep their artifacts (the active one always does)"),
     ("REFIT_KEEP_VERSIONS", "newest versions per user kept at all; older ones are deleted (never the active one)"),
-    ("REFIT_OUTBOX_RETENTION_SECS", "delivered outbox entries are deleted after this long"),
-    ("REFIT_SET_ASIDE_RETENTION_DAYS", "set-aside actuals' records are deleted after this many days"),
+    ("REFIT_OUTBOX_RETENTION_SECS", "seconds delivered outbox entries are kept, for inspection (0 = deleted when delivered)"),
+    ("REFIT_SET_ASIDE_RETENTION_DAYS", "records of set-aside actuals and dead-lettered outbox entries are deleted after this many days"),
     ("REFIT_STATEMENT_TIMEOUT_MS", "PostgreSQL statement_timeout of refit's sessions (0 = none)"),
     ("REFIT_IDLE_IN_TRANSACTION_TIMEOUT_MS", "PostgreSQL idle_in_transaction_session_timeout of refit's sessions (0 = none)"),
     ("REFIT_TCP_KEEPALIVE_SECS", "TCP keepalive idle time and interval of refit's PostgreSQL sessions, server side (0 = the server's)"),
@@ -686,12 +686,14 @@ fn retention(raw: &Raw, policy: &Policy) -> Result<Retention, ConfigError> {
         ));
     }
     let secs = |name, default, max| int(raw, name, default, 1, max).map(|s| s as u64);
+    // 0: delivered outbox entries are deleted as they are delivered.
+    let outbox_secs = int(raw, "REFIT_OUTBOX_RETENTION_SECS", 0, 0, 365 * 86_400)? as u64;
     Ok(Retention {
         enabled: switch(raw, "REFIT_RETENTION", true)?,
         keep_artifacts,
         keep_versions,
         keep_rows: policy.window.max(policy.gate.window),
-        outbox_after: Duration::from_secs(secs("REFIT_OUTBOX_RETENTION_SECS", 3600, 365 * 86_400)?),
+        outbox_after: Duration::from_secs(outbox_secs),
         set_aside_after: Duration::from_secs(
             secs("REFIT_SET_ASIDE_RETENTION_DAYS", 7, 3650)? * 86_400,
         ),

@@ -875,21 +875,24 @@ pub async fn lock_outboxes(
     Ok((locked, entries))
 }
 
-/// Marks entries delivered; an erasure's entries (payload key `erase`) are deleted instead, so
-/// that nothing naming an erased user stays behind.
-pub async fn outbox_done(conn: &mut PgConnection, ids: &[i64]) -> sqlx::Result<()> {
+/// Marks entries delivered. Nothing reads a delivered entry again (an announcement waits only for
+/// an undone invalidation), so they are deleted, unless `keep` (`REFIT_OUTBOX_RETENTION_SECS` > 0:
+/// kept for inspection, stamped `done_at`). An erasure's entries (payload key `erase`) are always
+/// deleted, so that nothing naming an erased user stays behind.
+pub async fn outbox_done(conn: &mut PgConnection, ids: &[i64], keep: bool) -> sqlx::Result<()> {
     // done_at is when the entry was marked, after its side effect (not the transaction's start,
     // which can precede another task's marking of the invalidation this entry waited for).
     sqlx::query(
-        "WITH erased AS (
+        "WITH deleted AS (
              DELETE FROM refit_outbox o USING unnest($1::bigint[]) AS d(id)
-              WHERE o.id = d.id AND o.payload ? 'erase'
+              WHERE o.id = d.id AND (NOT $2 OR o.payload ? 'erase')
          )
          UPDATE refit_outbox o SET done_at = clock_timestamp(), attempts = o.attempts + 1
            FROM unnest($1::bigint[]) AS d(id)
-          WHERE o.id = d.id AND NOT o.payload ? 'erase'",
+          WHERE $2 AND o.id = d.id AND NOT o.payload ? 'erase'",
     )
     .bind(ids)
+    .bind(keep)
     .execute(conn)
     .await
     .map(|_| ())

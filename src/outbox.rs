@@ -7,7 +7,9 @@
 //! The fast path is two tasks per process, fed by channels: the first takes every user whose
 //! retrain committed since its last pass and deletes their cache keys in one Redis pipeline, then
 //! hands them to the second, which produces all their events at once and awaits the
-//! acknowledgements together; each marks its entries done with one `UPDATE`. Under load a pass
+//! acknowledgements together; each marks its entries done with one statement — deleting them:
+//! nothing reads a delivered entry, so the outbox holds only what is still to do (unless
+//! `REFIT_OUTBOX_RETENTION_SECS` keeps delivered entries for a while). Under load a pass
 //! costs a few round trips for many retrains; when idle a pass holds one user and starts as soon
 //! as the commit returns. A slow broker holds up only the second task: invalidations go on.
 //!
@@ -51,6 +53,8 @@ pub struct Outbox {
     events: Arc<Events>,
     metrics: Arc<Metrics>,
     retry_max: Duration,
+    /// Delivered entries are kept (stamped `done_at`) instead of deleted.
+    keep_delivered: bool,
     /// False after a failed invalidation until one succeeds again.
     redis_healthy: AtomicBool,
     /// False after a failed announcement until one succeeds again.
@@ -106,12 +110,15 @@ struct Skip {
 }
 
 impl Outbox {
+    /// `keep_delivered`: keep delivered entries (`REFIT_OUTBOX_RETENTION_SECS` > 0) for the
+    /// sweeper to purge later, instead of deleting them when they are delivered.
     pub fn new(
         pool: PgPool,
         cache: Arc<Cache>,
         events: Arc<Events>,
         metrics: Arc<Metrics>,
         retry_max: Duration,
+        keep_delivered: bool,
     ) -> Self {
         Outbox {
             pool,
@@ -119,6 +126,7 @@ impl Outbox {
             events,
             metrics,
             retry_max,
+            keep_delivered,
             redis_healthy: AtomicBool::new(true),
             kafka_healthy: AtomicBool::new(true),
             fast_path: std::sync::Mutex::new(None),
@@ -305,7 +313,7 @@ impl Outbox {
                     );
                 }
                 let ids: Vec<i64> = due.iter().map(|e| e.id).collect();
-                db::outbox_done(&mut tx, &ids).await?;
+                db::outbox_done(&mut tx, &ids, self.keep_delivered).await?;
                 result.done += due.len();
             }
             Err(error) => {
@@ -418,7 +426,7 @@ impl Outbox {
         }
         self.kafka_healthy.store(!failed, Ordering::Relaxed);
         result.kafka_failed |= failed;
-        db::outbox_done(&mut tx, &done).await?;
+        db::outbox_done(&mut tx, &done, self.keep_delivered).await?;
         result.done += done.len();
         tx.commit().await?;
         Ok(())

@@ -15,8 +15,10 @@
 //!
 //! Each call deletes at most [`BATCH`] versions and [`BATCH`] × 50 consumed rows, so a backlog
 //! (e.g. after an upgrade) drains over a few retrains without a long lock. Time-based rules for
-//! rows that no user's retrain touches — delivered outbox entries and set-aside actuals — run in
-//! the sweeper ([`purge_expired`]), also in batches, by index.
+//! rows that no user's retrain touches — delivered outbox entries when they are kept, dead
+//! letters and set-aside actuals — run in the sweeper ([`purge_expired`]), also in batches, by
+//! index. (Delivered outbox entries are deleted as they are delivered by default: see
+//! `db::outbox_done`.)
 
 use std::time::Duration;
 
@@ -38,9 +40,9 @@ pub struct Retention {
     pub keep_versions: i64,
     /// Newest trained actuals per user kept (what the rebuild and the gate read).
     pub keep_rows: i64,
-    /// Delivered outbox entries are deleted after this long.
+    /// Delivered outbox entries are kept this long (zero: deleted when delivered, by the outbox).
     pub outbox_after: Duration,
-    /// Set-aside actuals are deleted after this long.
+    /// Set-aside actuals and dead-lettered outbox entries are deleted after this long.
     pub set_aside_after: Duration,
 }
 
@@ -168,24 +170,31 @@ async fn trim_consumed(conn: &mut PgConnection, user_id: &str, keep: i64) -> sql
     Ok(trimmed.rows_affected())
 }
 
-/// Deletes delivered outbox entries and set-aside actuals past their retention, at most `BATCH`
-/// × 50 of each per call; returns how many rows went.
+/// Deletes delivered outbox entries, dead letters and set-aside actuals past their retention, at
+/// most `BATCH` × 50 of each per call; returns how many rows went. The batch is picked by index
+/// and deleted by primary key (`= ANY (ARRAY(...))`: `IN (...)` let the planner hash-join a
+/// scan of the whole table against a large batch).
 pub async fn purge_expired(pool: &PgPool, r: &Retention) -> sqlx::Result<u64> {
+    // Delivered entries are only here when kept (`outbox_after` > 0); dead letters always are.
     let outbox = sqlx::query(
-        "DELETE FROM refit_outbox WHERE id IN (
+        "DELETE FROM refit_outbox WHERE id = ANY (ARRAY(
              SELECT id FROM refit_outbox
-              WHERE done_at IS NOT NULL AND done_at < now() - make_interval(secs => $1)
-              LIMIT $2)",
+              WHERE done_at IS NOT NULL
+                AND done_at < now() - make_interval(secs => CASE WHEN dead_letter IS NULL
+                                                                 THEN $1 ELSE $2 END)
+                AND done_at < now() - make_interval(secs => least($1, $2))
+              LIMIT $3))",
     )
     .bind(r.outbox_after.as_secs_f64())
+    .bind(r.set_aside_after.as_secs_f64())
     .bind(BATCH * 50)
     .execute(pool)
     .await?;
     let set_aside = sqlx::query(
-        "DELETE FROM refit_consumed_actuals WHERE actual_id IN (
+        "DELETE FROM refit_consumed_actuals WHERE actual_id = ANY (ARRAY(
              SELECT actual_id FROM refit_consumed_actuals
               WHERE outcome = 'set_aside' AND consumed_at < now() - make_interval(secs => $1)
-              LIMIT $2)",
+              LIMIT $2))",
     )
     .bind(r.set_aside_after.as_secs_f64())
     .bind(BATCH * 50)

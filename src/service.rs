@@ -97,6 +97,7 @@ impl Service {
             events.clone(),
             metrics.clone(),
             config.outbox_retry_max,
+            !config.retention.outbox_after.is_zero(),
         ));
         let retrainer = Arc::new(Retrainer::new(
             pool.clone(),
@@ -604,30 +605,37 @@ async fn sweep(
     }
 }
 
-/// Deletes rows past their retention — delivered outbox entries and set-aside records in batches
-/// until none is left (or 20 batches), then the audit trail's old rows.
+/// Deletes rows past their retention — kept outbox entries, dead letters and set-aside records,
+/// then the audit trail's old rows — each in batches until none is left (or 20 batches).
 async fn purge_expired(pool: &PgPool, retention: &Retention, audit_retention: Duration) {
+    let rows = purge_in_batches(|| retention::purge_expired(pool, retention)).await;
+    if rows > 0 {
+        debug!(rows, "expired outbox entries and set-aside records deleted");
+    }
+    let rows = purge_in_batches(|| crate::audit::purge(pool, audit_retention)).await;
+    if rows > 0 {
+        info!(rows, "audit rows past REFIT_AUDIT_RETENTION_DAYS purged");
+    }
+}
+
+/// Runs one batched purge until it deletes nothing (at most 20 times); returns the rows deleted.
+async fn purge_in_batches<F, Fut>(mut batch: F) -> u64
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = sqlx::Result<u64>>,
+{
+    let mut total = 0;
     for _ in 0..20 {
-        match retention::purge_expired(pool, retention).await {
+        match batch().await {
             Ok(0) => break,
-            Ok(n) => debug!(
-                rows = n,
-                "expired outbox entries and set-aside records deleted"
-            ),
+            Ok(n) => total += n,
             Err(e) => {
                 warn!(error = %e, "retention purge failed");
                 break;
             }
         }
     }
-    match crate::audit::purge(pool, audit_retention).await {
-        Ok(0) => {}
-        Ok(n) => info!(
-            rows = n,
-            "audit rows past REFIT_AUDIT_RETENTION_DAYS purged"
-        ),
-        Err(e) => warn!(error = %e, "audit purge failed"),
-    }
+    total
 }
 
 /// Creates the topic, retrying with back-off until it exists or the service stops.

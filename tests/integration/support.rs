@@ -113,6 +113,10 @@ impl TestEnv {
             ("REFIT_ENVIRONMENT", "test".into()),
             // The validation gate has its own tests (lifecycle.rs); elsewhere every row trains.
             ("REFIT_VALIDATION", "off".into()),
+            // Delivered outbox entries are kept, so tests can check what was delivered and in
+            // which order (done_at). By default they are deleted when delivered: retention.rs
+            // and crash.rs test that.
+            ("REFIT_OUTBOX_RETENTION_SECS", "3600".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
@@ -217,6 +221,18 @@ impl TestEnv {
             .await
             .unwrap()
             .flatten()
+    }
+
+    /// Drops this environment's database (a test that filled it at scale cleans up after itself).
+    pub async fn drop_database(self) {
+        self.pool.close().await;
+        let name = self.database_url.rsplit('/').next().unwrap().to_owned();
+        let admin = PgPool::connect(&admin_url()).await.unwrap();
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
     }
 
     /// Waits until the outbox holds nothing undone.

@@ -19,13 +19,19 @@ pub fn require_fault_injection() {
 }
 
 async fn crash_then_restart(point: &str) {
+    crash_then_restart_with(point, &[]).await;
+}
+
+/// [`crash_then_restart`], both processes with `extra` settings.
+async fn crash_then_restart_with(point: &str, extra: &[(&str, &str)]) -> TestEnv {
     require_fault_injection();
     let env = TestEnv::new().await;
     env.service(&[]).await; // the topic
     let user = format!("crash:{point}");
     env.cache_model(&user).await;
 
-    let mut crashing = Refit::spawn(&env.vars(&[("REFIT_FAULT_POINT", point)]));
+    let crashing_vars = [extra, &[("REFIT_FAULT_POINT", point)]].concat();
+    let mut crashing = Refit::spawn(&env.vars(&crashing_vars));
     crashing.wait_for_line("refit starting", WAIT).await;
     env.insert_actuals(&user, 50).await;
     let status = crashing.wait_exit(WAIT).await;
@@ -80,7 +86,7 @@ async fn crash_then_restart(point: &str) {
 
     // Serving re-caches the old model meanwhile; the restart must still invalidate it.
     env.cache_model(&user).await;
-    let mut restarted = Refit::spawn(&env.vars(&[]));
+    let mut restarted = Refit::spawn(&env.vars(extra));
     settled(&env, 50, WAIT).await;
     assert!(!env.cached(&user).await, "invalidated after the restart");
     let counts = verify(&env, &brokers(), 50, &format!("crash_{point}")).await;
@@ -92,6 +98,7 @@ async fn crash_then_restart(point: &str) {
     );
     restarted.signal("TERM");
     assert!(restarted.wait_exit(WAIT).await.success());
+    env
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,4 +119,15 @@ async fn crash_after_commit_before_the_cache_delete_then_restart_invalidates_and
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_the_cache_delete_before_the_event_then_restart_announces() {
     crash_then_restart("after_invalidate").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_the_cache_delete_then_restart_announces_and_deletes_what_it_delivered() {
+    let deleting = [("REFIT_OUTBOX_RETENTION_SECS", "0")];
+    let env = crash_then_restart_with("after_invalidate", &deleting).await;
+    assert_eq!(
+        env.count("SELECT count(*) FROM refit_outbox").await,
+        0,
+        "delivered entries deleted, the ones the crash left behind too"
+    );
 }
