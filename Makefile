@@ -13,7 +13,7 @@ export REFIT_BIKESHARE_CSV ?= $(DEPS_DIR)/bikeshare/bike-rental-dataset.csv
 DEMO_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/refit_demo
 DEMO_SECONDS ?= 45
 
-.PHONY: help deps services build release quality storage test test-rust test-k8s test-alerts test-api lint demo bench clean-test-dbs
+.PHONY: help deps services build release quality storage explain test test-rust test-k8s test-alerts test-api lint demo bench clean-test-dbs
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -70,6 +70,10 @@ quality: services release ## prequential model quality on real rental data, side
 storage: services release ## refit's database bytes as retrains and users grow (STORAGE_USERS=10000); BENCHMARKS.md
 	@py="$$(scripts/quality-tools.sh)" && \
 	  "$$py" scripts/storage.py --refit target/release/refit --users $${STORAGE_USERS:-10000} --md BENCHMARKS.md
+
+# The suite runs the same check at 200,000 rows (tests/integration/explain.rs).
+explain: services ## EXPLAIN every per-retrain and per-sweep statement at 5 M rows (EXPLAIN_ROWS=5000000), printing the plans
+	REFIT_EXPLAIN_ROWS=$${EXPLAIN_ROWS:-5000000} cargo test --locked --features fault-injection --test integration explain:: -- --nocapture
 
 # The benchmark driver (benches/pipeline) runs the release refit binary as a child process and the
 # Python reference (scripts/bench-python.py) from the venv scripts/bench-tools.sh makes.

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod bike;
+mod explain;
 mod lifecycle;
 mod observability;
 mod pipeline;

@@ -1,0 +1,358 @@
+//! Every statement refit runs per retrain or per sweep reads by index at scale: the tables are
+//! filled (explain_fill.sql), and each statement — its text taken from refit's source, so the
+//! check follows the code — is EXPLAINed with representative values, planned for them as refit's
+//! sessions plan (`plan_cache_mode = force_custom_plan`). No plan may scan a table of 10,000 rows
+//! or more whole, except the scheduler's two full passes over the pending queue, which are full
+//! by design.
+//!
+//! `REFIT_EXPLAIN_ROWS` sets the scale: consumed actuals (and upstream actuals), 500 per user.
+//! The suite runs 200,000; `make explain` runs 5,000,000 and prints every plan.
+
+use sqlx::postgres::PgArguments;
+use sqlx::{Connection, PgConnection, Postgres, Row};
+use uuid::Uuid;
+
+use crate::support::*;
+
+const DB_RS: &str = include_str!("../../src/db.rs");
+const OUTBOX_RS: &str = include_str!("../../src/outbox.rs");
+const RETENTION_RS: &str = include_str!("../../src/retention.rs");
+const AUDIT_RS: &str = include_str!("../../src/audit.rs");
+
+/// A user in the middle of the filled tables (users 0..rows/500).
+const USER: &str = "user-000200";
+
+type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
+/// Binds a statement's parameters.
+type Binder = for<'q> fn(Query<'q>) -> Query<'q>;
+
+/// One statement to check: what runs it, where its text is, how to bind it, and the tables it
+/// may scan whole.
+struct Statement {
+    name: &'static str,
+    source: &'static str,
+    function: &'static str,
+    /// Which of the function's SQL literals (0 = the first).
+    nth: usize,
+    bind: Binder,
+    full_scans_allowed: &'static [&'static str],
+}
+
+const fn statement(
+    name: &'static str,
+    source: &'static str,
+    function: &'static str,
+    nth: usize,
+    bind: Binder,
+) -> Statement {
+    Statement {
+        name,
+        source,
+        function,
+        nth,
+        bind,
+        full_scans_allowed: &[],
+    }
+}
+
+/// The statements of a retrain, of the outbox's delivery and sweep, of a prune and of the purges.
+fn statements() -> Vec<Statement> {
+    vec![
+        statement(
+            "scheduler: pending counts",
+            DB_RS,
+            "pending_counts",
+            0,
+            |q| q.bind(vec![USER.to_owned()]),
+        ),
+        Statement {
+            full_scans_allowed: &["refit_pending"],
+            ..statement(
+                "scheduler: due users (full pass)",
+                DB_RS,
+                "due_users",
+                0,
+                |q| q.bind(50_i64).bind(None::<f64>).bind(1_i64),
+            )
+        },
+        Statement {
+            full_scans_allowed: &["refit_pending"],
+            ..statement("scheduler: pending gauge", DB_RS, "pending_total", 0, |q| q)
+        },
+        statement("retrain: lock the user", DB_RS, "lock_model", 0, |q| {
+            q.bind(USER)
+        }),
+        statement(
+            "retrain: registry row exists",
+            DB_RS,
+            "model_row_exists",
+            0,
+            |q| q.bind(USER),
+        ),
+        statement(
+            "retrain: set aside actuals consumed again",
+            DB_RS,
+            "set_aside_consumed_again",
+            0,
+            |q| q.bind(USER),
+        ),
+        statement("retrain: pending read", DB_RS, "read_pending", 0, |q| {
+            q.bind(USER).bind(50_i64)
+        }),
+        statement("retrain: artifact", DB_RS, "artifact", 0, |q| {
+            q.bind(USER).bind(99_i32)
+        }),
+        statement("retrain: recent actuals", DB_RS, "recent_actuals", 0, |q| {
+            q.bind(USER).bind(4000_i64)
+        }),
+        statement("retrain: live history", DB_RS, "live_history", 0, |q| {
+            q.bind(USER).bind(20_i64).bind("rmse")
+        }),
+        statement("retrain: reinstate", DB_RS, "reinstate", 0, |q| {
+            q.bind(USER).bind(98_i32).bind(101_i32)
+        }),
+        statement("retrain: commit", DB_RS, "commit_retrain", 0, bind_commit),
+        statement(
+            "retrain: consume (nothing trained)",
+            DB_RS,
+            "consume",
+            0,
+            |q| bind_consumed(q.bind(USER).bind(None::<i32>)),
+        ),
+        statement("retrain: activate", DB_RS, "activate", 0, |q| {
+            q.bind(USER).bind(99_i32)
+        }),
+        statement(
+            "retrain: record a failure",
+            DB_RS,
+            "record_failure",
+            0,
+            |q| q.bind(USER).bind(2.0_f64),
+        ),
+        statement("retrain: back off", DB_RS, "back_off", 1, |q| {
+            q.bind(USER).bind(300.0_f64)
+        }),
+        statement("outbox: lock and read", DB_RS, "lock_outboxes", 1, |q| {
+            q.bind(vec![USER.to_owned()]).bind("announce")
+        }),
+        statement("outbox: done (deleted)", DB_RS, "outbox_done", 0, |q| {
+            q.bind(vec![1_i64, 2]).bind(false)
+        }),
+        statement("outbox: done (kept)", DB_RS, "outbox_done", 0, |q| {
+            q.bind(vec![1_i64, 2]).bind(true)
+        }),
+        statement("outbox: failed", DB_RS, "outbox_failed", 0, |q| {
+            q.bind(1_i64).bind("broker down").bind(0.2_f64)
+        }),
+        statement("outbox: dead letter", DB_RS, "outbox_dead_letter", 0, |q| {
+            q.bind(1_i64).bind("too large")
+        }),
+        statement(
+            "sweep: users with due entries",
+            DB_RS,
+            "outbox_due_users",
+            0,
+            |q| q.bind(1000_i64).bind(1.0_f64),
+        ),
+        statement(
+            "sweep: backlog gauge",
+            OUTBOX_RS,
+            "refresh_backlog",
+            0,
+            |q| q,
+        ),
+        statement("prune: lock the user", RETENTION_RS, "prune_user", 0, |q| {
+            q.bind(USER)
+        }),
+        statement(
+            "prune: versions to delete",
+            RETENTION_RS,
+            "delete_versions",
+            0,
+            |q| q.bind(USER).bind(Some(100_i32)).bind(50_i64).bind(100_i64),
+        ),
+        statement(
+            "prune: their consumed rows",
+            RETENTION_RS,
+            "delete_versions",
+            1,
+            |q| q.bind(USER).bind(vec![1_i32, 2, 3]),
+        ),
+        statement(
+            "prune: the versions",
+            RETENTION_RS,
+            "delete_versions",
+            2,
+            |q| q.bind(USER).bind(vec![1_i32, 2, 3]),
+        ),
+        statement("prune: artifacts", RETENTION_RS, "drop_artifacts", 0, |q| {
+            q.bind(USER).bind(Some(100_i32)).bind(5_i64)
+        }),
+        statement(
+            "prune: consumed rows",
+            RETENTION_RS,
+            "trim_consumed",
+            0,
+            |q| q.bind(USER).bind(250_i64).bind(5000_i64),
+        ),
+        statement("purge: outbox", RETENTION_RS, "purge_expired", 0, |q| {
+            q.bind(3600.0_f64).bind(7.0 * 86400.0_f64).bind(5000_i64)
+        }),
+        statement(
+            "purge: set-aside actuals",
+            RETENTION_RS,
+            "purge_expired",
+            1,
+            |q| q.bind(7.0 * 86400.0_f64).bind(5000_i64),
+        ),
+        statement("purge: audit trail", AUDIT_RS, "purge", 0, |q| {
+            q.bind(365.0 * 86400.0_f64).bind(5000_i64)
+        }),
+    ]
+}
+
+/// `commit_retrain`'s 24 parameters: a version, 50 consumed actuals, activation, two outbox rows.
+fn bind_commit(q: Query<'_>) -> Query<'_> {
+    let json = serde_json::json!({});
+    let q = q
+        .bind(USER)
+        .bind(101_i32)
+        .bind("ready")
+        .bind(Some(100_i32))
+        .bind(Some(vec![0_u8; 64]))
+        .bind(50_i32)
+        .bind(0_i32)
+        .bind(Some(111_i32))
+        .bind(Some(111_i32))
+        .bind(json.clone())
+        .bind(json.clone())
+        .bind(json.clone())
+        .bind(None::<String>)
+        .bind("retrain")
+        .bind(Uuid::new_v4())
+        .bind(json.clone());
+    bind_consumed(q)
+        .bind(true)
+        .bind(Uuid::new_v4())
+        .bind(vec!["invalidate", "announce"])
+        .bind(vec![json.clone(), json])
+}
+
+/// 50 consumed actuals as the column arrays `consume` and `commit_retrain` bind.
+fn bind_consumed(q: Query<'_>) -> Query<'_> {
+    q.bind((1..=50_i64).collect::<Vec<_>>())
+        .bind(vec!["trained"; 50])
+        .bind(vec![None::<String>; 50])
+        .bind(vec![None::<String>; 50])
+}
+
+/// The `nth` SQL string literal in the body of `function` in `source`.
+fn sql(source: &'static str, function: &str, nth: usize) -> &'static str {
+    let start = [format!("fn {function}("), format!("fn {function}<")]
+        .iter()
+        .find_map(|f| source.find(f.as_str()))
+        .unwrap_or_else(|| panic!("no fn {function} in the source"));
+    let body = &source[start + 3..];
+    let body = &body[..body.find(" fn ").unwrap_or(body.len())];
+    let literals = body.split('"').skip(1).step_by(2);
+    let is_sql = |s: &&str| {
+        let head = s.trim_start().to_ascii_uppercase();
+        ["SELECT", "WITH", "INSERT", "UPDATE", "DELETE"]
+            .iter()
+            .any(|k| head.starts_with(k))
+    };
+    let found = literals
+        .filter(is_sql)
+        .nth(nth)
+        .unwrap_or_else(|| panic!("fn {function} has no SQL literal number {nth}"));
+    assert!(!found.contains('\\'), "escapes in {function}'s SQL");
+    found
+}
+
+/// Tables a plan reads whole (`Seq Scan on <table>`).
+fn full_scans(plan: &[String]) -> Vec<String> {
+    plan.iter()
+        .filter_map(|line| line.split("Seq Scan on ").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Fewest rows of a table a full scan is a finding on: the planner rightly reads a table of a few
+/// pages whole (aliases, or the registry rows of the suite's 400 users).
+const BIG: i64 = 10_000;
+
+/// The tables of at least [`BIG`] rows, with their rows (as analysed).
+async fn big_tables(conn: &mut PgConnection) -> Vec<(String, i64)> {
+    sqlx::query_as(
+        "SELECT relname::text, reltuples::int8 FROM pg_class
+          WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace AND reltuples >= $1
+          ORDER BY relname",
+    )
+    .bind(BIG as f32)
+    .fetch_all(conn)
+    .await
+    .unwrap()
+}
+
+/// The plan of one statement for its representative values, one line a node.
+async fn explain(conn: &mut PgConnection, s: &Statement) -> Vec<String> {
+    let text = format!("EXPLAIN {}", sql(s.source, s.function, s.nth));
+    (s.bind)(sqlx::query(&text))
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("EXPLAIN of {}: {e}", s.name))
+        .iter()
+        .map(|row| row.get::<String, _>(0))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_statement_of_a_retrain_or_a_sweep_reads_by_index_at_scale() {
+    let rows: i64 = std::env::var("REFIT_EXPLAIN_ROWS")
+        .ok()
+        .map(|r| r.parse().expect("REFIT_EXPLAIN_ROWS is a number"))
+        .unwrap_or(200_000);
+    assert!(rows >= 100_000, "REFIT_EXPLAIN_ROWS: at least 100,000");
+    let env = TestEnv::new().await;
+    let mut conn = PgConnection::connect(&env.database_url).await.unwrap();
+    let started = std::time::Instant::now();
+    sqlx::query("SELECT set_config('refit.explain_rows', $1, false)")
+        .bind(rows.to_string())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql(include_str!("explain_fill.sql"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    println!(
+        "filled for {rows} consumed actuals in {:?}",
+        started.elapsed()
+    );
+    sqlx::query("SET plan_cache_mode = force_custom_plan")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let big = big_tables(&mut conn).await;
+    println!("tables of at least {BIG} rows: {big:?}");
+    let mut scanning = Vec::new();
+    for s in statements() {
+        let plan = explain(&mut conn, &s).await;
+        println!("\n{}:\n  {}", s.name, plan.join("\n  "));
+        let whole: Vec<String> = full_scans(&plan)
+            .into_iter()
+            .filter(|t| big.iter().any(|(b, _)| b == t))
+            .filter(|t| !s.full_scans_allowed.contains(&t.as_str()))
+            .collect();
+        if !whole.is_empty() {
+            scanning.push(format!("{} scans {whole:?}", s.name));
+        }
+    }
+    conn.close().await.unwrap();
+    env.drop_database().await;
+    assert!(
+        scanning.is_empty(),
+        "full scans at {rows} rows: {scanning:?}"
+    );
+}
