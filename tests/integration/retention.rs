@@ -176,10 +176,48 @@ async fn a_busy_user_is_skipped_not_waited_for() {
         .is_some_and(|p| p.versions == 3));
 }
 
+/// The default: a delivered outbox entry is deleted when it is delivered.
+const DELETE_DELIVERED: (&str, &str) = ("REFIT_OUTBOX_RETENTION_SECS", "0");
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn delivered_outbox_entries_and_old_set_aside_records_expire() {
+async fn the_outbox_does_not_grow_with_retrains() {
     let env = TestEnv::new().await;
-    let service = env.service(&SMALL).await;
+    let service = env
+        .service(&[SMALL.as_slice(), &[DELETE_DELIVERED]].concat())
+        .await;
+    let reader = env.reader();
+    let drained = std::time::Duration::from_secs(20);
+    retrain(&env, &service, 0, 10).await;
+    env.outbox_drained(drained).await;
+    let after_10 = env.count("SELECT count(*) FROM refit_outbox").await;
+    env.cache_model("rita").await;
+    retrain(&env, &service, 10, 30).await;
+    env.outbox_drained(drained).await;
+    let after_40 = env.count("SELECT count(*) FROM refit_outbox").await;
+    assert_eq!(
+        (after_10, after_40),
+        (0, 0),
+        "delivered entries are deleted, whatever the number of retrains"
+    );
+
+    // Still delivered, in order: the last version's invalidation, every event once.
+    assert!(
+        !env.cached("rita").await,
+        "the last retrain invalidated the cache"
+    );
+    let versions: Vec<Option<i32>> = read_events(&reader, 40, std::time::Duration::from_secs(20))
+        .into_iter()
+        .map(|e| e.event.model_version)
+        .collect();
+    assert_eq!(versions, (1..=40).map(Some).collect::<Vec<_>>());
+    assert!(drain_events(&reader, std::time::Duration::from_millis(500)).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_outbox_entries_dead_letters_and_old_set_aside_records_expire() {
+    let env = TestEnv::new().await;
+    let keep = [SMALL.as_slice(), &[("REFIT_OUTBOX_RETENTION_SECS", "3600")]].concat();
+    let service = env.service(&keep).await;
     retrain(&env, &service, 0, 2).await;
     insert_raw(&env.pool, "rita", r#"{"hour": "eight"}"#, 1.0).await;
     for n in 0..4 {
@@ -187,33 +225,35 @@ async fn delivered_outbox_entries_and_old_set_aside_records_expire() {
     }
     service.retrainer.retrain_user("rita", 5).await.unwrap();
     env.outbox_drained(std::time::Duration::from_secs(20)).await;
-    let retention: Retention = env.config(&SMALL).retention;
+    let retention: Retention = env.config(&keep).retention;
     let count = |sql: &'static str| env.count(sql);
-    assert_eq!(
-        retention::purge_expired(&env.pool, &retention)
-            .await
-            .unwrap(),
-        0
-    );
+    let purge = || retention::purge_expired(&env.pool, &retention);
+    assert_eq!(count("SELECT count(*) FROM refit_outbox").await, 6, "kept");
+    assert_eq!(purge().await.unwrap(), 0);
 
-    // Age one delivered entry past the outbox retention and the set-aside row past its own.
+    // Age one delivered entry past the outbox retention and the set-aside row past its own; a
+    // dead letter as old stays: it is kept as long as set-aside records.
     sqlx::query("UPDATE refit_outbox SET done_at = now() - interval '2 hours' WHERE id = (SELECT min(id) FROM refit_outbox)")
+        .execute(&env.pool).await.unwrap();
+    sqlx::query("UPDATE refit_outbox SET done_at = now() - interval '2 hours', dead_letter = 'too large' WHERE id = (SELECT max(id) FROM refit_outbox)")
         .execute(&env.pool).await.unwrap();
     sqlx::query("UPDATE refit_consumed_actuals SET consumed_at = now() - interval '8 days' WHERE outcome = 'set_aside'")
         .execute(&env.pool).await.unwrap();
-    let outbox_before = count("SELECT count(*) FROM refit_outbox").await;
-    assert_eq!(
-        retention::purge_expired(&env.pool, &retention)
-            .await
-            .unwrap(),
-        2
-    );
-    assert_eq!(
-        count("SELECT count(*) FROM refit_outbox").await,
-        outbox_before - 1
-    );
+    assert_eq!(purge().await.unwrap(), 2);
+    assert_eq!(count("SELECT count(*) FROM refit_outbox").await, 5);
     assert_eq!(
         count("SELECT count(*) FROM refit_consumed_actuals WHERE outcome = 'set_aside'").await,
+        0
+    );
+    sqlx::query(
+        "UPDATE refit_outbox SET done_at = now() - interval '8 days' WHERE dead_letter IS NOT NULL",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(purge().await.unwrap(), 1, "the dead letter, after 7 days");
+    assert_eq!(
+        count("SELECT count(*) FROM refit_outbox WHERE dead_letter IS NOT NULL").await,
         0
     );
 }
