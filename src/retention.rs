@@ -147,6 +147,8 @@ async fn drop_artifacts(
 /// Deletes trained rows older than the newest `keep` that a ready version trained on — the
 /// window `db::recent_actuals` reads stays whole.
 async fn trim_consumed(conn: &mut PgConnection, user_id: &str, keep: i64) -> sqlx::Result<u64> {
+    // The batch is picked by the user's index and deleted by primary key (a join with the batch
+    // let the planner scan the whole table: tests/integration/explain.rs).
     let trimmed = sqlx::query(
         "WITH cutoff AS (
              SELECT c.actual_id FROM refit_consumed_actuals c
@@ -154,13 +156,12 @@ async fn trim_consumed(conn: &mut PgConnection, user_id: &str, keep: i64) -> sql
                 AND c.version <> ALL (ARRAY(SELECT version FROM refit_model_versions
                                              WHERE user_id = $1 AND status <> 'ready'))
               ORDER BY c.actual_id DESC OFFSET $2 - 1 LIMIT 1
-         ), doomed AS (
+         )
+         DELETE FROM refit_consumed_actuals WHERE actual_id = ANY (ARRAY(
              SELECT actual_id FROM refit_consumed_actuals
               WHERE user_id = $1 AND outcome <> 'set_aside'
                 AND actual_id < (SELECT actual_id FROM cutoff)
-              ORDER BY actual_id DESC LIMIT $3
-         )
-         DELETE FROM refit_consumed_actuals c USING doomed d WHERE c.actual_id = d.actual_id",
+              ORDER BY actual_id DESC LIMIT $3))",
     )
     .bind(user_id)
     .bind(keep)

@@ -1,8 +1,9 @@
 -- Fills a migrated database at scale for the EXPLAIN check (explain.rs). The scale is the custom
--- setting refit.explain_rows: that many consumed actuals (and upstream actuals and requests),
--- 500 per user, so rows / 500 users; each user also has 100 versions (the newest 10 trained the
--- consumed rows, the newest 5 keep an artifact), 50 pending actuals, and the outbox, the audit
--- trail and the set-aside tables hold rows / 5, rows / 5 and rows / 100 rows. Triggers (the
+-- setting refit.explain_rows: that many consumed actuals (and upstream actuals and requests).
+-- rows / 500 users have a registry row, 100 versions (the newest 5 with an artifact) and 50
+-- pending actuals; the first rows / 4,000 of them also 4,000 consumed actuals each (what the
+-- default policy window keeps), trained by their versions 21..100. The outbox, the audit trail
+-- and the set-aside table hold rows / 5, rows / 5 and rows / 100 rows. Triggers (the
 -- pending-queue trigger, foreign keys) are off while filling: the rows are consistent by
 -- construction.
 SET session_replication_role = replica;
@@ -16,10 +17,10 @@ SELECT current_setting('refit.explain_rows')::bigint AS rows,
 CREATE FUNCTION pg_temp.user_name(u bigint) RETURNS text LANGUAGE sql IMMUTABLE
 AS $$ SELECT 'user-' || lpad(u::text, 6, '0') $$;
 
--- Upstream: consumed actuals 1..rows (user (i - 1) / 500), pending ones after them (50 a user).
+-- Upstream: consumed actuals 1..rows (user (i - 1) / 4000), pending ones after them (50 a user).
 INSERT INTO prediction_requests (request_id, user_id, features, created_at)
 SELECT md5(i::text)::uuid,
-       pg_temp.user_name(CASE WHEN i <= s.rows THEN (i - 1) / 500 ELSE (i - s.rows - 1) / 50 END),
+       pg_temp.user_name(CASE WHEN i <= s.rows THEN (i - 1) / 4000 ELSE (i - s.rows - 1) / 50 END),
        jsonb_build_object('hour', i % 24, 'temperature', (i % 40) - 5, 'humidity', 20 + i % 80,
                           'weekday', i % 7),
        now() - make_interval(secs => (s.rows + s.pending - i) * 0.01)
@@ -51,11 +52,11 @@ SELECT pg_temp.user_name(u), v,
        now() - make_interval(secs => (100 - v) * 60)
   FROM scale s, generate_series(0, s.users - 1) AS u, generate_series(1, 100) AS v;
 
--- Consumed actuals: 500 a user, trained by versions 91..100; every 10th held out, every 250th
+-- Consumed actuals: 4,000 a user, trained by versions 21..100; every 10th held out, every 250th
 -- set aside.
 INSERT INTO refit_consumed_actuals (actual_id, user_id, version, outcome, reason, consumed_at)
-SELECT i, pg_temp.user_name((i - 1) / 500),
-       CASE WHEN i % 250 = 0 THEN NULL ELSE 91 + ((i - 1) % 500) / 50 END,
+SELECT i, pg_temp.user_name((i - 1) / 4000),
+       CASE WHEN i % 250 = 0 THEN NULL ELSE 21 + ((i - 1) % 4000) / 50 END,
        CASE WHEN i % 250 = 0 THEN 'set_aside' WHEN i % 10 = 0 THEN 'held_out' ELSE 'trained' END,
        CASE WHEN i % 250 = 0 THEN 'not_a_number' END,
        now() - make_interval(secs => (s.rows - i) * 0.1)
