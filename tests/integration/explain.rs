@@ -315,14 +315,8 @@ async fn explain(conn: &mut PgConnection, s: &Statement) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_statement_of_a_retrain_or_a_sweep_reads_by_index_at_scale() {
-    let rows: i64 = std::env::var("REFIT_EXPLAIN_ROWS")
-        .ok()
-        .map(|r| r.parse().expect("REFIT_EXPLAIN_ROWS is a number"))
-        .unwrap_or(200_000);
-    assert!(rows >= 100_000, "REFIT_EXPLAIN_ROWS: at least 100,000");
-    let env = TestEnv::new().await;
+/// A session on the environment's database, filled for `rows` and planning as the check needs.
+async fn filled(env: &TestEnv, rows: i64) -> PgConnection {
     let mut conn = PgConnection::connect(&env.database_url).await.unwrap();
     let started = std::time::Instant::now();
     sqlx::query("SELECT set_config('refit.explain_rows', $1, false)")
@@ -338,17 +332,29 @@ async fn every_statement_of_a_retrain_or_a_sweep_reads_by_index_at_scale() {
         "filled for {rows} consumed actuals in {:?}",
         started.elapsed()
     );
-    sqlx::query("SET plan_cache_mode = force_custom_plan")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    let mut settings = vec!["SET plan_cache_mode = force_custom_plan"];
     if rows < PLANNER_ROWS {
         // Small tables: whether an index serves each statement, not what the planner prefers.
-        sqlx::query("SET enable_seqscan = off")
-            .execute(&mut conn)
-            .await
-            .unwrap();
+        settings.push("SET enable_seqscan = off");
     }
+    for setting in settings {
+        sqlx::query(setting).execute(&mut conn).await.unwrap();
+    }
+    conn
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_statement_of_a_retrain_or_a_sweep_reads_by_index_at_scale() {
+    let rows: i64 = std::env::var("REFIT_EXPLAIN_ROWS")
+        .ok()
+        .map(|r| r.parse().expect("REFIT_EXPLAIN_ROWS is a number"))
+        .unwrap_or(200_000);
+    assert!(
+        rows >= 200_000,
+        "REFIT_EXPLAIN_ROWS: at least 200,000 (USER has a history)"
+    );
+    let env = TestEnv::new().await;
+    let mut conn = filled(&env, rows).await;
     let big = big_tables(&mut conn).await;
     println!("tables of at least {BIG} rows: {big:?}");
     let mut scanning = Vec::new();
