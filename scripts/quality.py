@@ -293,6 +293,7 @@ def run_refit(binary, admin_url, rows, policy_env, label, check_every=0):
             continue
         assert live["rows"] == len(batch), (version, live)
         out.append({"mae": live["mae"], "rmse": live["rmse"], "train_ms": timings.get("train"),
+                    "train_cpu_ms": timings.get("train_cpu"),
                     "status": status, "step": step})
     return {"batches": out, "steps": steps, "rejected": rejected, "versions": len(versions),
             "cross_check": checked, "process_cpu_ms": cpu_ms}
@@ -322,12 +323,18 @@ def summarise(name, kind, result, cpu_label):
     mae = np.array([x["mae"] for x in b])
     rmse = np.array([x["rmse"] for x in b])
     train = np.array([x["train_ms"] for x in b if x.get("train_ms") is not None])
+    # refit's train step's thread CPU; Python's train_ms is already the training's CPU.
+    cpu = np.array([x.get("train_cpu_ms", x["train_ms"]) for x in b
+                    if x.get("train_cpu_ms", x.get("train_ms")) is not None])
     return {
         "name": name, "kind": kind, "cpu": cpu_label,
         "mae": float(mae.mean()), "rmse": float(np.sqrt(np.mean(rmse ** 2))),
         "train_ms_mean": float(train.mean()) if len(train) else None,
         "train_ms_p50": float(np.percentile(train, 50)) if len(train) else None,
         "train_ms_p90": float(np.percentile(train, 90)) if len(train) else None,
+        "train_cpu_ms_mean": float(cpu.mean()) if len(cpu) else None,
+        "train_cpu_ms_p50": float(np.percentile(cpu, 50)) if len(cpu) else None,
+        "train_cpu_ms_p90": float(np.percentile(cpu, 90)) if len(cpu) else None,
         "per_batch_mae": mae.tolist(),
         **({k: result[k] for k in ("steps", "rejected", "versions", "cross_check",
                                    "process_cpu_ms")}
