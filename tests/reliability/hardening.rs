@@ -972,8 +972,9 @@ async fn a_hung_loki_costs_bounded_memory_and_the_lines_it_misses_are_counted() 
         errors >= 1,
         "pushes to a hung Loki time out and are counted"
     );
+    // The queue and a batch of these lines take about 4 MiB; tracing-loki grew by 26 MiB here.
     assert!(
-        grown_kib < 32 * 1024,
+        grown_kib < 8 * 1024,
         "RSS grew by {grown_kib} KiB while {} lines were logged",
         offered - lines_warm
     );
