@@ -116,7 +116,7 @@ impl Pusher {
         self.flush(batch, queue).await;
     }
 
-    /// Counts a failed push; gives the batch up when it is final or failed too often.
+    /// Counts a failed push; gives the batch up when retrying cannot help or it failed too often.
     fn failed(&self, batch: &mut Batch, failure: Failure, backoff: Duration) {
         self.counters.send_errors.inc();
         batch.failures += 1;
