@@ -18,7 +18,7 @@ use super::queue::Outlet;
 use super::{Counters, Line, SHIPPER_TARGET};
 
 /// Failed pushes after which a batch is given up (its lines counted as dropped).
-pub(super) const ATTEMPTS: u32 = 5;
+const ATTEMPTS: u32 = 5;
 /// Lines in one push, at most.
 const BATCH_LINES: usize = 1000;
 /// Bytes of line text in one push, at most (a longer line goes alone).
