@@ -153,6 +153,14 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "Grafana Loki base URL; logs are shipped there when set",
     ),
     (
+        "REFIT_LOKI_QUEUE_LINES",
+        "log lines waiting to be pushed to Loki, at most; more are dropped and counted",
+    ),
+    (
+        "REFIT_LOKI_TIMEOUT_SECS",
+        "deadline of one push to Loki, and of the flush at shutdown",
+    ),
+    (
         "REFIT_ADMIN_TOKEN",
         "bearer token for HTTP writes to the model registry",
     ),
@@ -245,6 +253,10 @@ pub struct Config {
     pub http_addr: Option<std::net::SocketAddr>,
     /// Grafana Loki base URL (may carry credentials); logs are shipped there when set.
     pub loki_url: Option<Secret>,
+    /// Log lines waiting to be pushed to Loki, at most; a full queue drops (and counts) lines.
+    pub loki_queue_lines: usize,
+    /// Deadline of one push to Loki, and of the flush at shutdown.
+    pub loki_timeout: Duration,
     /// The `environment` label of shipped logs.
     pub environment: String,
     /// Bearer token for HTTP writes to the registry; writes answer 401 without it.
@@ -526,6 +538,10 @@ impl Config {
             ),
             http_addr,
             loki_url,
+            loki_queue_lines: int(raw, "REFIT_LOKI_QUEUE_LINES", 10_000, 10, 1_000_000)? as usize,
+            loki_timeout: Duration::from_secs(
+                int(raw, "REFIT_LOKI_TIMEOUT_SECS", 5, 1, 300)? as u64
+            ),
             environment: get("REFIT_ENVIRONMENT").unwrap_or("dev").to_owned(),
             admin_token: get("REFIT_ADMIN_TOKEN").map(Secret::new),
             audit_retention: Duration::from_secs(
@@ -654,6 +670,11 @@ impl Config {
                     .as_ref()
                     .map(|u| u.to_string())
                     .unwrap_or_default(),
+            ),
+            ("REFIT_LOKI_QUEUE_LINES", self.loki_queue_lines.to_string()),
+            (
+                "REFIT_LOKI_TIMEOUT_SECS",
+                self.loki_timeout.as_secs().to_string(),
             ),
             ("REFIT_ENVIRONMENT", self.environment.clone()),
             (
@@ -874,6 +895,9 @@ mod tests {
         assert_eq!(s.idle_in_transaction_timeout, Some(Duration::from_secs(45)));
         assert_eq!(s.tcp_keepalive, Some(Duration::from_secs(10)));
         assert_eq!(c.retrain_timeout, Some(Duration::from_secs(30)));
+        // A hung Loki holds at most 10,000 lines, and a push waits at most 5 s.
+        assert_eq!(c.loki_queue_lines, 10_000);
+        assert_eq!(c.loki_timeout, Duration::from_secs(5));
     }
 
     #[test]
