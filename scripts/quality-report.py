@@ -18,6 +18,7 @@ DEFAULT = "refit default"
 REFIT_YARDSTICK = "refit window/every"
 SOURCE = "refit source design"
 PREVIOUS = "refit 0.1 default"
+LAST = "refit 0.2 default"
 SMOOTH = 10  # batches in the charts' rolling mean
 
 
@@ -116,7 +117,7 @@ def main():
     docs = doc.parent / "docs"
     bike, drift = results["bike"], results["drift"]
     main_lines = [p for p in bike if not p["name"].startswith("refit ")
-                  or p["name"] == DEFAULT or p["name"].startswith((SOURCE, PREVIOUS))]
+                  or p["name"] == DEFAULT or p["name"].startswith((SOURCE, PREVIOUS, LAST))]
     chart(main_lines, docs / "quality-bike.png", "Bike stream: prequential MAE per batch")
     chart(drift["policies"], docs / "quality-drift.png",
           "Drift stream: the hour of day shifts by 12 h at the dashed line", drift["change_batch"])

@@ -480,9 +480,9 @@ impl Config {
             continue_eta: float(raw, "REFIT_CONTINUE_ETA", 0.1, 0.0, 1.0)?,
             rebuild_every: int(raw, "REFIT_REBUILD_EVERY", 4, 0, 1_000_000)? as u32,
             window: int(raw, "REFIT_REFIT_WINDOW", 4000, 1, 10_000_000)?,
-            rebuild_rounds: int(raw, "REFIT_COMPACTION_ROUNDS", 50, 1, 10_000)? as i32,
-            rebuild_eta: float(raw, "REFIT_REBUILD_ETA", 0.2, 0.0, 1.0)?,
-            half_life: int(raw, "REFIT_RECENCY_HALF_LIFE", 1000, 0, 10_000_000)?,
+            rebuild_rounds: int(raw, "REFIT_COMPACTION_ROUNDS", 35, 1, 10_000)? as i32,
+            rebuild_eta: float(raw, "REFIT_REBUILD_ETA", 0.3, 0.0, 1.0)?,
+            half_life: int(raw, "REFIT_RECENCY_HALF_LIFE", 2000, 0, 10_000_000)?,
             max_trees: int(raw, "REFIT_MAX_TREES", 150, 0, 1_000_000)?,
             compaction,
             gate: Gate {
@@ -880,9 +880,9 @@ mod tests {
         assert_eq!(c.policy.rounds, 1);
         assert_eq!(c.policy.rebuild_every, 4);
         assert_eq!(c.policy.window, 4000);
-        assert_eq!(c.policy.rebuild_rounds, 50);
-        assert_eq!(c.policy.rebuild_eta, 0.2);
-        assert_eq!(c.policy.half_life, 1000);
+        assert_eq!(c.policy.rebuild_rounds, 35);
+        assert_eq!(c.policy.rebuild_eta, 0.3);
+        assert_eq!(c.policy.half_life, 2000);
         assert!(c.policy.gate.enabled);
         assert_eq!(c.max_staleness, None);
         assert_eq!(c.poll_interval, Duration::from_millis(1000));

@@ -7,9 +7,9 @@
 //!   small learning rate `REFIT_CONTINUE_ETA` (0.1), so 50 rows nudge the model instead of
 //!   memorising their residuals;
 //! - **rebuild**: every `REFIT_REBUILD_EVERY`th (4th) accepted batch, and whenever the next step
-//!   would pass `REFIT_MAX_TREES`, a fresh model of `REFIT_COMPACTION_ROUNDS` (50) rounds at
-//!   `REFIT_REBUILD_ETA` (0.2) is trained on the last `REFIT_REFIT_WINDOW` (4,000) actuals served
-//!   versions trained on, newer rows weighing more (`REFIT_RECENCY_HALF_LIFE`, 1,000 rows);
+//!   would pass `REFIT_MAX_TREES`, a fresh model of `REFIT_COMPACTION_ROUNDS` (35) rounds at
+//!   `REFIT_REBUILD_ETA` (0.3) is trained on the last `REFIT_REFIT_WINDOW` (4,000) actuals served
+//!   versions trained on, newer rows weighing more (`REFIT_RECENCY_HALF_LIFE`, 2,000 rows);
 //! - **gate**: before a version may serve it must pass two checks. The serving model's *live*
 //!   error on the new batch must not exceed `REFIT_VALIDATION_LIVE_RATIO` (3) × its recent median
 //!   (labels that suddenly make no sense, e.g. ×10 or shuffled), and the candidate continued on
