@@ -60,11 +60,15 @@ DEFAULT = "refit default"
 YARDSTICK_NAME = "refit window/every (yardstick in refit)"
 SOURCE_NAME = "refit source design (10 rounds, eta 0.3, no cap)"
 PREVIOUS_NAME = "refit 0.1 default (3 rounds at 0.05, rebuild 8th, 2,000 × 100)"
+LAST_DEFAULT = {"REFIT_COMPACTION_ROUNDS": "50", "REFIT_REBUILD_ETA": "0.2",
+                "REFIT_RECENCY_HALF_LIFE": "1000"}
+LAST_NAME = "refit 0.2 default (rebuild 50 rounds at 0.2, half-life 1,000)"
 REFIT_POLICIES = [
     (DEFAULT, {}),
     (YARDSTICK_NAME, YARDSTICK),
     (SOURCE_NAME, SOURCE_DESIGN),
     (PREVIOUS_NAME, PREVIOUS_DEFAULT),
+    (LAST_NAME, LAST_DEFAULT),
     ("refit VALIDATION=off", {"REFIT_VALIDATION": "off"}),
     ("refit REBUILD_EVERY=2", {"REFIT_REBUILD_EVERY": "2"}),
     ("refit REBUILD_EVERY=5", {"REFIT_REBUILD_EVERY": "5"}),
@@ -74,8 +78,11 @@ REFIT_POLICIES = [
     ("refit REFIT_WINDOW=2000", {"REFIT_REFIT_WINDOW": "2000"}),
     ("refit REFIT_WINDOW=3000", {"REFIT_REFIT_WINDOW": "3000"}),
     ("refit REFIT_WINDOW=8000", {"REFIT_REFIT_WINDOW": "8000"}),
-    ("refit COMPACTION_ROUNDS=40, REBUILD_ETA=0.25",
-     {"REFIT_COMPACTION_ROUNDS": "40", "REFIT_REBUILD_ETA": "0.25"}),
+    ("refit COMPACTION_ROUNDS=25, REBUILD_ETA=0.4",
+     {"REFIT_COMPACTION_ROUNDS": "25", "REFIT_REBUILD_ETA": "0.4"}),
+    ("refit COMPACTION_ROUNDS=50, REBUILD_ETA=0.2", {"REFIT_COMPACTION_ROUNDS": "50",
+                                                     "REFIT_REBUILD_ETA": "0.2"}),
+    ("refit RECENCY_HALF_LIFE=1000", {"REFIT_RECENCY_HALF_LIFE": "1000"}),
     ("refit COMPACTION_ROUNDS=100, REBUILD_ETA=0.1",
      {"REFIT_COMPACTION_ROUNDS": "100", "REFIT_REBUILD_ETA": "0.1"}),
     ("refit ROUNDS_PER_RETRAIN=3", {"REFIT_ROUNDS_PER_RETRAIN": "3"}),
@@ -84,7 +91,7 @@ REFIT_POLICIES = [
      {"REFIT_COMPACTION": "update", "REFIT_REBUILD_EVERY": "0"}),
 ]
 QUICK_POLICIES = [DEFAULT, YARDSTICK_NAME, SOURCE_NAME, PREVIOUS_NAME]
-DRIFT_POLICIES = [DEFAULT, "refit VALIDATION=off", SOURCE_NAME, PREVIOUS_NAME,
+DRIFT_POLICIES = [DEFAULT, "refit VALIDATION=off", SOURCE_NAME, PREVIOUS_NAME, LAST_NAME,
                   "refit REBUILD_EVERY=0 (only at the cap)"]
 
 
@@ -293,6 +300,7 @@ def run_refit(binary, admin_url, rows, policy_env, label, check_every=0):
             continue
         assert live["rows"] == len(batch), (version, live)
         out.append({"mae": live["mae"], "rmse": live["rmse"], "train_ms": timings.get("train"),
+                    "train_cpu_ms": timings.get("train_cpu"),
                     "status": status, "step": step})
     return {"batches": out, "steps": steps, "rejected": rejected, "versions": len(versions),
             "cross_check": checked, "process_cpu_ms": cpu_ms}
@@ -322,12 +330,18 @@ def summarise(name, kind, result, cpu_label):
     mae = np.array([x["mae"] for x in b])
     rmse = np.array([x["rmse"] for x in b])
     train = np.array([x["train_ms"] for x in b if x.get("train_ms") is not None])
+    # refit's train step's thread CPU; Python's train_ms is already the training's CPU.
+    cpu = np.array([x.get("train_cpu_ms", x["train_ms"]) for x in b
+                    if x.get("train_cpu_ms", x.get("train_ms")) is not None])
     return {
         "name": name, "kind": kind, "cpu": cpu_label,
         "mae": float(mae.mean()), "rmse": float(np.sqrt(np.mean(rmse ** 2))),
         "train_ms_mean": float(train.mean()) if len(train) else None,
         "train_ms_p50": float(np.percentile(train, 50)) if len(train) else None,
         "train_ms_p90": float(np.percentile(train, 90)) if len(train) else None,
+        "train_cpu_ms_mean": float(cpu.mean()) if len(cpu) else None,
+        "train_cpu_ms_p50": float(np.percentile(cpu, 50)) if len(cpu) else None,
+        "train_cpu_ms_p90": float(np.percentile(cpu, 90)) if len(cpu) else None,
         "per_batch_mae": mae.tolist(),
         **({k: result[k] for k in ("steps", "rejected", "versions", "cross_check",
                                    "process_cpu_ms")}

@@ -153,6 +153,14 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "Grafana Loki base URL; logs are shipped there when set",
     ),
     (
+        "REFIT_LOKI_QUEUE_LINES",
+        "log lines waiting to be pushed to Loki, at most; more are dropped and counted",
+    ),
+    (
+        "REFIT_LOKI_TIMEOUT_SECS",
+        "deadline of one push to Loki, and of the flush at shutdown",
+    ),
+    (
         "REFIT_ADMIN_TOKEN",
         "bearer token for HTTP writes to the model registry",
     ),
@@ -245,6 +253,10 @@ pub struct Config {
     pub http_addr: Option<std::net::SocketAddr>,
     /// Grafana Loki base URL (may carry credentials); logs are shipped there when set.
     pub loki_url: Option<Secret>,
+    /// Log lines waiting to be pushed to Loki, at most; a full queue drops (and counts) lines.
+    pub loki_queue_lines: usize,
+    /// Deadline of one push to Loki, and of the flush at shutdown.
+    pub loki_timeout: Duration,
     /// The `environment` label of shipped logs.
     pub environment: String,
     /// Bearer token for HTTP writes to the registry; writes answer 401 without it.
@@ -468,9 +480,9 @@ impl Config {
             continue_eta: float(raw, "REFIT_CONTINUE_ETA", 0.1, 0.0, 1.0)?,
             rebuild_every: int(raw, "REFIT_REBUILD_EVERY", 4, 0, 1_000_000)? as u32,
             window: int(raw, "REFIT_REFIT_WINDOW", 4000, 1, 10_000_000)?,
-            rebuild_rounds: int(raw, "REFIT_COMPACTION_ROUNDS", 50, 1, 10_000)? as i32,
-            rebuild_eta: float(raw, "REFIT_REBUILD_ETA", 0.2, 0.0, 1.0)?,
-            half_life: int(raw, "REFIT_RECENCY_HALF_LIFE", 1000, 0, 10_000_000)?,
+            rebuild_rounds: int(raw, "REFIT_COMPACTION_ROUNDS", 35, 1, 10_000)? as i32,
+            rebuild_eta: float(raw, "REFIT_REBUILD_ETA", 0.3, 0.0, 1.0)?,
+            half_life: int(raw, "REFIT_RECENCY_HALF_LIFE", 2000, 0, 10_000_000)?,
             max_trees: int(raw, "REFIT_MAX_TREES", 150, 0, 1_000_000)?,
             compaction,
             gate: Gate {
@@ -526,6 +538,10 @@ impl Config {
             ),
             http_addr,
             loki_url,
+            loki_queue_lines: int(raw, "REFIT_LOKI_QUEUE_LINES", 10_000, 10, 1_000_000)? as usize,
+            loki_timeout: Duration::from_secs(
+                int(raw, "REFIT_LOKI_TIMEOUT_SECS", 5, 1, 300)? as u64
+            ),
             environment: get("REFIT_ENVIRONMENT").unwrap_or("dev").to_owned(),
             admin_token: get("REFIT_ADMIN_TOKEN").map(Secret::new),
             audit_retention: Duration::from_secs(
@@ -654,6 +670,11 @@ impl Config {
                     .as_ref()
                     .map(|u| u.to_string())
                     .unwrap_or_default(),
+            ),
+            ("REFIT_LOKI_QUEUE_LINES", self.loki_queue_lines.to_string()),
+            (
+                "REFIT_LOKI_TIMEOUT_SECS",
+                self.loki_timeout.as_secs().to_string(),
             ),
             ("REFIT_ENVIRONMENT", self.environment.clone()),
             (
@@ -861,9 +882,9 @@ mod tests {
         assert_eq!(c.policy.rounds, 1);
         assert_eq!(c.policy.rebuild_every, 4);
         assert_eq!(c.policy.window, 4000);
-        assert_eq!(c.policy.rebuild_rounds, 50);
-        assert_eq!(c.policy.rebuild_eta, 0.2);
-        assert_eq!(c.policy.half_life, 1000);
+        assert_eq!(c.policy.rebuild_rounds, 35);
+        assert_eq!(c.policy.rebuild_eta, 0.3);
+        assert_eq!(c.policy.half_life, 2000);
         assert!(c.policy.gate.enabled);
         assert_eq!(c.max_staleness, None);
         assert_eq!(c.poll_interval, Duration::from_millis(1000));
@@ -876,6 +897,9 @@ mod tests {
         assert_eq!(s.idle_in_transaction_timeout, Some(Duration::from_secs(45)));
         assert_eq!(s.tcp_keepalive, Some(Duration::from_secs(10)));
         assert_eq!(c.retrain_timeout, Some(Duration::from_secs(30)));
+        // A hung Loki holds at most 10,000 lines, and a push waits at most 5 s.
+        assert_eq!(c.loki_queue_lines, 10_000);
+        assert_eq!(c.loki_timeout, Duration::from_secs(5));
     }
 
     #[test]

@@ -756,6 +756,32 @@ pub async fn recent_actuals(
     .await
 }
 
+/// The actuals `version` trained on, oldest first (a rejected version's batch, for its
+/// reinstatement).
+pub async fn actuals_of_version(
+    conn: &mut PgConnection,
+    user_id: &str,
+    version: i32,
+) -> sqlx::Result<Vec<ActualRow>> {
+    sqlx::query(
+        "SELECT c.actual_id, a.actual_value, r.features::text
+           FROM refit_consumed_actuals c
+           JOIN actual_rentals a ON a.id = c.actual_id
+           JOIN prediction_requests r ON r.request_id = a.request_id
+          WHERE c.user_id = $1 AND c.version = $2 AND c.outcome IN ('trained', 'held_out')
+          ORDER BY c.actual_id",
+    )
+    .bind(user_id)
+    .bind(version)
+    .map(|row: sqlx::postgres::PgRow| ActualRow {
+        actual_id: row.get(0),
+        actual_value: row.get(1),
+        features: row.get(2),
+    })
+    .fetch_all(conn)
+    .await
+}
+
 /// Kinds of outbox entries, in the order they are carried out for one retrain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutboxKind {

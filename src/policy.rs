@@ -7,9 +7,9 @@
 //!   small learning rate `REFIT_CONTINUE_ETA` (0.1), so 50 rows nudge the model instead of
 //!   memorising their residuals;
 //! - **rebuild**: every `REFIT_REBUILD_EVERY`th (4th) accepted batch, and whenever the next step
-//!   would pass `REFIT_MAX_TREES`, a fresh model of `REFIT_COMPACTION_ROUNDS` (50) rounds at
-//!   `REFIT_REBUILD_ETA` (0.2) is trained on the last `REFIT_REFIT_WINDOW` (4,000) actuals served
-//!   versions trained on, newer rows weighing more (`REFIT_RECENCY_HALF_LIFE`, 1,000 rows);
+//!   would pass `REFIT_MAX_TREES`, a fresh model of `REFIT_COMPACTION_ROUNDS` (35) rounds at
+//!   `REFIT_REBUILD_ETA` (0.3) is trained on the last `REFIT_REFIT_WINDOW` (4,000) actuals served
+//!   versions trained on, newer rows weighing more (`REFIT_RECENCY_HALF_LIFE`, 2,000 rows);
 //! - **gate**: before a version may serve it must pass two checks. The serving model's *live*
 //!   error on the new batch must not exceed `REFIT_VALIDATION_LIVE_RATIO` (3) × its recent median
 //!   (labels that suddenly make no sense, e.g. ×10 or shuffled), and the candidate continued on
@@ -18,7 +18,9 @@
 //!   typical live error (those actuals are in-sample for the active model, so its own error there
 //!   is no fair yardstick). A rejected version is kept;
 //!   when it predicts the *next* batch better than the active model did, it is reinstated (the
-//!   batch was real change, not poison) and its rows count again.
+//!   batch was real change, not poison) and its rows count again. A confirmed change is learnt
+//!   at once: the step after a reinstatement is a rebuild on the window, which now holds the
+//!   reinstated batch, and the live check does not hold the new error level against it.
 
 use crate::config::{Compaction, ValidationMetric};
 
@@ -247,6 +249,9 @@ pub struct Evidence {
     pub live_history: Vec<f64>,
     /// Candidate and base on the recent trained actuals (`None`: no such actuals yet).
     pub window: Option<(Errors, Errors)>,
+    /// The base was just reinstated: the batch it was rejected on was real change, so a live
+    /// error far above the old level is expected and not held against the candidate.
+    pub confirmed_change: bool,
 }
 
 /// The gate's decision.
@@ -303,7 +308,7 @@ impl Gate {
         }
         let live = evidence.live.get(self.metric);
         let typical = typical_live(&evidence.live_history);
-        if let Some(typical) = typical {
+        if let (Some(typical), false) = (typical, evidence.confirmed_change) {
             if live > self.live_ratio * typical {
                 return Verdict::LiveOutlier { live, typical };
             }
@@ -360,6 +365,17 @@ pub fn recency_weights(rows: usize, half_life: i64) -> Option<Vec<f32>> {
 /// batch was real change, not poison, and it serves again.
 pub fn reinstate(rejected_on_batch: Errors, active_on_batch: Errors) -> bool {
     rejected_on_batch.mae < active_on_batch.mae
+}
+
+/// The step after a reinstatement. The batch the reinstated version was rejected on turned out
+/// to be real change, so a continue step becomes a rebuild on the window (which now holds that
+/// batch): the model catches up at once instead of serving the old pattern until the schedule's
+/// next rebuild.
+pub fn after_reinstatement(planned: Step) -> Step {
+    match planned {
+        Step::Continue => Step::Rebuild { at_cap: false },
+        other => other,
+    }
 }
 
 #[cfg(test)]
@@ -487,6 +503,7 @@ mod tests {
             live: errors(110.0, 120.0),
             live_history: vec![30.0, 35.0],
             window: None,
+            confirmed_change: false,
         };
         assert!(
             gate.judge(&evidence).accepted(),
@@ -500,6 +517,12 @@ mod tests {
                 typical: 35.0
             }
         );
+        evidence.confirmed_change = true;
+        assert!(
+            gate.judge(&evidence).accepted(),
+            "after a reinstatement the old level is no yardstick"
+        );
+        evidence.confirmed_change = false;
         evidence.live = errors(100.0, 120.0);
         evidence.live_history = vec![30.0, 35.0, 40.0, 32.0];
         assert!(gate.judge(&evidence).accepted(), "100 ≤ 3 × median 33.5");
@@ -514,6 +537,7 @@ mod tests {
                 live: errors(30.0, 40.0),
                 live_history: history,
                 window: Some((errors(0.0, candidate), errors(0.0, active))),
+                confirmed_change: false,
             })
         };
         assert!(judge(16.0, 4.0, vec![40.0; 3]).accepted(), "4 + 0.3 × 40");
@@ -539,6 +563,7 @@ mod tests {
             live: errors(1e9, 1e9),
             live_history: vec![1.0; 5],
             window: Some((errors(0.0, 1e9), errors(0.0, 1.0))),
+            confirmed_change: false,
         };
         assert!(off.judge(&evidence).accepted());
     }
@@ -567,6 +592,16 @@ mod tests {
         let mut long = vec![1.0; LIVE_HISTORY];
         long.extend([100.0; 30]);
         assert_eq!(typical_live(&long), Some(1.0), "only the newest count");
+    }
+
+    #[test]
+    fn a_reinstatement_rebuilds_at_once() {
+        let rebuild = Step::Rebuild { at_cap: false };
+        assert_eq!(after_reinstatement(Step::Continue), rebuild);
+        assert_eq!(after_reinstatement(rebuild), rebuild);
+        let at_cap = Step::Rebuild { at_cap: true };
+        assert_eq!(after_reinstatement(at_cap), at_cap);
+        assert_eq!(after_reinstatement(Step::Refresh), Step::Refresh);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use crate::features::{self, ActualRow, Batch};
 use crate::metrics::Metrics;
 use crate::model_cache::ModelCache;
 use crate::outbox::{elapsed_ms, Committed, Outbox};
-use crate::policy::Lineage;
+use crate::policy::{self, Lineage, Step};
 use crate::retention;
 use crate::trainer::{self, Previous, StepInput, StepResult, TrainError};
 use crate::xgboost::Booster;
@@ -244,6 +244,7 @@ impl Retrainer {
                 return self.commit_failure(tx, &attempt, failure, timings).await;
             }
         };
+        timings.insert("train_cpu".into(), ms(result.cpu).into());
         let trained = &result.trained;
         info!(
             step = "train", %retrain_id, user_id, samples_used = batch.rows(), processing_time_ms = train_ms,
@@ -371,6 +372,7 @@ impl Retrainer {
                 rejected,
                 rejected_artifact,
                 recent,
+                rejected_rows,
                 live_history,
             } = inputs;
             let stored;
@@ -396,6 +398,7 @@ impl Retrainer {
                 nthread,
                 batch: &batch,
                 recent: &recent,
+                rejected_rows: &rejected_rows,
                 live_history: &live_history,
                 keep_model,
             });
@@ -443,11 +446,18 @@ impl Retrainer {
             Some((version, _)) => db::artifact(tx, user_id, version).await?,
             None => None,
         };
-        // Enough recent rows for whichever base the step starts from.
+        // Enough recent rows for whichever base the step starts from; a reinstatement rebuilds.
         let bases = [active.as_ref().map(|(_, l)| *l), rejected.map(|(_, l)| l)];
-        let wanted = bases
+        let mut steps: Vec<Step> = bases
             .iter()
-            .map(|base| policy.recent_rows(policy.plan(base.unwrap_or_default()), batch.rows()))
+            .map(|base| policy.plan(base.unwrap_or_default()))
+            .collect();
+        if let Some((_, l)) = rejected {
+            steps.push(policy::after_reinstatement(policy.plan(l)));
+        }
+        let wanted = steps
+            .into_iter()
+            .map(|step| policy.recent_rows(step, batch.rows()))
             .max()
             .unwrap_or(0);
         let mut rows = match wanted {
@@ -456,6 +466,13 @@ impl Retrainer {
         };
         rows.reverse();
         let recent = features::prepare(&rows, Some(&batch.feature_names));
+        let rejected_rows = match rejected {
+            Some((version, _)) => {
+                let rows = db::actuals_of_version(tx, user_id, version).await?;
+                features::prepare(&rows, Some(&batch.feature_names))
+            }
+            None => Batch::default(),
+        };
         let live_history = match (&active, policy.gate.enabled) {
             (Some(_), true) => db::live_history(tx, user_id, policy.gate.metric.as_str()).await?,
             _ => Vec::new(),
@@ -465,6 +482,7 @@ impl Retrainer {
             rejected,
             rejected_artifact,
             recent,
+            rejected_rows,
             live_history,
         }))
     }
@@ -814,6 +832,8 @@ struct StepData {
     rejected: Option<(i32, Lineage)>,
     rejected_artifact: Option<Vec<u8>>,
     recent: Batch,
+    /// What the rejected version trained on (empty without one).
+    rejected_rows: Batch,
     live_history: Vec<f64>,
 }
 

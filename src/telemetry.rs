@@ -1,22 +1,23 @@
 //! Logs: always to stdout (text or JSON), and to Grafana Loki when `LOKI_URL` is set.
 //!
 //! Loki gets low-cardinality labels only — `service`, `environment`, `level` — and every field
-//! (user_id, retrain_id, step, durations) inside the JSON line. Shipping runs in a background task
-//! behind a bounded queue: a slow or unreachable Loki drops log lines there, it never blocks or
-//! slows a retrain. [`Telemetry::shutdown`] flushes what is queued before exit.
+//! (user_id, retrain_id, step, durations) inside the JSON line. Shipping is refit's own
+//! ([`loki`]): logging only offers the line to a bounded queue (`REFIT_LOKI_QUEUE_LINES`, and
+//! 16 MiB), and a background task pushes it, each push with a deadline
+//! (`REFIT_LOKI_TIMEOUT_SECS`). A slow, hung or unreachable Loki costs at most that queue and one
+//! batch of memory; it never blocks or slows a retrain. [`Telemetry::shutdown`] pushes what is
+//! queued before exit, waiting at most the push deadline.
 //!
-//! What Loki loses is counted: tracing-loki reports each failed push (`couldn't send logs to
-//! loki`) and, once pushes have failed for about 30 s, the lines it gives up on (`num_dropped`);
-//! [`LokiLosses`] turns those reports into `refit_loki_send_errors_total` and
-//! `refit_loki_dropped_lines_total`. (Lines refused because its 512-line hand-off queue is full are
-//! not reported by tracing-loki, so they are not counted.)
+//! What Loki loses is counted: failed pushes in `refit_loki_send_errors_total`, lines not shipped
+//! (refused by a full queue, given up after failed pushes, or left at shutdown) in
+//! `refit_loki_dropped_lines_total`.
+
+mod loki;
 
 use std::sync::LazyLock;
-use std::time::Duration;
 
 use anyhow::Context;
 use prometheus::IntCounter;
-use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter, Layer};
@@ -26,18 +27,14 @@ use crate::config::{Config, LogFormat};
 /// Keeps the Loki shipper alive; call [`Telemetry::shutdown`] before exit.
 #[derive(Default)]
 pub struct Telemetry {
-    loki: Option<(
-        tracing_loki::BackgroundTaskController,
-        tokio::task::JoinHandle<()>,
-    )>,
+    loki: Option<loki::Shipper>,
 }
 
 impl Telemetry {
-    /// Flushes queued log lines to Loki (bounded wait).
+    /// Pushes queued log lines to Loki, waiting at most `REFIT_LOKI_TIMEOUT_SECS`.
     pub async fn shutdown(self) {
-        if let Some((controller, task)) = self.loki {
-            controller.shutdown().await;
-            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        if let Some(shipper) = self.loki {
+            shipper.shutdown().await;
         }
     }
 }
@@ -52,22 +49,25 @@ pub fn init(config: &Config, default_filter: &str) -> anyhow::Result<Telemetry> 
     let loki = match &config.loki_url {
         None => None,
         Some(url) => {
-            let url = url::Url::parse(url.expose()).context("LOKI_URL is not a valid URL")?;
-            let (layer, controller, task) = tracing_loki::builder()
-                .label("service", "refit")?
-                .label("environment", &config.environment)?
-                .extra_field("pid", std::process::id().to_string())?
-                .build_controller_url(url)
-                .context("cannot set up Loki shipping")?;
-            telemetry.loki = Some((controller, tokio::spawn(task)));
+            let settings = loki::Settings {
+                url: url.expose(),
+                environment: &config.environment,
+                queue_lines: config.loki_queue_lines,
+                timeout: config.loki_timeout,
+            };
+            let counters = loki::Counters {
+                dropped_lines: loki_dropped_lines().clone(),
+                send_errors: loki_send_errors().clone(),
+            };
+            let (layer, shipper) =
+                loki::start(&settings, counters).context("cannot set up Loki shipping")?;
+            telemetry.loki = Some(shipper);
             Some(layer.with_filter(filter()))
         }
     };
-    let losses = telemetry.loki.is_some().then_some(LokiLosses);
     let _ = tracing_subscriber::registry()
         .with(stdout)
         .with(loki)
-        .with(losses)
         .try_init();
     Ok(telemetry)
 }
@@ -75,7 +75,7 @@ pub fn init(config: &Config, default_filter: &str) -> anyhow::Result<Telemetry> 
 static LOKI_DROPPED_LINES: LazyLock<IntCounter> = LazyLock::new(|| {
     IntCounter::new(
         "refit_loki_dropped_lines_total",
-        "Log lines dropped instead of shipped to Loki after pushes kept failing",
+        "Log lines not shipped to Loki: refused by its full queue, given up after failed pushes, or left at shutdown",
     )
     .expect("valid metric")
 });
@@ -83,7 +83,7 @@ static LOKI_DROPPED_LINES: LazyLock<IntCounter> = LazyLock::new(|| {
 static LOKI_SEND_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
     IntCounter::new(
         "refit_loki_send_errors_total",
-        "Failed pushes of log lines to Loki (each is retried with back-off)",
+        "Failed pushes of log lines to Loki (timed out, refused or answered with an error)",
     )
     .expect("valid metric")
 });
@@ -96,45 +96,6 @@ pub(crate) fn loki_dropped_lines() -> &'static IntCounter {
 /// `refit_loki_send_errors_total`, for this process.
 pub(crate) fn loki_send_errors() -> &'static IntCounter {
     &LOKI_SEND_ERRORS
-}
-
-/// Counts what tracing-loki reports losing (see the module docs).
-struct LokiLosses;
-
-impl<S: tracing::Subscriber> Layer<S> for LokiLosses {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        if !event.metadata().target().starts_with("tracing_loki") {
-            return;
-        }
-        let mut report = LossReport::default();
-        event.record(&mut report);
-        if let Some(n) = report.num_dropped {
-            loki_dropped_lines().inc_by(n);
-        } else if report.error_count {
-            loki_send_errors().inc();
-        }
-    }
-}
-
-/// The fields of a tracing-loki report that tell a loss.
-#[derive(Default)]
-struct LossReport {
-    num_dropped: Option<u64>,
-    error_count: bool,
-}
-
-impl Visit for LossReport {
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.record_i64(field, value.try_into().unwrap_or(i64::MAX));
-    }
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        match field.name() {
-            "num_dropped" => self.num_dropped = Some(value.max(0) as u64),
-            "error_count" => self.error_count = true,
-            _ => {}
-        }
-    }
-    fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
 }
 
 /// Stdout logging only (tests and commands that need no Loki).
@@ -157,25 +118,5 @@ where
             .flatten_event(true)
             .with_current_span(false)
             .boxed(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tracing_lokis_reports_of_losses_are_counted() {
-        let subscriber = tracing_subscriber::registry().with(LokiLosses);
-        let (dropped, errors) = (loki_dropped_lines().get(), loki_send_errors().get());
-        tracing::subscriber::with_default(subscriber, || {
-            // What tracing-loki logs (its target is its crate name).
-            tracing::error!(target: "tracing_loki", error_count = 3u32, error = "refused", "couldn't send logs to loki");
-            tracing::error!(target: "tracing_loki", num_dropped = 7usize, "dropped outstanding messages due to sending errors");
-            // Anything else is not a loss.
-            tracing::error!(num_dropped = 100usize, error_count = 1u32, "unrelated");
-        });
-        assert_eq!(loki_dropped_lines().get(), dropped + 7);
-        assert_eq!(loki_send_errors().get(), errors + 1);
     }
 }

@@ -174,6 +174,9 @@ pub struct StepInput<'a> {
     pub batch: &'a Batch,
     /// Actuals that serving versions trained on, oldest first (the gate's and a rebuild's window).
     pub recent: &'a Batch,
+    /// The actuals the rejected version trained on, oldest first: they join `recent` when it is
+    /// reinstated.
+    pub rejected_rows: &'a Batch,
     /// Live MAEs of the user's recent versions, newest first.
     pub live_history: &'a [f64],
     /// Return a copy of the new model to keep in memory ([`Trained::booster`]).
@@ -199,12 +202,29 @@ pub struct StepResult {
     /// Rows the new version was trained on in this step.
     pub rows_trained: usize,
     pub rounds: i32,
+    /// CPU time the step took on its thread (XGBoost runs there with `nthread` 1; more threads'
+    /// work is not counted).
+    pub cpu: Duration,
+}
+
+/// The calling thread's CPU time so far.
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// Runs one step of the retraining policy (see [`step`]) and measures its thread's CPU time.
+pub fn run_step(input: StepInput<'_>) -> Result<StepResult, TrainError> {
+    let started = thread_cpu();
+    let mut result = step(input)?;
+    result.cpu = thread_cpu().saturating_sub(started);
+    Ok(result)
 }
 
 /// Runs one step of the retraining policy: picks the base model (reinstating a rejected
 /// version that predicts the batch better), continues it on the batch, lets the gate judge the
 /// candidate, and, when the policy says so and the gate agrees, rebuilds from the window instead.
-pub fn run_step(input: StepInput<'_>) -> Result<StepResult, TrainError> {
+fn step(input: StepInput<'_>) -> Result<StepResult, TrainError> {
     let StepInput {
         policy,
         active,
@@ -213,6 +233,7 @@ pub fn run_step(input: StepInput<'_>) -> Result<StepResult, TrainError> {
         nthread,
         batch,
         recent,
+        rejected_rows,
         live_history,
         keep_model,
     } = input;
@@ -238,7 +259,20 @@ pub fn run_step(input: StepInput<'_>) -> Result<StepResult, TrainError> {
     let load_time = started.elapsed();
 
     let lineage = base.as_ref().map(|(_, l)| *l).unwrap_or_default();
-    let planned = policy.plan(lineage);
+    let (planned, with_rejected);
+    let recent = match reinstated {
+        false => {
+            planned = policy.plan(lineage);
+            recent
+        }
+        true => {
+            planned = policy::after_reinstatement(policy.plan(lineage));
+            let mut rows = recent.clone();
+            rows.extend(rejected_rows.clone());
+            with_rejected = rows;
+            &with_rejected
+        }
+    };
     let (Some((mut booster, _)), Some(base_live)) = (base, base_live) else {
         let started = Instant::now();
         let (booster, rows) = rebuild(recent, batch, policy, params, nthread)?;
@@ -254,6 +288,7 @@ pub fn run_step(input: StepInput<'_>) -> Result<StepResult, TrainError> {
             typical_live: None,
             rows_trained: rows,
             rounds: policy.rebuild_rounds,
+            cpu: Duration::ZERO,
         });
     };
 
@@ -290,6 +325,7 @@ pub fn run_step(input: StepInput<'_>) -> Result<StepResult, TrainError> {
         live: base_live,
         live_history: live_history.to_vec(),
         window,
+        confirmed_change: reinstated,
     });
     let mut rows_trained = batch.rows();
     if verdict.accepted() && matches!(planned, Step::Rebuild { .. }) {
@@ -309,6 +345,7 @@ pub fn run_step(input: StepInput<'_>) -> Result<StepResult, TrainError> {
         typical_live: policy::typical_live(live_history),
         rows_trained,
         rounds,
+        cpu: Duration::ZERO,
     })
 }
 

@@ -156,6 +156,36 @@ async fn real_change_is_rejected_once_then_reinstated_by_the_next_batch() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reinstatement_rebuilds_at_once_on_the_window_with_the_changed_batch() {
+    let env = TestEnv::new().await;
+    let service = env.service(&DEFAULT_POLICY).await;
+    // v1 fresh, v2–v4 continue, v5 the scheduled rebuild: v6 would be a continue step.
+    clean_history(&env, &service, "rer", 5).await;
+    assert_eq!(metrics(&env, "rer", 5).await["policy"]["step"], "rebuild");
+    for k in 5..7 {
+        insert_batch(&env, "rer", k, |_, y| y * 2.0 + 40.0).await;
+    }
+    let first = service.retrainer.retrain_user("rer", 100).await.unwrap();
+    assert!(
+        matches!(first, Outcome::Rejected { version: 6, .. }),
+        "{first:?}"
+    );
+    // The change is confirmed: the new version serves although its base's live error is far
+    // above the level before the change.
+    let second = service.retrainer.retrain_user("rer", 50).await.unwrap();
+    assert!(
+        matches!(second, Outcome::Trained { version: 7, .. }),
+        "{second:?}"
+    );
+    let policy = &metrics(&env, "rer", 7).await["policy"];
+    assert_eq!(policy["reinstated"], 6);
+    // The confirmed change is learnt at once: a rebuild, not the planned continue step, on every
+    // row so far — the five clean batches, the reinstated batch and the new one.
+    assert_eq!(policy["step"], "rebuild", "{policy}");
+    assert_eq!(policy["rows_trained"], 7 * 50, "{policy}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_version_records_its_step_and_the_live_error_it_faced() {
     let env = TestEnv::new().await;
     let service = env

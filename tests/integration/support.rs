@@ -22,9 +22,9 @@ pub const DEFAULT_POLICY: [(&str, &str); 9] = [
     ("REFIT_CONTINUE_ETA", "0.1"),
     ("REFIT_REBUILD_EVERY", "4"),
     ("REFIT_REFIT_WINDOW", "4000"),
-    ("REFIT_COMPACTION_ROUNDS", "50"),
-    ("REFIT_REBUILD_ETA", "0.2"),
-    ("REFIT_RECENCY_HALF_LIFE", "1000"),
+    ("REFIT_COMPACTION_ROUNDS", "35"),
+    ("REFIT_REBUILD_ETA", "0.3"),
+    ("REFIT_RECENCY_HALF_LIFE", "2000"),
     ("REFIT_MAX_TREES", "150"),
 ];
 

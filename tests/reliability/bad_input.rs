@@ -372,6 +372,8 @@ fn configuration_out_of_range_stops_startup_naming_the_setting() {
         ("REFIT_RETRAIN_TIMEOUT_SECS", 0, 86_400),
         ("REFIT_HTTP_DB_POOL_SIZE", 1, 100),
         ("REFIT_IMPORT_MAX_BYTES", 1024, 1 << 30),
+        ("REFIT_LOKI_QUEUE_LINES", 10, 1_000_000),
+        ("REFIT_LOKI_TIMEOUT_SECS", 1, 300),
     ];
     let mut cases: Vec<(&str, String)> = Vec::new();
     for (name, min, max) in integers {

@@ -852,3 +852,141 @@ async fn keda_scales_on_due_users_not_on_pending_rows() {
         assert_eq!(value, 3, "{path}: three users are due");
     }
 }
+
+/// Lines a refit process offers to Loki: its JSON log lines but the shipper's own and those of
+/// its HTTP client (which it keeps off Loki), as its stdout shows them.
+fn lines_for_loki(refit: &Refit) -> u64 {
+    const NOT_SHIPPED: [&str; 3] = ["refit::telemetry::loki", "reqwest", "hyper_util::client"];
+    refit.count_matching(|l| {
+        l.starts_with('{')
+            && !NOT_SHIPPED
+                .iter()
+                .any(|t| l.contains(&format!("\"target\":\"{t}")))
+    }) as u64
+}
+
+/// `name value` of a Prometheus exposition (a series without labels).
+async fn scrape(http: &str, name: &str) -> u64 {
+    let text = reqwest::get(format!("http://{http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics")) as u64
+}
+
+/// Inserts 50 actuals for each of `users` users (the same users every round; ids of 1,000 bytes,
+/// the longest that trains, so each log line of their retrains is long) and waits until refit
+/// has trained round `round` of every user.
+async fn retrain_round(env: &TestEnv, users: i64, round: i64) {
+    sqlx::query(
+        "WITH r AS (INSERT INTO prediction_requests (request_id, user_id, features)
+                    SELECT gen_random_uuid(), rpad('loki-', 996, '-') || lpad((g % $1)::text, 4, '0'),
+                           jsonb_build_object('hour', g % 24, 'temperature', g % 31)
+                      FROM generate_series(0, $1 * 50 - 1) g RETURNING request_id, features)
+         INSERT INTO actual_rentals (request_id, actual_value)
+         SELECT request_id, (features->>'hour')::float * 2 + 10 FROM r",
+    )
+    .bind(users)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(300),
+        "every user's batch trained",
+        || async {
+            env.count("SELECT count(*) FROM refit_model_versions WHERE status = 'ready'")
+                .await
+                == users * round
+        },
+    )
+    .await;
+}
+
+/// Defect 3: tracing-loki kept every line in an unbounded queue while a push was in flight, and
+/// its pushes had no timeout: a Loki that accepts and never answers made refit's memory grow
+/// with every line logged, and nothing was counted as lost. Refit's own shipper holds at most
+/// `REFIT_LOKI_QUEUE_LINES` lines and one batch, times each push out, and counts what it drops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_loki_costs_bounded_memory_and_the_lines_it_misses_are_counted() {
+    const QUEUE: u64 = 1000;
+    const USERS: i64 = 250;
+    const WARM_ROUNDS: i64 = 2;
+    const ROUNDS: i64 = 7;
+    let env = TestEnv::new().await;
+    env.service(&[]).await; // the topic
+    let hole = Blackhole::new();
+    let loki = format!("http://127.0.0.1:{}", hole.port);
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut refit = Refit::spawn(&env.vars(&[
+        ("LOKI_URL", &loki),
+        ("REFIT_HTTP_ADDR", &http),
+        // Debug lines too: more lines per retrain.
+        ("RUST_LOG", "debug"),
+        ("REFIT_LOKI_QUEUE_LINES", &QUEUE.to_string()),
+        ("REFIT_LOKI_TIMEOUT_SECS", "2"),
+        // No model cache: memory that grows is the log queue's, not the cache filling up.
+        ("REFIT_MODEL_CACHE_MB", "0"),
+    ]));
+    refit.wait_for_line("refit starting", WAIT).await;
+    // Warm-up: pools, buffers, per-user state and allocator arenas reach their working size.
+    for round in 1..=WARM_ROUNDS {
+        retrain_round(&env, USERS, round).await;
+    }
+    let (rss_warm, lines_warm) = (refit.rss_kib(), lines_for_loki(&refit));
+    let started = Instant::now();
+    for round in WARM_ROUNDS + 1..=ROUNDS {
+        retrain_round(&env, USERS, round).await;
+    }
+    let took = started.elapsed();
+    let (rss_loaded, offered) = (refit.rss_kib(), lines_for_loki(&refit));
+    let dropped = scrape(&http, "refit_loki_dropped_lines_total").await;
+    let errors = scrape(&http, "refit_loki_send_errors_total").await;
+    let grown_kib = rss_loaded.saturating_sub(rss_warm);
+    println!(
+        "{} retrains in {took:?}; {} lines offered to Loki during them, {offered} in all; \
+         RSS {rss_warm} KiB after warm-up, {rss_loaded} KiB after (+{grown_kib} KiB); \
+         dropped {dropped}, failed pushes {errors}",
+        USERS * (ROUNDS - WARM_ROUNDS),
+        offered - lines_warm
+    );
+    assert!(
+        offered - lines_warm > 5 * QUEUE,
+        "too few lines to tell: {}",
+        offered - lines_warm
+    );
+    // Held in memory: at most the queue and one batch (of at most as many lines).
+    assert!(
+        offered.saturating_sub(dropped) <= 2 * QUEUE,
+        "{offered} lines offered to a hung Loki, {dropped} counted as dropped"
+    );
+    eventually(WAIT, "no more lines dropped than logged", || async {
+        lines_for_loki(&refit) >= dropped
+    })
+    .await;
+    assert!(
+        errors >= 1,
+        "pushes to a hung Loki time out and are counted"
+    );
+    // The queue and a batch of these lines take about 4 MiB; tracing-loki grew by 26 MiB here.
+    assert!(
+        grown_kib < 8 * 1024,
+        "RSS grew by {grown_kib} KiB while {} lines were logged",
+        offered - lines_warm
+    );
+    settled(&env, 50, WAIT).await;
+    let counts = verify(&env, &brokers(), 50, "loki_hung_bounded").await;
+    assert_eq!(counts.trained, USERS * ROUNDS * 50);
+    refit.signal("TERM");
+    let stopping = Instant::now();
+    assert!(refit.wait_exit(WAIT).await.success());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(10),
+        "shutdown waits at most the push timeout for Loki: {:?}",
+        stopping.elapsed()
+    );
+}

@@ -393,12 +393,28 @@ impl Refit {
         self.lines.lock().unwrap().clone()
     }
 
+    /// The process's resident memory (`VmRSS` of /proc/<pid>/status), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the process is running");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
     pub fn count(&self, needle: &str) -> usize {
+        self.count_matching(|l| l.contains(needle))
+    }
+
+    /// Lines for which `matches` holds.
+    pub fn count_matching(&self, matches: impl Fn(&str) -> bool) -> usize {
         self.lines
             .lock()
             .unwrap()
             .iter()
-            .filter(|l| l.contains(needle))
+            .filter(|l| matches(l))
             .count()
     }
 
