@@ -113,6 +113,13 @@ fn statements() -> Vec<Statement> {
         statement("retrain: recent actuals", DB_RS, "recent_actuals", 0, |q| {
             q.bind(USER).bind(4000_i64)
         }),
+        statement(
+            "retrain: a rejected version's actuals",
+            DB_RS,
+            "actuals_of_version",
+            0,
+            |q| q.bind(USER).bind(99_i32),
+        ),
         statement("retrain: live history", DB_RS, "live_history", 0, |q| {
             q.bind(USER).bind(20_i64).bind("rmse")
         }),
