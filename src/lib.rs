@@ -18,23 +18,24 @@
 //! - [`serving`]: the serving reference, `refit predict`, reading through the Redis cache;
 //! - [`demo`]: generated rental data for `refit demo`.
 #![deny(unsafe_code)]
+#![warn(unreachable_pub)]
 
 pub mod audit;
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod db;
-pub mod demo;
+mod demo;
 pub mod erasure;
 pub mod events;
-pub mod faults;
+mod faults;
 pub mod features;
-pub mod http;
+mod http;
 pub mod metadata;
-pub mod metrics;
-pub mod model_cache;
-pub mod model_check;
-pub mod outbox;
+mod metrics;
+mod model_cache;
+mod model_check;
+mod outbox;
 pub mod policy;
 pub mod registry;
 pub mod retention;
@@ -43,4 +44,4 @@ pub mod service;
 pub mod serving;
 pub mod telemetry;
 pub mod trainer;
-pub mod xgboost;
+mod xgboost;

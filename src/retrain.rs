@@ -67,7 +67,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Whether another batch may be waiting right behind this one.
-    pub fn consumed_rows(&self) -> bool {
+    pub(crate) fn consumed_rows(&self) -> bool {
         matches!(
             self,
             Outcome::Trained { .. } | Outcome::Rejected { .. } | Outcome::AllSetAside { .. }
@@ -88,7 +88,7 @@ pub struct Retrainer {
 }
 
 impl Retrainer {
-    pub fn new(
+    pub(crate) fn new(
         pool: PgPool,
         config: Arc<Config>,
         metrics: Arc<Metrics>,
@@ -104,17 +104,17 @@ impl Retrainer {
     }
 
     /// Actuals consumed per retrain.
-    pub fn threshold(&self) -> i64 {
+    pub(crate) fn threshold(&self) -> i64 {
         self.config.retrain_threshold
     }
 
     /// Waits for every fast-path delivery started so far (before shutdown).
-    pub async fn drain_deliveries(&self) {
+    pub(crate) async fn drain_deliveries(&self) {
         self.outbox.drain().await;
     }
 
     /// The models kept loaded between retrains.
-    pub fn model_cache(&self) -> &ModelCache {
+    pub(crate) fn model_cache(&self) -> &ModelCache {
         &self.models
     }
 
@@ -133,7 +133,11 @@ impl Retrainer {
     /// error — at read, at commit, or the deadline passed (the retrain's transaction is dropped,
     /// so it rolls back and releases the user's row lock) — backs the user off exponentially, as
     /// a failed training does, instead of retrying it at every poll.
-    pub async fn retrain_bounded(&self, user_id: &str, pending: i64) -> anyhow::Result<Outcome> {
+    pub(crate) async fn retrain_bounded(
+        &self,
+        user_id: &str,
+        pending: i64,
+    ) -> anyhow::Result<Outcome> {
         let attempt = self.retrain_user(user_id, pending);
         let result = match self.config.retrain_timeout {
             None => attempt.await,
