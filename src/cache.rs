@@ -140,11 +140,4 @@ impl Cache {
             .await?;
         Ok(())
     }
-
-    /// `PING`, for readiness reporting.
-    pub(crate) async fn ping(&self) -> anyhow::Result<()> {
-        let mut conn = self.connection().await?;
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
-        Ok(())
-    }
 }

@@ -311,7 +311,7 @@ pub(crate) enum Compaction {
 
 /// How log lines are written to stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }

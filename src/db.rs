@@ -21,7 +21,8 @@ use uuid::Uuid;
 use crate::config::{Secret, SessionLimits};
 use crate::features::{ActualRow, SetAside};
 
-/// The channel the actual-insert trigger notifies, with the user id as payload.
+/// The channel the actual-insert trigger notifies, once per user and statement, with the payload
+/// `<count>:<first actual id>:<user id>` (`n:first:user`; see `service::Arrival::parse`).
 pub(crate) const ACTUALS_CHANNEL: &str = "refit_actuals";
 
 /// The migrations in `migrations/`, embedded in the binary.
@@ -674,8 +675,6 @@ pub(crate) async fn consume(
 pub(crate) struct CommittedRetrain {
     /// The new version row's identity (see [`ModelHead::active_row`]).
     pub(crate) version_row: i64,
-    /// The outbox entries, in the order given.
-    pub(crate) outbox_ids: Vec<i64>,
 }
 
 /// The whole write of a successful (or rejected) retrain in one statement: the new version, the
@@ -714,11 +713,8 @@ pub(crate) async fn commit_retrain(
              SELECT $22, $1, kind, payload
                FROM unnest($23::text[], $24::jsonb[]) WITH ORDINALITY AS t(kind, payload, n)
               ORDER BY n
-             RETURNING id
          )
-         SELECT (SELECT row FROM version),
-                (SELECT count(*) FROM removed),
-                coalesce((SELECT array_agg(id ORDER BY id) FROM outbox), '{}')",
+         SELECT (SELECT row FROM version), (SELECT count(*) FROM removed)",
     );
     let row = v
         .bind(query)
@@ -735,7 +731,6 @@ pub(crate) async fn commit_retrain(
     consumed.check(v.user_id, row.get(1))?;
     Ok(CommittedRetrain {
         version_row: row.get(0),
-        outbox_ids: row.get(2),
     })
 }
 
@@ -853,7 +848,6 @@ pub(crate) struct OutboxEntry {
     pub(crate) payload: Value,
     pub(crate) attempts: i32,
     pub(crate) due: bool,
-    pub(crate) created_at: DateTime<Utc>,
     /// An announcement whose version's invalidation is not done yet.
     pub(crate) waiting: bool,
 }
@@ -883,7 +877,6 @@ pub(crate) async fn lock_outboxes(
     }
     let entries = sqlx::query(
         "SELECT o.id, o.event_id, o.user_id, o.kind, o.payload, o.attempts, o.next_attempt_at <= now(),
-                o.created_at,
                 EXISTS (SELECT 1 FROM refit_outbox i
                          WHERE i.user_id = o.user_id AND i.event_id = o.event_id
                            AND i.kind = 'invalidate' AND i.done_at IS NULL
@@ -906,8 +899,7 @@ pub(crate) async fn lock_outboxes(
             payload: row.get(4),
             attempts: row.get(5),
             due: row.get(6),
-            created_at: row.get(7),
-            waiting: row.get(8),
+            waiting: row.get(7),
         })
     })
     .collect();

@@ -40,10 +40,6 @@ impl RentalGenerator {
         }
     }
 
-    pub(crate) fn stations(&self) -> &[String] {
-        &self.stations
-    }
-
     /// The next request of a random station.
     pub(crate) fn next_rental(&mut self) -> Rental {
         self.hour += 0.05;

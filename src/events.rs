@@ -70,7 +70,8 @@ pub struct RetrainEvent {
     /// Rows set aside as unusable (see the `reason`s in `refit_consumed_actuals`).
     pub rows_rejected: i64,
     pub trees: Option<i64>,
-    /// Milliseconds per step: detect, read, train (load, boost, save), commit, invalidate.
+    /// Milliseconds per step: read, train, commit, invalidate, and `train_cpu` (the train step's
+    /// CPU time on its thread); empty for activations.
     pub timings_ms: serde_json::Map<String, serde_json::Value>,
     /// The validation gate's evidence (docs/model-retrained.schema.json).
     #[serde(default, skip_serializing_if = "Option::is_none")]

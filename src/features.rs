@@ -104,6 +104,7 @@ impl Batch {
 
     /// Splits off the last `n` rows (the newest actuals) as a held-out set; set-aside rows stay
     /// with the first part.
+    #[cfg(test)]
     pub(crate) fn split_last(mut self, n: usize) -> (Batch, Batch) {
         let n = n.min(self.rows());
         let keep = self.rows() - n;

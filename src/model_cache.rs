@@ -39,7 +39,8 @@ struct Entry {
     used: u64,
 }
 
-/// What the cache holds (for metrics and tests).
+/// What the cache holds (for the tests).
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Usage {
     pub(crate) models: usize,
@@ -104,6 +105,7 @@ impl ModelCache {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn usage(&self) -> Usage {
         let inner = self.inner.lock().expect("not poisoned");
         Usage {

@@ -1,6 +1,7 @@
-//! One retrain of one user: detect → read → train → validate → commit, then the outbox
-//! (invalidate, announce). [`Retrainer::retrain_user`] is the whole unit of work and returns what
-//! it did, so tests can drive it deterministically and the service loop can schedule it.
+//! One retrain of one user the scheduler ([`crate::service`]) found due: read → train → validate
+//! → commit, then the outbox (invalidate, announce). [`Retrainer::retrain_user`] is the whole
+//! unit of work and returns what it did, so tests can drive it deterministically and the service
+//! loop can schedule it.
 //!
 //! The read, the training and the commit happen inside one transaction that holds the user's
 //! registry row lock: a crash anywhere before the commit rolls everything back and the actuals
@@ -111,11 +112,6 @@ impl Retrainer {
     /// Waits for every fast-path delivery started so far (before shutdown).
     pub(crate) async fn drain_deliveries(&self) {
         self.outbox.drain().await;
-    }
-
-    /// The models kept loaded between retrains.
-    pub(crate) fn model_cache(&self) -> &ModelCache {
-        &self.models
     }
 
     /// Whether `rows` pending actuals, the oldest pending since `oldest`, are due by staleness.

@@ -61,7 +61,6 @@ pub struct Service {
     /// connections retrains need.
     pub(crate) http_pool: PgPool,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) cache: Arc<Cache>,
     pub(crate) events: Arc<Events>,
     pub(crate) outbox: Arc<Outbox>,
     pub retrainer: Arc<Retrainer>,
@@ -93,7 +92,7 @@ impl Service {
         let events = Arc::new(Events::new(&config)?);
         let outbox = Arc::new(Outbox::new(
             pool.clone(),
-            cache.clone(),
+            cache,
             events.clone(),
             metrics.clone(),
             config.outbox_retry_max,
@@ -122,7 +121,6 @@ impl Service {
             pool,
             http_pool,
             metrics,
-            cache,
             events,
             outbox,
             retrainer,
@@ -315,7 +313,8 @@ pub(crate) enum Arrival {
 
 impl Arrival {
     /// Reads a notification of the insert trigger: `<count>:<first actual id>:<user id>`, or an
-    /// empty payload (a user id too long to notify).
+    /// empty payload (what the trigger sent for a user id too long to notify before migration
+    /// 20261201000008, which sets such actuals aside instead).
     pub(crate) fn parse(payload: &str) -> Self {
         if payload.is_empty() {
             return Arrival::Rescan;

@@ -137,15 +137,6 @@ impl Visit for LossReport {
     fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
 }
 
-/// Stdout logging only (tests and commands that need no Loki).
-pub fn init_stdout(format: LogFormat, default_filter: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let _ = tracing_subscriber::registry()
-        .with(stdout_layer(format).with_filter(filter))
-        .try_init();
-}
-
 fn stdout_layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,

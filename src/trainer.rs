@@ -552,6 +552,7 @@ pub(crate) fn inspect_as_ubjson(artifact: &[u8]) -> Result<(ModelInfo, Vec<u8>),
 }
 
 /// The feature names stored inside a model file, if it has them.
+#[cfg(test)]
 pub(crate) fn artifact_features(artifact: &[u8]) -> Result<Vec<String>, TrainError> {
     let booster = Booster::load(artifact, &[]).map_err(TrainError::CorruptArtifact)?;
     Ok(booster.feature_names()?)

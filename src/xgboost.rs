@@ -219,6 +219,7 @@ impl Booster {
     }
 
     /// The model as JSON, the format `Booster.save_model("m.json")` writes.
+    #[cfg(test)]
     pub(crate) fn save_json(&self) -> Result<Vec<u8>> {
         self.save(r#"{"format": "json"}"#)
     }

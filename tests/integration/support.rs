@@ -49,10 +49,16 @@ pub fn brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
 }
 
-/// Logs of the code under test are silent unless `TEST_LOG` is set.
+/// Logs of the code under test are silent unless `TEST_LOG` is set (then text on stdout, as
+/// `REFIT_LOG_FORMAT=text` logs; `RUST_LOG` filters).
 pub fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
-        refit::telemetry::init_stdout(refit::config::LogFormat::Text, "info,sqlx=warn");
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_target(false)
+            .try_init();
     }
 }
 
