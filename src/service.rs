@@ -132,7 +132,7 @@ impl Service {
         self.metrics.render()
     }
 
-    /// Whether the last attempt to publish to Kafka succeeded (as `/readyz` reports it).
+    /// Whether the outbox's last announcements reached Kafka (what `/readyz` reports).
     pub fn kafka_healthy(&self) -> bool {
         self.outbox.kafka_healthy()
     }
