@@ -19,7 +19,7 @@ pub enum Interface {
 }
 
 impl Interface {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Interface::Cli => "cli",
             Interface::Http => "http",
@@ -29,26 +29,26 @@ impl Interface {
 
 /// One registry write, as recorded.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct AuditEntry {
-    pub id: i64,
+pub(crate) struct AuditEntry {
+    pub(crate) id: i64,
     /// `None` on the record an erasure leaves.
-    pub user_id: Option<String>,
-    pub interface: String,
-    pub action: String,
+    pub(crate) user_id: Option<String>,
+    pub(crate) interface: String,
+    pub(crate) action: String,
     /// Which version or alias was written (`{}` for the model as a whole).
-    pub target: Value,
-    pub old: Option<Value>,
-    pub new: Option<Value>,
-    pub at: DateTime<Utc>,
+    pub(crate) target: Value,
+    pub(crate) old: Option<Value>,
+    pub(crate) new: Option<Value>,
+    pub(crate) at: DateTime<Utc>,
 }
 
 /// A write to record: `action` on `target` of `user`, from `old` to `new`.
 pub(crate) struct Write<'a> {
-    pub user: &'a str,
-    pub action: &'a str,
-    pub target: Value,
-    pub old: Option<Value>,
-    pub new: Option<Value>,
+    pub(crate) user: &'a str,
+    pub(crate) action: &'a str,
+    pub(crate) target: Value,
+    pub(crate) old: Option<Value>,
+    pub(crate) new: Option<Value>,
 }
 
 /// Records one write (in the caller's transaction).
@@ -94,7 +94,11 @@ pub(crate) async fn record_erasure(
 }
 
 /// The user's registry writes, newest first (an erasure's record included).
-pub async fn history(pool: &PgPool, user: &str, limit: i64) -> sqlx::Result<Vec<AuditEntry>> {
+pub(crate) async fn history(
+    pool: &PgPool,
+    user: &str,
+    limit: i64,
+) -> sqlx::Result<Vec<AuditEntry>> {
     sqlx::query(
         "SELECT id, user_id, interface, action, target, old_value, new_value, at
            FROM refit_audit

@@ -15,10 +15,10 @@ use crate::config::Secret;
 
 /// A model as the serving cache holds it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CachedModel {
-    pub version: i32,
-    pub features: Vec<String>,
-    pub artifact: Vec<u8>,
+pub(crate) struct CachedModel {
+    pub(crate) version: i32,
+    pub(crate) features: Vec<String>,
+    pub(crate) artifact: Vec<u8>,
 }
 
 /// Deletes serving-cache keys.
@@ -41,7 +41,7 @@ impl Cache {
     }
 
     /// The cache key serving uses for this user's model.
-    pub fn key(&self, user_id: &str) -> String {
+    pub(crate) fn key(&self, user_id: &str) -> String {
         format!("{}{}", self.prefix, user_id)
     }
 
@@ -62,7 +62,7 @@ impl Cache {
     }
 
     /// `DEL <prefix><user_id>`; returns the key. Whether the key existed does not matter.
-    pub async fn invalidate(&self, user_id: &str) -> anyhow::Result<String> {
+    pub(crate) async fn invalidate(&self, user_id: &str) -> anyhow::Result<String> {
         let key = self.key(user_id);
         let mut conn = self.connection().await?;
         let _: i64 = redis::cmd("DEL")
@@ -74,7 +74,7 @@ impl Cache {
     }
 
     /// `DEL` of several users' keys in one pipeline (one round trip); returns the keys.
-    pub async fn invalidate_many(&self, user_ids: &[&str]) -> anyhow::Result<Vec<String>> {
+    pub(crate) async fn invalidate_many(&self, user_ids: &[&str]) -> anyhow::Result<Vec<String>> {
         let keys: Vec<String> = user_ids.iter().map(|u| self.key(u)).collect();
         let mut conn = self.connection().await?;
         let mut pipe = redis::pipe();
@@ -89,7 +89,7 @@ impl Cache {
 
     /// The cached model entry of a user, if any: a hash of `version`, `features` (JSON) and
     /// `artifact` (UBJSON), the layout serving and `refit predict` share.
-    pub async fn get_model(&self, user_id: &str) -> anyhow::Result<Option<CachedModel>> {
+    pub(crate) async fn get_model(&self, user_id: &str) -> anyhow::Result<Option<CachedModel>> {
         let mut conn = self.connection().await?;
         let (version, features, artifact): (Option<i32>, Option<String>, Option<Vec<u8>>) =
             redis::cmd("HMGET")
@@ -110,7 +110,7 @@ impl Cache {
     }
 
     /// Stores a model entry with a TTL.
-    pub async fn put_model(
+    pub(crate) async fn put_model(
         &self,
         user_id: &str,
         model: &CachedModel,
@@ -138,13 +138,6 @@ impl Cache {
             .ignore()
             .query_async::<()>(&mut conn)
             .await?;
-        Ok(())
-    }
-
-    /// `PING`, for readiness reporting.
-    pub async fn ping(&self) -> anyhow::Result<()> {
-        let mut conn = self.connection().await?;
-        let _: String = redis::cmd("PING").query_async(&mut conn).await?;
         Ok(())
     }
 }

@@ -411,7 +411,7 @@ pub async fn demo(config: Config, stations: usize, rate: u32, seconds: u64) -> a
     .await?;
     db::migrate(&pool).await?;
     let service = service::Service::build(config.clone()).await?;
-    service.events.ensure_topic().await?;
+    service.ensure_topic().await?;
     println!(
         "refit demo: {stations} stations, {rate} actuals/s, retrain every {} actuals ({} rounds each, \
          a rebuild every {}); topic {} on {}",

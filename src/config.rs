@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::retention::Retention;
 
-pub use crate::policy::{Gate, Policy};
+pub(crate) use crate::policy::{Gate, Policy};
 
 /// A value that must never reach a log: `Debug` and `Display` print a redacted form.
 #[derive(Clone, PartialEq, Eq)]
@@ -24,7 +24,7 @@ impl Secret {
         Secret(value.into())
     }
     /// The secret itself, for handing to a client library. Never log the result.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -43,7 +43,7 @@ impl fmt::Display for Secret {
 
 /// `scheme://user:password@host/db?sslpassword=x` → `scheme://user:***@host/db?…`.
 /// Anything that is not a URL is fully redacted.
-pub fn redact_url(value: &str) -> String {
+pub(crate) fn redact_url(value: &str) -> String {
     let Some((scheme, rest)) = value.split_once("://") else {
         return "***".to_owned();
     };
@@ -201,7 +201,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
 ];
 
 /// The XGBoost parameters a new model starts with, unless REFIT_XGB_PARAMS overrides them.
-pub const DEFAULT_XGB_PARAMS: &str = r#"{"objective": "reg:squarederror", "tree_method": "hist", "max_depth": 6, "eta": 0.1, "seed": 0}"#;
+pub(crate) const DEFAULT_XGB_PARAMS: &str = r#"{"objective": "reg:squarederror", "tree_method": "hist", "max_depth": 6, "eta": 0.1, "seed": 0}"#;
 
 /// The validated configuration of one refit process.
 #[derive(Debug, Clone)]
@@ -209,70 +209,70 @@ pub struct Config {
     /// PostgreSQL holding the upstream tables and refit's registry.
     pub database_url: Secret,
     /// Redis holding the serving cache.
-    pub redis_url: Secret,
+    pub(crate) redis_url: Secret,
     /// Kafka bootstrap servers.
-    pub kafka_brokers: String,
+    pub(crate) kafka_brokers: String,
     /// Extra librdkafka properties (security.protocol, sasl.*, ssl.*), may hold secrets.
-    pub kafka_properties: Vec<(String, Secret)>,
+    pub(crate) kafka_properties: Vec<(String, Secret)>,
     /// Topic the retrain events go to.
-    pub topic: String,
+    pub(crate) topic: String,
     /// Partitions and replication used only when refit creates the topic.
-    pub topic_partitions: i32,
-    pub topic_replication: i32,
+    pub(crate) topic_partitions: i32,
+    pub(crate) topic_replication: i32,
     /// Pending actuals that make a user due; each retrain consumes exactly this many.
-    pub retrain_threshold: i64,
+    pub(crate) retrain_threshold: i64,
     /// Retrain a user below the threshold once its oldest pending actual is this old.
-    pub max_staleness: Option<Duration>,
+    pub(crate) max_staleness: Option<Duration>,
     /// Fewest pending actuals a staleness retrain trains on.
-    pub stale_min_rows: i64,
+    pub(crate) stale_min_rows: i64,
     /// The safety-net poll interval (LISTEN/NOTIFY wakes the loop sooner).
-    pub poll_interval: Duration,
+    pub(crate) poll_interval: Duration,
     /// Retrains running at once in this process.
-    pub max_concurrent_retrains: usize,
+    pub(crate) max_concurrent_retrains: usize,
     /// Feature order for new models; `None` takes the sorted keys of the first batch.
-    pub features: Option<Vec<String>>,
+    pub(crate) features: Option<Vec<String>>,
     /// XGBoost parameters for new models (stored with each version and re-applied on load).
     pub xgb_params: BTreeMap<String, String>,
     /// XGBoost threads per retrain: batches are small, so one thread is fastest.
-    pub xgb_nthread: u32,
+    pub(crate) xgb_nthread: u32,
     /// Serving cache key is `<prefix><user_id>`.
-    pub cache_key_prefix: String,
+    pub(crate) cache_key_prefix: String,
     /// Upper bound of the outbox retry back-off.
-    pub outbox_retry_max: Duration,
+    pub(crate) outbox_retry_max: Duration,
     /// Log format on stdout.
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
     /// Which step makes each version, and the validation gate.
-    pub policy: Policy,
+    pub(crate) policy: Policy,
     /// TTL of the cache entry the serving reference fills.
-    pub cache_ttl: Duration,
+    pub(crate) cache_ttl: Duration,
     /// How much of each user's history is kept.
     pub retention: Retention,
     /// Bytes of artifacts whose models stay loaded between a user's retrains.
-    pub model_cache_bytes: usize,
+    pub(crate) model_cache_bytes: usize,
     /// Where /healthz, /readyz and /metrics are served; `None` when REFIT_HTTP_ADDR=off.
-    pub http_addr: Option<std::net::SocketAddr>,
+    pub(crate) http_addr: Option<std::net::SocketAddr>,
     /// Grafana Loki base URL (may carry credentials); logs are shipped there when set.
-    pub loki_url: Option<Secret>,
+    pub(crate) loki_url: Option<Secret>,
     /// Log lines waiting to be pushed to Loki, at most; a full queue drops (and counts) lines.
-    pub loki_queue_lines: usize,
+    pub(crate) loki_queue_lines: usize,
     /// Deadline of one push to Loki, and of the flush at shutdown.
-    pub loki_timeout: Duration,
+    pub(crate) loki_timeout: Duration,
     /// The `environment` label of shipped logs.
-    pub environment: String,
+    pub(crate) environment: String,
     /// Bearer token for HTTP writes to the registry; writes answer 401 without it.
-    pub admin_token: Option<Secret>,
+    pub(crate) admin_token: Option<Secret>,
     /// How long the registry's audit trail keeps a write.
     pub audit_retention: Duration,
     /// Limits of every PostgreSQL session refit opens.
     pub session: SessionLimits,
     /// PostgreSQL connections of the HTTP API: its own pool, so registry reads cannot take the
     /// connections retrains need.
-    pub http_db_pool_size: u32,
+    pub(crate) http_db_pool_size: u32,
     /// Largest body `POST /models/{user}/import` accepts.
-    pub import_max_bytes: usize,
+    pub(crate) import_max_bytes: usize,
     /// Deadline of one retrain (`None`: none): past it the retrain's transaction rolls back, its
     /// row lock is released and the user backs off.
-    pub retrain_timeout: Option<Duration>,
+    pub(crate) retrain_timeout: Option<Duration>,
 }
 
 /// Limits of refit's PostgreSQL sessions, so a hung statement, an abandoned transaction or a
@@ -280,11 +280,11 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionLimits {
     /// `statement_timeout`.
-    pub statement_timeout: Option<Duration>,
+    pub(crate) statement_timeout: Option<Duration>,
     /// `idle_in_transaction_session_timeout`.
-    pub idle_in_transaction_timeout: Option<Duration>,
+    pub(crate) idle_in_transaction_timeout: Option<Duration>,
     /// `tcp_keepalives_idle` and `tcp_keepalives_interval` (3 probes), and `tcp_user_timeout`.
-    pub tcp_keepalive: Option<Duration>,
+    pub(crate) tcp_keepalive: Option<Duration>,
 }
 
 /// How the validation gate scores a version on held-out actuals (lower is better).
@@ -295,7 +295,7 @@ pub enum ValidationMetric {
 }
 
 impl Compaction {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Compaction::Refit => "refit",
             Compaction::Update => "update",
@@ -304,7 +304,7 @@ impl Compaction {
 }
 
 impl ValidationMetric {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ValidationMetric::Rmse => "rmse",
             ValidationMetric::Mae => "mae",
@@ -314,7 +314,7 @@ impl ValidationMetric {
 
 /// What happens when a retrain would pass the tree cap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compaction {
+pub(crate) enum Compaction {
     /// A fresh model trained on the most recent `refit_window` actuals.
     Refit,
     /// XGBoost's `process_type=update` with the `refresh` updater: leaves re-fitted, no new trees.
@@ -323,7 +323,7 @@ pub enum Compaction {
 
 /// How log lines are written to stdout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Text,
     Json,
 }

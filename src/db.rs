@@ -21,11 +21,12 @@ use uuid::Uuid;
 use crate::config::{Secret, SessionLimits};
 use crate::features::{ActualRow, SetAside};
 
-/// The channel the actual-insert trigger notifies, with the user id as payload.
-pub const ACTUALS_CHANNEL: &str = "refit_actuals";
+/// The channel the actual-insert trigger notifies, once per user and statement, with the payload
+/// `<count>:<first actual id>:<user id>` (`n:first:user`; see `service::Arrival::parse`).
+pub(crate) const ACTUALS_CHANNEL: &str = "refit_actuals";
 
 /// The migrations in `migrations/`, embedded in the binary.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// A pool of at most `connections` PostgreSQL sessions, each with the `limits` set.
 pub async fn connect(
@@ -37,7 +38,7 @@ pub async fn connect(
 }
 
 /// [`connect`], the sessions named `application_name` (as `pg_stat_activity` shows them).
-pub async fn connect_as(
+pub(crate) async fn connect_as(
     application_name: &str,
     url: &Secret,
     limits: &SessionLimits,
@@ -136,24 +137,24 @@ pub async fn check_migrated(pool: &PgPool) -> anyhow::Result<()> {
 
 /// A user with at least `threshold` pending actuals, or with stale ones.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DueUser {
-    pub user_id: String,
-    pub pending: i64,
+pub(crate) struct DueUser {
+    pub(crate) user_id: String,
+    pub(crate) pending: i64,
     /// Due because its oldest pending actual passed the staleness limit, not by count.
-    pub stale: bool,
+    pub(crate) stale: bool,
 }
 
 /// When users below the threshold are due anyway: their oldest pending actual is older than
 /// `after`, and they have at least `min_rows` pending actuals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Staleness {
-    pub after: Duration,
-    pub min_rows: i64,
+pub(crate) struct Staleness {
+    pub(crate) after: Duration,
+    pub(crate) min_rows: i64,
 }
 
 /// Users with `>= threshold` pending actuals, or stale ones, that are not backing off after a
 /// failure, in the order their oldest pending actual arrived.
-pub async fn due_users(
+pub(crate) async fn due_users(
     pool: &PgPool,
     threshold: i64,
     staleness: Option<Staleness>,
@@ -184,16 +185,19 @@ pub async fn due_users(
 
 /// What the scheduler knows of one user it asked about.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingCount {
-    pub user_id: String,
-    pub pending: i64,
+pub(crate) struct PendingCount {
+    pub(crate) user_id: String,
+    pub(crate) pending: i64,
     /// The user is backing off after a failed retrain.
-    pub backing_off: bool,
+    pub(crate) backing_off: bool,
 }
 
 /// Pending actuals of each of `users` (users with none are left out): an index range scan per
 /// user, for the users notifications name.
-pub async fn pending_counts(pool: &PgPool, users: &[String]) -> sqlx::Result<Vec<PendingCount>> {
+pub(crate) async fn pending_counts(
+    pool: &PgPool,
+    users: &[String],
+) -> sqlx::Result<Vec<PendingCount>> {
     sqlx::query(
         "SELECT p.user_id, count(*),
                 coalesce(bool_or(m.retry_after > now()), false)
@@ -213,7 +217,7 @@ pub async fn pending_counts(pool: &PgPool, users: &[String]) -> sqlx::Result<Vec
 }
 
 /// All pending actuals (for the gauge).
-pub async fn pending_total(pool: &PgPool) -> sqlx::Result<i64> {
+pub(crate) async fn pending_total(pool: &PgPool) -> sqlx::Result<i64> {
     sqlx::query_scalar("SELECT count(*) FROM refit_pending")
         .fetch_one(pool)
         .await
@@ -230,7 +234,7 @@ pub async fn ensure_model_row(pool: &PgPool, user_id: &str) -> sqlx::Result<()> 
 }
 
 /// Whether the user has a registry row.
-pub async fn model_row_exists(conn: &mut PgConnection, user_id: &str) -> sqlx::Result<bool> {
+pub(crate) async fn model_row_exists(conn: &mut PgConnection, user_id: &str) -> sqlx::Result<bool> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM refit_models WHERE user_id = $1)")
         .bind(user_id)
         .fetch_one(conn)
@@ -239,36 +243,39 @@ pub async fn model_row_exists(conn: &mut PgConnection, user_id: &str) -> sqlx::R
 
 /// The locked registry head of one user, with its active version.
 #[derive(Debug, Clone)]
-pub struct ModelHead {
-    pub active_version: Option<i32>,
+pub(crate) struct ModelHead {
+    pub(crate) active_version: Option<i32>,
     /// Identifies the stored row of the active version: it changes whenever the row is written,
     /// so an in-memory copy of the model is only used while this still matches.
-    pub active_row: Option<i64>,
-    pub last_version: i32,
-    pub failures: i32,
-    pub backing_off: bool,
-    pub params: Option<Value>,
-    pub features: Option<Value>,
+    pub(crate) active_row: Option<i64>,
+    pub(crate) last_version: i32,
+    pub(crate) failures: i32,
+    pub(crate) backing_off: bool,
+    pub(crate) params: Option<Value>,
+    pub(crate) features: Option<Value>,
     /// Trees of the active version.
-    pub trees: Option<i32>,
+    pub(crate) trees: Option<i32>,
     /// Accepted continue steps since the active version's last rebuild.
-    pub since_rebuild: u32,
+    pub(crate) since_rebuild: u32,
     /// The newest version, when it was rejected and made from the active one: a candidate for
     /// reinstatement.
-    pub rejected: Option<RejectedHead>,
+    pub(crate) rejected: Option<RejectedHead>,
 }
 
 /// A rejected version that may be reinstated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RejectedHead {
-    pub version: i32,
-    pub trees: Option<i32>,
-    pub since_rebuild: u32,
+pub(crate) struct RejectedHead {
+    pub(crate) version: i32,
+    pub(crate) trees: Option<i32>,
+    pub(crate) since_rebuild: u32,
 }
 
 /// Locks the user's registry row for this transaction; `None` when another retrain holds it.
 /// Artifacts are not read here: see [`artifact`].
-pub async fn lock_model(conn: &mut PgConnection, user_id: &str) -> sqlx::Result<Option<ModelHead>> {
+pub(crate) async fn lock_model(
+    conn: &mut PgConnection,
+    user_id: &str,
+) -> sqlx::Result<Option<ModelHead>> {
     sqlx::query(
         "SELECT m.active_version,
                 v.xmin::text::bigint,
@@ -317,7 +324,7 @@ pub async fn lock_model(conn: &mut PgConnection, user_id: &str) -> sqlx::Result<
 }
 
 /// The stored artifact of one version (`None` when it has none).
-pub async fn artifact(
+pub(crate) async fn artifact(
     conn: &mut PgConnection,
     user_id: &str,
     version: i32,
@@ -334,7 +341,7 @@ pub async fn artifact(
 
 /// Live errors (`metric`: mae or rmse) of the user's newest ready versions, newest first: the
 /// gate's typical error.
-pub async fn live_history(
+pub(crate) async fn live_history(
     conn: &mut PgConnection,
     user_id: &str,
     metric: &str,
@@ -354,7 +361,7 @@ pub async fn live_history(
 }
 
 /// Makes a rejected version ready again (the gate reinstated it), noting which retrain did.
-pub async fn reinstate(
+pub(crate) async fn reinstate(
     conn: &mut PgConnection,
     user_id: &str,
     version: i32,
@@ -376,17 +383,17 @@ pub async fn reinstate(
 
 /// Longest user id refit takes, in bytes: the trigger sets longer ones' actuals aside
 /// (`user_id_too_long`, migrations/20261201000008_defects.up.sql), and imports refuse them.
-pub const MAX_USER_ID_BYTES: usize = 1000;
+pub(crate) const MAX_USER_ID_BYTES: usize = 1000;
 
 /// Why a pending actual can never be consumed (`refit_unconsumable_actuals.reason`, the label of
 /// `refit_unconsumable_actuals_total`).
-pub const UNCONSUMABLE_REASONS: [&str; 1] = ["already_consumed"];
+pub(crate) const UNCONSUMABLE_REASONS: [&str; 1] = ["already_consumed"];
 
 /// Moves the user's pending actuals whose id was consumed before — deleted upstream and inserted
 /// again with the same id — out of the queue into `refit_unconsumable_actuals`, with the reason:
 /// consuming them again would violate `refit_consumed_actuals`' primary key and fail every
 /// retrain of the user. Returns their ids.
-pub async fn set_aside_consumed_again(
+pub(crate) async fn set_aside_consumed_again(
     conn: &mut PgConnection,
     user_id: &str,
 ) -> sqlx::Result<Vec<i64>> {
@@ -409,13 +416,13 @@ pub async fn set_aside_consumed_again(
 }
 
 /// A pending actual with its request's features, and when it became pending.
-pub struct PendingActual {
-    pub row: ActualRow,
-    pub enqueued_at: DateTime<Utc>,
+pub(crate) struct PendingActual {
+    pub(crate) row: ActualRow,
+    pub(crate) enqueued_at: DateTime<Utc>,
 }
 
 /// The user's oldest `limit` pending actuals joined with their requests' features.
-pub async fn read_pending(
+pub(crate) async fn read_pending(
     conn: &mut PgConnection,
     user_id: &str,
     limit: i64,
@@ -444,23 +451,23 @@ pub async fn read_pending(
 }
 
 /// A version to store.
-pub struct NewVersion<'a> {
-    pub user_id: &'a str,
-    pub version: i32,
-    pub status: &'a str,
-    pub parent_version: Option<i32>,
-    pub artifact: Option<&'a [u8]>,
-    pub rows_used: i32,
-    pub rows_set_aside: i32,
-    pub trees: Option<i64>,
-    pub boosted_rounds: Option<i32>,
-    pub params: &'a Value,
-    pub features: &'a Value,
-    pub timings_ms: &'a Value,
-    pub metrics: &'a Value,
-    pub error: Option<&'a str>,
-    pub source: &'a str,
-    pub retrain_id: Uuid,
+pub(crate) struct NewVersion<'a> {
+    pub(crate) user_id: &'a str,
+    pub(crate) version: i32,
+    pub(crate) status: &'a str,
+    pub(crate) parent_version: Option<i32>,
+    pub(crate) artifact: Option<&'a [u8]>,
+    pub(crate) rows_used: i32,
+    pub(crate) rows_set_aside: i32,
+    pub(crate) trees: Option<i64>,
+    pub(crate) boosted_rounds: Option<i32>,
+    pub(crate) params: &'a Value,
+    pub(crate) features: &'a Value,
+    pub(crate) timings_ms: &'a Value,
+    pub(crate) metrics: &'a Value,
+    pub(crate) error: Option<&'a str>,
+    pub(crate) source: &'a str,
+    pub(crate) retrain_id: Uuid,
 }
 
 impl NewVersion<'_> {
@@ -490,7 +497,10 @@ impl NewVersion<'_> {
     }
 }
 
-pub async fn insert_version(conn: &mut PgConnection, v: &NewVersion<'_>) -> sqlx::Result<()> {
+pub(crate) async fn insert_version(
+    conn: &mut PgConnection,
+    v: &NewVersion<'_>,
+) -> sqlx::Result<()> {
     v.bind(sqlx::query(
         "INSERT INTO refit_model_versions
             (user_id, version, status, parent_version, artifact, rows_used, rows_set_aside,
@@ -503,7 +513,11 @@ pub async fn insert_version(conn: &mut PgConnection, v: &NewVersion<'_>) -> sqlx
 }
 
 /// Moves the user's active version and clears any failure back-off.
-pub async fn activate(conn: &mut PgConnection, user_id: &str, version: i32) -> sqlx::Result<()> {
+pub(crate) async fn activate(
+    conn: &mut PgConnection,
+    user_id: &str,
+    version: i32,
+) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE refit_models
             SET active_version = $2, failures = 0, retry_after = NULL, updated_at = now()
@@ -517,7 +531,7 @@ pub async fn activate(conn: &mut PgConnection, user_id: &str, version: i32) -> s
 }
 
 /// Records a failed retrain: the user backs off for `backoff` before the next attempt.
-pub async fn record_failure(
+pub(crate) async fn record_failure(
     conn: &mut PgConnection,
     user_id: &str,
     backoff: Duration,
@@ -540,7 +554,7 @@ pub async fn record_failure(
 /// [`record_failure`] records in the retrain's own transaction): `2^failures` seconds, at most
 /// `max`. Waits for the user's row lock at most `lock_wait` (the aborted retrain's session may
 /// still be rolling back).
-pub async fn back_off(
+pub(crate) async fn back_off(
     pool: &PgPool,
     user_id: &str,
     max: Duration,
@@ -566,7 +580,7 @@ pub async fn back_off(
 }
 
 /// The actuals one retrain consumes, as the column arrays the consuming statements bind.
-pub struct Consumed<'a> {
+pub(crate) struct Consumed<'a> {
     ids: Vec<i64>,
     outcomes: Vec<&'static str>,
     reasons: Vec<Option<&'a str>>,
@@ -575,7 +589,7 @@ pub struct Consumed<'a> {
 
 impl<'a> Consumed<'a> {
     /// Actuals trained on or held out by the version, and the ones set aside with their reasons.
-    pub fn new(trained: &[i64], held_out: &[i64], set_aside: &'a [SetAside]) -> Self {
+    pub(crate) fn new(trained: &[i64], held_out: &[i64], set_aside: &'a [SetAside]) -> Self {
         let n = trained.len() + held_out.len() + set_aside.len();
         let mut c = Consumed {
             ids: Vec::with_capacity(n),
@@ -628,7 +642,7 @@ impl<'a> Consumed<'a> {
 /// Marks actuals consumed — trained or held out by `version`, or set aside with their reasons —
 /// and removes them from the pending queue, in one statement. The primary key of
 /// `refit_consumed_actuals` refuses any actual consumed before.
-pub async fn consume(
+pub(crate) async fn consume(
     conn: &mut PgConnection,
     user_id: &str,
     version: Option<i32>,
@@ -658,17 +672,15 @@ pub async fn consume(
 
 /// What [`commit_retrain`] wrote.
 #[derive(Debug, Clone)]
-pub struct CommittedRetrain {
+pub(crate) struct CommittedRetrain {
     /// The new version row's identity (see [`ModelHead::active_row`]).
-    pub version_row: i64,
-    /// The outbox entries, in the order given.
-    pub outbox_ids: Vec<i64>,
+    pub(crate) version_row: i64,
 }
 
 /// The whole write of a successful (or rejected) retrain in one statement: the new version, the
 /// consumed actuals out of the pending queue, the version activated when `activate`, and the
 /// side effects in the outbox. The caller commits.
-pub async fn commit_retrain(
+pub(crate) async fn commit_retrain(
     conn: &mut PgConnection,
     v: &NewVersion<'_>,
     consumed: &Consumed<'_>,
@@ -701,11 +713,8 @@ pub async fn commit_retrain(
              SELECT $22, $1, kind, payload
                FROM unnest($23::text[], $24::jsonb[]) WITH ORDINALITY AS t(kind, payload, n)
               ORDER BY n
-             RETURNING id
          )
-         SELECT (SELECT row FROM version),
-                (SELECT count(*) FROM removed),
-                coalesce((SELECT array_agg(id ORDER BY id) FROM outbox), '{}')",
+         SELECT (SELECT row FROM version), (SELECT count(*) FROM removed)",
     );
     let row = v
         .bind(query)
@@ -722,14 +731,13 @@ pub async fn commit_retrain(
     consumed.check(v.user_id, row.get(1))?;
     Ok(CommittedRetrain {
         version_row: row.get(0),
-        outbox_ids: row.get(2),
     })
 }
 
 /// The user's most recently consumed actuals that a ready version trained on, newest first: the
 /// window the gate scores on and a rebuild trains on. Rows of rejected versions are left out
 /// unless the version is reinstated.
-pub async fn recent_actuals(
+pub(crate) async fn recent_actuals(
     conn: &mut PgConnection,
     user_id: &str,
     limit: i64,
@@ -758,7 +766,7 @@ pub async fn recent_actuals(
 
 /// The actuals `version` trained on, oldest first (a rejected version's batch, for its
 /// reinstatement).
-pub async fn actuals_of_version(
+pub(crate) async fn actuals_of_version(
     conn: &mut PgConnection,
     user_id: &str,
     version: i32,
@@ -784,13 +792,13 @@ pub async fn actuals_of_version(
 
 /// Kinds of outbox entries, in the order they are carried out for one retrain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutboxKind {
+pub(crate) enum OutboxKind {
     Invalidate,
     Announce,
 }
 
 impl OutboxKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             OutboxKind::Invalidate => "invalidate",
             OutboxKind::Announce => "announce",
@@ -807,7 +815,7 @@ impl OutboxKind {
 
 /// Records side effects of one event (in order: an invalidation, then the announcement) in one
 /// statement.
-pub async fn enqueue_outbox(
+pub(crate) async fn enqueue_outbox(
     conn: &mut PgConnection,
     event_id: Uuid,
     user_id: &str,
@@ -832,17 +840,16 @@ pub async fn enqueue_outbox(
 
 /// One undone outbox entry.
 #[derive(Debug, Clone)]
-pub struct OutboxEntry {
-    pub id: i64,
-    pub event_id: Uuid,
-    pub user_id: String,
-    pub kind: OutboxKind,
-    pub payload: Value,
-    pub attempts: i32,
-    pub due: bool,
-    pub created_at: DateTime<Utc>,
+pub(crate) struct OutboxEntry {
+    pub(crate) id: i64,
+    pub(crate) event_id: Uuid,
+    pub(crate) user_id: String,
+    pub(crate) kind: OutboxKind,
+    pub(crate) payload: Value,
+    pub(crate) attempts: i32,
+    pub(crate) due: bool,
     /// An announcement whose version's invalidation is not done yet.
-    pub waiting: bool,
+    pub(crate) waiting: bool,
 }
 
 /// Takes the outbox lock of one kind of each of `users` that no other task holds (for this
@@ -851,7 +858,7 @@ pub struct OutboxEntry {
 ///
 /// The transaction's commit is asynchronous: a done-mark lost in a crash only means one more
 /// delivery, and at least once is the contract.
-pub async fn lock_outboxes(
+pub(crate) async fn lock_outboxes(
     tx: &mut Transaction<'_, Postgres>,
     users: &[String],
     kind: OutboxKind,
@@ -870,7 +877,6 @@ pub async fn lock_outboxes(
     }
     let entries = sqlx::query(
         "SELECT o.id, o.event_id, o.user_id, o.kind, o.payload, o.attempts, o.next_attempt_at <= now(),
-                o.created_at,
                 EXISTS (SELECT 1 FROM refit_outbox i
                          WHERE i.user_id = o.user_id AND i.event_id = o.event_id
                            AND i.kind = 'invalidate' AND i.done_at IS NULL
@@ -893,8 +899,7 @@ pub async fn lock_outboxes(
             payload: row.get(4),
             attempts: row.get(5),
             due: row.get(6),
-            created_at: row.get(7),
-            waiting: row.get(8),
+            waiting: row.get(7),
         })
     })
     .collect();
@@ -905,7 +910,11 @@ pub async fn lock_outboxes(
 /// an undone invalidation), so they are deleted, unless `keep` (`REFIT_OUTBOX_RETENTION_SECS` > 0:
 /// kept for inspection, stamped `done_at`). An erasure's entries (payload key `erase`) are always
 /// deleted, so that nothing naming an erased user stays behind.
-pub async fn outbox_done(conn: &mut PgConnection, ids: &[i64], keep: bool) -> sqlx::Result<()> {
+pub(crate) async fn outbox_done(
+    conn: &mut PgConnection,
+    ids: &[i64],
+    keep: bool,
+) -> sqlx::Result<()> {
     // done_at is when the entry was marked, after its side effect (not the transaction's start,
     // which can precede another task's marking of the invalidation this entry waited for).
     sqlx::query(
@@ -924,7 +933,7 @@ pub async fn outbox_done(conn: &mut PgConnection, ids: &[i64], keep: bool) -> sq
     .map(|_| ())
 }
 
-pub async fn outbox_failed(
+pub(crate) async fn outbox_failed(
     conn: &mut PgConnection,
     id: i64,
     error: &str,
@@ -945,7 +954,11 @@ pub async fn outbox_failed(
 }
 
 /// Resolves an entry that can never be delivered: done, `dead_letter` saying why.
-pub async fn outbox_dead_letter(conn: &mut PgConnection, id: i64, error: &str) -> sqlx::Result<()> {
+pub(crate) async fn outbox_dead_letter(
+    conn: &mut PgConnection,
+    id: i64,
+    error: &str,
+) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE refit_outbox
             SET attempts = attempts + 1, last_error = $2, dead_letter = $2,
@@ -961,7 +974,7 @@ pub async fn outbox_dead_letter(conn: &mut PgConnection, id: i64, error: &str) -
 
 /// Users with a due undone outbox entry, oldest first. Entries never tried are left alone for
 /// `grace` after they were written: the process that committed them is delivering them.
-pub async fn outbox_due_users(
+pub(crate) async fn outbox_due_users(
     pool: &PgPool,
     limit: i64,
     grace: Duration,

@@ -17,14 +17,14 @@ use uuid::Uuid;
 
 /// One generated prediction request with the rentals that actually happened.
 #[derive(Debug, Clone)]
-pub struct Rental {
-    pub user_id: String,
-    pub features: serde_json::Value,
-    pub actual: f64,
+pub(crate) struct Rental {
+    pub(crate) user_id: String,
+    pub(crate) features: serde_json::Value,
+    pub(crate) actual: f64,
 }
 
 /// A deterministic rental-data generator.
-pub struct RentalGenerator {
+pub(crate) struct RentalGenerator {
     rng: StdRng,
     stations: Vec<String>,
     /// Simulated clock, in hours since the start.
@@ -32,7 +32,7 @@ pub struct RentalGenerator {
 }
 
 impl RentalGenerator {
-    pub fn new(stations: usize, seed: u64) -> Self {
+    pub(crate) fn new(stations: usize, seed: u64) -> Self {
         RentalGenerator {
             rng: StdRng::seed_from_u64(seed),
             stations: (1..=stations).map(|i| format!("station-{i:02}")).collect(),
@@ -40,12 +40,8 @@ impl RentalGenerator {
         }
     }
 
-    pub fn stations(&self) -> &[String] {
-        &self.stations
-    }
-
     /// The next request of a random station.
-    pub fn next_rental(&mut self) -> Rental {
+    pub(crate) fn next_rental(&mut self) -> Rental {
         self.hour += 0.05;
         let station = self.rng.gen_range(0..self.stations.len());
         let hour = (self.hour % 24.0).floor();
@@ -87,7 +83,7 @@ impl RentalGenerator {
 }
 
 /// Inserts a prediction request and its actual (each in its own transaction, as upstream does).
-pub async fn insert_rental(pool: &PgPool, rental: &Rental) -> sqlx::Result<i64> {
+pub(crate) async fn insert_rental(pool: &PgPool, rental: &Rental) -> sqlx::Result<i64> {
     let request_id = Uuid::new_v4();
     sqlx::query(
         "INSERT INTO prediction_requests (request_id, user_id, features) VALUES ($1, $2, $3)",
@@ -107,7 +103,7 @@ pub async fn insert_rental(pool: &PgPool, rental: &Rental) -> sqlx::Result<i64> 
 }
 
 /// Creates the database named in `url` if it does not exist (connecting to `postgres` to do so).
-pub async fn create_database(url: &str) -> anyhow::Result<()> {
+pub(crate) async fn create_database(url: &str) -> anyhow::Result<()> {
     use sqlx::postgres::PgConnectOptions;
     use sqlx::{ConnectOptions, Connection};
     let options: PgConnectOptions = url
@@ -132,7 +128,7 @@ pub async fn create_database(url: &str) -> anyhow::Result<()> {
 }
 
 /// Feeds generated rentals into the database at `per_second` until `stop`.
-pub async fn generate(
+pub(crate) async fn generate(
     pool: PgPool,
     stations: usize,
     per_second: u32,
@@ -153,7 +149,7 @@ pub async fn generate(
 }
 
 /// One printed line for a retrain event.
-pub fn describe_event(e: &crate::events::ReadEvent) -> String {
+pub(crate) fn describe_event(e: &crate::events::ReadEvent) -> String {
     let ev = &e.event;
     let timings = ["read", "train", "commit", "invalidate"]
         .iter()

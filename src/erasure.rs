@@ -23,24 +23,24 @@ use crate::events::RetrainEvent;
 use crate::registry::RegistryError;
 
 /// The marker of an erasure's outbox entries: delivered, they are deleted.
-pub const ERASE_MARK: &str = "erase";
+pub(crate) const ERASE_MARK: &str = "erase";
 
 /// What an erasure deleted.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, Default, sqlx::FromRow)]
 pub struct Deleted {
     pub versions: i64,
-    pub aliases: i64,
-    pub pending: i64,
-    pub consumed: i64,
+    pub(crate) aliases: i64,
+    pub(crate) pending: i64,
+    pub(crate) consumed: i64,
 }
 
 /// An erasure, done.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Erasure {
-    pub user_id: String,
+    pub(crate) user_id: String,
     pub previous_version: Option<i32>,
     pub deleted: Deleted,
-    pub event_id: Uuid,
+    pub(crate) event_id: Uuid,
 }
 
 /// Deletes everything refit holds about `user`; waits up to `wait` for a retrain in flight.

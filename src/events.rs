@@ -33,7 +33,7 @@ const RECORD_OVERHEAD_BYTES: usize = 512;
 /// A message the broker can never accept (too large, invalid): retrying cannot deliver it.
 #[derive(Debug, thiserror::Error)]
 #[error("undeliverable: {0}")]
-pub struct Undeliverable(pub String);
+pub(crate) struct Undeliverable(pub(crate) String);
 
 /// Whether a failed delivery can never succeed however often it is retried.
 fn is_permanent(code: Option<RDKafkaErrorCode>) -> bool {
@@ -70,7 +70,8 @@ pub struct RetrainEvent {
     /// Rows set aside as unusable (see the `reason`s in `refit_consumed_actuals`).
     pub rows_rejected: i64,
     pub trees: Option<i64>,
-    /// Milliseconds per step: detect, read, train (load, boost, save), commit, invalidate.
+    /// Milliseconds per step: read, train, commit, invalidate, and `train_cpu` (the train step's
+    /// CPU time on its thread); empty for activations.
     pub timings_ms: serde_json::Map<String, serde_json::Value>,
     /// The validation gate's evidence (docs/model-retrained.schema.json).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,14 +132,14 @@ fn default_action() -> String {
 
 /// Where the last delivery went.
 #[derive(Debug, Clone, Copy)]
-pub struct Delivery {
-    pub partition: i32,
-    pub offset: i64,
-    pub bytes: usize,
+pub(crate) struct Delivery {
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) bytes: usize,
 }
 
 /// Publishes retrain events.
-pub struct Events {
+pub(crate) struct Events {
     /// Replaced when librdkafka reports a fatal error (e.g. a fenced idempotent producer), after
     /// which the old one can never deliver again.
     producer: std::sync::RwLock<FutureProducer>,
@@ -156,7 +157,7 @@ pub struct Events {
 }
 
 impl Events {
-    pub fn new(config: &Config) -> anyhow::Result<Self> {
+    pub(crate) fn new(config: &Config) -> anyhow::Result<Self> {
         let mut client_config = ClientConfig::new();
         client_config
             .set("bootstrap.servers", &config.kafka_brokers)
@@ -193,12 +194,12 @@ impl Events {
         })
     }
 
-    pub fn topic(&self) -> &str {
+    pub(crate) fn topic(&self) -> &str {
         &self.topic
     }
 
     /// Creates the topic unless it exists.
-    pub async fn ensure_topic(&self) -> anyhow::Result<()> {
+    pub(crate) async fn ensure_topic(&self) -> anyhow::Result<()> {
         let admin: AdminClient<DefaultClientContext> = self
             .client_config
             .create()
@@ -224,7 +225,7 @@ impl Events {
 
     /// Publishes one event and waits for the broker's acknowledgement. An event over the
     /// message size limit is [`Undeliverable`] without being sent.
-    pub async fn publish(&self, event: &RetrainEvent) -> anyhow::Result<Delivery> {
+    pub(crate) async fn publish(&self, event: &RetrainEvent) -> anyhow::Result<Delivery> {
         let value = serde_json::to_vec(event)?;
         self.check_size(event, value.len())?;
         let id = event.event_id.to_string();
@@ -281,7 +282,7 @@ impl Events {
 
     /// Publishes a tombstone (a null value) for the user's key: compacted topics forget the
     /// user's earlier events.
-    pub async fn publish_tombstone(&self, user_id: &str) -> anyhow::Result<Delivery> {
+    pub(crate) async fn publish_tombstone(&self, user_id: &str) -> anyhow::Result<Delivery> {
         let record = FutureRecord::<[u8], ()>::to(&self.topic).key(user_id.as_bytes());
         self.send(record, 0).await
     }
@@ -343,14 +344,14 @@ impl Events {
 
     /// Drops messages still queued in the producer (not yet sent): used when the outbox lock was
     /// lost mid-publish, since whoever holds it now re-sends them.
-    pub fn purge_queued(&self) {
+    pub(crate) fn purge_queued(&self) {
         use rdkafka::producer::PurgeConfig;
         let producer = self.producer.read().expect("not poisoned").clone();
         producer.purge(PurgeConfig::default().queue());
     }
 
     /// Waits for every queued message to be delivered (call before exit).
-    pub fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
+    pub(crate) fn flush(&self, timeout: Duration) -> anyhow::Result<()> {
         self.producer
             .read()
             .expect("not poisoned")

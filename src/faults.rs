@@ -8,7 +8,7 @@
 
 /// Marks a point of a retrain; aborts or stalls here if the test asked for it.
 #[inline(always)]
-pub fn point(name: &str) {
+pub(crate) fn point(name: &str) {
     #[cfg(feature = "fault-injection")]
     {
         if std::env::var("REFIT_FAULT_POINT").is_ok_and(|p| p == name) {

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 
 /// Why an actual was set aside instead of trained on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SetAsideReason {
+pub(crate) enum SetAsideReason {
     /// The actual is NaN or ±infinity.
     NonFiniteActual,
     /// The actual is finite but does not fit in `f32`.
@@ -34,7 +34,7 @@ pub enum SetAsideReason {
 
 impl SetAsideReason {
     /// Every reason (the metrics show each one from start-up, at zero).
-    pub const ALL: [SetAsideReason; 7] = [
+    pub(crate) const ALL: [SetAsideReason; 7] = [
         Self::NonFiniteActual,
         Self::ActualOutOfRange,
         Self::FeaturesNotObject,
@@ -45,7 +45,7 @@ impl SetAsideReason {
     ];
 
     /// The stable name stored in the database, logged, and used as a metric label.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::NonFiniteActual => "non_finite_actual",
             Self::ActualOutOfRange => "actual_out_of_range",
@@ -76,10 +76,10 @@ pub struct ActualRow {
 
 /// A row that will not be trained on, and why.
 #[derive(Debug, Clone, PartialEq)]
-pub struct SetAside {
-    pub actual_id: i64,
-    pub reason: SetAsideReason,
-    pub detail: String,
+pub(crate) struct SetAside {
+    pub(crate) actual_id: i64,
+    pub(crate) reason: SetAsideReason,
+    pub(crate) detail: String,
 }
 
 /// The usable rows of a batch, laid out for XGBoost.
@@ -88,23 +88,24 @@ pub struct Batch {
     /// Feature order of the matrix (the model's).
     pub feature_names: Vec<String>,
     /// Row-major values, `feature_names.len()` per row, NaN for missing.
-    pub values: Vec<f32>,
+    pub(crate) values: Vec<f32>,
     /// One label per used row.
     pub labels: Vec<f32>,
     /// The actuals the rows came from, in row order.
-    pub used: Vec<i64>,
+    pub(crate) used: Vec<i64>,
     /// The actuals that were set aside.
-    pub set_aside: Vec<SetAside>,
+    pub(crate) set_aside: Vec<SetAside>,
 }
 
 impl Batch {
-    pub fn rows(&self) -> usize {
+    pub(crate) fn rows(&self) -> usize {
         self.used.len()
     }
 
     /// Splits off the last `n` rows (the newest actuals) as a held-out set; set-aside rows stay
     /// with the first part.
-    pub fn split_last(mut self, n: usize) -> (Batch, Batch) {
+    #[cfg(test)]
+    pub(crate) fn split_last(mut self, n: usize) -> (Batch, Batch) {
         let n = n.min(self.rows());
         let keep = self.rows() - n;
         let width = self.feature_names.len();
@@ -119,7 +120,7 @@ impl Batch {
     }
 
     /// A copy of the last `n` rows (the newest actuals), without set-aside rows.
-    pub fn newest(&self, n: usize) -> Batch {
+    pub(crate) fn newest(&self, n: usize) -> Batch {
         let skip = self.rows() - n.min(self.rows());
         let width = self.feature_names.len();
         Batch {
@@ -132,7 +133,7 @@ impl Batch {
     }
 
     /// Appends `other`'s usable rows (same feature order) after this batch's.
-    pub fn extend(&mut self, other: Batch) {
+    pub(crate) fn extend(&mut self, other: Batch) {
         debug_assert_eq!(self.feature_names, other.feature_names);
         self.values.extend(other.values);
         self.labels.extend(other.labels);

@@ -52,14 +52,14 @@ const ERASE_WAIT: Duration = Duration::from_secs(10);
 
 /// The scheduler's proof of life.
 #[derive(Debug, Default)]
-pub struct Heartbeat(AtomicU64);
+pub(crate) struct Heartbeat(AtomicU64);
 
 impl Heartbeat {
-    pub fn beat(&self) {
+    pub(crate) fn beat(&self) {
         self.0.store(now_ms(), Ordering::Relaxed);
     }
     /// Time since the last beat (`None` before the first).
-    pub fn age(&self) -> Option<Duration> {
+    pub(crate) fn age(&self) -> Option<Duration> {
         match self.0.load(Ordering::Relaxed) {
             0 => None,
             last => Some(Duration::from_millis(now_ms().saturating_sub(last))),
@@ -75,21 +75,21 @@ fn now_ms() -> u64 {
 
 /// What the handlers read.
 #[derive(Clone)]
-pub struct AppState {
-    pub pool: PgPool,
-    pub metrics: Arc<Metrics>,
-    pub outbox: Arc<Outbox>,
-    pub heartbeat: Arc<Heartbeat>,
+pub(crate) struct AppState {
+    pub(crate) pool: PgPool,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) outbox: Arc<Outbox>,
+    pub(crate) heartbeat: Arc<Heartbeat>,
     /// A heartbeat older than this fails liveness.
-    pub stale_after: Duration,
+    pub(crate) stale_after: Duration,
     /// The admin token and the parameters imported models get.
-    pub config: Arc<Config>,
+    pub(crate) config: Arc<Config>,
 }
 
 /// The OpenAPI description of this API, served at `/openapi.json`.
-pub const OPENAPI: &str = include_str!("../docs/openapi.json");
+pub(crate) const OPENAPI: &str = include_str!("../docs/openapi.json");
 
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     // Registry writes: the token is checked first, before any extractor reads the request.
     let token = middleware::from_fn_with_state(state.clone(), require_token);
     let writes = Router::new()
@@ -173,7 +173,7 @@ async fn openapi() -> Response {
 }
 
 /// Serves until `shutdown`.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: CancellationToken,

@@ -17,24 +17,51 @@
 //!   [`audit`]: the record of every registry write;
 //! - [`serving`]: the serving reference, `refit predict`, reading through the Redis cache;
 //! - [`demo`]: generated rental data for `refit demo`.
+//!
+//! ## What is public, and why
+//!
+//! Everything is `pub(crate)` unless code outside the library uses it, so the compiler reports
+//! dead code and `unreachable_pub` flags a `pub` nobody outside can reach. The modules
+//! `http`, `outbox`, `metrics`, `model_cache`, `model_check`, `xgboost`, `demo` and `faults` are
+//! private; in the others only these items are `pub`:
+//! - for the binary (src/main.rs): [`cli`] (one function per subcommand), [`config::Config`]
+//!   and [`config::VARIABLES`], [`db::connect`], [`db::migrate`], [`db::check_migrated`],
+//!   [`service::Service::build`] and [`run`](service::Service::run), [`telemetry::init`], and the
+//!   argument types [`metadata::VersionRef`], [`metadata::Change`] and [`registry::Filter`];
+//! - for the integration and reliability tests (tests/), which drive the real service:
+//!   [`service::Service`]'s pool, HTTP address, [`retrain::Retrainer::retrain_user`] (one
+//!   retrain, deterministically), [`metrics_text`](service::Service::metrics_text) and
+//!   [`kafka_healthy`](service::Service::kafka_healthy); [`events::EventReader`] (also the
+//!   demo's) and the event as read; the registry calls they race against the service
+//!   ([`registry::rollback`], [`registry::import`], [`erasure::erase`], [`audit::purge`],
+//!   [`retention::prune_user`], [`retention::purge_expired`]); [`serving::predict`] with a
+//!   [`cache::Cache`]; and, to check models against their data, [`features::prepare`],
+//!   [`trainer::predict`], [`trainer::score`], [`trainer::inspect`] and [`policy::Errors`];
+//! - for the benchmarks (benches/pipeline): [`trainer::train`] with its input, including a model
+//!   already in memory ([`trainer::Previous::load`]).
+//!
+//! These docs are for working on refit: `cargo doc --document-private-items` renders the links
+//! to private items that the docs of public ones make.
 #![deny(unsafe_code)]
+#![warn(unreachable_pub)]
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod audit;
 pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod db;
-pub mod demo;
+mod demo;
 pub mod erasure;
 pub mod events;
-pub mod faults;
+mod faults;
 pub mod features;
-pub mod http;
+mod http;
 pub mod metadata;
-pub mod metrics;
-pub mod model_cache;
-pub mod model_check;
-pub mod outbox;
+mod metrics;
+mod model_cache;
+mod model_check;
+mod outbox;
 pub mod policy;
 pub mod registry;
 pub mod retention;
@@ -43,4 +70,4 @@ pub mod service;
 pub mod serving;
 pub mod telemetry;
 pub mod trainer;
-pub mod xgboost;
+mod xgboost;

@@ -15,7 +15,7 @@ use crate::audit::{self, Interface, Write};
 use crate::registry::RegistryError;
 
 /// The prefix of refit's own tags.
-pub const SYSTEM_PREFIX: &str = "refit.";
+pub(crate) const SYSTEM_PREFIX: &str = "refit.";
 const MAX_TAG_KEY: usize = 128;
 const MAX_TAG_VALUE: usize = 256;
 const MAX_TAGS: usize = 64;
@@ -48,7 +48,7 @@ impl FromStr for VersionRef {
 
 /// Alias names: lower-case letters, digits, `-` and `_`, starting with a letter (so never a
 /// version number), at most 63 characters; `active` is the serving pointer, not an alias.
-pub fn check_alias(name: &str) -> Result<(), String> {
+pub(crate) fn check_alias(name: &str) -> Result<(), String> {
     let mut chars = name.chars();
     let well_formed = name.len() <= 63
         && chars.next().is_some_and(|c| c.is_ascii_lowercase())
@@ -76,7 +76,7 @@ pub struct Change {
 
 impl Change {
     /// Refuses reserved or malformed keys, over-long values and a change that changes nothing.
-    pub fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         if self.description.is_none() && self.tags.is_empty() && self.untag.is_empty() {
             return Err(
                 "nothing to change: give a description, tags to set or tags to remove".into(),
@@ -141,17 +141,17 @@ pub fn parse_tag(s: &str) -> Result<(String, String), String> {
 
 /// The description and tags of a version or of a user's model, after an update.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Described {
-    pub user_id: String,
+pub(crate) struct Described {
+    pub(crate) user_id: String,
     /// `None` for the model as a whole.
-    pub version: Option<i32>,
-    pub description: Option<String>,
-    pub tags: BTreeMap<String, String>,
+    pub(crate) version: Option<i32>,
+    pub(crate) description: Option<String>,
+    pub(crate) tags: BTreeMap<String, String>,
 }
 
 /// Applies `change` to version `version` of the user (or, with `None`, to the user's model as a
 /// whole) and records it in the audit trail.
-pub async fn update(
+pub(crate) async fn update(
     pool: &PgPool,
     user: &str,
     version: Option<i32>,
@@ -270,16 +270,16 @@ async fn store(
 
 /// An alias after a change: the version it points at now (`None`: removed) and before.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct AliasChange {
-    pub user_id: String,
-    pub alias: String,
-    pub version: Option<i32>,
-    pub previous_version: Option<i32>,
+pub(crate) struct AliasChange {
+    pub(crate) user_id: String,
+    pub(crate) alias: String,
+    pub(crate) version: Option<i32>,
+    pub(crate) previous_version: Option<i32>,
 }
 
 /// Points `alias` at `version` (which must have an artifact), creating or moving it; serving is
 /// not touched.
-pub async fn set_alias(
+pub(crate) async fn set_alias(
     pool: &PgPool,
     user: &str,
     alias: &str,
@@ -332,7 +332,7 @@ pub async fn set_alias(
 }
 
 /// Removes `alias`.
-pub async fn remove_alias(
+pub(crate) async fn remove_alias(
     pool: &PgPool,
     user: &str,
     alias: &str,
@@ -400,14 +400,17 @@ pub(crate) async fn alias_target(
 
 /// What is said about a user's model as a whole: its description, tags and aliases.
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
-pub struct ModelMeta {
-    pub description: Option<String>,
-    pub tags: BTreeMap<String, String>,
-    pub aliases: BTreeMap<String, i32>,
+pub(crate) struct ModelMeta {
+    pub(crate) description: Option<String>,
+    pub(crate) tags: BTreeMap<String, String>,
+    pub(crate) aliases: BTreeMap<String, i32>,
 }
 
 /// The user's model metadata (`None`: no such user).
-pub async fn model_meta(pool: &PgPool, user: &str) -> Result<Option<ModelMeta>, RegistryError> {
+pub(crate) async fn model_meta(
+    pool: &PgPool,
+    user: &str,
+) -> Result<Option<ModelMeta>, RegistryError> {
     let row: Option<(Option<String>, Value, Value)> = sqlx::query_as(
         "SELECT m.description, m.tags,
                 coalesce((SELECT jsonb_object_agg(a.alias, a.version) FROM refit_aliases a

@@ -34,40 +34,40 @@ pub(crate) const STATUSES: [&str; 3] = ["success", "failed", "rejected"];
 pub(crate) const OUTBOX_KINDS: [&str; 2] = ["invalidate", "announce"];
 
 /// Every metric refit exports.
-pub struct Metrics {
-    pub registry: Registry,
+pub(crate) struct Metrics {
+    pub(crate) registry: Registry,
     /// `refit_step_duration_seconds{step}`: detect, read, train, commit, invalidate, announce.
-    pub step_duration: HistogramVec,
+    pub(crate) step_duration: HistogramVec,
     /// `refit_retrains_total{status}`: success, failed, rejected.
-    pub retrains: IntCounterVec,
+    pub(crate) retrains: IntCounterVec,
     /// `refit_pending_actuals`: actuals not yet consumed (all users).
-    pub pending: IntGauge,
+    pub(crate) pending: IntGauge,
     /// `refit_rows_set_aside_total{reason}`.
-    pub set_aside: IntCounterVec,
+    pub(crate) set_aside: IntCounterVec,
     /// `refit_unconsumable_actuals_total{reason}`: pending actuals that can never be consumed
     /// (e.g. an id consumed before), moved to `refit_unconsumable_actuals`.
-    pub unconsumable: IntCounterVec,
+    pub(crate) unconsumable: IntCounterVec,
     /// `refit_outbox_dead_letters_total{kind}`: side effects that can never be carried out (an
     /// event over the broker's message size), resolved as dead letters (`refit_outbox.dead_letter`).
-    pub outbox_dead_letters: IntCounterVec,
+    pub(crate) outbox_dead_letters: IntCounterVec,
     /// `refit_outbox_backlog{kind}`: side effects committed but not yet carried out.
-    pub outbox_backlog: IntGaugeVec,
+    pub(crate) outbox_backlog: IntGaugeVec,
     /// `refit_outbox_oldest_age_seconds{kind}`: age of the oldest of them (0 when none).
-    pub outbox_oldest_age: GaugeVec,
+    pub(crate) outbox_oldest_age: GaugeVec,
     /// `refit_freshness_seconds`: newest actual of a batch → its event published.
-    pub freshness: Histogram,
+    pub(crate) freshness: Histogram,
     /// `refit_scheduler_heartbeat_timestamp_seconds`: when the scheduler loop last turned.
-    pub heartbeat: Gauge,
+    pub(crate) heartbeat: Gauge,
     /// `refit_live_mae`: the serving model's mean absolute error on each batch of new actuals,
     /// before training on it (in the target's units; across users, never per user).
-    pub live_mae: Histogram,
+    pub(crate) live_mae: Histogram,
     /// `refit_live_error_ratio`: the same error over the batch's mean |actual|, comparable
     /// across users whatever their scale.
-    pub live_error_ratio: Histogram,
+    pub(crate) live_error_ratio: Histogram,
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let metrics = Metrics {
             registry: Registry::new(),
             step_duration: seconds_histogram_vec(
@@ -194,14 +194,14 @@ impl Metrics {
     }
 
     /// Records a step's duration given in milliseconds.
-    pub fn observe_step(&self, step: &str, ms: f64) {
+    pub(crate) fn observe_step(&self, step: &str, ms: f64) {
         self.step_duration
             .with_label_values(&[step])
             .observe(ms / 1000.0);
     }
 
     /// Records the serving model's error on a batch whose actuals average `mean_abs_actual`.
-    pub fn observe_live(&self, mae: f64, mean_abs_actual: f64) {
+    pub(crate) fn observe_live(&self, mae: f64, mean_abs_actual: f64) {
         if !mae.is_finite() {
             return;
         }
@@ -212,7 +212,7 @@ impl Metrics {
     }
 
     /// Records that the scheduler loop turned now.
-    pub fn beat(&self) {
+    pub(crate) fn beat(&self) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
@@ -220,7 +220,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 use crate::xgboost::Booster;
 
 /// Loaded models by user, bounded in bytes.
-pub struct ModelCache {
+pub(crate) struct ModelCache {
     budget: usize,
     inner: Mutex<Inner>,
 }
@@ -39,16 +39,17 @@ struct Entry {
     used: u64,
 }
 
-/// What the cache holds (for metrics and tests).
+/// What the cache holds (for the tests).
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Usage {
-    pub models: usize,
-    pub bytes: usize,
+pub(crate) struct Usage {
+    pub(crate) models: usize,
+    pub(crate) bytes: usize,
 }
 
 impl ModelCache {
     /// A cache of at most `budget` bytes of artifacts (0 keeps nothing).
-    pub fn new(budget: usize) -> Self {
+    pub(crate) fn new(budget: usize) -> Self {
         ModelCache {
             budget,
             inner: Mutex::new(Inner::default()),
@@ -57,7 +58,7 @@ impl ModelCache {
 
     /// Takes the user's model out of the cache if it is `version` stored in row `row`; an entry
     /// for anything else is stale and dropped.
-    pub fn take(&self, user_id: &str, version: i32, row: Option<i64>) -> Option<Booster> {
+    pub(crate) fn take(&self, user_id: &str, version: i32, row: Option<i64>) -> Option<Booster> {
         let mut inner = self.inner.lock().expect("not poisoned");
         let entry = inner.entries.remove(user_id)?;
         inner.bytes -= entry.bytes;
@@ -66,7 +67,14 @@ impl ModelCache {
 
     /// Keeps the user's newly committed model, evicting the least recently used ones beyond the
     /// budget. `bytes` is its artifact's size.
-    pub fn put(&self, user_id: &str, version: i32, row: i64, booster: Booster, bytes: usize) {
+    pub(crate) fn put(
+        &self,
+        user_id: &str,
+        version: i32,
+        row: i64,
+        booster: Booster,
+        bytes: usize,
+    ) {
         if bytes > self.budget {
             return;
         }
@@ -97,7 +105,8 @@ impl ModelCache {
         }
     }
 
-    pub fn usage(&self) -> Usage {
+    #[cfg(test)]
+    pub(crate) fn usage(&self) -> Usage {
         let inner = self.inner.lock().expect("not poisoned");
         Usage {
             models: inner.entries.len(),

@@ -86,7 +86,7 @@ impl Node {
 }
 
 /// Parses a model file (JSON or UBJSON) and checks its structure; the error says what is wrong.
-pub fn check_model(bytes: &[u8]) -> Result<(), String> {
+pub(crate) fn check_model(bytes: &[u8]) -> Result<(), String> {
     check_structure(&parse(bytes)?)
 }
 

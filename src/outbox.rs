@@ -47,7 +47,7 @@ const MAX_PASS_USERS: usize = 256;
 const FAST_PATH_GRACE: Duration = Duration::from_secs(1);
 
 /// Delivers outbox entries.
-pub struct Outbox {
+pub(crate) struct Outbox {
     pool: PgPool,
     cache: Arc<Cache>,
     events: Arc<Events>,
@@ -68,27 +68,27 @@ pub struct Outbox {
 /// A retrain that just committed: what the fast path needs to know that the stored payload
 /// cannot (the commit happened after it was written).
 #[derive(Debug, Clone)]
-pub struct Committed {
-    pub user_id: String,
-    pub event_id: Uuid,
-    pub commit_ms: f64,
+pub(crate) struct Committed {
+    pub(crate) user_id: String,
+    pub(crate) event_id: Uuid,
+    pub(crate) commit_ms: f64,
     /// Set by the invalidation stage when it invalidated this retrain's version.
-    pub invalidate_ms: Option<f64>,
+    pub(crate) invalidate_ms: Option<f64>,
 }
 
 /// What one delivery pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Delivered {
-    pub done: usize,
-    pub failed: usize,
+pub(crate) struct Delivered {
+    pub(crate) done: usize,
+    pub(crate) failed: usize,
     /// Entries that can never be delivered, dead-lettered.
-    pub dead_lettered: usize,
+    pub(crate) dead_lettered: usize,
     /// Another task held some user's outbox.
-    pub busy: bool,
+    pub(crate) busy: bool,
     /// An invalidation failed (Redis is unreachable).
-    pub redis_failed: bool,
+    pub(crate) redis_failed: bool,
     /// An announcement failed (Kafka is unreachable).
-    pub kafka_failed: bool,
+    pub(crate) kafka_failed: bool,
 }
 
 impl Delivered {
@@ -112,7 +112,7 @@ struct Skip {
 impl Outbox {
     /// `keep_delivered`: keep delivered entries (`REFIT_OUTBOX_RETENTION_SECS` > 0) for the
     /// sweeper to purge later, instead of deleting them when they are delivered.
-    pub fn new(
+    pub(crate) fn new(
         pool: PgPool,
         cache: Arc<Cache>,
         events: Arc<Events>,
@@ -134,16 +134,16 @@ impl Outbox {
         }
     }
 
-    pub fn redis_healthy(&self) -> bool {
+    pub(crate) fn redis_healthy(&self) -> bool {
         self.redis_healthy.load(Ordering::Relaxed)
     }
 
-    pub fn kafka_healthy(&self) -> bool {
+    pub(crate) fn kafka_healthy(&self) -> bool {
         self.kafka_healthy.load(Ordering::Relaxed)
     }
 
     /// Hands a committed retrain's side effects to the fast path (started on first use).
-    pub fn deliver_soon(self: &Arc<Self>, committed: Committed) {
+    pub(crate) fn deliver_soon(self: &Arc<Self>, committed: Committed) {
         let mut slot = self.fast_path.lock().expect("not poisoned");
         let committed = match slot.as_ref() {
             Some(queue) => match queue.send(committed) {
@@ -166,7 +166,7 @@ impl Outbox {
     }
 
     /// Waits until everything handed to the fast path so far is delivered (or left to the sweep).
-    pub async fn drain(&self) {
+    pub(crate) async fn drain(&self) {
         self.fast_path.lock().expect("not poisoned").take();
         self.tasks.close();
         self.tasks.wait().await;
@@ -231,7 +231,7 @@ impl Outbox {
     }
 
     /// Delivers what is due in one user's outbox now (the registry's activations).
-    pub async fn deliver_user(&self, user_id: &str) -> anyhow::Result<Delivered> {
+    pub(crate) async fn deliver_user(&self, user_id: &str) -> anyhow::Result<Delivered> {
         self.deliver(&[user_id.to_owned()], &HashMap::new(), Skip::default())
             .await
     }
@@ -511,7 +511,7 @@ impl Outbox {
     /// in this sweep, the other users' entries for it wait for the next sweep, while the other
     /// system's entries go on: a Kafka outage costs one delivery timeout per sweep, and
     /// invalidations keep flowing.
-    pub async fn sweep(&self) -> anyhow::Result<Delivered> {
+    pub(crate) async fn sweep(&self) -> anyhow::Result<Delivered> {
         let mut total = Delivered::default();
         let users = db::outbox_due_users(&self.pool, 1000, FAST_PATH_GRACE).await?;
         for pass in users.chunks(MAX_PASS_USERS) {
@@ -528,7 +528,7 @@ impl Outbox {
     }
 
     /// Updates the backlog gauges: entries not yet done, and the age of the oldest, per kind.
-    pub async fn refresh_backlog(&self) -> anyhow::Result<()> {
+    pub(crate) async fn refresh_backlog(&self) -> anyhow::Result<()> {
         let backlog: Vec<(String, i64, f64)> = sqlx::query_as(
             "SELECT kind, count(*), extract(epoch FROM now() - min(created_at))::float8
                FROM refit_outbox WHERE done_at IS NULL GROUP BY kind",
@@ -591,6 +591,6 @@ fn users_of(pass: &[Committed]) -> Vec<String> {
         .collect()
 }
 
-pub fn elapsed_ms(since: Instant) -> f64 {
+pub(crate) fn elapsed_ms(since: Instant) -> f64 {
     (since.elapsed().as_secs_f64() * 1e6).round() / 1e3
 }

@@ -25,51 +25,51 @@
 use crate::config::{Compaction, ValidationMetric};
 
 /// Live errors of recent versions the gate's median is taken over.
-pub const LIVE_HISTORY: usize = 20;
+pub(crate) const LIVE_HISTORY: usize = 20;
 /// Fewer live errors than this and the live check does not judge yet.
 const LIVE_HISTORY_MIN: usize = 3;
 
 /// How versions are made (see the module documentation).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Policy {
+pub(crate) struct Policy {
     /// Rounds a continue step adds.
-    pub rounds: i32,
+    pub(crate) rounds: i32,
     /// Learning rate of continue steps; 0 keeps the model's own `eta`.
-    pub continue_eta: f64,
+    pub(crate) continue_eta: f64,
     /// Rebuild every this many accepted batches (0: only at the tree cap).
-    pub rebuild_every: u32,
+    pub(crate) rebuild_every: u32,
     /// Most recent trained actuals a rebuild trains on.
-    pub window: i64,
+    pub(crate) window: i64,
     /// Rounds of a rebuild (and of a user's first model).
-    pub rebuild_rounds: i32,
+    pub(crate) rebuild_rounds: i32,
     /// Learning rate of a rebuild (and of a user's first model); 0 keeps the model's own `eta`.
-    pub rebuild_eta: f64,
+    pub(crate) rebuild_eta: f64,
     /// In a rebuild, a row this many rows older than the newest weighs half as much (0: all
     /// rows weigh the same).
-    pub half_life: i64,
+    pub(crate) half_life: i64,
     /// Tree cap per model (0 = none).
-    pub max_trees: i64,
+    pub(crate) max_trees: i64,
     /// What happens at the tree cap.
-    pub compaction: Compaction,
-    pub gate: Gate,
+    pub(crate) compaction: Compaction,
+    pub(crate) gate: Gate,
 }
 
 /// The validation gate's settings.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Gate {
-    pub enabled: bool,
+pub(crate) struct Gate {
+    pub(crate) enabled: bool,
     /// Recent trained actuals the candidate and the active model are scored on.
-    pub window: i64,
-    pub metric: ValidationMetric,
+    pub(crate) window: i64,
+    pub(crate) metric: ValidationMetric,
     /// Rejected when candidate > active + tolerance × the typical live error, on the window.
-    pub tolerance: f64,
+    pub(crate) tolerance: f64,
     /// Rejected when the live error > ratio × the median of recent live errors.
-    pub live_ratio: f64,
+    pub(crate) live_ratio: f64,
 }
 
 /// The step that makes the next version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// The user's first model, trained on the batch (and any earlier trained actuals).
     Fresh,
     /// Rounds added to the active model on the batch.
@@ -82,7 +82,7 @@ pub enum Step {
 
 impl Step {
     /// Recorded per version (`metrics.policy.step`).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Step::Fresh => "fresh",
             Step::Continue => "continue",
@@ -92,7 +92,7 @@ impl Step {
     }
 
     /// The version's `source` column.
-    pub fn source(self) -> &'static str {
+    pub(crate) fn source(self) -> &'static str {
         match self {
             Step::Fresh => "fresh",
             Step::Continue => "retrain",
@@ -103,7 +103,7 @@ impl Step {
     }
 
     /// The event's `action`.
-    pub fn action(self) -> &'static str {
+    pub(crate) fn action(self) -> &'static str {
         match self {
             Step::Rebuild { at_cap: true } | Step::Refresh => "compaction",
             _ => "retrain",
@@ -111,23 +111,23 @@ impl Step {
     }
 
     /// Whether the step trains on the window of recent actuals rather than the batch alone.
-    pub fn reads_window(self) -> bool {
+    pub(crate) fn reads_window(self) -> bool {
         matches!(self, Step::Fresh | Step::Rebuild { .. })
     }
 }
 
 /// Where the model to build on stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Lineage {
+pub(crate) struct Lineage {
     /// Trees of the model the step starts from (`None`: no model yet).
-    pub trees: Option<i64>,
+    pub(crate) trees: Option<i64>,
     /// Accepted continue steps since that model's last rebuild.
-    pub since_rebuild: u32,
+    pub(crate) since_rebuild: u32,
 }
 
 impl Policy {
     /// The step for the next batch of a model that stands at `lineage`.
-    pub fn plan(&self, lineage: Lineage) -> Step {
+    pub(crate) fn plan(&self, lineage: Lineage) -> Step {
         let Some(trees) = lineage.trees else {
             return Step::Fresh;
         };
@@ -144,7 +144,7 @@ impl Policy {
     }
 
     /// `since_rebuild` of the version a step makes from a model at `lineage`.
-    pub fn since_rebuild(step: Step, lineage: Lineage) -> u32 {
+    pub(crate) fn since_rebuild(step: Step, lineage: Lineage) -> u32 {
         match step {
             Step::Fresh | Step::Rebuild { .. } => 0,
             Step::Continue | Step::Refresh => lineage.since_rebuild + 1,
@@ -152,7 +152,7 @@ impl Policy {
     }
 
     /// The learning rate a step trains at, when the policy sets one (None: the model's own).
-    pub fn step_eta(&self, step: Step) -> Option<f64> {
+    pub(crate) fn step_eta(&self, step: Step) -> Option<f64> {
         let eta = match step {
             Step::Continue => self.continue_eta,
             Step::Fresh | Step::Rebuild { .. } => self.rebuild_eta,
@@ -162,7 +162,7 @@ impl Policy {
     }
 
     /// The policy's settings as `NAME=value` pairs (for `refit config`).
-    pub fn describe(&self) -> Vec<(&'static str, String)> {
+    pub(crate) fn describe(&self) -> Vec<(&'static str, String)> {
         let on_off = |on: bool| if on { "on" } else { "off" }.to_owned();
         vec![
             ("REFIT_ROUNDS_PER_RETRAIN", self.rounds.to_string()),
@@ -192,7 +192,7 @@ impl Policy {
     }
 
     /// Trained actuals to read besides the batch: the gate's window, and a rebuild's.
-    pub fn recent_rows(&self, step: Step, batch_rows: usize) -> i64 {
+    pub(crate) fn recent_rows(&self, step: Step, batch_rows: usize) -> i64 {
         let gate = if self.gate.enabled {
             self.gate.window
         } else {
@@ -211,8 +211,8 @@ impl Policy {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Errors {
     pub mae: f64,
-    pub rmse: f64,
-    pub rows: usize,
+    pub(crate) rmse: f64,
+    pub(crate) rows: usize,
 }
 
 impl Errors {
@@ -232,7 +232,7 @@ impl Errors {
         }
     }
 
-    pub fn get(&self, metric: ValidationMetric) -> f64 {
+    pub(crate) fn get(&self, metric: ValidationMetric) -> f64 {
         match metric {
             ValidationMetric::Rmse => self.rmse,
             ValidationMetric::Mae => self.mae,
@@ -242,21 +242,21 @@ impl Errors {
 
 /// What the gate judges a candidate on.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Evidence {
+pub(crate) struct Evidence {
     /// The base model's error on the batch, before training on it.
-    pub live: Errors,
+    pub(crate) live: Errors,
     /// Live errors (in the gate's metric) of the user's recent versions, newest first.
-    pub live_history: Vec<f64>,
+    pub(crate) live_history: Vec<f64>,
     /// Candidate and base on the recent trained actuals (`None`: no such actuals yet).
-    pub window: Option<(Errors, Errors)>,
+    pub(crate) window: Option<(Errors, Errors)>,
     /// The base was just reinstated: the batch it was rejected on was real change, so a live
     /// error far above the old level is expected and not held against the candidate.
-    pub confirmed_change: bool,
+    pub(crate) confirmed_change: bool,
 }
 
 /// The gate's decision.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     Accept,
     /// The live error is far above the user's typical one.
     LiveOutlier {
@@ -272,12 +272,12 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub fn accepted(&self) -> bool {
+    pub(crate) fn accepted(&self) -> bool {
         *self == Verdict::Accept
     }
 
     /// Why a version was rejected, for the version's `error` and the event's `reason`.
-    pub fn reason(&self, gate: &Gate) -> Option<String> {
+    pub(crate) fn reason(&self, gate: &Gate) -> Option<String> {
         match self {
             Verdict::Accept => None,
             Verdict::LiveOutlier { live, typical } => Some(format!(
@@ -302,7 +302,7 @@ impl Verdict {
 
 impl Gate {
     /// Judges a candidate (see the module documentation).
-    pub fn judge(&self, evidence: &Evidence) -> Verdict {
+    pub(crate) fn judge(&self, evidence: &Evidence) -> Verdict {
         if !self.enabled {
             return Verdict::Accept;
         }
@@ -332,7 +332,7 @@ impl Gate {
 }
 
 /// The median of recent live errors, once there are enough of them.
-pub fn typical_live(history: &[f64]) -> Option<f64> {
+pub(crate) fn typical_live(history: &[f64]) -> Option<f64> {
     let recent: Vec<f64> = history
         .iter()
         .take(LIVE_HISTORY)
@@ -353,7 +353,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// Training weights of a rebuild's `rows` rows, oldest first: the newest weighs 1 and a row
 /// `half_life` rows older weighs half as much (None: all rows weigh the same).
-pub fn recency_weights(rows: usize, half_life: i64) -> Option<Vec<f32>> {
+pub(crate) fn recency_weights(rows: usize, half_life: i64) -> Option<Vec<f32>> {
     (half_life > 0).then(|| {
         (0..rows)
             .map(|i| 0.5f64.powf((rows - 1 - i) as f64 / half_life as f64) as f32)
@@ -363,7 +363,7 @@ pub fn recency_weights(rows: usize, half_life: i64) -> Option<Vec<f32>> {
 
 /// Whether a rejected version predicted the next batch better than the active one: then its
 /// batch was real change, not poison, and it serves again.
-pub fn reinstate(rejected_on_batch: Errors, active_on_batch: Errors) -> bool {
+pub(crate) fn reinstate(rejected_on_batch: Errors, active_on_batch: Errors) -> bool {
     rejected_on_batch.mae < active_on_batch.mae
 }
 
@@ -371,7 +371,7 @@ pub fn reinstate(rejected_on_batch: Errors, active_on_batch: Errors) -> bool {
 /// to be real change, so a continue step becomes a rebuild on the window (which now holds that
 /// batch): the model catches up at once instead of serving the old pattern until the schedule's
 /// next rebuild.
-pub fn after_reinstatement(planned: Step) -> Step {
+pub(crate) fn after_reinstatement(planned: Step) -> Step {
     match planned {
         Step::Continue => Step::Rebuild { at_cap: false },
         other => other,

@@ -47,51 +47,51 @@ pub enum RegistryError {
 
 /// One version in a listing.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct VersionSummary {
-    pub user_id: String,
-    pub version: i32,
-    pub status: String,
-    pub active: bool,
-    pub parent_version: Option<i32>,
-    pub rows_used: i32,
-    pub rows_set_aside: i32,
-    pub trees: Option<i32>,
-    pub source: String,
-    pub created_at: DateTime<Utc>,
-    pub error: Option<String>,
+pub(crate) struct VersionSummary {
+    pub(crate) user_id: String,
+    pub(crate) version: i32,
+    pub(crate) status: String,
+    pub(crate) active: bool,
+    pub(crate) parent_version: Option<i32>,
+    pub(crate) rows_used: i32,
+    pub(crate) rows_set_aside: i32,
+    pub(crate) trees: Option<i32>,
+    pub(crate) source: String,
+    pub(crate) created_at: DateTime<Utc>,
+    pub(crate) error: Option<String>,
     /// The serving version's mean absolute error on this version's batch, before training on it.
-    pub live_mae: Option<f64>,
+    pub(crate) live_mae: Option<f64>,
     /// The policy step that made the version: fresh, continue, rebuild or refresh.
-    pub step: Option<String>,
+    pub(crate) step: Option<String>,
     /// Set by people (`refit models update`).
-    pub description: Option<String>,
+    pub(crate) description: Option<String>,
     /// Set by people; keys never start with `refit.`.
-    pub tags: BTreeMap<String, String>,
+    pub(crate) tags: BTreeMap<String, String>,
     /// Derived by refit: `refit.source`, `refit.step`, `refit.reason` (why it failed or was
     /// rejected).
-    pub system_tags: BTreeMap<String, String>,
+    pub(crate) system_tags: BTreeMap<String, String>,
     /// The user's aliases pointing at this version.
-    pub aliases: Vec<String>,
+    pub(crate) aliases: Vec<String>,
 }
 
 /// Everything about one version but its artifact.
 #[derive(Debug, Clone, Serialize)]
-pub struct VersionDetail {
+pub(crate) struct VersionDetail {
     #[serde(flatten)]
-    pub summary: VersionSummary,
-    pub boosted_rounds: Option<i32>,
-    pub artifact_bytes: Option<i32>,
-    pub params: Value,
-    pub features: Value,
-    pub timings_ms: Value,
-    pub metrics: Value,
-    pub retrain_id: Option<Uuid>,
+    pub(crate) summary: VersionSummary,
+    pub(crate) boosted_rounds: Option<i32>,
+    pub(crate) artifact_bytes: Option<i32>,
+    pub(crate) params: Value,
+    pub(crate) features: Value,
+    pub(crate) timings_ms: Value,
+    pub(crate) metrics: Value,
+    pub(crate) retrain_id: Option<Uuid>,
     /// The user's model as a whole: its description, tags and aliases.
-    pub model: ModelMeta,
+    pub(crate) model: ModelMeta,
 }
 
 /// The most versions one HTTP listing returns, and the default: larger listings are paged.
-pub const MAX_LIST_LIMIT: i64 = 1000;
+pub(crate) const MAX_LIST_LIMIT: i64 = 1000;
 
 /// Listing filters.
 #[derive(Debug, Clone, Default)]
@@ -155,7 +155,10 @@ fn string_map(value: Value) -> BTreeMap<String, String> {
 }
 
 /// Versions matching `filter`, newest first.
-pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Vec<VersionSummary>, RegistryError> {
+pub(crate) async fn list(
+    pool: &PgPool,
+    filter: &Filter,
+) -> Result<Vec<VersionSummary>, RegistryError> {
     let sql = format!(
         "SELECT {SUMMARY_COLUMNS} FROM refit_model_versions v JOIN refit_models m USING (user_id)
           WHERE ($1::text IS NULL OR v.user_id = $1)
@@ -178,7 +181,7 @@ pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Vec<VersionSummary>,
 }
 
 /// One version, or the active one when `version` is `None`.
-pub async fn show(
+pub(crate) async fn show(
     pool: &PgPool,
     user: &str,
     version: Option<&VersionRef>,
@@ -216,7 +219,7 @@ pub async fn show(
 }
 
 /// The version number `version` names (a number, an alias), or the active one.
-pub async fn resolve(
+pub(crate) async fn resolve(
     pool: &PgPool,
     user: &str,
     version: Option<&VersionRef>,
@@ -242,7 +245,7 @@ pub async fn resolve(
 
 /// The UBJSON artifact of a version (the active one by default): what `xgb.Booster(model_file=…)`
 /// loads.
-pub async fn artifact(
+pub(crate) async fn artifact(
     pool: &PgPool,
     user: &str,
     version: Option<&VersionRef>,
@@ -293,7 +296,7 @@ impl Activation {
 }
 
 /// Makes `version` the user's active version (`action`: promote or rollback).
-pub async fn activate(
+pub(crate) async fn activate(
     pool: &PgPool,
     user: &str,
     version: i32,
@@ -483,7 +486,7 @@ pub async fn import(
 /// Deletes all but the newest `keep` versions (of `user`, or of every user); the active version
 /// and versions an alias points at are never deleted. Each user whose versions were deleted gets
 /// an audit record of them. Returns how many were deleted.
-pub async fn prune(
+pub(crate) async fn prune(
     pool: &PgPool,
     user: Option<&str>,
     keep: i64,

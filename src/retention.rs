@@ -33,17 +33,17 @@ const BATCH: i64 = 100;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     /// Off: nothing is pruned (`REFIT_RETENTION=off`).
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// Newest ready versions that keep their artifacts (besides the active one).
-    pub keep_artifacts: i64,
+    pub(crate) keep_artifacts: i64,
     /// Newest versions kept at all (metadata); older ones are deleted.
-    pub keep_versions: i64,
+    pub(crate) keep_versions: i64,
     /// Newest trained actuals per user kept (what the rebuild and the gate read).
-    pub keep_rows: i64,
+    pub(crate) keep_rows: i64,
     /// Delivered outbox entries are kept this long (zero: deleted when delivered, by the outbox).
-    pub outbox_after: Duration,
+    pub(crate) outbox_after: Duration,
     /// Set-aside actuals and dead-lettered outbox entries are deleted after this long.
-    pub set_aside_after: Duration,
+    pub(crate) set_aside_after: Duration,
 }
 
 /// What one prune of one user removed.
@@ -51,7 +51,7 @@ pub struct Retention {
 pub struct Pruned {
     pub artifacts: u64,
     pub versions: u64,
-    pub consumed_rows: u64,
+    pub(crate) consumed_rows: u64,
 }
 
 /// Prunes one user's history; `None` when the user's row is locked (it is pruned next time).

@@ -1,6 +1,7 @@
-//! One retrain of one user: detect → read → train → validate → commit, then the outbox
-//! (invalidate, announce). [`Retrainer::retrain_user`] is the whole unit of work and returns what
-//! it did, so tests can drive it deterministically and the service loop can schedule it.
+//! One retrain of one user the scheduler ([`crate::service`]) found due: read → train → validate
+//! → commit, then the outbox (invalidate, announce). [`Retrainer::retrain_user`] is the whole
+//! unit of work and returns what it did, so tests can drive it deterministically and the service
+//! loop can schedule it.
 //!
 //! The read, the training and the commit happen inside one transaction that holds the user's
 //! registry row lock: a crash anywhere before the commit rolls everything back and the actuals
@@ -67,7 +68,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// Whether another batch may be waiting right behind this one.
-    pub fn consumed_rows(&self) -> bool {
+    pub(crate) fn consumed_rows(&self) -> bool {
         matches!(
             self,
             Outcome::Trained { .. } | Outcome::Rejected { .. } | Outcome::AllSetAside { .. }
@@ -88,7 +89,7 @@ pub struct Retrainer {
 }
 
 impl Retrainer {
-    pub fn new(
+    pub(crate) fn new(
         pool: PgPool,
         config: Arc<Config>,
         metrics: Arc<Metrics>,
@@ -104,18 +105,13 @@ impl Retrainer {
     }
 
     /// Actuals consumed per retrain.
-    pub fn threshold(&self) -> i64 {
+    pub(crate) fn threshold(&self) -> i64 {
         self.config.retrain_threshold
     }
 
     /// Waits for every fast-path delivery started so far (before shutdown).
-    pub async fn drain_deliveries(&self) {
+    pub(crate) async fn drain_deliveries(&self) {
         self.outbox.drain().await;
-    }
-
-    /// The models kept loaded between retrains.
-    pub fn model_cache(&self) -> &ModelCache {
-        &self.models
     }
 
     /// Whether `rows` pending actuals, the oldest pending since `oldest`, are due by staleness.
@@ -133,7 +129,11 @@ impl Retrainer {
     /// error — at read, at commit, or the deadline passed (the retrain's transaction is dropped,
     /// so it rolls back and releases the user's row lock) — backs the user off exponentially, as
     /// a failed training does, instead of retrying it at every poll.
-    pub async fn retrain_bounded(&self, user_id: &str, pending: i64) -> anyhow::Result<Outcome> {
+    pub(crate) async fn retrain_bounded(
+        &self,
+        user_id: &str,
+        pending: i64,
+    ) -> anyhow::Result<Outcome> {
         let attempt = self.retrain_user(user_id, pending);
         let result = match self.config.retrain_timeout {
             None => attempt.await,

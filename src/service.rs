@@ -55,18 +55,17 @@ const BUSY_SCAN_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Everything a running refit holds.
 pub struct Service {
-    pub config: Arc<Config>,
+    pub(crate) config: Arc<Config>,
     pub pool: PgPool,
     /// The HTTP API's own small pool (REFIT_HTTP_DB_POOL_SIZE): registry reads cannot take the
     /// connections retrains need.
-    pub http_pool: PgPool,
-    pub metrics: Arc<Metrics>,
-    pub cache: Arc<Cache>,
-    pub events: Arc<Events>,
-    pub outbox: Arc<Outbox>,
+    pub(crate) http_pool: PgPool,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) events: Arc<Events>,
+    pub(crate) outbox: Arc<Outbox>,
     pub retrainer: Arc<Retrainer>,
     /// Beaten by the scheduler loop; read by /healthz.
-    pub heartbeat: Arc<crate::http::Heartbeat>,
+    pub(crate) heartbeat: Arc<crate::http::Heartbeat>,
     /// The bound HTTP listener (taken by `run`), bound at build time so its port is known.
     http_listener: std::sync::Mutex<Option<tokio::net::TcpListener>>,
     /// Where the HTTP server listens, if enabled.
@@ -93,7 +92,7 @@ impl Service {
         let events = Arc::new(Events::new(&config)?);
         let outbox = Arc::new(Outbox::new(
             pool.clone(),
-            cache.clone(),
+            cache,
             events.clone(),
             metrics.clone(),
             config.outbox_retry_max,
@@ -123,11 +122,25 @@ impl Service {
             pool,
             http_pool,
             metrics,
-            cache,
             events,
             outbox,
             retrainer,
         })
+    }
+
+    /// The Prometheus text exposition of the service's metrics, as `/metrics` serves it.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render()
+    }
+
+    /// Whether the outbox's last announcements reached Kafka (what `/readyz` reports).
+    pub fn kafka_healthy(&self) -> bool {
+        self.outbox.kafka_healthy()
+    }
+
+    /// Creates the events topic if it does not exist (as `run` does in the background).
+    pub async fn ensure_topic(&self) -> anyhow::Result<()> {
+        self.events.ensure_topic().await
     }
 
     /// Runs until `shutdown` is cancelled, then winds down cleanly.
@@ -292,7 +305,7 @@ impl Service {
 
 /// What the listener tells the scheduler.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Arrival {
+pub(crate) enum Arrival {
     /// `count` actuals of the user became pending (`None`: how many is not known).
     Actuals { user_id: String, count: Option<i64> },
     /// Notifications may have been missed: scan everything.
@@ -301,8 +314,9 @@ pub enum Arrival {
 
 impl Arrival {
     /// Reads a notification of the insert trigger: `<count>:<first actual id>:<user id>`, or an
-    /// empty payload (a user id too long to notify).
-    pub fn parse(payload: &str) -> Self {
+    /// empty payload (what the trigger sent for a user id too long to notify before migration
+    /// 20261201000008, which sets such actuals aside instead).
+    pub(crate) fn parse(payload: &str) -> Self {
         if payload.is_empty() {
             return Arrival::Rescan;
         }
@@ -325,7 +339,7 @@ impl Arrival {
 
 /// How a worker left its user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Finished {
+pub(crate) enum Finished {
     /// This many actuals are still pending, as far as the worker knows.
     Remaining(i64),
     /// The user backs off after a failure: the full scan brings it back when it may retry.
@@ -338,23 +352,23 @@ pub enum Finished {
 /// (another replica consumed rows) — that costs one retrain attempt that finds too few — but
 /// never low while notifications arrive, so no due user waits for the safety-net scan.
 #[derive(Debug, Default)]
-pub struct Pending {
+pub(crate) struct Pending {
     threshold: i64,
     /// Pending actuals per user not in flight: the last count read plus the arrivals since.
     known: HashMap<String, i64>,
     /// Users to count in the database before they can be scheduled.
-    pub unknown: HashSet<String>,
+    pub(crate) unknown: HashSet<String>,
     /// Users backing off after a failed retrain, since when: left to the full scan.
     backing_off: HashMap<String, Instant>,
     /// Users being retrained → notified again meanwhile.
     in_flight: HashMap<String, bool>,
     /// Due users in the order they became due (their counts stay in `known`).
-    pub queue: VecDeque<String>,
+    pub(crate) queue: VecDeque<String>,
     queued: HashSet<String>,
 }
 
 impl Pending {
-    pub fn new(threshold: i64) -> Self {
+    pub(crate) fn new(threshold: i64) -> Self {
         Pending {
             threshold,
             ..Default::default()
@@ -362,7 +376,7 @@ impl Pending {
     }
 
     /// A notification: `count` actuals of the user became pending.
-    pub fn arrived(&mut self, user_id: String, count: Option<i64>) {
+    pub(crate) fn arrived(&mut self, user_id: String, count: Option<i64>) {
         if let Some(notified) = self.in_flight.get_mut(&user_id) {
             *notified = true;
             return;
@@ -384,7 +398,7 @@ impl Pending {
     }
 
     /// Counts read from the database for `asked` (users with no pending actual are absent).
-    pub fn counted(&mut self, asked: &[String], counts: Vec<db::PendingCount>) {
+    pub(crate) fn counted(&mut self, asked: &[String], counts: Vec<db::PendingCount>) {
         let mut counts: HashMap<String, db::PendingCount> =
             counts.into_iter().map(|c| (c.user_id.clone(), c)).collect();
         for user_id in asked {
@@ -405,7 +419,7 @@ impl Pending {
 
     /// The full scan's due users (backing-off users excluded by the query); stale users are
     /// due whatever their count.
-    pub fn scanned(&mut self, due: Vec<db::DueUser>) {
+    pub(crate) fn scanned(&mut self, due: Vec<db::DueUser>) {
         self.forget_idle();
         for user in due {
             self.backing_off.remove(&user.user_id);
@@ -444,7 +458,7 @@ impl Pending {
     }
 
     /// A worker ended.
-    pub fn finished(&mut self, user_id: String, finished: Finished) {
+    pub(crate) fn finished(&mut self, user_id: String, finished: Finished) {
         let notified = self.in_flight.remove(&user_id).unwrap_or(false);
         match finished {
             Finished::BackingOff => {
@@ -468,7 +482,7 @@ impl Pending {
     }
 
     /// The next due user to run; it is in flight from now on.
-    pub fn start_next(&mut self) -> Option<db::DueUser> {
+    pub(crate) fn start_next(&mut self) -> Option<db::DueUser> {
         let user_id = self.queue.pop_front()?;
         self.queued.remove(&user_id);
         let pending = self.known.remove(&user_id).unwrap_or(self.threshold);

@@ -22,12 +22,12 @@ use crate::trainer;
 /// One prediction and where its model came from.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Prediction {
-    pub user_id: String,
-    pub version: i32,
-    pub prediction: f32,
+    pub(crate) user_id: String,
+    pub(crate) version: i32,
+    pub(crate) prediction: f32,
     /// `hit` when the model came from the cache, `miss` when it was loaded and cached, `bypass`
     /// for a named version (read from PostgreSQL, the cache left alone).
-    pub cache: &'static str,
+    pub(crate) cache: &'static str,
 }
 
 /// Predicts for one feature object (JSON text) with the user's model: the active one, read

@@ -98,15 +98,6 @@ pub(crate) fn loki_send_errors() -> &'static IntCounter {
     &LOKI_SEND_ERRORS
 }
 
-/// Stdout logging only (tests and commands that need no Loki).
-pub fn init_stdout(format: LogFormat, default_filter: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let _ = tracing_subscriber::registry()
-        .with(stdout_layer(format).with_filter(filter))
-        .try_init();
-}
-
 fn stdout_layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,

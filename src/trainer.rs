@@ -34,8 +34,17 @@ pub enum Previous<'a> {
     None,
     /// The active version's stored UBJSON artifact.
     Artifact(&'a [u8]),
-    /// The active version, already in memory (see `retrain::ModelCache`).
+    /// The active version, already in memory (see `model_cache::ModelCache`).
     Loaded(Booster),
+}
+
+impl Previous<'static> {
+    /// A model file loaded into memory, as the model cache keeps a user's model between retrains
+    /// (for the benchmarks, which measure training from memory against training from the file).
+    pub fn load(artifact: &[u8]) -> Result<Self, TrainError> {
+        let booster = Booster::load(artifact, &[]).map_err(TrainError::CorruptArtifact)?;
+        Ok(Previous::Loaded(booster))
+    }
 }
 
 /// What a retrain needs to train.
@@ -61,9 +70,9 @@ pub struct Trained {
     pub artifact: Vec<u8>,
     /// A lean copy of the model (no training state) for the caller to keep for the next
     /// retrain, when asked for; never after a refresh, whose updater settings must not carry over.
-    pub booster: Option<Booster>,
-    pub trees: i64,
-    pub boosted_rounds: i32,
+    pub(crate) booster: Option<Booster>,
+    pub(crate) trees: i64,
+    pub(crate) boosted_rounds: i32,
     /// Time spent loading the previous model (zero when it was in memory).
     pub load: Duration,
     /// Time spent in boosting rounds.
@@ -71,15 +80,15 @@ pub struct Trained {
     /// Time spent serialising the new model.
     pub save: Duration,
     /// Scores on the holdout (lower is better): the new model's and the previous model's.
-    pub scores: Option<Scores>,
+    pub(crate) scores: Option<Scores>,
 }
 
 /// The validation gate's scores of one retrain.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Scores {
-    pub candidate: f64,
-    pub previous: f64,
-    pub rows: usize,
+pub(crate) struct Scores {
+    pub(crate) candidate: f64,
+    pub(crate) previous: f64,
+    pub(crate) rows: usize,
 }
 
 /// Why a retrain could not produce a model.
@@ -159,52 +168,52 @@ pub fn train(input: TrainInput<'_>) -> Result<Trained, TrainError> {
 }
 
 /// What one policy step needs (see [`crate::policy`]).
-pub struct StepInput<'a> {
-    pub policy: &'a Policy,
+pub(crate) struct StepInput<'a> {
+    pub(crate) policy: &'a Policy,
     /// The active (serving) version and where it stands; `None` for a user without a model.
-    pub active: Option<(Previous<'a>, Lineage)>,
+    pub(crate) active: Option<(Previous<'a>, Lineage)>,
     /// A rejected version made from the active one: it becomes the base when it predicts the
     /// batch better than the active version.
-    pub rejected: Option<(&'a [u8], Lineage)>,
+    pub(crate) rejected: Option<(&'a [u8], Lineage)>,
     /// Training parameters, stored with the version and re-applied after loading.
-    pub params: &'a BTreeMap<String, String>,
+    pub(crate) params: &'a BTreeMap<String, String>,
     /// XGBoost threads (not stored with the model).
-    pub nthread: u32,
+    pub(crate) nthread: u32,
     /// The pending rows, in the model's feature order.
-    pub batch: &'a Batch,
+    pub(crate) batch: &'a Batch,
     /// Actuals that serving versions trained on, oldest first (the gate's and a rebuild's window).
-    pub recent: &'a Batch,
+    pub(crate) recent: &'a Batch,
     /// The actuals the rejected version trained on, oldest first: they join `recent` when it is
     /// reinstated.
-    pub rejected_rows: &'a Batch,
+    pub(crate) rejected_rows: &'a Batch,
     /// Live MAEs of the user's recent versions, newest first.
-    pub live_history: &'a [f64],
+    pub(crate) live_history: &'a [f64],
     /// Return a copy of the new model to keep in memory ([`Trained::booster`]).
-    pub keep_model: bool,
+    pub(crate) keep_model: bool,
 }
 
 /// What one policy step made.
-pub struct StepResult {
-    pub trained: Trained,
+pub(crate) struct StepResult {
+    pub(crate) trained: Trained,
     /// The step that made `trained` (a rejected candidate is always a continue or a refresh).
-    pub step: Step,
+    pub(crate) step: Step,
     /// Accepted continue steps since the new version's last rebuild.
-    pub since_rebuild: u32,
+    pub(crate) since_rebuild: u32,
     /// The active version's error on the batch, before training on it.
-    pub live: Option<Errors>,
+    pub(crate) live: Option<Errors>,
     /// The rejected version became the base.
-    pub reinstated: bool,
-    pub verdict: Verdict,
+    pub(crate) reinstated: bool,
+    pub(crate) verdict: Verdict,
     /// The candidate's and the base's errors on the gate's window.
-    pub window: Option<(Errors, Errors)>,
+    pub(crate) window: Option<(Errors, Errors)>,
     /// The median of the user's recent live errors (the gate's scale).
-    pub typical_live: Option<f64>,
+    pub(crate) typical_live: Option<f64>,
     /// Rows the new version was trained on in this step.
-    pub rows_trained: usize,
-    pub rounds: i32,
+    pub(crate) rows_trained: usize,
+    pub(crate) rounds: i32,
     /// CPU time the step took on its thread (XGBoost runs there with `nthread` 1; more threads'
     /// work is not counted).
-    pub cpu: Duration,
+    pub(crate) cpu: Duration,
 }
 
 /// The calling thread's CPU time so far.
@@ -214,7 +223,7 @@ fn thread_cpu() -> Duration {
 }
 
 /// Runs one step of the retraining policy (see [`step`]) and measures its thread's CPU time.
-pub fn run_step(input: StepInput<'_>) -> Result<StepResult, TrainError> {
+pub(crate) fn run_step(input: StepInput<'_>) -> Result<StepResult, TrainError> {
     let started = thread_cpu();
     let mut result = step(input)?;
     result.cpu = thread_cpu().saturating_sub(started);
@@ -508,11 +517,11 @@ pub fn score(artifact: &[u8], batch: &Batch, metric: ValidationMetric) -> Result
 pub struct ModelInfo {
     /// Feature names stored in the file (empty when it has none).
     pub features: Vec<String>,
-    pub num_features: u64,
-    pub trees: i64,
-    pub boosted_rounds: i32,
+    pub(crate) num_features: u64,
+    pub(crate) trees: i64,
+    pub(crate) boosted_rounds: i32,
     /// The learning objective, e.g. `reg:squarederror`.
-    pub objective: Option<String>,
+    pub(crate) objective: Option<String>,
 }
 
 /// Loads a model file and describes it; fails when XGBoost cannot load it.
@@ -537,13 +546,14 @@ fn describe(booster: &Booster) -> Result<ModelInfo, TrainError> {
 
 /// [`inspect`], and the model saved as UBJSON (the format refit stores and exports), whatever the
 /// format of `artifact` (UBJSON or JSON).
-pub fn inspect_as_ubjson(artifact: &[u8]) -> Result<(ModelInfo, Vec<u8>), TrainError> {
+pub(crate) fn inspect_as_ubjson(artifact: &[u8]) -> Result<(ModelInfo, Vec<u8>), TrainError> {
     let booster = Booster::load(artifact, &[]).map_err(TrainError::CorruptArtifact)?;
     Ok((describe(&booster)?, booster.save_ubjson()?))
 }
 
 /// The feature names stored inside a model file, if it has them.
-pub fn artifact_features(artifact: &[u8]) -> Result<Vec<String>, TrainError> {
+#[cfg(test)]
+pub(crate) fn artifact_features(artifact: &[u8]) -> Result<Vec<String>, TrainError> {
     let booster = Booster::load(artifact, &[]).map_err(TrainError::CorruptArtifact)?;
     Ok(booster.feature_names()?)
 }

@@ -18,7 +18,7 @@ use xgboost_lib_sys as sys;
 /// An error reported by XGBoost, with XGBoost's own message.
 #[derive(Debug, thiserror::Error)]
 #[error("xgboost: {0}")]
-pub struct XgbError(pub String);
+pub struct XgbError(pub(crate) String);
 
 type Result<T> = std::result::Result<T, XgbError>;
 
@@ -51,14 +51,14 @@ fn with_c_strings(
 }
 
 /// Sets XGBoost's process-wide configuration (for example `{"verbosity": 0}`).
-pub fn set_global_config(json: &str) -> Result<()> {
+pub(crate) fn set_global_config(json: &str) -> Result<()> {
     let config = c_string(json)?;
     // SAFETY: `config` is a valid NUL-terminated string for the duration of the call.
     check(unsafe { sys::XGBSetGlobalConfig(config.as_ptr()) })
 }
 
 /// A dense training or prediction matrix (row-major, `NaN` = missing).
-pub struct Matrix {
+pub(crate) struct Matrix {
     handle: sys::DMatrixHandle,
     rows: usize,
 }
@@ -68,7 +68,7 @@ unsafe impl Send for Matrix {}
 
 impl Matrix {
     /// Builds a matrix of `rows` rows from row-major `values`; `NaN` marks a missing value.
-    pub fn dense(values: &[f32], rows: usize, feature_names: &[String]) -> Result<Self> {
+    pub(crate) fn dense(values: &[f32], rows: usize, feature_names: &[String]) -> Result<Self> {
         let columns = feature_names.len();
         if rows == 0 || columns == 0 || values.len() != rows * columns {
             return Err(XgbError(format!(
@@ -94,12 +94,12 @@ impl Matrix {
     }
 
     /// Sets the training labels, one per row.
-    pub fn set_labels(&mut self, labels: &[f32]) -> Result<()> {
+    pub(crate) fn set_labels(&mut self, labels: &[f32]) -> Result<()> {
         self.set_float_info("label", labels)
     }
 
     /// Sets the rows' weights in training, one per row.
-    pub fn set_weights(&mut self, weights: &[f32]) -> Result<()> {
+    pub(crate) fn set_weights(&mut self, weights: &[f32]) -> Result<()> {
         self.set_float_info("weight", weights)
     }
 
@@ -149,7 +149,7 @@ unsafe impl Send for Booster {}
 
 impl Booster {
     /// An empty booster, as Python's `xgb.Booster(params, cache=[dtrain])` creates one.
-    pub fn new(cache: &[&Matrix]) -> Result<Self> {
+    pub(crate) fn new(cache: &[&Matrix]) -> Result<Self> {
         let handles: Vec<sys::DMatrixHandle> = cache.iter().map(|m| m.handle).collect();
         let mut handle = ptr::null_mut();
         // SAFETY: `handles` holds live DMatrix handles for the duration of the call.
@@ -164,7 +164,7 @@ impl Booster {
     }
 
     /// A booster holding the model in `bytes` (UBJSON or JSON, as saved by any XGBoost >= 1.0).
-    pub fn load(bytes: &[u8], cache: &[&Matrix]) -> Result<Self> {
+    pub(crate) fn load(bytes: &[u8], cache: &[&Matrix]) -> Result<Self> {
         // XGBoost 3.4 aborts the process (std::terminate) on an empty buffer.
         if bytes.is_empty() {
             return Err(XgbError("the model file is empty".into()));
@@ -184,7 +184,7 @@ impl Booster {
     /// A copy of the model alone: trees, parameters, feature names — without the training state
     /// (histograms, gradient buffers) a booster keeps after `update`, which is several times the
     /// model's size. `XGBoosterSlice` over all layers.
-    pub fn model_copy(&self) -> Result<Booster> {
+    pub(crate) fn model_copy(&self) -> Result<Booster> {
         let mut handle = ptr::null_mut();
         // SAFETY: the handle is live and `handle` is a valid out pointer; layers 0..0 (all) are
         // never out of bounds.
@@ -193,20 +193,20 @@ impl Booster {
     }
 
     /// Sets one training parameter.
-    pub fn set_param(&mut self, name: &str, value: &str) -> Result<()> {
+    pub(crate) fn set_param(&mut self, name: &str, value: &str) -> Result<()> {
         let (name, value) = (c_string(name)?, c_string(value)?);
         // SAFETY: both strings are valid and NUL-terminated for the duration of the call.
         check(unsafe { sys::XGBoosterSetParam(self.handle, name.as_ptr(), value.as_ptr()) })
     }
 
     /// Runs one boosting round numbered `iteration` on `train`.
-    pub fn update(&mut self, iteration: i32, train: &Matrix) -> Result<()> {
+    pub(crate) fn update(&mut self, iteration: i32, train: &Matrix) -> Result<()> {
         // SAFETY: both handles are live.
         check(unsafe { sys::XGBoosterUpdateOneIter(self.handle, iteration, train.handle) })
     }
 
     /// How many boosting rounds the model holds (`Booster.num_boosted_rounds()` in Python).
-    pub fn boosted_rounds(&self) -> Result<i32> {
+    pub(crate) fn boosted_rounds(&self) -> Result<i32> {
         let mut rounds = 0;
         // SAFETY: the handle is live and `rounds` is a valid out pointer.
         check(unsafe { sys::XGBoosterBoostedRounds(self.handle, &mut rounds) })?;
@@ -214,12 +214,13 @@ impl Booster {
     }
 
     /// The model as UBJSON, the format `Booster.save_model("m.ubj")` writes.
-    pub fn save_ubjson(&self) -> Result<Vec<u8>> {
+    pub(crate) fn save_ubjson(&self) -> Result<Vec<u8>> {
         self.save(r#"{"format": "ubj"}"#)
     }
 
     /// The model as JSON, the format `Booster.save_model("m.json")` writes.
-    pub fn save_json(&self) -> Result<Vec<u8>> {
+    #[cfg(test)]
+    pub(crate) fn save_json(&self) -> Result<Vec<u8>> {
         self.save(r#"{"format": "json"}"#)
     }
 
@@ -237,7 +238,7 @@ impl Booster {
     }
 
     /// The booster's configuration as JSON (`Booster.save_config()` in Python).
-    pub fn config_json(&self) -> Result<String> {
+    pub(crate) fn config_json(&self) -> Result<String> {
         let mut length: sys::bst_ulong = 0;
         let mut data: *const c_char = ptr::null();
         // SAFETY: as in `save_ubjson`.
@@ -248,7 +249,7 @@ impl Booster {
     }
 
     /// The number of trees in the model.
-    pub fn trees(&self) -> Result<i64> {
+    pub(crate) fn trees(&self) -> Result<i64> {
         let config: serde_json::Value = serde_json::from_str(&self.config_json()?)
             .map_err(|e| XgbError(format!("unreadable booster config: {e}")))?;
         let trees = config
@@ -262,7 +263,7 @@ impl Booster {
     }
 
     /// Sets the model's feature names (stored in the saved model).
-    pub fn set_feature_names(&mut self, names: &[String]) -> Result<()> {
+    pub(crate) fn set_feature_names(&mut self, names: &[String]) -> Result<()> {
         let field = c_string("feature_name")?;
         // SAFETY: the array and its strings are valid for the duration of the call.
         with_c_strings(names, |names, len| unsafe {
@@ -271,7 +272,7 @@ impl Booster {
     }
 
     /// The model's feature names, empty when the model was saved without them.
-    pub fn feature_names(&self) -> Result<Vec<String>> {
+    pub(crate) fn feature_names(&self) -> Result<Vec<String>> {
         let field = c_string("feature_name")?;
         let mut length: sys::bst_ulong = 0;
         let mut names: *mut *const c_char = ptr::null_mut();
@@ -292,7 +293,7 @@ impl Booster {
     }
 
     /// How many features the model was trained on (0 for an untrained booster).
-    pub fn num_features(&self) -> Result<u64> {
+    pub(crate) fn num_features(&self) -> Result<u64> {
         let mut n: sys::bst_ulong = 0;
         // SAFETY: the handle is live and `n` is a valid out pointer.
         check(unsafe { sys::XGBoosterGetNumFeature(self.handle, &mut n) })?;
@@ -300,7 +301,7 @@ impl Booster {
     }
 
     /// Predicts one value per row of `data`.
-    pub fn predict(&self, data: &Matrix) -> Result<Vec<f32>> {
+    pub(crate) fn predict(&self, data: &Matrix) -> Result<Vec<f32>> {
         let config = c_string(
             r#"{"type": 0, "training": false, "iteration_begin": 0, "iteration_end": 0, "strict_shape": false}"#,
         )?;

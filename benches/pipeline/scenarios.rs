@@ -22,7 +22,6 @@ use crate::phases::{
 use crate::stats::Summary;
 use refit::features::{prepare, ActualRow};
 use refit::trainer::{train, Previous, TrainInput, TrainMode};
-use refit::xgboost::Booster;
 
 /// The first request index the scenarios write (the seeds are trained on indexes below it).
 const FIRST_K: i32 = 1001;
@@ -287,14 +286,13 @@ pub fn floor(s: &Settings) -> anyhow::Result<Value> {
     let mut models = Vec::new();
     for trees in [100, 1000] {
         let seed = seed(trees)?;
-        let kept = Booster::load(&seed.artifact, &[])?;
         let mut progress = Progress::new(&format!("floor, {trees} trees"), 2 * iterations);
         let mut runs: [Vec<[f64; 4]>; 2] = [Vec::new(), Vec::new()];
         for (mode, run) in runs.iter_mut().enumerate() {
             for i in 0..iterations {
                 let previous = match mode {
                     0 => Previous::Artifact(&seed.artifact),
-                    _ => Previous::Loaded(kept.model_copy()?),
+                    _ => Previous::load(&seed.artifact)?,
                 };
                 let started = Instant::now();
                 let t = train(TrainInput {

@@ -63,13 +63,11 @@ async fn bad_rows_are_set_aside_with_reasons_and_the_rest_trains() {
         (event.status.as_str(), event.rows_used, event.rows_rejected),
         ("success", 45, 5)
     );
-    let counted = running
-        .service
-        .metrics
-        .set_aside
-        .with_label_values(&["non_finite_actual"])
-        .get();
-    assert_eq!(counted, 2);
+    let counted = metric(
+        &running.service,
+        "refit_rows_set_aside_total{reason=\"non_finite_actual\"}",
+    );
+    assert_eq!(counted, 2.0);
     assert_eq!(
         env.pending("erin").await,
         0,
@@ -141,12 +139,8 @@ async fn a_corrupt_artifact_fails_that_user_only_and_keeps_the_previous_version(
     assert_eq!(failed.event.active_version, Some(1));
     assert_eq!(failed.event.reason.as_deref(), Some(reason.as_str()));
     assert_eq!(
-        service
-            .metrics
-            .retrains
-            .with_label_values(&["failed"])
-            .get(),
-        1
+        metric(&service, "refit_retrains_total{status=\"failed\"}"),
+        1.0
     );
 }
 

@@ -18,16 +18,14 @@ async fn the_fiftieth_actual_triggers_exactly_one_retrain_invalidation_and_event
     env.insert_actuals("alice", 49).await;
     // Let the detector see the 49 on several full scans (each poll observes `detect`).
     let detects = || {
-        running
-            .service
-            .metrics
-            .step_duration
-            .with_label_values(&["detect"])
-            .get_sample_count()
+        metric(
+            &running.service,
+            "refit_step_duration_seconds_count{step=\"detect\"}",
+        )
     };
     let before = detects();
     eventually(WAIT, "three detector scans", || async {
-        detects() >= before + 3
+        detects() >= before + 3.0
     })
     .await;
     assert!(

@@ -49,10 +49,16 @@ pub fn brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
 }
 
-/// Logs of the code under test are silent unless `TEST_LOG` is set.
+/// Logs of the code under test are silent unless `TEST_LOG` is set (then text on stdout, as
+/// `REFIT_LOG_FORMAT=text` logs; `RUST_LOG` filters).
 pub fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
-        refit::telemetry::init_stdout(refit::config::LogFormat::Text, "info,sqlx=warn");
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_target(false)
+            .try_init();
     }
 }
 
@@ -134,7 +140,7 @@ impl TestEnv {
     /// A built service whose topic exists, not yet running.
     pub async fn service(&self, extra: &[(&str, &str)]) -> Service {
         let service = Service::build(self.config(extra)).await.unwrap();
-        service.events.ensure_topic().await.unwrap();
+        service.ensure_topic().await.unwrap();
         service
     }
 
@@ -301,6 +307,16 @@ pub fn rental_features(i: usize) -> Value {
 pub fn rental_actual(i: usize) -> f64 {
     let hour = (i * 5 % 24) as f64;
     (20.0 + 30.0 * (-((hour - 8.0) * (hour - 8.0)) / 6.0).exp() + (i * 7 % 23) as f64).round()
+}
+
+/// One sample of the service's metrics exposition, e.g. `refit_retrains_total{status="failed"}`
+/// (0 when the series has not been written yet).
+pub fn metric(service: &Service, series: &str) -> f64 {
+    service
+        .metrics_text()
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.parse().expect("a sample value"))
 }
 
 /// Polls `condition` until it holds or `timeout` passes (then panics naming `what`).

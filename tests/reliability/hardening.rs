@@ -156,7 +156,7 @@ async fn an_actual_inserted_again_with_a_consumed_id_is_set_aside_and_the_user_m
         (again, "already_consumed")
     );
     assert!(aside[0].3.contains("consumed before"), "{aside:?}");
-    let metrics = running.service.metrics.render();
+    let metrics = running.service.metrics_text();
     assert!(
         metrics.contains("refit_unconsumable_actuals_total{reason=\"already_consumed\"} 1"),
         "{metrics}"
@@ -572,7 +572,7 @@ async fn an_absurd_user_id_is_set_aside_and_kafka_stays_healthy() {
     assert_eq!(trained, []);
     assert_eq!(undone, []);
     assert_eq!(env.count("SELECT count(*) FROM refit_pending").await, 0);
-    assert!(running.service.outbox.kafka_healthy());
+    assert!(running.service.kafka_healthy());
     running.stop().await;
 }
 
@@ -674,8 +674,8 @@ async fn an_event_kafka_can_never_accept_is_dead_lettered_and_the_next_ones_foll
         1,
         "the event after the dead letter was delivered"
     );
-    assert!(running.service.outbox.kafka_healthy());
-    let metrics = running.service.metrics.render();
+    assert!(running.service.kafka_healthy());
+    let metrics = running.service.metrics_text();
     assert!(
         metrics.contains("refit_outbox_dead_letters_total{kind=\"announce\"} 1"),
         "{metrics}"
