@@ -34,7 +34,7 @@ use crate::features::{self, ActualRow, Batch};
 use crate::metrics::Metrics;
 use crate::model_cache::ModelCache;
 use crate::outbox::{elapsed_ms, Committed, Outbox};
-use crate::policy::{self, Lineage, Step};
+use crate::policy::{self, Lineage, Policy, Step};
 use crate::retention;
 use crate::trainer::{self, Previous, StepInput, StepResult, TrainError};
 use crate::xgboost::Booster;
@@ -166,105 +166,32 @@ impl Retrainer {
     /// detector counted (for the detect log line).
     pub async fn retrain_user(&self, user_id: &str, pending: i64) -> anyhow::Result<Outcome> {
         let retrain_id = Uuid::now_v7();
-        let mut timings = Map::new();
-        let (mut tx, head) = match self.lock(user_id).await? {
+        let (tx, head) = match self.lock(user_id).await? {
             Ok(locked) => locked,
             Err(outcome) => return Ok(outcome),
         };
-
-        let started = Instant::now();
-        let unconsumable = self
-            .set_aside_unconsumable(&mut tx, user_id, retrain_id)
+        let (mut tx, read) = match self.read_batch(tx, user_id, retrain_id, pending).await? {
+            Ok(read) => read,
+            Err(outcome) => return Ok(outcome),
+        };
+        let attempt = Attempt::new(user_id, retrain_id, &head, read.data_until);
+        let mut timings = Map::new();
+        timings.insert("read".into(), read.read_ms.into());
+        let built = self
+            .make_version(&mut tx, &attempt, &head, &read.rows, &mut timings)
             .await?;
-        let threshold = self.config.retrain_threshold;
-        let pending_rows = db::read_pending(&mut tx, user_id, threshold).await?;
-        let oldest = pending_rows.iter().map(|p| p.enqueued_at).min();
-        if (pending_rows.len() as i64) < threshold && !self.stale(pending_rows.len(), oldest) {
-            if unconsumable > 0 {
+        match built {
+            Built::Version(commit) => {
+                self.commit_version(tx, &attempt, &head, *commit, timings)
+                    .await
+            }
+            Built::Failed(failure) => self.commit_failure(tx, &attempt, failure, timings).await,
+            Built::AllSetAside { rows_set_aside } => {
                 tx.commit().await?;
+                warn!(%retrain_id, user_id, rows_set_aside, "no usable actual in the batch; no new version");
+                Ok(Outcome::AllSetAside { rows_set_aside })
             }
-            return Ok(Outcome::NotDue {
-                pending: pending_rows.len() as i64,
-            });
         }
-        let read_ms = elapsed_ms(started);
-        timings.insert("read".into(), read_ms.into());
-        self.metrics.observe_step("read", read_ms);
-        info!(step = "detect", %retrain_id, user_id, pending, "user due for retrain");
-        info!(step = "read", %retrain_id, user_id, rows = pending_rows.len(), duration_ms = read_ms, "pending actuals read");
-        crate::faults::point("after_read");
-
-        let attempt = Attempt {
-            user_id,
-            retrain_id,
-            event_id: Uuid::new_v4(),
-            version: head.last_version + 1,
-            active_version: head.active_version,
-            failures: head.failures,
-            data_until: pending_rows.iter().map(|p| p.enqueued_at).max(),
-        };
-        let rows: Vec<_> = pending_rows.into_iter().map(|p| p.row).collect();
-        let (params, feature_order) = match self.model_settings(&head) {
-            Ok(settings) => settings,
-            Err(reason) => {
-                let failure = Failure::before_training(reason);
-                return self.commit_failure(tx, &attempt, failure, timings).await;
-            }
-        };
-        let batch = self.prepare(&attempt, &rows, feature_order.as_deref());
-        if batch.rows() == 0 {
-            let consumed = Consumed::new(&[], &[], &batch.set_aside);
-            db::consume(&mut tx, user_id, None, &consumed).await?;
-            tx.commit().await?;
-            warn!(%retrain_id, user_id, rows_set_aside = batch.set_aside.len(), "no usable actual in the batch; no new version");
-            return Ok(Outcome::AllSetAside {
-                rows_set_aside: batch.set_aside.len(),
-            });
-        }
-
-        let started = Instant::now();
-        let inputs = match self.step_inputs(&mut tx, user_id, &head, &batch).await? {
-            Ok(inputs) => inputs,
-            Err(reason) => {
-                let failure = Failure::of(reason, &params, &batch);
-                return self.commit_failure(tx, &attempt, failure, timings).await;
-            }
-        };
-        let fetch_ms = elapsed_ms(started);
-
-        let started = Instant::now();
-        let (result, batch, params) = self.train(inputs, batch, params).await?;
-        let train_ms = elapsed_ms(started);
-        timings.insert("train".into(), train_ms.into());
-        self.metrics.observe_step("train", train_ms);
-        let result = match result {
-            Ok(result) => result,
-            Err(error) => {
-                let failure = Failure::of(error.to_string(), &params, &batch);
-                return self.commit_failure(tx, &attempt, failure, timings).await;
-            }
-        };
-        timings.insert("train_cpu".into(), ms(result.cpu).into());
-        let trained = &result.trained;
-        info!(
-            step = "train", %retrain_id, user_id, samples_used = batch.rows(), processing_time_ms = train_ms,
-            fetch_ms, load_ms = ms(trained.load), boost_ms = ms(trained.train), save_ms = ms(trained.save),
-            model_cached = trained.load.is_zero(), trees = trained.trees, policy_step = result.step.as_str(),
-            rows_trained = result.rows_trained, live_mae = result.live.map(|l| l.mae),
-            reinstated = result.reinstated, "model trained"
-        );
-        let reinstated = match result.reinstated {
-            true => head.rejected.map(|r| r.version),
-            false => None,
-        };
-        let commit = Commit {
-            batch: &batch,
-            result,
-            reinstated,
-            params: &json!(params),
-            timings,
-        };
-        self.commit_version(tx, &attempt, &head, commit).await
     }
 
     /// Locks the user's registry row (making it for a new user); `Err` is why this attempt stops
@@ -295,6 +222,42 @@ impl Retrainer {
         Ok(Ok((tx, head)))
     }
 
+    /// Sets aside what can never be consumed, then reads the pending batch (timed and logged) if
+    /// the user is due; `Err` is [`Outcome::NotDue`] (committing what was set aside, if any).
+    async fn read_batch<'c>(
+        &self,
+        mut tx: Tx<'c>,
+        user_id: &str,
+        retrain_id: Uuid,
+        pending: i64,
+    ) -> anyhow::Result<Result<(Tx<'c>, ReadBatch), Outcome>> {
+        let started = Instant::now();
+        let unconsumable = self
+            .set_aside_unconsumable(&mut tx, user_id, retrain_id)
+            .await?;
+        let threshold = self.config.retrain_threshold;
+        let pending_rows = db::read_pending(&mut tx, user_id, threshold).await?;
+        let oldest = pending_rows.iter().map(|p| p.enqueued_at).min();
+        if (pending_rows.len() as i64) < threshold && !self.stale(pending_rows.len(), oldest) {
+            if unconsumable > 0 {
+                tx.commit().await?;
+            }
+            return Ok(Err(Outcome::NotDue {
+                pending: pending_rows.len() as i64,
+            }));
+        }
+        let read_ms = elapsed_ms(started);
+        self.metrics.observe_step("read", read_ms);
+        info!(step = "detect", %retrain_id, user_id, pending, "user due for retrain");
+        info!(step = "read", %retrain_id, user_id, rows = pending_rows.len(), duration_ms = read_ms, "pending actuals read");
+        crate::faults::point("after_read");
+        let read = ReadBatch {
+            data_until: pending_rows.iter().map(|p| p.enqueued_at).max(),
+            rows: pending_rows.into_iter().map(|p| p.row).collect(),
+            read_ms,
+        };
+        Ok(Ok((tx, read)))
+    }
     /// Sets aside (logs and counts) the user's pending actuals that can never be consumed; returns
     /// how many.
     async fn set_aside_unconsumable(
@@ -350,6 +313,61 @@ impl Retrainer {
         batch
     }
 
+    /// Plans and trains the version the batch makes: its parameters and feature order, its usable
+    /// rows, the policy step's inputs, the training. A failed attempt is [`Built::Failed`]; `Err`
+    /// is a database error or a panicked training thread.
+    async fn make_version(
+        &self,
+        tx: &mut Tx<'_>,
+        attempt: &Attempt<'_>,
+        head: &ModelHead,
+        rows: &[ActualRow],
+        timings: &mut Map<String, Value>,
+    ) -> anyhow::Result<Built> {
+        let (params, feature_order) = match self.model_settings(head) {
+            Ok(settings) => settings,
+            Err(reason) => return Ok(Built::Failed(Failure::before_training(reason))),
+        };
+        let batch = self.prepare(attempt, rows, feature_order.as_deref());
+        if batch.rows() == 0 {
+            let consumed = Consumed::new(&[], &[], &batch.set_aside);
+            db::consume(tx, attempt.user_id, None, &consumed).await?;
+            let rows_set_aside = batch.set_aside.len();
+            return Ok(Built::AllSetAside { rows_set_aside });
+        }
+        let started = Instant::now();
+        let inputs = match self.step_inputs(tx, attempt.user_id, head, &batch).await? {
+            Ok(inputs) => inputs,
+            Err(reason) => return Ok(Built::Failed(Failure::of(reason, &params, &batch))),
+        };
+        let fetch_ms = elapsed_ms(started);
+
+        let started = Instant::now();
+        let (result, batch, params) = self.train(inputs, batch, params).await?;
+        let train_ms = elapsed_ms(started);
+        timings.insert("train".into(), train_ms.into());
+        self.metrics.observe_step("train", train_ms);
+        let result = match result {
+            Ok(result) => result,
+            Err(error) => {
+                let failure = Failure::of(error.to_string(), &params, &batch);
+                return Ok(Built::Failed(failure));
+            }
+        };
+        timings.insert("train_cpu".into(), ms(result.cpu).into());
+        log_trained(attempt, &result, batch.rows(), train_ms, fetch_ms);
+        let reinstated = match result.reinstated {
+            true => head.rejected.map(|r| r.version),
+            false => None,
+        };
+        Ok(Built::Version(Box::new(Commit {
+            batch,
+            result,
+            reinstated,
+            params: json!(params),
+        })))
+    }
+
     /// Runs the policy step on a blocking thread; hands the batch and parameters back.
     async fn train(
         &self,
@@ -367,41 +385,7 @@ impl Retrainer {
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
             crate::faults::point("during_train");
-            let StepData {
-                active,
-                rejected,
-                rejected_artifact,
-                recent,
-                rejected_rows,
-                live_history,
-            } = inputs;
-            let stored;
-            let active = match active {
-                None => None,
-                Some((ActiveModel::Loaded(booster), lineage)) => {
-                    Some((Previous::Loaded(booster), lineage))
-                }
-                Some((ActiveModel::Stored(artifact), lineage)) => {
-                    stored = artifact;
-                    Some((Previous::Artifact(&stored), lineage))
-                }
-            };
-            let rejected = match (&rejected_artifact, rejected) {
-                (Some(artifact), Some((_, lineage))) => Some((artifact.as_slice(), lineage)),
-                _ => None,
-            };
-            let result = trainer::run_step(StepInput {
-                policy: &policy,
-                active,
-                rejected,
-                params: &params,
-                nthread,
-                batch: &batch,
-                recent: &recent,
-                rejected_rows: &rejected_rows,
-                live_history: &live_history,
-                keep_model,
-            });
+            let result = inputs.run_step(&policy, &params, nthread, &batch, keep_model);
             (result, batch, params)
         })
         .await
@@ -419,24 +403,9 @@ impl Retrainer {
         batch: &Batch,
     ) -> anyhow::Result<Result<StepData, String>> {
         let policy = &self.config.policy;
-        let lineage = |trees: Option<i32>, since_rebuild| Lineage {
-            trees: trees.map(i64::from),
-            since_rebuild,
-        };
-        let active = match head.active_version {
-            None => None,
-            Some(version) => {
-                let lineage = lineage(head.trees, head.since_rebuild);
-                match self.models.take(user_id, version, head.active_row) {
-                    Some(booster) => Some((ActiveModel::Loaded(booster), lineage)),
-                    None => match db::artifact(tx, user_id, version).await? {
-                        Some(artifact) => Some((ActiveModel::Stored(artifact), lineage)),
-                        None => {
-                            return Ok(Err(format!("the active version {version} has no artifact")))
-                        }
-                    },
-                }
-            }
+        let active = match self.active_model(tx, user_id, head).await? {
+            Ok(active) => active,
+            Err(reason) => return Ok(Err(reason)),
         };
         let rejected = match (&active, head.rejected) {
             (Some(_), Some(r)) => Some((r.version, lineage(r.trees, r.since_rebuild))),
@@ -446,20 +415,8 @@ impl Retrainer {
             Some((version, _)) => db::artifact(tx, user_id, version).await?,
             None => None,
         };
-        // Enough recent rows for whichever base the step starts from; a reinstatement rebuilds.
-        let bases = [active.as_ref().map(|(_, l)| *l), rejected.map(|(_, l)| l)];
-        let mut steps: Vec<Step> = bases
-            .iter()
-            .map(|base| policy.plan(base.unwrap_or_default()))
-            .collect();
-        if let Some((_, l)) = rejected {
-            steps.push(policy::after_reinstatement(policy.plan(l)));
-        }
-        let wanted = steps
-            .into_iter()
-            .map(|step| policy.recent_rows(step, batch.rows()))
-            .max()
-            .unwrap_or(0);
+        let active_lineage = active.as_ref().map(|(_, l)| *l);
+        let wanted = self.recent_rows(active_lineage, rejected.map(|(_, l)| l), batch.rows());
         let mut rows = match wanted {
             0 => Vec::new(),
             n => db::recent_actuals(tx, user_id, n).await?,
@@ -487,6 +444,45 @@ impl Retrainer {
         }))
     }
 
+    /// The active model with its lineage (`None` for a user without one): kept loaded from the
+    /// user's last retrain, else read from the registry. `Err`: its artifact is missing.
+    async fn active_model(
+        &self,
+        tx: &mut Tx<'_>,
+        user_id: &str,
+        head: &ModelHead,
+    ) -> anyhow::Result<Result<Option<(ActiveModel, Lineage)>, String>> {
+        let Some(version) = head.active_version else {
+            return Ok(Ok(None));
+        };
+        let lineage = lineage(head.trees, head.since_rebuild);
+        if let Some(booster) = self.models.take(user_id, version, head.active_row) {
+            return Ok(Ok(Some((ActiveModel::Loaded(booster), lineage))));
+        }
+        Ok(match db::artifact(tx, user_id, version).await? {
+            Some(artifact) => Ok(Some((ActiveModel::Stored(artifact), lineage))),
+            None => Err(format!("the active version {version} has no artifact")),
+        })
+    }
+
+    /// How many recent trained actuals the step may need: enough for whichever base it starts
+    /// from (the active version, or the rejected one; a reinstatement rebuilds).
+    fn recent_rows(&self, active: Option<Lineage>, rejected: Option<Lineage>, rows: usize) -> i64 {
+        let policy = &self.config.policy;
+        let mut steps: Vec<Step> = [active, rejected]
+            .iter()
+            .map(|base| policy.plan(base.unwrap_or_default()))
+            .collect();
+        if let Some(l) = rejected {
+            steps.push(policy::after_reinstatement(policy.plan(l)));
+        }
+        steps
+            .into_iter()
+            .map(|step| policy.recent_rows(step, rows))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The validation gate's evidence as stored with the version and sent in the event.
     fn validation_json(&self, result: &StepResult) -> Option<Value> {
         let gate = &self.config.policy.gate;
@@ -508,31 +504,21 @@ impl Retrainer {
         }))
     }
 
-    /// Stores the version (ready or rejected), consumes the batch, activates a ready version (or
-    /// a reinstated one) and records the side effects, in the retrain's transaction.
-    async fn commit_version(
-        &self,
-        mut tx: Tx<'_>,
-        attempt: &Attempt<'_>,
-        head: &ModelHead,
-        c: Commit<'_>,
-    ) -> anyhow::Result<Outcome> {
-        let (user_id, version) = (attempt.user_id, attempt.version);
-        let result = c.result;
-        let gate = &self.config.policy.gate;
+    /// What the gate's verdict makes of a trained version: its status, the version serving uses
+    /// after it, and the evidence stored and announced with it.
+    fn decide(&self, head: &ModelHead, c: &Commit, version: i32) -> Decision {
+        let result = &c.result;
         let rejected = !result.verdict.accepted();
-        let validation_json = self.validation_json(&result);
-        let reason = result.verdict.reason(gate);
         let base_version = c.reinstated.or(head.active_version);
         let active_after = if rejected {
             base_version
         } else {
             Some(version)
         };
-        let live_json = result.live.map(|l| {
+        let live = result.live.map(|l| {
             json!({"mae": l.mae, "rmse": l.rmse, "rows": l.rows, "version": head.active_version})
         });
-        let policy_json = json!({
+        let policy = json!({
             "step": result.step.as_str(),
             "rounds": result.rounds,
             "eta": self.config.policy.step_eta(result.step),
@@ -540,29 +526,33 @@ impl Retrainer {
             "since_rebuild": result.since_rebuild,
             "reinstated": c.reinstated,
         });
-        let event = RetrainEvent {
-            event_id: attempt.event_id,
-            user_id: user_id.to_owned(),
-            status: if rejected { "rejected" } else { "success" }.into(),
-            action: result.step.action().into(),
-            model_version: Some(version),
-            previous_version: head.active_version,
-            active_version: active_after,
-            rows_used: c.batch.rows() as i64,
-            rows_rejected: c.batch.set_aside.len() as i64,
-            trees: Some(result.trained.trees),
-            timings_ms: c.timings.clone(),
-            validation: validation_json.clone(),
-            live: live_json.clone(),
-            policy: Some(policy_json.clone()),
-            reason: reason.clone(),
-            retrain_id: attempt.retrain_id,
-            data_until: attempt.data_until,
-            created_at: Utc::now(),
-        };
+        Decision {
+            rejected,
+            reason: result.verdict.reason(&self.config.policy.gate),
+            base_version,
+            active_after,
+            validation: self.validation_json(result),
+            live,
+            policy,
+        }
+    }
+
+    /// Stores the version (ready or rejected), consumes the batch, activates a ready version (or
+    /// a reinstated one) and records the side effects, in the retrain's transaction.
+    async fn commit_version(
+        &self,
+        mut tx: Tx<'_>,
+        attempt: &Attempt<'_>,
+        head: &ModelHead,
+        c: Commit,
+        timings: Map<String, Value>,
+    ) -> anyhow::Result<Outcome> {
+        let (user_id, version) = (attempt.user_id, attempt.version);
+        let decision = self.decide(head, &c, version);
+        let event = decision.event(attempt, head, &c, timings.clone());
         let invalidate = json!({"retrain_id": attempt.retrain_id});
         let announce = json!(event);
-        let serving_changes = active_after != head.active_version;
+        let serving_changes = decision.active_after != head.active_version;
         let side_effects: &[(OutboxKind, &Value)] = if serving_changes {
             &[
                 (OutboxKind::Invalidate, &invalidate),
@@ -575,36 +565,16 @@ impl Retrainer {
         let started = Instant::now();
         if let Some(reinstated) = c.reinstated {
             db::reinstate(&mut tx, user_id, reinstated, version).await?;
-            if rejected {
+            if decision.rejected {
                 db::activate(&mut tx, user_id, reinstated).await?;
             }
         }
+        let columns = decision.columns(&c, timings);
         let committed = db::commit_retrain(
             &mut tx,
-            &NewVersion {
-                user_id,
-                version,
-                status: if rejected { "rejected" } else { "ready" },
-                parent_version: base_version,
-                artifact: Some(&result.trained.artifact),
-                rows_used: c.batch.rows() as i32,
-                rows_set_aside: c.batch.set_aside.len() as i32,
-                trees: Some(result.trained.trees),
-                boosted_rounds: Some(result.trained.boosted_rounds),
-                params: c.params,
-                features: &json!(c.batch.feature_names),
-                timings_ms: &Value::Object(c.timings),
-                metrics: &json!({
-                    "validation": validation_json,
-                    "live": live_json,
-                    "policy": policy_json,
-                }),
-                error: reason.as_deref(),
-                source: result.step.source(),
-                retrain_id: attempt.retrain_id,
-            },
+            &decision.record(attempt, &c, &columns),
             &Consumed::new(&c.batch.used, &[], &c.batch.set_aside),
-            !rejected,
+            !decision.rejected,
             attempt.event_id,
             side_effects,
         )
@@ -612,16 +582,46 @@ impl Retrainer {
         tx.commit().await?;
         crate::faults::point("after_commit");
         let commit_ms = elapsed_ms(started);
-        if let Some(live) = result.live {
+        let committed = CommittedVersion {
+            version_row: committed.version_row,
+            commit: c,
+            decision,
+            commit_ms,
+        };
+        self.after_version_commit(attempt, head, committed).await
+    }
+
+    /// After a version's commit: the live-error metric, the kept model, the commit's metrics and
+    /// logs, the fast path, pruning.
+    async fn after_version_commit(
+        &self,
+        attempt: &Attempt<'_>,
+        head: &ModelHead,
+        committed: CommittedVersion,
+    ) -> anyhow::Result<Outcome> {
+        let (user_id, version) = (attempt.user_id, attempt.version);
+        let CommittedVersion {
+            commit: c,
+            decision,
+            version_row,
+            commit_ms,
+        } = committed;
+        let Decision {
+            rejected,
+            reason,
+            active_after,
+            ..
+        } = decision;
+        if let Some(live) = c.result.live {
             self.metrics
                 .observe_live(live.mae, mean_abs(&c.batch.labels));
         }
-        match result.trained.booster {
+        match c.result.trained.booster {
             // A rejected retrain changed the active model in memory: nothing to keep.
             Some(booster) if !rejected => {
-                let bytes = result.trained.artifact.len();
+                let bytes = c.result.trained.artifact.len();
                 self.models
-                    .put(user_id, version, committed.version_row, booster, bytes);
+                    .put(user_id, version, version_row, booster, bytes);
             }
             _ => {}
         }
@@ -678,64 +678,19 @@ impl Retrainer {
         failure: Failure,
         timings: Map<String, Value>,
     ) -> anyhow::Result<Outcome> {
-        let Failure {
-            reason,
-            params,
-            features,
-            rows_rejected,
-        } = failure;
         let (user_id, version) = (attempt.user_id, attempt.version);
         self.metrics.retrains.with_label_values(&["failed"]).inc();
         warn!(
             step = "train", retrain_id = %attempt.retrain_id, user_id, model_version = version,
-            active_version = attempt.active_version, reason = %reason,
+            active_version = attempt.active_version, reason = %failure.reason,
             "retrain failed; the active version stays"
         );
         let backoff =
             Duration::from_secs(1u64 << attempt.failures.clamp(0, 16)).min(MAX_FAILURE_BACKOFF);
-        db::insert_version(
-            &mut tx,
-            &NewVersion {
-                user_id,
-                version,
-                status: "failed",
-                parent_version: attempt.active_version,
-                artifact: None,
-                rows_used: 0,
-                rows_set_aside: 0,
-                trees: None,
-                boosted_rounds: None,
-                params: &params,
-                features: &features,
-                timings_ms: &Value::Object(timings.clone()),
-                metrics: &json!({}),
-                error: Some(&reason),
-                source: "retrain",
-                retrain_id: attempt.retrain_id,
-            },
-        )
-        .await?;
+        let columns = failure.columns(&timings);
+        db::insert_version(&mut tx, &failure.record(attempt, &columns)).await?;
         db::record_failure(&mut tx, user_id, backoff).await?;
-        let event = RetrainEvent {
-            event_id: attempt.event_id,
-            user_id: user_id.to_owned(),
-            status: "failed".into(),
-            action: "retrain".into(),
-            model_version: Some(version),
-            previous_version: attempt.active_version,
-            active_version: attempt.active_version,
-            rows_used: 0,
-            rows_rejected: rows_rejected as i64,
-            trees: None,
-            timings_ms: timings,
-            validation: None,
-            live: None,
-            policy: None,
-            reason: Some(reason.clone()),
-            retrain_id: attempt.retrain_id,
-            data_until: attempt.data_until,
-            created_at: Utc::now(),
-        };
+        let event = failure.event(attempt, timings);
         db::enqueue_outbox(
             &mut tx,
             attempt.event_id,
@@ -746,7 +701,10 @@ impl Retrainer {
         let started = Instant::now();
         tx.commit().await?;
         self.after_commit(user_id, attempt.event_id, elapsed_ms(started));
-        Ok(Outcome::Failed { version, reason })
+        Ok(Outcome::Failed {
+            version,
+            reason: failure.reason,
+        })
     }
 
     /// Hands what the commit put in the user's outbox to the fast path.
@@ -758,6 +716,40 @@ impl Retrainer {
             invalidate_ms: None,
         });
     }
+}
+
+/// Logs the trained step (the train log line).
+fn log_trained(
+    attempt: &Attempt<'_>,
+    result: &StepResult,
+    samples_used: usize,
+    train_ms: f64,
+    fetch_ms: f64,
+) {
+    let trained = &result.trained;
+    info!(
+        step = "train", retrain_id = %attempt.retrain_id, user_id = attempt.user_id, samples_used, processing_time_ms = train_ms,
+        fetch_ms, load_ms = ms(trained.load), boost_ms = ms(trained.train), save_ms = ms(trained.save),
+        model_cached = trained.load.is_zero(), trees = trained.trees, policy_step = result.step.as_str(),
+        rows_trained = result.rows_trained, live_mae = result.live.map(|l| l.mae),
+        reinstated = result.reinstated, "model trained"
+    );
+}
+
+/// Where a step starts from, as the registry stores it.
+fn lineage(trees: Option<i32>, since_rebuild: u32) -> Lineage {
+    Lineage {
+        trees: trees.map(i64::from),
+        since_rebuild,
+    }
+}
+
+/// The pending batch a due user's attempt consumes.
+struct ReadBatch {
+    rows: Vec<ActualRow>,
+    /// When the newest of them was enqueued.
+    data_until: Option<chrono::DateTime<Utc>>,
+    read_ms: f64,
 }
 
 /// What identifies one retrain attempt.
@@ -773,11 +765,41 @@ struct Attempt<'a> {
     data_until: Option<chrono::DateTime<Utc>>,
 }
 
+impl<'a> Attempt<'a> {
+    /// The attempt at the version after `head`'s last, on a batch enqueued until `data_until`.
+    fn new(
+        user_id: &'a str,
+        retrain_id: Uuid,
+        head: &ModelHead,
+        data_until: Option<chrono::DateTime<Utc>>,
+    ) -> Self {
+        Attempt {
+            user_id,
+            retrain_id,
+            event_id: Uuid::new_v4(),
+            version: head.last_version + 1,
+            active_version: head.active_version,
+            failures: head.failures,
+            data_until,
+        }
+    }
+}
+
 /// The retrain's transaction, holding the user's registry row lock.
 type Tx<'c> = sqlx::Transaction<'c, sqlx::Postgres>;
 
 /// The parameters and feature order (`None`: from the batch) a version trains with.
 type ModelSettings = (BTreeMap<String, String>, Option<Vec<String>>);
+
+/// What [`Retrainer::make_version`] came to.
+enum Built {
+    /// A trained version to commit.
+    Version(Box<Commit>),
+    /// Every row was unusable: set aside (consumed, uncommitted), no version made.
+    AllSetAside { rows_set_aside: usize },
+    /// The attempt failed: to be recorded.
+    Failed(Failure),
+}
 
 /// Why an attempt failed, with what it would have trained with (stored with the failed version).
 struct Failure {
@@ -788,6 +810,7 @@ struct Failure {
 }
 
 impl Failure {
+    /// A failure before the parameters and the batch's layout were known.
     fn before_training(reason: String) -> Self {
         Failure {
             reason,
@@ -797,6 +820,7 @@ impl Failure {
         }
     }
 
+    /// A failure while training with `params` on `batch`.
     fn of(reason: String, params: &BTreeMap<String, String>, batch: &Batch) -> Self {
         Failure {
             reason,
@@ -805,17 +829,186 @@ impl Failure {
             rows_rejected: batch.set_aside.len(),
         }
     }
+
+    /// The failed version's JSON columns.
+    fn columns(&self, timings: &Map<String, Value>) -> Columns {
+        Columns {
+            params: self.params.clone(),
+            features: self.features.clone(),
+            timings: Value::Object(timings.clone()),
+            metrics: json!({}),
+        }
+    }
+
+    /// The failed version's row: no artifact, nothing consumed, parented on the active version.
+    fn record<'a>(&'a self, attempt: &Attempt<'a>, columns: &'a Columns) -> NewVersion<'a> {
+        NewVersion {
+            user_id: attempt.user_id,
+            version: attempt.version,
+            status: "failed",
+            parent_version: attempt.active_version,
+            artifact: None,
+            rows_used: 0,
+            rows_set_aside: 0,
+            trees: None,
+            boosted_rounds: None,
+            params: &columns.params,
+            features: &columns.features,
+            timings_ms: &columns.timings,
+            metrics: &columns.metrics,
+            error: Some(&self.reason),
+            source: "retrain",
+            retrain_id: attempt.retrain_id,
+        }
+    }
+
+    /// The `failed` event: serving keeps the active version.
+    fn event(&self, attempt: &Attempt<'_>, timings: Map<String, Value>) -> RetrainEvent {
+        RetrainEvent {
+            event_id: attempt.event_id,
+            user_id: attempt.user_id.to_owned(),
+            status: "failed".into(),
+            action: "retrain".into(),
+            model_version: Some(attempt.version),
+            previous_version: attempt.active_version,
+            active_version: attempt.active_version,
+            rows_used: 0,
+            rows_rejected: self.rows_rejected as i64,
+            trees: None,
+            timings_ms: timings,
+            validation: None,
+            live: None,
+            policy: None,
+            reason: Some(self.reason.clone()),
+            retrain_id: attempt.retrain_id,
+            data_until: attempt.data_until,
+            created_at: Utc::now(),
+        }
+    }
+}
+
+/// A version row's JSON columns, owned while its [`NewVersion`] borrows them.
+struct Columns {
+    params: Value,
+    features: Value,
+    timings: Value,
+    metrics: Value,
 }
 
 /// A trained version ready to commit.
-struct Commit<'a> {
+struct Commit {
     /// The pending rows trained on (and the ones set aside).
-    batch: &'a Batch,
+    batch: Batch,
     result: StepResult,
     /// The rejected version the step reinstated as its base.
     reinstated: Option<i32>,
-    params: &'a Value,
-    timings: Map<String, Value>,
+    params: Value,
+}
+
+/// What the validation gate's verdict makes of a trained version.
+struct Decision {
+    /// Stored as `rejected` (serving unchanged) rather than `ready`.
+    rejected: bool,
+    /// Why it was rejected.
+    reason: Option<String>,
+    /// The version it was trained from.
+    base_version: Option<i32>,
+    /// The version serving uses after the commit.
+    active_after: Option<i32>,
+    validation: Option<Value>,
+    live: Option<Value>,
+    policy: Value,
+}
+
+impl Decision {
+    fn status(&self) -> &'static str {
+        if self.rejected {
+            "rejected"
+        } else {
+            "success"
+        }
+    }
+
+    /// The trained version's JSON columns.
+    fn columns(&self, c: &Commit, timings: Map<String, Value>) -> Columns {
+        Columns {
+            params: c.params.clone(),
+            features: json!(c.batch.feature_names),
+            timings: Value::Object(timings),
+            metrics: json!({
+                "validation": self.validation,
+                "live": self.live,
+                "policy": self.policy,
+            }),
+        }
+    }
+
+    /// The trained version's row: `ready`, or `rejected` with the reason.
+    fn record<'a>(
+        &'a self,
+        attempt: &Attempt<'a>,
+        c: &'a Commit,
+        columns: &'a Columns,
+    ) -> NewVersion<'a> {
+        let trained = &c.result.trained;
+        NewVersion {
+            user_id: attempt.user_id,
+            version: attempt.version,
+            status: if self.rejected { "rejected" } else { "ready" },
+            parent_version: self.base_version,
+            artifact: Some(&trained.artifact),
+            rows_used: c.batch.rows() as i32,
+            rows_set_aside: c.batch.set_aside.len() as i32,
+            trees: Some(trained.trees),
+            boosted_rounds: Some(trained.boosted_rounds),
+            params: &columns.params,
+            features: &columns.features,
+            timings_ms: &columns.timings,
+            metrics: &columns.metrics,
+            error: self.reason.as_deref(),
+            source: c.result.step.source(),
+            retrain_id: attempt.retrain_id,
+        }
+    }
+
+    /// The `success` or `rejected` event.
+    fn event(
+        &self,
+        attempt: &Attempt<'_>,
+        head: &ModelHead,
+        c: &Commit,
+        timings: Map<String, Value>,
+    ) -> RetrainEvent {
+        RetrainEvent {
+            event_id: attempt.event_id,
+            user_id: attempt.user_id.to_owned(),
+            status: self.status().into(),
+            action: c.result.step.action().into(),
+            model_version: Some(attempt.version),
+            previous_version: head.active_version,
+            active_version: self.active_after,
+            rows_used: c.batch.rows() as i64,
+            rows_rejected: c.batch.set_aside.len() as i64,
+            trees: Some(c.result.trained.trees),
+            timings_ms: timings,
+            validation: self.validation.clone(),
+            live: self.live.clone(),
+            policy: Some(self.policy.clone()),
+            reason: self.reason.clone(),
+            retrain_id: attempt.retrain_id,
+            data_until: attempt.data_until,
+            created_at: Utc::now(),
+        }
+    }
+}
+
+/// A version just committed.
+struct CommittedVersion {
+    commit: Commit,
+    decision: Decision,
+    /// The new version row's identity.
+    version_row: i64,
+    commit_ms: f64,
 }
 
 /// The active model as the step receives it.
@@ -835,6 +1028,54 @@ struct StepData {
     /// What the rejected version trained on (empty without one).
     rejected_rows: Batch,
     live_history: Vec<f64>,
+}
+
+impl StepData {
+    /// Runs the policy step on this data and `batch`, on the calling thread.
+    fn run_step(
+        self,
+        policy: &Policy,
+        params: &BTreeMap<String, String>,
+        nthread: u32,
+        batch: &Batch,
+        keep_model: bool,
+    ) -> Result<StepResult, TrainError> {
+        let StepData {
+            active,
+            rejected,
+            rejected_artifact,
+            recent,
+            rejected_rows,
+            live_history,
+        } = self;
+        let stored;
+        let active = match active {
+            None => None,
+            Some((ActiveModel::Loaded(booster), lineage)) => {
+                Some((Previous::Loaded(booster), lineage))
+            }
+            Some((ActiveModel::Stored(artifact), lineage)) => {
+                stored = artifact;
+                Some((Previous::Artifact(&stored), lineage))
+            }
+        };
+        let rejected = match (&rejected_artifact, rejected) {
+            (Some(artifact), Some((_, lineage))) => Some((artifact.as_slice(), lineage)),
+            _ => None,
+        };
+        trainer::run_step(StepInput {
+            policy,
+            active,
+            rejected,
+            params,
+            nthread,
+            batch,
+            recent: &recent,
+            rejected_rows: &rejected_rows,
+            live_history: &live_history,
+            keep_model,
+        })
+    }
 }
 
 /// Mean |actual| of a batch (the scale live errors are compared against across users).
