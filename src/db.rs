@@ -439,15 +439,20 @@ pub(crate) async fn read_pending(
     .bind(user_id)
     .bind(limit)
     .map(|row: sqlx::postgres::PgRow| PendingActual {
-        row: ActualRow {
-            actual_id: row.get(0),
-            actual_value: row.get(1),
-            features: row.get(2),
-        },
+        row: actual_row(&row),
         enqueued_at: row.get(3),
     })
     .fetch_all(conn)
     .await
+}
+
+/// An actual read as its first three columns: id, value, the request's features as text.
+fn actual_row(row: &sqlx::postgres::PgRow) -> ActualRow {
+    ActualRow {
+        actual_id: row.get(0),
+        actual_value: row.get(1),
+        features: row.get(2),
+    }
 }
 
 /// A version to store.
@@ -755,11 +760,7 @@ pub(crate) async fn recent_actuals(
     )
     .bind(user_id)
     .bind(limit)
-    .map(|row: sqlx::postgres::PgRow| ActualRow {
-        actual_id: row.get(0),
-        actual_value: row.get(1),
-        features: row.get(2),
-    })
+    .map(|row: sqlx::postgres::PgRow| actual_row(&row))
     .fetch_all(conn)
     .await
 }
@@ -781,11 +782,7 @@ pub(crate) async fn actuals_of_version(
     )
     .bind(user_id)
     .bind(version)
-    .map(|row: sqlx::postgres::PgRow| ActualRow {
-        actual_id: row.get(0),
-        actual_value: row.get(1),
-        features: row.get(2),
-    })
+    .map(|row: sqlx::postgres::PgRow| actual_row(&row))
     .fetch_all(conn)
     .await
 }
