@@ -35,6 +35,7 @@ import xgboost as xgb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bikeshare  # noqa: E402
+from refitdb import Database  # noqa: E402
 
 BATCH = 50
 WINDOW = 2000
@@ -190,10 +191,8 @@ class Refit:
 
     def __init__(self, binary, admin_url, policy_env):
         self.binary = binary
-        self.admin_url = admin_url
-        tag = uuid.uuid4().hex[:10]
-        self.db = f"refit_quality_{tag}"
-        self.url = f"{admin_url.rsplit('/', 1)[0]}/{self.db}"
+        self.db = Database(admin_url, "refit_quality")
+        self.url, tag = self.db.url, self.db.tag
         self.env = dict(os.environ)
         self.env.update({
             "DATABASE_URL": self.url,
@@ -213,10 +212,7 @@ class Refit:
         self.process = None
 
     def __enter__(self):
-        with psycopg.connect(self.admin_url, autocommit=True) as c:
-            c.execute(f"CREATE DATABASE {self.db}")
-        subprocess.run([self.binary, "migrate"], env=self.env, check=True,
-                       stdout=subprocess.DEVNULL)
+        self.db.create(self.binary, self.env)
         self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen([self.binary, "run"], env=self.env,
                                         stdout=self.log, stderr=subprocess.STDOUT)
@@ -231,8 +227,7 @@ class Refit:
                 self.process.wait(30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
-        with psycopg.connect(self.admin_url, autocommit=True) as c:
-            c.execute(f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)")
+        self.db.drop()
 
     def insert(self, batch):
         """One upstream transaction: the batch's requests and their actuals."""

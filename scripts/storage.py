@@ -22,6 +22,9 @@ from pathlib import Path
 
 import psycopg
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from refitdb import Database  # noqa: E402
+
 BEGIN, END = "<!-- storage:begin -->", "<!-- storage:end -->"
 BATCH = 50
 REFIT_BYTES = """SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
@@ -45,19 +48,15 @@ class Refit:
     """A database of its own, `refit migrate`, then `refit run`."""
 
     def __init__(self, binary, admin_url, env):
-        self.binary, self.admin_url = binary, admin_url
-        tag = uuid.uuid4().hex[:10]
-        self.db = f"refit_storage_{tag}"
-        self.url = f"{admin_url.rsplit('/', 1)[0]}/{self.db}"
+        self.binary = binary
+        self.db = Database(admin_url, "refit_storage")
+        self.url, tag = self.db.url, self.db.tag
         self.env = dict(os.environ, DATABASE_URL=self.url, REFIT_TOPIC=f"refit-storage-{tag}",
                         REFIT_TOPIC_PARTITIONS="1", REFIT_CACHE_KEY_PREFIX=f"storage:{tag}:",
                         REFIT_HTTP_ADDR="off", RUST_LOG="warn", **env)
 
     def __enter__(self):
-        with psycopg.connect(self.admin_url, autocommit=True) as c:
-            c.execute(f"CREATE DATABASE {self.db}")
-        subprocess.run([self.binary, "migrate"], env=self.env, check=True,
-                       stdout=subprocess.DEVNULL)
+        self.db.create(self.binary, self.env)
         self.process = subprocess.Popen([self.binary, "run"], env=self.env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.conn = psycopg.connect(self.url, autocommit=True)
@@ -67,8 +66,7 @@ class Refit:
         self.conn.close()
         self.process.terminate()
         self.process.wait(30)
-        with psycopg.connect(self.admin_url, autocommit=True) as c:
-            c.execute(f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)")
+        self.db.drop()
 
     def insert(self, rows):
         """rows: (user, features, actual); one upstream transaction."""

@@ -16,12 +16,15 @@ import platform
 import re
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from refitdb import Database  # noqa: E402
 
 BEGIN, END = "<!-- upstream:begin -->", "<!-- upstream:end -->"
 REQUESTS = 100_000
@@ -60,14 +63,10 @@ def reset(conn, trigger_on):
 
 
 def measure(args):
-    admin = args.admin_url
-    db = f"refit_upstream_{uuid.uuid4().hex[:10]}"
-    url = f"{admin.rsplit('/', 1)[0]}/{db}"
-    with psycopg.connect(admin, autocommit=True) as c:
-        c.execute(f"CREATE DATABASE {db}")
+    db = Database(args.admin_url, "refit_upstream")
+    db.create(args.refit)
+    url = db.url
     try:
-        env = dict(os.environ, DATABASE_URL=url)
-        subprocess.run([args.refit, "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
         with psycopg.connect(url, autocommit=True) as conn, \
                 tempfile.NamedTemporaryFile("w", suffix=".sql") as script:
             seed(conn)
@@ -83,8 +82,7 @@ def measure(args):
                           f" {tps[trigger_on][-1]:,.0f} TPS", flush=True)
         return tps
     finally:
-        with psycopg.connect(admin, autocommit=True) as c:
-            c.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        db.drop()
 
 
 def section(tps, args, server):

@@ -1,0 +1,30 @@
+"""A PostgreSQL database of its own for one benchmark run, migrated by `refit migrate`.
+
+The quality, storage and upstream-cost benchmarks each run against a fresh database next to the
+admin URL's, so that runs never see each other's rows, and drop it when done.
+"""
+
+import os
+import subprocess
+import uuid
+
+import psycopg
+
+
+class Database:
+    def __init__(self, admin_url, prefix):
+        self.admin_url = admin_url
+        self.tag = uuid.uuid4().hex[:10]
+        self.name = f"{prefix}_{self.tag}"
+        self.url = f"{admin_url.rsplit('/', 1)[0]}/{self.name}"
+
+    def create(self, binary, env=None):
+        """Creates the database and runs `refit migrate` on it."""
+        with psycopg.connect(self.admin_url, autocommit=True) as c:
+            c.execute(f"CREATE DATABASE {self.name}")
+        subprocess.run([binary, "migrate"], env=dict(env or os.environ, DATABASE_URL=self.url),
+                       check=True, stdout=subprocess.DEVNULL)
+
+    def drop(self):
+        with psycopg.connect(self.admin_url, autocommit=True) as c:
+            c.execute(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)")
