@@ -36,11 +36,13 @@ RUN scripts/install-deps.sh && rm -rf /var/lib/apt/lists/*
 
 # Layer 2: the crate graph, rebuilt only when the manifest, lock file or build script change.
 # A stub crate stands in for the sources so that every dependency is compiled and cached here.
+# The test kit (a workspace member, used only by tests and benches) is a stub for good.
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY tests/kit/Cargo.toml tests/kit/Cargo.toml
 COPY .cargo .cargo
-RUN mkdir -p src \
+RUN mkdir -p src tests/kit/src \
  && echo 'fn main() {}' > src/main.rs \
- && touch src/lib.rs \
+ && touch src/lib.rs tests/kit/src/lib.rs \
  && cargo build --release --locked \
  && rm -rf src
 

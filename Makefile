@@ -31,13 +31,13 @@ release: deps ## release build (what the container image ships)
 	cargo build --release --locked
 
 lint: deps ## rustfmt and clippy, warnings are errors
-	cargo fmt --check
-	cargo clippy --locked --all-targets --features fault-injection -- -D warnings
+	cargo fmt --all --check
+	cargo clippy --locked --workspace --all-targets --features fault-injection -- -D warnings
 
 test: services lint test-rust test-k8s test-alerts test-api ## the whole suite
 
 test-rust: services clean-test-dbs
-	cargo test --locked --features fault-injection --no-fail-fast -- --test-threads=4
+	cargo test --locked --workspace --features fault-injection --no-fail-fast -- --test-threads=4
 
 chaos: services ## long soak: replicas killed, outages, crash loop, 10,000 actuals (RELIABILITY.md)
 	cargo test --locked --features fault-injection --test reliability chaos:: -- --ignored --test-threads=1 --nocapture

@@ -115,15 +115,9 @@ impl Settings {
         };
         Ok(Settings {
             quick,
-            admin_url: env_or(
-                "BENCH_DATABASE_URL",
-                &env_or(
-                    "REFIT_TEST_DATABASE_URL",
-                    "postgres://postgres@127.0.0.1:5432/postgres",
-                ),
-            ),
-            redis_url: env_or("REDIS_URL", "redis://127.0.0.1:6379"),
-            brokers: env_or("KAFKA_BROKERS", "127.0.0.1:19092"),
+            admin_url: env_or("BENCH_DATABASE_URL", &refit_testkit::admin_url()),
+            redis_url: refit_testkit::redis_url(),
+            brokers: refit_testkit::brokers(),
             python,
             python_script: root.join("scripts/bench-python.py"),
             // `python` (the Python reference's drain, ~10 min at 10,000 users) only on request:
@@ -302,14 +296,9 @@ impl BenchDb {
     /// functions, and creates the phase's topic (3 partitions, as refit would).
     pub async fn create(s: &Settings, tag: &str) -> anyhow::Result<BenchDb> {
         let name = format!("refit_bench_{}_{}", s.run_id, tag);
-        let admin = PgPool::connect(&s.admin_url)
+        let url = refit_testkit::create_database(&s.admin_url, &name)
             .await
             .context("PostgreSQL reachable (make services)")?;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await?;
-        admin.close().await;
-        let url = format!("{}/{name}", s.admin_url.rsplit_once('/').unwrap().0);
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .connect(&url)
@@ -335,15 +324,7 @@ impl BenchDb {
         if self.keep {
             return;
         }
-        if let Ok(admin) = PgPool::connect(&self.admin_url).await {
-            let _ = sqlx::query(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .execute(&admin)
-            .await;
-            admin.close().await;
-        }
+        let _ = refit_testkit::drop_database(&self.admin_url, &self.name).await;
     }
 
     /// Bulk-loads, in one transaction, user `users[i]`'s requests `first[i] .. first[i]+count[i]-1`
@@ -647,15 +628,7 @@ pub struct Proc {
 }
 
 fn read_status(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    refit_testkit::proc_memory(pid).map(|m| (m.rss_kib, m.hwm_kib))
 }
 
 impl Proc {
@@ -775,9 +748,7 @@ impl Proc {
             let mut m = self.memory.lock().unwrap();
             m.hwm_kb = m.hwm_kb.max(hwm);
         }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status();
+        let _ = refit_testkit::signal(self.pid, "TERM");
         let deadline = Instant::now() + grace;
         loop {
             if self.child.try_wait()?.is_some() {
@@ -874,12 +845,7 @@ pub fn refit_env(
 }
 
 /// A free loopback port (for refit's HTTP server, so runs never collide on 8080).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(18080)
-}
+pub use refit_testkit::free_port;
 
 /// `GET http://127.0.0.1:<port><path>`, body as text (tiny HTTP/1.0 client).
 pub fn http_get(port: u16, path: &str) -> anyhow::Result<String> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::processes::Process;
+use crate::processes::spawn_refit;
 use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_refit");
@@ -52,7 +52,7 @@ async fn live_error_of_each_version_matches_python_on_the_real_stream() {
 
     // The default policy, as a new user gets it.
     let names = features.join(",");
-    let mut refit = Process::spawn(
+    let mut refit = spawn_refit(
         &env,
         &[
             [("REFIT_FEATURES", names.as_str())].as_slice(),
@@ -60,13 +60,18 @@ async fn live_error_of_each_version_matches_python_on_the_real_stream() {
         ]
         .concat(),
     );
-    refit.wait_for_line("refit starting", Duration::from_secs(30));
+    refit
+        .wait_for_line("refit starting", Duration::from_secs(30))
+        .await;
     for (k, batch) in rows.chunks(50).enumerate() {
         let labels: Vec<f64> = batch.iter().map(|r| r["y"].as_f64().unwrap()).collect();
         insert_batch(&env, batch, &labels, k + 1).await;
     }
-    refit.terminate();
-    assert_eq!(refit.wait(Duration::from_secs(30)), 0);
+    refit.signal("TERM");
+    assert_eq!(
+        refit.wait_exit(Duration::from_secs(30)).await.code(),
+        Some(0)
+    );
 
     let versions: Vec<(i32, String, Option<i32>, Value)> = sqlx::query_as(
         "SELECT version, status, parent_version, metrics FROM refit_model_versions
@@ -197,7 +202,7 @@ async fn the_gate_stops_shuffled_and_inflated_labels_on_the_real_stream() {
     let features: Vec<String> = serde_json::from_value(stream["features"].clone()).unwrap();
     let rows: Vec<Value> = stream["rows"].as_array().unwrap().clone();
     let names = features.join(",");
-    let mut refit = Process::spawn(
+    let mut refit = spawn_refit(
         &env,
         &[
             [("REFIT_FEATURES", names.as_str())].as_slice(),
@@ -205,7 +210,9 @@ async fn the_gate_stops_shuffled_and_inflated_labels_on_the_real_stream() {
         ]
         .concat(),
     );
-    refit.wait_for_line("refit starting", Duration::from_secs(30));
+    refit
+        .wait_for_line("refit starting", Duration::from_secs(30))
+        .await;
     let batches: Vec<&[Value]> = rows.chunks(50).collect();
     let labels = |k: usize| -> Vec<f64> {
         batches[k]
@@ -241,6 +248,9 @@ async fn the_gate_stops_shuffled_and_inflated_labels_on_the_real_stream() {
     .await
     .unwrap();
     assert_eq!((parent, reinstated), (Some(9), Value::Null));
-    refit.terminate();
-    assert_eq!(refit.wait(Duration::from_secs(30)), 0);
+    refit.signal("TERM");
+    assert_eq!(
+        refit.wait_exit(Duration::from_secs(30)).await.code(),
+        Some(0)
+    );
 }

@@ -13,4 +13,6 @@ mod prometheus;
 mod python_oracle;
 mod registry;
 mod retention;
-mod support;
+
+/// Fixtures shared with the reliability suite and the benchmark driver: tests/kit.
+use refit_testkit as support;

@@ -10,7 +10,7 @@ use axum::routing::post;
 use prost::Message;
 use serde_json::Value;
 
-use crate::processes::Process;
+use crate::processes::spawn_refit;
 use crate::support::*;
 
 /// A deadline, not a sleep: generous so a loaded machine does not fail the test.
@@ -62,8 +62,8 @@ async fn loki_receives_one_line_per_step_tied_by_retrain_id() {
     let env = TestEnv::new().await;
     env.service(&[]).await;
     let (url, lines) = loki_receiver().await;
-    let mut refit = Process::spawn(&env, &[("LOKI_URL", url.as_str())]);
-    refit.wait_for_line("refit starting", WAIT);
+    let mut refit = spawn_refit(&env, &[("LOKI_URL", url.as_str())]);
+    refit.wait_for_line("refit starting", WAIT).await;
     env.insert_actuals("kim", 50).await;
 
     let step_lines = |lines: &[LokiLine]| -> Vec<LokiLine> {
@@ -90,7 +90,7 @@ async fn loki_receives_one_line_per_step_tied_by_retrain_id() {
         assert!(
             std::time::Instant::now() < deadline,
             "Loki got steps {steps:?} of kim ({total} lines in all); refit logged:\n{}",
-            refit.seen.join("\n")
+            refit.lines().join("\n")
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -147,8 +147,8 @@ async fn loki_receives_one_line_per_step_tied_by_retrain_id() {
             line.labels
         );
     }
-    refit.terminate();
-    assert_eq!(refit.wait(WAIT), 0);
+    refit.signal("TERM");
+    assert_eq!(refit.wait_exit(WAIT).await.code(), Some(0));
     // Shutdown flushes what was queued: the very last line reached Loki.
     let last = lines
         .lock()
@@ -163,13 +163,9 @@ async fn with_loki_down_retrains_still_complete_and_are_announced() {
     let env = TestEnv::new().await;
     env.service(&[]).await;
     // A port that was just free: nothing listens there.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let url = format!("http://{closed}");
-    let mut refit = Process::spawn(&env, &[("LOKI_URL", url.as_str())]);
-    refit.wait_for_line("refit starting", WAIT);
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let mut refit = spawn_refit(&env, &[("LOKI_URL", url.as_str())]);
+    refit.wait_for_line("refit starting", WAIT).await;
     env.insert_actuals("liam", 100).await;
     let events = read_events(&env.reader(), 2, WAIT);
     assert_eq!(
@@ -179,10 +175,10 @@ async fn with_loki_down_retrains_still_complete_and_are_announced() {
             .collect::<Vec<_>>(),
         [Some(1), Some(2)]
     );
-    refit.terminate();
+    refit.signal("TERM");
     assert_eq!(
-        refit.wait(WAIT),
-        0,
+        refit.wait_exit(WAIT).await.code(),
+        Some(0),
         "shutdown does not hang on an unreachable Loki"
     );
 }

@@ -197,16 +197,9 @@ async fn rows_committed_out_of_order_are_each_trained_exactly_once() {
         .await
         .unwrap();
     let mut late_tx = late.begin().await.unwrap();
-    let request_id = uuid::Uuid::new_v4();
-    sqlx::query("INSERT INTO prediction_requests (request_id, user_id, features) VALUES ($1, 'carol', '{\"hour\": 3}')")
-        .bind(request_id).execute(&mut *late_tx).await.unwrap();
-    let late_id: i64 = sqlx::query_scalar(
-        "INSERT INTO actual_rentals (request_id, actual_value) VALUES ($1, 7) RETURNING id",
-    )
-    .bind(request_id)
-    .fetch_one(&mut *late_tx)
-    .await
-    .unwrap();
+    let late_id = insert_request_and_actual(&mut late_tx, "carol", r#"{"hour": 3}"#, 7.0)
+        .await
+        .unwrap();
 
     // Fifty later actuals commit and are trained while the first is still uncommitted.
     let batch = env.insert_actuals("carol", 50).await;

@@ -1,104 +1,15 @@
 //! The `refit` binary as operators run it: several replicas, signals, bad configuration.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_refit");
 
-pub struct Process {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    pub seen: Vec<String>,
-}
-
-impl Process {
-    pub fn spawn(env: &TestEnv, extra: &[(&str, &str)]) -> Process {
-        let mut child = Command::new(BIN)
-            .arg("run")
-            .env_clear()
-            .envs(env.vars(&[("REFIT_LOG_FORMAT", "json")]))
-            .envs(extra.iter().copied())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Process {
-            child,
-            lines,
-            seen: Vec::new(),
-        }
-    }
-
-    /// Waits for a log line containing `needle`.
-    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!(
-                    "no log line with {needle:?} within {timeout:?}; saw:\n{}",
-                    self.seen.join("\n")
-                ),
-            }
-        }
-    }
-
-    pub fn terminate(&mut self) {
-        let status = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for exit (draining the remaining output) and returns the exit code.
-    pub fn wait(&mut self, timeout: Duration) -> i32 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            while let Ok(line) = self.lines.try_recv() {
-                self.seen.push(line);
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
-                    self.seen.push(line);
-                }
-                return status.code().unwrap_or(-1);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "refit did not exit within {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `refit run` pointed at `env`, with `extra` settings (see [`Process::refit_run`]).
+pub fn spawn_refit(env: &TestEnv, extra: &[(&str, &str)]) -> Process {
+    Process::refit_run(BIN, &env.vars(extra))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,10 +17,12 @@ async fn two_processes_on_one_database_train_every_actual_exactly_once() {
     let env = TestEnv::new().await;
     // The topic exists before both replicas start.
     env.service(&[]).await;
-    let mut a = Process::spawn(&env, &[]);
-    let mut b = Process::spawn(&env, &[]);
-    a.wait_for_line("refit starting", Duration::from_secs(20));
-    b.wait_for_line("refit starting", Duration::from_secs(20));
+    let mut a = spawn_refit(&env, &[]);
+    let mut b = spawn_refit(&env, &[]);
+    a.wait_for_line("refit starting", Duration::from_secs(20))
+        .await;
+    b.wait_for_line("refit starting", Duration::from_secs(20))
+        .await;
 
     // Four writers insert 1,200 actuals for eight users while both replicas run.
     let users: Vec<String> = (0..8).map(|u| format!("user {u}:ü")).collect();
@@ -194,11 +107,11 @@ async fn two_processes_on_one_database_train_every_actual_exactly_once() {
     assert_eq!(ids.len() as i64, versions, "every version announced");
     // Both replicas did work.
     for p in [&mut a, &mut b] {
-        p.terminate();
-        assert_eq!(p.wait(Duration::from_secs(30)), 0);
+        p.signal("TERM");
+        assert_eq!(p.wait_exit(Duration::from_secs(30)).await.code(), Some(0));
     }
     let committed_by = |p: &Process| {
-        p.seen
+        p.lines()
             .iter()
             .filter(|l| l.contains("version committed"))
             .count()
@@ -220,7 +133,7 @@ async fn sigterm_during_a_retrain_lets_it_commit_and_announce_then_exits_zero() 
     .execute(&env.pool)
     .await
     .unwrap();
-    let mut p = Process::spawn(
+    let mut p = spawn_refit(
         &env,
         &[
             ("REFIT_RETRAIN_THRESHOLD", "4000"),
@@ -228,17 +141,22 @@ async fn sigterm_during_a_retrain_lets_it_commit_and_announce_then_exits_zero() 
             ("REFIT_XGB_PARAMS", r#"{"max_depth": 10}"#),
         ],
     );
-    p.wait_for_line("\"step\":\"read\"", Duration::from_secs(30));
-    p.terminate();
-    assert_eq!(p.wait(Duration::from_secs(60)), 0, "clean exit");
+    p.wait_for_line("\"step\":\"read\"", Duration::from_secs(30))
+        .await;
+    p.signal("TERM");
+    assert_eq!(
+        p.wait_exit(Duration::from_secs(60)).await.code(),
+        Some(0),
+        "clean exit"
+    );
 
-    let position = |needle: &str| p.seen.iter().position(|l| l.contains(needle));
+    let position = |needle: &str| p.lines().iter().position(|l| l.contains(needle));
     let signal = position("SIGTERM received").expect("signal logged");
     let commit = position("version committed").expect("the in-flight retrain committed");
     assert!(
         signal < commit,
         "the signal arrived during the retrain:\n{}",
-        p.seen.join("\n")
+        p.lines().join("\n")
     );
     assert_eq!(env.versions("judy", "ready").await, [1]);
     assert_eq!(env.pending("judy").await, 0);

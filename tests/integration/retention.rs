@@ -219,7 +219,9 @@ async fn kept_outbox_entries_dead_letters_and_old_set_aside_records_expire() {
     let keep = [SMALL.as_slice(), &[("REFIT_OUTBOX_RETENTION_SECS", "3600")]].concat();
     let service = env.service(&keep).await;
     retrain(&env, &service, 0, 2).await;
-    insert_raw(&env.pool, "rita", r#"{"hour": "eight"}"#, 1.0).await;
+    insert_request_and_actual(&mut *env.conn().await, "rita", r#"{"hour": "eight"}"#, 1.0)
+        .await
+        .unwrap();
     for n in 0..4 {
         insert_actual(&env.pool, "rita", &rental_features(n), rental_actual(n)).await;
     }

@@ -109,7 +109,9 @@ async fn every_kind_of_bad_row_is_set_aside_with_its_reason_and_the_rest_trains(
     ];
     let mut expected = Vec::new();
     for (features, actual, reason) in &cases {
-        let id = insert_raw(&env.pool, user, features, *actual).await;
+        let id = insert_request_and_actual(&mut *env.conn().await, user, features, *actual)
+            .await
+            .unwrap();
         expected.push((id, *reason));
     }
     let good = 50 - cases.len();

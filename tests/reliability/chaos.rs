@@ -44,11 +44,11 @@ async fn chaos_three_replicas_ten_thousand_actuals_with_kills_and_outages() {
             ("REFIT_OUTBOX_RETRY_MAX_MS", "1000"),
         ],
     );
-    let mut replicas: Vec<Refit> = (0..3).map(|_| Refit::spawn(&vars)).collect();
+    let mut replicas: Vec<Process> = (0..3).map(|_| spawn_refit(&vars)).collect();
     replicas[0]
         .wait_for_line("Kafka topic ready", Duration::from_secs(60))
         .await;
-    let mut graveyard: Vec<Refit> = Vec::new();
+    let mut graveyard: Vec<Process> = Vec::new();
     let users = twenty_users("chaos");
     let writers = {
         let env_url = env.database_url.clone();
@@ -84,7 +84,7 @@ async fn chaos_three_replicas_ten_thousand_actuals_with_kills_and_outages() {
         match action {
             0 => {
                 replicas[victim].kill9();
-                let dead = std::mem::replace(&mut replicas[victim], Refit::spawn(&vars));
+                let dead = std::mem::replace(&mut replicas[victim], spawn_refit(&vars));
                 graveyard.push(dead);
                 actions.push(format!("{:?} SIGKILL replica {victim}", started.elapsed()));
             }
@@ -92,7 +92,7 @@ async fn chaos_three_replicas_ten_thousand_actuals_with_kills_and_outages() {
                 replicas[victim].signal("TERM");
                 let status = replicas[victim].wait_exit(Duration::from_secs(60)).await;
                 assert!(status.success(), "SIGTERM under chaos: {status:?}");
-                let dead = std::mem::replace(&mut replicas[victim], Refit::spawn(&vars));
+                let dead = std::mem::replace(&mut replicas[victim], spawn_refit(&vars));
                 graveyard.push(dead);
                 actions.push(format!("{:?} SIGTERM replica {victim}", started.elapsed()));
             }
@@ -164,7 +164,7 @@ async fn chaos_crash_loop_at_random_fault_points() {
     let mut crashes = 0;
     for cycle in 0..30 {
         let point = points[rng.gen_range(0..points.len())];
-        let mut refit = Refit::spawn(&env.vars(&[
+        let mut refit = spawn_refit(&env.vars(&[
             ("REFIT_FAULT_POINT", point),
             ("REFIT_RETRAIN_THRESHOLD", "20"),
         ]));
@@ -197,7 +197,7 @@ async fn chaos_crash_loop_at_random_fault_points() {
             "cycle {cycle}: {counts:?}"
         );
     }
-    let mut clean = Refit::spawn(&env.vars(&[("REFIT_RETRAIN_THRESHOLD", "20")]));
+    let mut clean = spawn_refit(&env.vars(&[("REFIT_RETRAIN_THRESHOLD", "20")]));
     settled(&env, 20, Duration::from_secs(120)).await;
     let counts = verify(&env, &brokers(), 20, "chaos_crash_loop").await;
     clean.signal("TERM");
@@ -211,8 +211,8 @@ async fn chaos_crash_loop_at_random_fault_points() {
 async fn chaos_three_replicas_ten_thousand_actuals_out_of_order() {
     let env = TestEnv::new().await;
     env.service(&[]).await;
-    let mut replicas: Vec<Refit> = (0..3)
-        .map(|_| Refit::spawn(&replica_vars(&env, &[])))
+    let mut replicas: Vec<Process> = (0..3)
+        .map(|_| spawn_refit(&replica_vars(&env, &[])))
         .collect();
     for r in &replicas {
         r.wait_for_line("refit starting", Duration::from_secs(30))

@@ -10,26 +10,14 @@ use chrono::{DateTime, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sqlx::{Connection, PgConnection};
-use uuid::Uuid;
 
 use crate::harness::*;
 use crate::support::*;
 
-pub async fn insert_in(conn: &mut PgConnection, user: &str, i: usize) {
-    let request_id = Uuid::new_v4();
-    sqlx::query(
-        "INSERT INTO prediction_requests (request_id, user_id, features) VALUES ($1, $2, $3)",
-    )
-    .bind(request_id)
-    .bind(user)
-    .bind(rental_features(i))
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    sqlx::query("INSERT INTO actual_rentals (request_id, actual_value) VALUES ($1, $2)")
-        .bind(request_id)
-        .bind(rental_actual(i))
-        .execute(&mut *conn)
+/// Inserts the `i`th rental row of `user` on `conn` (or in its transaction).
+async fn insert_rental(conn: &mut PgConnection, user: &str, i: usize) {
+    let features = rental_features(i).to_string();
+    insert_request_and_actual(conn, user, &features, rental_actual(i))
         .await
         .unwrap();
 }
@@ -64,7 +52,7 @@ pub async fn write_stream(
                 late.push(tokio::spawn(async move {
                     let mut c = PgConnection::connect(&url).await.unwrap();
                     let mut tx = c.begin().await.unwrap();
-                    insert_in(&mut tx, &user, i).await;
+                    insert_rental(&mut tx, &user, i).await;
                     tokio::time::sleep(hold).await;
                     tx.commit().await.unwrap();
                 }));
@@ -73,12 +61,12 @@ pub async fn write_stream(
             }
             10..13 => {
                 let mut tx = conn.begin().await.unwrap();
-                insert_in(&mut tx, &user, i).await;
+                insert_rental(&mut tx, &user, i).await;
                 tx.rollback().await.unwrap();
                 written.rolled_back += 1;
             }
             _ => {
-                insert_in(&mut conn, &user, i).await;
+                insert_rental(&mut conn, &user, i).await;
                 written.committed += 1;
             }
         }
@@ -208,8 +196,8 @@ pub fn replica_vars(
 async fn three_processes_twenty_users_out_of_order_commits_exactly_once() {
     let env = TestEnv::new().await;
     env.service(&[]).await;
-    let mut replicas: Vec<Refit> = (0..3)
-        .map(|_| Refit::spawn(&replica_vars(&env, &[])))
+    let mut replicas: Vec<Process> = (0..3)
+        .map(|_| spawn_refit(&replica_vars(&env, &[])))
         .collect();
     for r in &replicas {
         r.wait_for_line("refit starting", Duration::from_secs(30))

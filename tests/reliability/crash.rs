@@ -31,7 +31,7 @@ async fn crash_then_restart_with(point: &str, extra: &[(&str, &str)]) -> TestEnv
     env.cache_model(&user).await;
 
     let crashing_vars = [extra, &[("REFIT_FAULT_POINT", point)]].concat();
-    let mut crashing = Refit::spawn(&env.vars(&crashing_vars));
+    let mut crashing = spawn_refit(&env.vars(&crashing_vars));
     crashing.wait_for_line("refit starting", WAIT).await;
     env.insert_actuals(&user, 50).await;
     let status = crashing.wait_exit(WAIT).await;
@@ -86,7 +86,7 @@ async fn crash_then_restart_with(point: &str, extra: &[(&str, &str)]) -> TestEnv
 
     // Serving re-caches the old model meanwhile; the restart must still invalidate it.
     env.cache_model(&user).await;
-    let mut restarted = Refit::spawn(&env.vars(extra));
+    let mut restarted = spawn_refit(&env.vars(extra));
     settled(&env, 50, WAIT).await;
     assert!(!env.cached(&user).await, "invalidated after the restart");
     let counts = verify(&env, &brokers(), 50, &format!("crash_{point}")).await;

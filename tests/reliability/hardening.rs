@@ -23,13 +23,13 @@ async fn stalled_replica_hands_over(a_vars: &[(&str, &str)], test: &str) -> Dura
         ("REFIT_POLL_INTERVAL_MS", "1000"),
     ];
     a_env.extend_from_slice(a_vars);
-    let a = Refit::spawn(&env.vars(&a_env));
+    let a = spawn_refit(&env.vars(&a_env));
     a.wait_for_line("refit starting", WAIT).await;
     env.insert_actuals(user, 50).await;
     a.wait_for_line("fault injection: hanging at during_train", WAIT)
         .await;
     let stalled = Instant::now();
-    let b = Refit::spawn(&env.vars(&[]));
+    let b = spawn_refit(&env.vars(&[]));
     eventually(
         Duration::from_secs(60),
         "another replica retrains the user of the hung retrain",
@@ -186,7 +186,7 @@ async fn a_commit_error_backs_the_user_off_instead_of_retrying_every_poll() {
     .execute(&env.pool)
     .await
     .unwrap();
-    let refit = Refit::spawn(&env.vars(&[]));
+    let refit = spawn_refit(&env.vars(&[]));
     refit.wait_for_line("refit starting", WAIT).await;
     env.insert_actuals("doomed", 50).await;
     refit.wait_for_line("injected commit failure", WAIT).await;
@@ -576,24 +576,12 @@ async fn an_absurd_user_id_is_set_aside_and_kafka_stays_healthy() {
     running.stop().await;
 }
 
-/// Inserts the `i`th actual of `user` (as `TestEnv::insert_actuals` does), returning the
-/// database's error instead of panicking.
+/// Inserts the `i`th actual of `user` (as `TestEnv::insert_actuals` does) in one transaction,
+/// returning the database's error instead of panicking.
 async fn try_insert_actual(env: &TestEnv, user: &str, i: usize) -> Result<(), sqlx::Error> {
-    let request_id = uuid::Uuid::new_v4();
     let mut tx = env.pool.begin().await?;
-    sqlx::query(
-        "INSERT INTO prediction_requests (request_id, user_id, features) VALUES ($1, $2, $3)",
-    )
-    .bind(request_id)
-    .bind(user)
-    .bind(rental_features(i))
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("INSERT INTO actual_rentals (request_id, actual_value) VALUES ($1, $2)")
-        .bind(request_id)
-        .bind(rental_actual(i))
-        .execute(&mut *tx)
-        .await?;
+    let features = rental_features(i).to_string();
+    insert_request_and_actual(&mut tx, user, &features, rental_actual(i)).await?;
     tx.commit().await
 }
 
@@ -855,7 +843,7 @@ async fn keda_scales_on_due_users_not_on_pending_rows() {
 
 /// Lines a refit process offers to Loki: its JSON log lines but the shipper's own and those of
 /// its HTTP client (which it keeps off Loki), as its stdout shows them.
-fn lines_for_loki(refit: &Refit) -> u64 {
+fn lines_for_loki(refit: &Process) -> u64 {
     const NOT_SHIPPED: [&str; 3] = ["refit::telemetry::loki", "reqwest", "hyper_util::client"];
     refit.count_matching(|l| {
         l.starts_with('{')
@@ -922,7 +910,7 @@ async fn a_hung_loki_costs_bounded_memory_and_the_lines_it_misses_are_counted() 
     let hole = Blackhole::new();
     let loki = format!("http://127.0.0.1:{}", hole.port);
     let http = format!("127.0.0.1:{}", free_port());
-    let mut refit = Refit::spawn(&env.vars(&[
+    let mut refit = spawn_refit(&env.vars(&[
         ("LOKI_URL", &loki),
         ("REFIT_HTTP_ADDR", &http),
         // Debug lines too: more lines per retrain.

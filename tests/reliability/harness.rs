@@ -1,16 +1,15 @@
-//! The reliability campaign's own fixtures, on top of the integration suite's `support`:
+//! The reliability campaign's own fixtures, on top of the test kit (tests/kit):
 //! - [`FaultProxy`]: a loopback TCP proxy that can be cut (new connections refused, existing
 //!   ones dropped) and resumed — how PostgreSQL, Redis and Kafka outages are simulated without
 //!   touching the machine's shared servers;
 //! - [`Blackhole`]: a port that accepts connections and never answers (a hung server);
 //! - [`Broker`]: a dedicated tansu broker behind its own fault proxy, killable and restartable;
-//! - [`Refit`]: a `refit run` process with every stdout/stderr line captured;
+//! - [`spawn_refit`]: a `refit run` process whose log is kept when a test fails;
 //! - [`verify`]: the exactly-once accounting every test ends with, and the counts it records.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,17 +21,9 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{eventually, TestEnv};
+use crate::support::{eventually, free_port, Process, TestEnv};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_refit");
-
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `postgres://…/<db>` with the host and port replaced by `127.0.0.1:<port>`.
 pub fn database_url_via(env: &TestEnv, port: u16) -> String {
@@ -348,149 +339,11 @@ impl Drop for Broker {
 // ---------------------------------------------------------------------------------------------
 // refit processes
 
-/// A `refit run` process; stdout and stderr lines are captured in order.
-pub struct Refit {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    exited: Option<ExitStatus>,
-}
-
-impl Refit {
-    /// Starts `refit run` with exactly `vars` (plus JSON logs, no HTTP server, `RUST_LOG=info`
-    /// unless `vars` says otherwise).
-    pub fn spawn(vars: &BTreeMap<String, String>) -> Refit {
-        let mut command = Command::new(BIN);
-        command
-            .arg("run")
-            .env_clear()
-            .env("REFIT_LOG_FORMAT", "json")
-            .env("REFIT_HTTP_ADDR", "off")
-            .env("RUST_LOG", "info")
-            .envs(vars)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let lines = lines.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push(line);
-                }
-            });
-        }
-        Refit {
-            child,
-            lines,
-            exited: None,
-        }
-    }
-
-    pub fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
-    }
-
-    /// The process's resident memory (`VmRSS` of /proc/<pid>/status), in KiB.
-    pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("the process is running");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS in /proc/<pid>/status")
-    }
-
-    pub fn count(&self, needle: &str) -> usize {
-        self.count_matching(|l| l.contains(needle))
-    }
-
-    /// Lines for which `matches` holds.
-    pub fn count_matching(&self, matches: impl Fn(&str) -> bool) -> usize {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| matches(l))
-            .count()
-    }
-
-    pub async fn wait_for_line(&self, needle: &str, timeout: Duration) {
-        self.wait_for_lines(needle, 1, timeout).await;
-    }
-
-    /// Waits until `n` lines contain `needle` (stdout is read by another thread, so a line the
-    /// process wrote may not have been read yet when its effect is visible in the database).
-    pub async fn wait_for_lines(&self, needle: &str, n: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.count(needle) < n {
-            assert!(
-                Instant::now() < deadline,
-                "fewer than {n} lines with {needle:?} within {timeout:?}; saw:\n{}",
-                self.lines().join("\n")
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name}");
-    }
-
-    /// `kill -9`.
-    pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        self.exited = self.child.wait().ok();
-    }
-
-    pub fn try_exited(&mut self) -> Option<ExitStatus> {
-        if self.exited.is_none() {
-            self.exited = self.child.try_wait().unwrap();
-        }
-        self.exited
-    }
-
-    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_exited() {
-                // Let the reader threads take the last lines.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "refit did not exit within {timeout:?}; saw:\n{}",
-                self.lines().join("\n")
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Refit {
-    fn drop(&mut self) {
-        // A failing test leaves the process's log behind for diagnosis.
-        if std::thread::panicking() {
-            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reliability");
-            let _ = std::fs::create_dir_all(&dir);
-            let path = dir.join(format!("refit-{}.log", self.child.id()));
-            let _ = std::fs::write(&path, self.lines().join("\n"));
-            eprintln!("refit log: {}", path.display());
-        }
-        if self.exited.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// `refit run` with exactly `vars` (see [`Process::refit_run`]); its log is left in
+/// `target/tmp/reliability/` when the test fails.
+pub fn spawn_refit(vars: &BTreeMap<String, String>) -> Process {
+    Process::refit_run(BIN, vars)
+        .keep_log_on_panic(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("reliability"))
 }
 
 /// The JSON log lines of a process, parsed.

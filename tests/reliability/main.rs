@@ -4,10 +4,6 @@
 //! `cargo test --features fault-injection --test reliability` (fast slice, part of `make test`)
 //! and `CHAOS=1 … -- --ignored` for the long soak runs (`make chaos`). See RELIABILITY.md.
 
-#[path = "../integration/support.rs"]
-#[allow(dead_code)]
-mod support;
-
 mod bad_input;
 mod chaos;
 mod concurrency;
@@ -17,3 +13,6 @@ mod harness;
 mod outage;
 mod security;
 mod shutdown;
+
+/// Fixtures shared with the integration suite and the benchmark driver: tests/kit.
+use refit_testkit as support;

@@ -40,7 +40,7 @@ async fn postgres_restarted_mid_stream_refit_reconnects_and_loses_nothing() {
     env.service(&[]).await;
     let pg = FaultProxy::new(5432);
     let url = database_url_via(&env, pg.port);
-    let mut refit = Refit::spawn(&env.vars(&[("DATABASE_URL", &url), ("REFIT_VALIDATION", "off")]));
+    let mut refit = spawn_refit(&env.vars(&[("DATABASE_URL", &url), ("REFIT_VALIDATION", "off")]));
     refit.wait_for_line("refit starting", WAIT).await;
     let connections_before = pg.accepted();
 
@@ -76,7 +76,7 @@ async fn redis_down_for_a_while_retrains_continue_and_invalidations_happen_when_
     let env = TestEnv::new().await;
     env.service(&[]).await;
     let redis = FaultProxy::new(6379);
-    let mut refit = Refit::spawn(&env.vars(&[
+    let mut refit = spawn_refit(&env.vars(&[
         ("REDIS_URL", &format!("redis://127.0.0.1:{}", redis.port)),
         ("REFIT_OUTBOX_RETRY_MAX_MS", "1000"),
         ("REFIT_VALIDATION", "off"),
@@ -149,7 +149,7 @@ async fn redis_down_for_a_while_retrains_continue_and_invalidations_happen_when_
 async fn kafka_unreachable_for_a_while_events_arrive_when_it_returns_in_order_per_user() {
     let env = TestEnv::new().await;
     let broker = Broker::start().await;
-    let mut refit = Refit::spawn(&env.vars(&[
+    let mut refit = spawn_refit(&env.vars(&[
         ("KAFKA_BROKERS", &broker.brokers()),
         ("REFIT_OUTBOX_RETRY_MAX_MS", "1000"),
         ("REFIT_VALIDATION", "off"),
@@ -206,7 +206,7 @@ async fn invalidations_during_a_long_kafka_outage(restart_refit: bool, test: &st
         ("REFIT_OUTBOX_RETRY_MAX_MS", "1000"),
         ("REFIT_VALIDATION", "off"),
     ]);
-    let mut refit = Refit::spawn(&vars);
+    let mut refit = spawn_refit(&vars);
     refit.wait_for_line("Kafka topic ready", WAIT).await;
     let users = users(test, 3);
     for u in &users {
@@ -238,7 +238,7 @@ async fn invalidations_during_a_long_kafka_outage(restart_refit: bool, test: &st
     if restart_refit {
         refit.signal("TERM");
         assert!(refit.wait_exit(WAIT).await.success());
-        refit = Refit::spawn(&vars);
+        refit = spawn_refit(&vars);
     }
     settled(&env, 50, Duration::from_secs(60)).await;
     verify(&env, &broker.brokers(), 50, test).await;
@@ -271,7 +271,7 @@ async fn broker_killed_and_restarted(restart_refit: bool, test: &str) {
         ("REFIT_OUTBOX_RETRY_MAX_MS", "1000"),
         ("REFIT_VALIDATION", "off"),
     ]);
-    let mut refit = Refit::spawn(&vars);
+    let mut refit = spawn_refit(&vars);
     refit.wait_for_line("Kafka topic ready", WAIT).await;
     let users = users(test, 3);
     for u in &users {
@@ -301,7 +301,7 @@ async fn broker_killed_and_restarted(restart_refit: bool, test: &str) {
     if restart_refit {
         refit.signal("TERM");
         assert!(refit.wait_exit(WAIT).await.success());
-        refit = Refit::spawn(&vars);
+        refit = spawn_refit(&vars);
     }
     settled(&env, 50, Duration::from_secs(90)).await;
     let after_kill: HashSet<(String, i32)> = users
@@ -328,7 +328,7 @@ async fn retrains_with_loki(loki_url: &str, test: &str) -> Duration {
     let env = TestEnv::new().await;
     env.service(&[]).await;
     let started = Instant::now();
-    let mut refit = Refit::spawn(&env.vars(&[("LOKI_URL", loki_url)]));
+    let mut refit = spawn_refit(&env.vars(&[("LOKI_URL", loki_url)]));
     refit.wait_for_line("refit starting", WAIT).await;
     for u in users(test, 3) {
         env.insert_actuals(&u, 100).await;
@@ -407,7 +407,7 @@ async fn a_replica_cut_from_postgres_mid_publish_never_delivers_a_stale_event_af
     let mut a_vars = base.clone();
     let a_url = database_url_via(&env, pg.port);
     a_vars.push(("DATABASE_URL", &a_url));
-    let mut a = Refit::spawn(&env.vars(&a_vars));
+    let mut a = spawn_refit(&env.vars(&a_vars));
     a.wait_for_line("Kafka topic ready", WAIT).await;
     let users = users("stale", 3);
     for u in &users {
@@ -434,7 +434,7 @@ async fn a_replica_cut_from_postgres_mid_publish_never_delivers_a_stale_event_af
         }
         // The broker returns; replica B starts with fresh connections and delivers.
         broker.proxy.resume();
-        let mut b = Refit::spawn(&env.vars(&base));
+        let mut b = spawn_refit(&env.vars(&base));
         settled(&env, 50, Duration::from_secs(90)).await;
         tokio::time::sleep(Duration::from_secs(8)).await;
         pg.resume();

@@ -211,7 +211,7 @@ async fn secrets_never_appear_in_logs_or_error_output() {
     let mut vars = env.vars(&secret_vars);
     vars.insert("RUST_LOG".into(), "debug".into());
     vars.insert("REFIT_VALIDATION".into(), "off".into());
-    let mut refit = Refit::spawn(&vars);
+    let mut refit = spawn_refit(&vars);
     refit.wait_for_line("refit starting", WAIT).await;
     env.cache_model("sec").await;
     env.insert_actuals("sec", 50).await;
@@ -332,7 +332,7 @@ async fn tls_and_sasl_settings_pass_through_configuration() {
         .unwrap();
     let redis_tls = FaultProxy::new(6379);
     let kafka_tls = FaultProxy::new(19092);
-    let mut refit = Refit::spawn(&env.vars(&[
+    let mut refit = spawn_refit(&env.vars(&[
         (
             "DATABASE_URL",
             &format!("{}?sslmode=require", env.database_url),
@@ -388,7 +388,7 @@ async fn tls_and_sasl_settings_pass_through_configuration() {
     // The plain settings, for contrast, and SASL: a SaslHandshake (API key 17) is sent.
     let redis_plain = FaultProxy::new(6379);
     let kafka_sasl = FaultProxy::new(19092);
-    let mut refit = Refit::spawn(&env.vars(&[
+    let mut refit = spawn_refit(&env.vars(&[
         ("DATABASE_URL", &format!("{}?sslmode=disable", env.database_url)),
         ("REDIS_URL", &format!("redis://127.0.0.1:{}", redis_plain.port)),
         ("KAFKA_BROKERS", &format!("127.0.0.1:{}", kafka_sasl.port)),
@@ -424,7 +424,7 @@ async fn tls_and_sasl_settings_pass_through_configuration() {
     assert!(refit.wait_exit(WAIT).await.success());
 
     // sslmode=verify-full with a CA that does not exist: refit refuses to start.
-    let mut refit = Refit::spawn(&env.vars(&[(
+    let mut refit = spawn_refit(&env.vars(&[(
         "DATABASE_URL",
         &format!(
             "{}?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",

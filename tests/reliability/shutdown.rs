@@ -38,7 +38,7 @@ async fn sigterm_under_load_exits_cleanly_with_nothing_half_done() {
     };
     let mut exits = Vec::new();
     for cycle in 0..3 {
-        let mut refit = Refit::spawn(&replica_vars(&env, &[]));
+        let mut refit = spawn_refit(&replica_vars(&env, &[]));
         refit
             .wait_for_line("refit starting", Duration::from_secs(30))
             .await;
@@ -80,7 +80,7 @@ async fn sigterm_under_load_exits_cleanly_with_nothing_half_done() {
     }
     stop.store(true, Ordering::Relaxed);
     let written = writer.await.unwrap();
-    let mut last = Refit::spawn(&replica_vars(&env, &[]));
+    let mut last = spawn_refit(&replica_vars(&env, &[]));
     settled(&env, 20, Duration::from_secs(60)).await;
     let counts = verify(&env, &brokers(), 20, "sigterm_under_load").await;
     assert_eq!(counts.actuals_inserted, written as i64);

@@ -1,5 +1,7 @@
-//! Shared test fixtures: each test gets its own database, topic and Redis key prefix on the real
-//! services (PostgreSQL, Redis, the Kafka-compatible broker started by `make services`).
+//! The in-process test environment: each test gets its own database, topic and Redis key prefix
+//! on the real services (PostgreSQL, Redis, the Kafka-compatible broker started by
+//! `make services`), refit's `Service` built and run in the test's runtime, and the checks of
+//! the events it announces.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -9,10 +11,13 @@ use std::time::{Duration, Instant};
 use refit::config::Config;
 use refit::events::{EventReader, ReadEvent};
 use refit::service::Service;
-use serde_json::{json, Value};
+use serde_json::Value;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::{admin_url, brokers, create_database, drop_database, insert_actual, redis_url};
+use crate::{rental_actual, rental_features};
 
 /// The default retraining policy, as a user who sets nothing gets it: undoes the small,
 /// rebuild-free models [`TestEnv::vars`] sets up for the other tests.
@@ -27,27 +32,6 @@ pub const DEFAULT_POLICY: [(&str, &str); 9] = [
     ("REFIT_RECENCY_HALF_LIFE", "2000"),
     ("REFIT_MAX_TREES", "150"),
 ];
-
-/// The Python with xgboost the tests compare against (`REFIT_PYTHON`, made by install-deps.sh).
-pub fn python() -> String {
-    std::env::var("REFIT_PYTHON").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/refit/venv/bin/python",
-            std::env::var("HOME").unwrap()
-        )
-    })
-}
-
-pub fn admin_url() -> String {
-    std::env::var("REFIT_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
-}
-pub fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-pub fn brokers() -> String {
-    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
-}
 
 /// Logs of the code under test are silent unless `TEST_LOG` is set (then text on stdout, as
 /// `REFIT_LOG_FORMAT=text` logs; `RUST_LOG` filters).
@@ -75,17 +59,9 @@ impl TestEnv {
     pub async fn new() -> Self {
         init_logs();
         let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
-        let name = format!("refit_test_{id}");
-        let admin = PgPool::connect(&admin_url())
+        let database_url = create_database(&admin_url(), &format!("refit_test_{id}"))
             .await
             .expect("PostgreSQL reachable (make services)");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await
-            .unwrap();
-        admin.close().await;
-        let base = admin_url();
-        let database_url = format!("{}/{name}", base.rsplit_once('/').unwrap().0);
         let pool = PgPool::connect(&database_url).await.unwrap();
         refit::db::migrate(&pool).await.unwrap();
         TestEnv {
@@ -198,6 +174,11 @@ impl TestEnv {
         ids
     }
 
+    /// A connection of the pool, e.g. for [`insert_request_and_actual`](crate::insert_request_and_actual).
+    pub async fn conn(&self) -> sqlx::pool::PoolConnection<sqlx::Postgres> {
+        self.pool.acquire().await.unwrap()
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
     }
@@ -232,13 +213,8 @@ impl TestEnv {
     /// Drops this environment's database (a test that filled it at scale cleans up after itself).
     pub async fn drop_database(self) {
         self.pool.close().await;
-        let name = self.database_url.rsplit('/').next().unwrap().to_owned();
-        let admin = PgPool::connect(&admin_url()).await.unwrap();
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&admin)
-            .await
-            .unwrap();
-        admin.close().await;
+        let name = self.database_url.rsplit('/').next().unwrap();
+        drop_database(&admin_url(), name).await.unwrap();
     }
 
     /// Waits until the outbox holds nothing undone.
@@ -264,49 +240,6 @@ impl Running {
         self.token.cancel();
         self.handle.await.unwrap().unwrap();
     }
-}
-
-pub async fn insert_actual(pool: &PgPool, user: &str, features: &Value, actual: f64) -> i64 {
-    insert_raw(pool, user, &features.to_string(), actual).await
-}
-
-/// Inserts an actual whose request's `features` is the JSON text `features` (which may hold what
-/// serde_json cannot, e.g. `1e400`).
-pub async fn insert_raw(pool: &PgPool, user: &str, features: &str, actual: f64) -> i64 {
-    let request_id = Uuid::new_v4();
-    sqlx::query(
-        "INSERT INTO prediction_requests (request_id, user_id, features) VALUES ($1, $2, $3::jsonb)",
-    )
-    .bind(request_id)
-    .bind(user)
-    .bind(features)
-    .execute(pool)
-    .await
-    .unwrap();
-    sqlx::query_scalar(
-        "INSERT INTO actual_rentals (request_id, actual_value) VALUES ($1, $2) RETURNING id",
-    )
-    .bind(request_id)
-    .bind(actual)
-    .fetch_one(pool)
-    .await
-    .unwrap()
-}
-
-/// Deterministic rental-like features; every 7th row lacks `temperature` (missing → NaN).
-pub fn rental_features(i: usize) -> Value {
-    let hour = (i * 5 % 24) as f64;
-    let mut f =
-        json!({"hour": hour, "weekday": (i / 3 % 7) as f64, "humidity": (40 + i * 13 % 50) as f64});
-    if i % 7 != 3 {
-        f["temperature"] = json!(8.0 + (i * 7 % 23) as f64 * 0.9);
-    }
-    f
-}
-
-pub fn rental_actual(i: usize) -> f64 {
-    let hour = (i * 5 % 24) as f64;
-    (20.0 + 30.0 * (-((hour - 8.0) * (hour - 8.0)) / 6.0).exp() + (i * 7 % 23) as f64).round()
 }
 
 /// One sample of the service's metrics exposition, e.g. `refit_retrains_total{status="failed"}`
@@ -342,7 +275,7 @@ where
 static EVENT_SCHEMA: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
     let schema: Value = serde_json::from_str(include_str!(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/docs/model-retrained.schema.json"
+        "/../../docs/model-retrained.schema.json"
     )))
     .expect("the event schema is JSON");
     jsonschema::options()

@@ -1,0 +1,31 @@
+//! refit's test kit: what the integration suite (tests/integration), the reliability suite
+//! (tests/reliability) and the benchmark driver (benches/pipeline) share, written once.
+//!
+//! - `services`: where the shared servers are (`REFIT_TEST_DATABASE_URL`, `REDIS_URL`,
+//!   `KAFKA_BROKERS`), the Python with xgboost, free loopback ports;
+//! - `database`: a PostgreSQL database of a test's (or a bench phase's) own, created and dropped
+//!   from the admin URL;
+//! - `actuals`: inserting a prediction request with its actual, and the deterministic
+//!   rental-like rows the suites train on;
+//! - `process`: a child process (the refit binary) with its output lines captured, waited for,
+//!   signalled and killed, and its memory read from /proc;
+//! - `test_env`: [`TestEnv`], a test's own database, topic and Redis prefix with refit's
+//!   `Service` built in-process, and the checks of the events it announces.
+//!
+//! The kit never names the refit binary: callers pass `env!("CARGO_BIN_EXE_refit")`, which cargo
+//! sets only for the refit package's own tests and benches.
+
+mod actuals;
+mod database;
+mod process;
+mod services;
+mod test_env;
+
+pub use actuals::{insert_actual, insert_request_and_actual, rental_actual, rental_features};
+pub use database::{create_database, database_url, drop_database};
+pub use process::{proc_memory, signal, ProcMemory, Process};
+pub use services::{admin_url, brokers, free_port, python, redis_url};
+pub use test_env::{
+    assert_valid_event, drain_events, eventually, init_logs, metric, read_events, Running, TestEnv,
+    DEFAULT_POLICY,
+};
