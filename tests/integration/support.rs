@@ -189,11 +189,20 @@ impl TestEnv {
             == 1
     }
 
-    /// Inserts `n` requests with their actuals for `user`, each in its own transaction.
+    /// Inserts `n` requests with their actuals for `user`, each in its own transaction, and
+    /// queues them (as a running refit's ingest would).
     pub async fn insert_actuals(&self, user: &str, n: usize) -> Vec<i64> {
+        let ids = self.insert_upstream_n(user, n).await;
+        ingest_all(&self.pool).await;
+        ids
+    }
+
+    /// Inserts `n` requests with their actuals as the upstream does, not ingested yet.
+    pub async fn insert_upstream_n(&self, user: &str, n: usize) -> Vec<i64> {
         let mut ids = Vec::with_capacity(n);
         for i in 0..n {
-            ids.push(insert_actual(&self.pool, user, &rental_features(i), rental_actual(i)).await);
+            let features = rental_features(i).to_string();
+            ids.push(insert_upstream(&self.pool, user, &features, rental_actual(i)).await);
         }
         ids
     }
@@ -271,8 +280,23 @@ pub async fn insert_actual(pool: &PgPool, user: &str, features: &Value, actual: 
 }
 
 /// Inserts an actual whose request's `features` is the JSON text `features` (which may hold what
-/// serde_json cannot, e.g. `1e400`).
+/// serde_json cannot, e.g. `1e400`), and queues it as a running refit's ingest would.
 pub async fn insert_raw(pool: &PgPool, user: &str, features: &str, actual: f64) -> i64 {
+    let id = insert_upstream(pool, user, features, actual).await;
+    ingest_all(pool).await;
+    id
+}
+
+/// Queues every actual committed so far, as the ingest of a running refit does (for tests that
+/// retrain without running the service): waits while another ingest holds the lock.
+pub async fn ingest_all(pool: &PgPool) {
+    while refit::ingest::ingest(pool).await.unwrap().is_none() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// What the upstream does: a prediction request and its actual, each its own transaction.
+pub async fn insert_upstream(pool: &PgPool, user: &str, features: &str, actual: f64) -> i64 {
     let request_id = Uuid::new_v4();
     sqlx::query(
         "INSERT INTO prediction_requests (request_id, user_id, features) VALUES ($1, $2, $3::jsonb)",
