@@ -120,6 +120,10 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "safety-net poll interval, besides LISTEN/NOTIFY",
     ),
     (
+        "REFIT_INGEST_INTERVAL_MS",
+        "how often new actuals are looked for in actual_rentals",
+    ),
+    (
         "REFIT_MAX_CONCURRENT_RETRAINS",
         "retrains running at once in this process",
     ),
@@ -227,6 +231,8 @@ pub struct Config {
     pub(crate) stale_min_rows: i64,
     /// The safety-net poll interval (LISTEN/NOTIFY wakes the loop sooner).
     pub(crate) poll_interval: Duration,
+    /// How often the ingest looks for newly committed actuals (src/ingest.rs).
+    pub(crate) ingest_interval: Duration,
     /// Retrains running at once in this process.
     pub(crate) max_concurrent_retrains: usize,
     /// Feature order for new models; `None` takes the sorted keys of the first batch.
@@ -562,6 +568,13 @@ impl Config {
                 10,
                 3_600_000,
             )? as u64),
+            ingest_interval: Duration::from_millis(int(
+                raw,
+                "REFIT_INGEST_INTERVAL_MS",
+                2,
+                1,
+                60_000,
+            )? as u64),
             max_concurrent_retrains: int(raw, "REFIT_MAX_CONCURRENT_RETRAINS", 4, 1, 1024)?
                 as usize,
             features,
@@ -607,6 +620,10 @@ impl Config {
             (
                 "REFIT_POLL_INTERVAL_MS",
                 self.poll_interval.as_millis().to_string(),
+            ),
+            (
+                "REFIT_INGEST_INTERVAL_MS",
+                self.ingest_interval.as_millis().to_string(),
             ),
             (
                 "REFIT_MAX_CONCURRENT_RETRAINS",

@@ -5,8 +5,8 @@
 //! - a user's retrain holds that user's `refit_models` row lock (`FOR UPDATE SKIP LOCKED`) for the
 //!   whole read–train–commit transaction, so across all replicas one retrain per user runs at a
 //!   time and a replica that finds the row locked simply moves on;
-//! - pending actuals come from a trigger in the inserting transaction, so an actual becomes visible
-//!   exactly when it commits, in whatever order transactions commit;
+//! - pending actuals are queued by the ingest (src/ingest.rs), exactly once, in whatever order the
+//!   upstream's transactions commit;
 //! - a user's outbox is delivered under a transaction-scoped advisory lock, in id order.
 
 use std::time::Duration;
@@ -21,7 +21,7 @@ use uuid::Uuid;
 use crate::config::{Secret, SessionLimits};
 use crate::features::{ActualRow, SetAside};
 
-/// The channel the actual-insert trigger notifies, once per user and statement, with the payload
+/// The channel the ingest notifies, once per user and ingest, with the payload
 /// `<count>:<first actual id>:<user id>` (`n:first:user`; see `service::Arrival::parse`).
 pub(crate) const ACTUALS_CHANNEL: &str = "refit_actuals";
 

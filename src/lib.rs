@@ -2,7 +2,8 @@
 //!
 //! Map of the crate, in the order of one retrain:
 //! - [`config`]: settings from the environment and an optional file, validated at start-up;
-//! - [`db`]: PostgreSQL — pending actuals (trigger-fed queue), model registry, outbox;
+//! - [`ingest`]: committed actuals from the upstream's table into the pending queue;
+//! - [`db`]: PostgreSQL — pending actuals, model registry, outbox;
 //! - [`service`]: the running service — LISTEN/NOTIFY + poll, scheduling, shutdown;
 //! - [`retrain`]: one retrain of one user, read → train → commit in one transaction;
 //! - [`features`]: rows checked and laid out for XGBoost, bad rows set aside with a reason;
@@ -29,7 +30,8 @@
 //!   [`service::Service::build`] and [`run`](service::Service::run), [`telemetry::init`], and the
 //!   argument types [`metadata::VersionRef`], [`metadata::Change`] and [`registry::Filter`];
 //! - for the integration and reliability tests (tests/), which drive the real service:
-//!   [`service::Service`]'s pool, HTTP address, [`retrain::Retrainer::retrain_user`] (one
+//!   [`service::Service`]'s pool, HTTP address, [`ingest::ingest`] (for tests that retrain
+//!   without running the service), [`retrain::Retrainer::retrain_user`] (one
 //!   retrain, deterministically), [`metrics_text`](service::Service::metrics_text) and
 //!   [`kafka_healthy`](service::Service::kafka_healthy); [`events::EventReader`] (also the
 //!   demo's) and the event as read; the registry calls they race against the service
@@ -57,6 +59,7 @@ pub mod events;
 mod faults;
 pub mod features;
 mod http;
+pub mod ingest;
 pub mod metadata;
 mod metrics;
 mod model_cache;

@@ -1,7 +1,8 @@
 //! `refit run`: the long-running service.
 //!
 //! Tasks and how they talk:
-//! - the **listener** `LISTEN`s on `refit_actuals` (the insert trigger's channel) and forwards
+//! - the **ingest** ([`crate::ingest`]) queues newly committed actuals and notifies `refit_actuals`;
+//! - the **listener** `LISTEN`s on `refit_actuals` (the ingest's channel) and forwards
 //!   each notification — "`n` actuals of user `u` became pending" — to the scheduler; after a lost
 //!   connection it asks for a full scan, because notifications sent meanwhile are gone;
 //! - the **scheduler** (the task that calls [`Service::run`]) keeps a count of pending actuals per
@@ -162,6 +163,11 @@ impl Service {
         let mut tasks = JoinSet::new();
         let (notify_tx, notify_rx) = mpsc::unbounded_channel();
         tasks.spawn(listen(self.pool.clone(), notify_tx, background.clone()));
+        tasks.spawn(crate::ingest::run(
+            self.pool.clone(),
+            self.config.ingest_interval,
+            background.clone(),
+        ));
         tasks.spawn(sweep(
             self.outbox.clone(),
             self.pool.clone(),

@@ -380,13 +380,16 @@ impl BenchDb {
         sqlx::query("ANALYZE prediction_requests, actual_rentals")
             .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
+        let committed = now_unix();
         if self.has_pending_queue {
+            // Queued as a running refit's ingest queues them, and analyzed like the rest.
+            while refit::ingest::ingest(&self.pool).await?.is_none() {}
             sqlx::query("ANALYZE refit_pending")
-                .execute(&mut *tx)
+                .execute(&self.pool)
                 .await?;
         }
-        tx.commit().await?;
-        Ok(now_unix())
+        Ok(committed)
     }
 
     /// `n` requests per user for users 1..=users, starting at request index `first`.

@@ -192,9 +192,6 @@ pub async fn start(
         )?,
         Implementation::Python { python } => {
             db.has_pending_queue = false;
-            sqlx::query("DROP TRIGGER refit_enqueue_actual ON actual_rentals")
-                .execute(&db.pool)
-                .await?;
             python_proc(s, &db, python, log_path)?
         }
     };

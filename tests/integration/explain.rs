@@ -20,6 +20,15 @@ const DB_RS: &str = include_str!("../../src/db.rs");
 const OUTBOX_RS: &str = include_str!("../../src/outbox.rs");
 const RETENTION_RS: &str = include_str!("../../src/retention.rs");
 const AUDIT_RS: &str = include_str!("../../src/audit.rs");
+const INGEST_RS: &str = include_str!("../../src/ingest.rs");
+
+/// The ingest cursor after the fill (every filled actual already ingested), as the ingest
+/// statements bind it.
+static CURSOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+fn bind_cursor(q: Query<'_>) -> Query<'_> {
+    q.bind(CURSOR.get().expect("filled").clone())
+}
 
 /// From this many rows on, the plans are the planner's own choice; below, sequential scans are
 /// disabled, and a plan that still scans a table whole has no index to use. (At 200,000 rows the
@@ -223,6 +232,21 @@ fn statements() -> Vec<Statement> {
         statement("purge: audit trail", AUDIT_RS, "purge", 0, |q| {
             q.bind(365.0 * 86400.0_f64).bind(5000_i64)
         }),
+        statement(
+            "ingest: anything arrived",
+            INGEST_RS,
+            "arrived",
+            0,
+            bind_cursor,
+        ),
+        statement("ingest: lock the cursor", INGEST_RS, "ingest", 0, |q| q),
+        statement(
+            "ingest: queue arrivals",
+            INGEST_RS,
+            "queue_arrivals",
+            0,
+            bind_cursor,
+        ),
     ]
 }
 
@@ -339,6 +363,13 @@ async fn filled(env: &TestEnv, rows: i64) -> PgConnection {
         "filled for {rows} consumed actuals in {:?}",
         started.elapsed()
     );
+    let cursor: String = sqlx::query_scalar(
+        "UPDATE refit_ingest_cursor SET snapshot = pg_current_snapshot() RETURNING snapshot::text",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let _ = CURSOR.set(cursor);
     let mut settings = vec!["SET plan_cache_mode = force_custom_plan"];
     if rows < PLANNER_ROWS {
         // Small tables: whether an index serves each statement, not what the planner prefers.

@@ -3,9 +3,8 @@
 -- rows / 500 users have a registry row, 100 versions (the newest 5 with an artifact) and 50
 -- pending actuals; the first rows / 4,000 of them also 4,000 consumed actuals each (what the
 -- default policy window keeps), trained by their versions 21..100. The outbox, the audit trail
--- and the set-aside table hold rows / 5, rows / 5 and rows / 100 rows. Triggers (the
--- pending-queue trigger, foreign keys) are off while filling: the rows are consistent by
--- construction.
+-- and the set-aside table hold rows / 5, rows / 5 and rows / 100 rows. Triggers (foreign keys)
+-- are off while filling: the rows are consistent by construction.
 SET session_replication_role = replica;
 SET maintenance_work_mem = '256MB';
 

@@ -4,6 +4,7 @@
 mod bad_input;
 mod bike;
 mod explain;
+mod ingest;
 mod lifecycle;
 mod observability;
 mod pipeline;

@@ -467,11 +467,13 @@ async fn http_describe_alias_delete_and_history_writes_need_the_token() {
     running.stop().await;
 }
 
-/// Every refit table (`refit_*`) and how many of its rows mention `needle` anywhere.
+/// Every refit table that holds users (`refit_*` with a `user_id`) and how many of its rows
+/// mention `needle` anywhere.
 async fn rows_mentioning(env: &TestEnv, needle: &str) -> Vec<(String, i64)> {
     let tables: Vec<String> = sqlx::query_scalar(
-        "SELECT tablename::text FROM pg_tables
-          WHERE schemaname = 'public' AND tablename LIKE 'refit\\_%' ORDER BY 1",
+        "SELECT table_name::text FROM information_schema.columns
+          WHERE table_schema = 'public' AND table_name LIKE 'refit\\_%' AND column_name = 'user_id'
+          ORDER BY 1",
     )
     .fetch_all(&env.pool)
     .await

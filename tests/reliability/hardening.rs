@@ -138,7 +138,8 @@ async fn an_actual_inserted_again_with_a_consumed_id_is_set_aside_and_the_user_m
     .execute(&env.pool)
     .await
     .unwrap();
-    assert_eq!(env.pending(user).await, 1, "the trigger queued it again");
+    ingest_all(&env.pool).await;
+    assert_eq!(env.pending(user).await, 1, "the ingest queued it again");
     env.insert_actuals(user, 50).await;
     eventually(WAIT, "version 2 trained on the later actuals", || async {
         env.versions(user, "ready").await == [1, 2]
@@ -506,7 +507,7 @@ async fn an_unconfirmed_cache_fill_is_evicted() {
 /// other (each insert then woke a full scan: the notification cannot carry it), trained and
 /// announced with the id three times in the message; an incompressible one over 2,704 bytes made
 /// the upstream's own insert fail in refit's trigger (the pending queue's index). Such actuals
-/// are set aside by the trigger (`user_id_too_long`) and never trained; 1,000 bytes still train.
+/// are set aside by the ingest (`user_id_too_long`) and never trained; 1,000 bytes still train.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_absurd_user_id_is_set_aside_and_kafka_stays_healthy() {
     let env = TestEnv::new().await;
@@ -823,6 +824,7 @@ async fn keda_scales_on_due_users_not_on_pending_rows() {
     .execute(&env.pool)
     .await
     .unwrap();
+    ingest_all(&env.pool).await;
     assert_eq!(
         env.count("SELECT count(*) FROM refit_pending").await,
         300_230

@@ -32,13 +32,23 @@ pub async fn insert_request_and_actual(
     .await
 }
 
-/// [`insert_request_and_actual`] on a connection of `pool`, with the features as JSON; panics on
-/// a database error.
+/// [`insert_request_and_actual`] on a connection of `pool`, with the features as JSON, then
+/// [`ingest_all`]; panics on a database error.
 pub async fn insert_actual(pool: &PgPool, user: &str, features: &Value, actual: f64) -> i64 {
     let mut conn = pool.acquire().await.unwrap();
-    insert_request_and_actual(&mut conn, user, &features.to_string(), actual)
+    let id = insert_request_and_actual(&mut conn, user, &features.to_string(), actual)
         .await
-        .unwrap()
+        .unwrap();
+    ingest_all(pool).await;
+    id
+}
+
+/// Queues every actual committed so far, as the ingest of a running refit does (for tests that
+/// retrain without running the service): waits while another ingest holds the cursor.
+pub async fn ingest_all(pool: &PgPool) {
+    while refit::ingest::ingest(pool).await.unwrap().is_none() {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
 }
 
 /// Deterministic rental-like features; every 7th row lacks `temperature` (missing → NaN).

@@ -21,7 +21,9 @@ mod process;
 mod services;
 mod test_env;
 
-pub use actuals::{insert_actual, insert_request_and_actual, rental_actual, rental_features};
+pub use actuals::{
+    ingest_all, insert_actual, insert_request_and_actual, rental_actual, rental_features,
+};
 pub use database::{create_database, database_url, drop_database};
 pub use process::{proc_memory, signal, ProcMemory, Process};
 pub use services::{admin_url, brokers, free_port, python, redis_url};

@@ -165,11 +165,22 @@ impl TestEnv {
             == 1
     }
 
-    /// Inserts `n` requests with their actuals for `user`, each in its own transaction.
+    /// Inserts `n` requests with their actuals for `user`, each in its own transaction, and
+    /// queues them (as a running refit's ingest would).
     pub async fn insert_actuals(&self, user: &str, n: usize) -> Vec<i64> {
+        let ids = self.insert_upstream_n(user, n).await;
+        ingest_all(&self.pool).await;
+        ids
+    }
+
+    /// Inserts `n` requests with their actuals as the upstream does, not ingested yet.
+    pub async fn insert_upstream_n(&self, user: &str, n: usize) -> Vec<i64> {
+        let mut conn = self.pool.acquire().await.unwrap();
         let mut ids = Vec::with_capacity(n);
         for i in 0..n {
-            ids.push(insert_actual(&self.pool, user, &rental_features(i), rental_actual(i)).await);
+            let features = rental_features(i).to_string();
+            let id = insert_request_and_actual(&mut conn, user, &features, rental_actual(i));
+            ids.push(id.await.unwrap());
         }
         ids
     }
