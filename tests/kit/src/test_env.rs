@@ -16,7 +16,10 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{admin_url, brokers, create_database, drop_database, insert_actual, redis_url};
+use crate::{
+    admin_url, brokers, create_database, drop_database, ingest_all, insert_request_and_actual,
+    redis_url,
+};
 use crate::{rental_actual, rental_features};
 
 /// The default retraining policy, as a user who sets nothing gets it: undoes the small,
