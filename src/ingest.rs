@@ -24,6 +24,10 @@ use tracing::{debug, warn};
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// While the cursor saw transactions in progress, the loop ingests at least every this many
+/// turns (their actuals, once committed, are not seen by [`arrived`]).
+const LATE_CHECK_EVERY: u32 = 10;
+
 /// What one ingest did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ingested {
@@ -42,9 +46,19 @@ pub struct Ingested {
 pub async fn ingest(pool: &PgPool) -> sqlx::Result<Option<Ingested>> {
     // The ingest statement must take its snapshot after the cursor is locked, to see every
     // actual the previous ingest saw: a statement of its own, under READ COMMITTED (where
-    // FOR UPDATE also returns the cursor as the previous ingest committed it).
+    // FOR UPDATE also returns the cursor as the previous ingest committed it). Its plan must
+    // not depend on statistics (autovacuum may be off, actual_rentals grows by the second):
+    // the new actuals are read through the refit_xid index, always (and without JIT, which the
+    // disabled scans' costs would trigger: 100 ms a statement). It commits without
+    // waiting for the WAL flush: a retrain that consumes what it queued flushes it with its
+    // own commit, and a crash that loses it loses its cursor too, so the next ingest redoes it.
     let mut tx = pool
-        .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+        .begin_with(
+            "BEGIN ISOLATION LEVEL READ COMMITTED;
+             SET LOCAL enable_seqscan = off;
+             SET LOCAL jit = off;
+             SET LOCAL synchronous_commit = off",
+        )
         .await?;
     let cursor: Option<String> =
         sqlx::query_scalar("SELECT snapshot::text FROM refit_ingest_cursor FOR UPDATE SKIP LOCKED")
@@ -54,22 +68,25 @@ pub async fn ingest(pool: &PgPool) -> sqlx::Result<Option<Ingested>> {
         tx.rollback().await?;
         return Ok(None);
     };
-    let done = queue_arrivals(&mut tx, cursor).await?;
+    let done = queue_arrivals(&mut tx, &cursor).await?;
     tx.commit().await?;
     Ok(Some(done))
 }
 
 /// The ingest statement: queues (or, for a user id over 1000 bytes, sets aside) every actual
-/// committed since `cursor`, advances the cursor to the statement's snapshot if it found any,
-/// and notifies `refit_actuals` once per user with queued actuals.
-async fn queue_arrivals(conn: &mut PgConnection, cursor: String) -> sqlx::Result<Ingested> {
-    let (queued, set_aside, users, advanced): (i64, i64, i64, Option<String>) = sqlx::query_as(
+/// the `cursor` snapshot did not see committed — its transaction id at or past the snapshot's
+/// xmax, or one of those it saw in progress — that this statement's snapshot sees committed,
+/// advances the cursor to this statement's snapshot, and notifies `refit_actuals` once per user
+/// with queued actuals.
+async fn queue_arrivals(conn: &mut PgConnection, cursor: &str) -> sqlx::Result<Ingested> {
+    let (queued, set_aside, users, advanced): (i64, i64, i64, String) = sqlx::query_as(
         "WITH arrived AS MATERIALIZED (
-             SELECT a.id, r.user_id
+             SELECT a.id,
+                    (SELECT r.user_id FROM prediction_requests r
+                      WHERE r.request_id = a.request_id) AS user_id
                FROM actual_rentals a
-               JOIN prediction_requests r ON r.request_id = a.request_id
-              WHERE a.refit_xid >= pg_snapshot_xmin($1::pg_snapshot)
-                AND NOT pg_visible_in_snapshot(a.refit_xid, $1::pg_snapshot)
+              WHERE a.refit_xid >= pg_snapshot_xmax($1::pg_snapshot)
+                 OR a.refit_xid = ANY (ARRAY(SELECT pg_snapshot_xip($1::pg_snapshot)))
          ),
          set_aside AS (
              INSERT INTO refit_unconsumable_actuals (actual_id, user_id, reason, detail)
@@ -87,7 +104,6 @@ async fn queue_arrivals(conn: &mut PgConnection, cursor: String) -> sqlx::Result
          ),
          advanced AS (
              UPDATE refit_ingest_cursor SET snapshot = pg_current_snapshot(), advanced_at = now()
-              WHERE EXISTS (SELECT 1 FROM arrived)
              RETURNING snapshot::text
          ),
          notified AS (
@@ -102,48 +118,52 @@ async fn queue_arrivals(conn: &mut PgConnection, cursor: String) -> sqlx::Result
                 (SELECT count(*) FROM notified),
                 (SELECT snapshot FROM advanced)",
     )
-    .bind(&cursor)
+    .bind(cursor)
     .fetch_one(conn)
     .await?;
     Ok(Ingested {
         queued,
         set_aside,
         users,
-        cursor: advanced.unwrap_or(cursor),
+        cursor: advanced,
     })
 }
 
-/// Whether actuals committed since `cursor` are there: one read by the `refit_xid` index.
+/// Whether actuals newer than every transaction `cursor` knew of have committed: the newest
+/// visible `refit_xid`, read from the end of its index whatever the statistics say. (Those
+/// `cursor` saw in progress are not looked for here: see [`tick`].)
 async fn arrived(pool: &PgPool, cursor: &str) -> sqlx::Result<bool> {
     sqlx::query_scalar(
-        "SELECT EXISTS (
-             SELECT 1 FROM actual_rentals
-              WHERE refit_xid >= pg_snapshot_xmin($1::pg_snapshot)
-                AND NOT pg_visible_in_snapshot(refit_xid, $1::pg_snapshot))",
+        "SELECT coalesce((SELECT max(refit_xid) FROM actual_rentals)
+                         >= pg_snapshot_xmax($1::pg_snapshot), false)",
     )
     .bind(cursor)
     .fetch_one(pool)
     .await
 }
 
-/// Ingests every `interval` until `stop`. Between ingests a cheap check against the last cursor
-/// this replica saw tells whether there is anything to take (another replica's ingest only makes
-/// that cursor older: a needless ingest, never a missed actual). Failures are logged and retried
-/// after a growing pause.
+/// Whether the `pg_snapshot` text `xmin:xmax:xip,...` saw transactions in progress.
+fn saw_in_progress(snapshot: &str) -> bool {
+    snapshot
+        .split(':')
+        .nth(2)
+        .is_some_and(|xip| !xip.is_empty())
+}
+
+/// Ingests every `interval` until `stop`, or less often when a cheap check says there is
+/// nothing to take (see [`Watch`]). Failures are logged and retried after a growing pause.
 pub(crate) async fn run(pool: PgPool, interval: Duration, stop: CancellationToken) {
-    // `None`: ingest without checking (at start, and after an ingest that found anything).
-    let mut cursor: Option<String> = None;
+    let mut watch = Watch::default();
     let mut backoff = FIRST_BACKOFF;
     loop {
-        let pause = match tick(&pool, cursor.as_deref()).await {
-            Ok(next) => {
-                cursor = next;
+        let pause = match watch.tick(&pool).await {
+            Ok(()) => {
                 backoff = FIRST_BACKOFF;
                 interval
             }
             Err(e) => {
                 warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "ingest failed");
-                cursor = None;
+                watch = Watch::default();
                 let pause = backoff.max(interval);
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 pause
@@ -156,30 +176,61 @@ pub(crate) async fn run(pool: PgPool, interval: Duration, stop: CancellationToke
     }
 }
 
-/// One turn of [`run`]: the cursor to check against next time (`None`: ingest right away).
-async fn tick(pool: &PgPool, cursor: Option<&str>) -> sqlx::Result<Option<String>> {
-    if let Some(cursor) = cursor {
-        if !arrived(pool, cursor).await? {
-            return Ok(Some(cursor.to_owned()));
+/// When the loop ingests. After an ingest that found something, it ingests again right away
+/// (more is likely). Otherwise it ingests when [`arrived`] sees a newer transaction's actual, and
+/// every [`LATE_CHECK_EVERY`] turns while the cursor saw transactions in progress (one of them
+/// may have committed actuals since). Another replica's ingest only makes the cursor kept here
+/// older: a needless ingest, never a missed actual.
+#[derive(Debug, Default)]
+struct Watch {
+    /// The cursor after this replica's last ingest; `None`: ingest without checking.
+    cursor: Option<String>,
+    /// Turns since the last ingest.
+    idle: u32,
+}
+
+impl Watch {
+    async fn tick(&mut self, pool: &PgPool) -> sqlx::Result<()> {
+        if let Some(cursor) = &self.cursor {
+            self.idle += 1;
+            let late_check = saw_in_progress(cursor) && self.idle >= LATE_CHECK_EVERY;
+            if !late_check && !arrived(pool, cursor).await? {
+                return Ok(());
+            }
         }
+        self.idle = 0;
+        let Some(done) = ingest(pool).await? else {
+            self.cursor = None; // another replica is ingesting: more may be coming
+            return Ok(());
+        };
+        let found = done.queued + done.set_aside > 0;
+        if found {
+            debug!(
+                queued = done.queued,
+                set_aside = done.set_aside,
+                users = done.users,
+                "actuals ingested"
+            );
+        }
+        if done.set_aside > 0 {
+            warn!(
+                actuals = done.set_aside,
+                "actuals set aside: user id over 1000 bytes (refit_unconsumable_actuals)"
+            );
+        }
+        self.cursor = (!found).then_some(done.cursor);
+        Ok(())
     }
-    let Some(done) = ingest(pool).await? else {
-        return Ok(None); // another replica is ingesting: more may be coming
-    };
-    if done.queued + done.set_aside == 0 {
-        return Ok(Some(done.cursor));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::saw_in_progress;
+
+    #[test]
+    fn a_snapshot_saw_transactions_in_progress_when_its_list_is_not_empty() {
+        assert!(!saw_in_progress("100:100:"));
+        assert!(saw_in_progress("100:105:100,103"));
+        assert!(!saw_in_progress("not a snapshot"));
     }
-    debug!(
-        queued = done.queued,
-        set_aside = done.set_aside,
-        users = done.users,
-        "actuals ingested"
-    );
-    if done.set_aside > 0 {
-        warn!(
-            actuals = done.set_aside,
-            "actuals set aside: user id over 1000 bytes (refit_unconsumable_actuals)"
-        );
-    }
-    Ok(None)
 }

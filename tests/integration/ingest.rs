@@ -6,7 +6,11 @@ use refit::ingest::{ingest, Ingested};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use std::time::Duration;
+
 use crate::support::*;
+
+const WAIT: Duration = Duration::from_secs(20);
 
 /// What one ingest queued; panics if another holds the lock (no other ingest runs here).
 async fn ingest_once(pool: &PgPool) -> Ingested {
@@ -191,5 +195,33 @@ async fn upgrading_from_and_back_to_the_trigger_queues_every_actual_once() {
     let with_trigger = env.insert_upstream_n("upgrade", 2).await;
     assert_eq!(pending_ids(&env.pool).await, [all, with_trigger].concat());
     migrator.run(&env.pool).await.unwrap();
+    env.drop_database().await;
+}
+
+/// A running refit queues an actual whose transaction commits last, after nothing newer: its
+/// transaction was in progress at the last ingest, so no newer actual wakes the ingest, and the
+/// loop's periodic look at the transactions the cursor saw in progress must find it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_refit_queues_a_late_commit_that_nothing_follows() {
+    let env = TestEnv::new().await;
+    let running = env.start(&[]).await;
+    let mut conn = env.pool.acquire().await.unwrap();
+    let (r1, r2) = (
+        request(&mut conn, "last").await,
+        request(&mut conn, "last").await,
+    );
+    let mut slow = env.pool.begin().await.unwrap();
+    let late_id = actual(&mut slow, r1).await;
+    let later_id = actual(&mut conn, r2).await;
+    eventually(WAIT, "the later actual queued", || async {
+        pending_ids(&env.pool).await == [later_id]
+    })
+    .await;
+    slow.commit().await.unwrap();
+    eventually(WAIT, "the late actual queued", || async {
+        pending_ids(&env.pool).await == [late_id, later_id]
+    })
+    .await;
+    running.stop().await;
     env.drop_database().await;
 }
