@@ -75,12 +75,14 @@ storage: services release ## refit's database bytes as retrains and users grow (
 explain: services ## EXPLAIN every per-retrain and per-sweep statement at 5 M rows (EXPLAIN_ROWS=5000000), printing the plans
 	REFIT_EXPLAIN_ROWS=$${EXPLAIN_ROWS:-5000000} cargo test --locked --features fault-injection --test integration explain:: -- --nocapture
 
-# pgbench against a database of its own: single-row upstream inserts with and without refit's trigger.
-upstream-cost: services release ## what refit's trigger costs the upstream's insert throughput (pgbench); BENCHMARKS.md
+# pgbench against a database of its own: single-row upstream inserts without refit, with refit's
+# column and index, and with refit running and ingesting.
+upstream-cost: services release ## what refit costs the upstream's insert throughput (pgbench); BENCHMARKS.md
 	@py="$$(scripts/quality-tools.sh)" && \
 	  "$$py" scripts/upstream-cost.py --refit target/release/refit --md BENCHMARKS.md
 
 # The benchmark driver (benches/pipeline) runs the release refit binary as a child process and the
 # Python reference (scripts/bench-python.py) from the venv scripts/bench-tools.sh makes.
-bench: services ## the performance targets, side by side with Python (BENCH_QUICK=1: smaller sizes); BENCHMARKS.md
+bench: services ## the performance targets, side by side with Python, and upstream-cost (BENCH_QUICK=1: smaller sizes); BENCHMARKS.md
 	BENCH_PYTHON="$$(scripts/bench-tools.sh)" MALLOC_ARENA_MAX=2 cargo bench --locked --bench pipeline
+	$(MAKE) upstream-cost
