@@ -160,10 +160,10 @@ impl Events {
     pub(crate) fn new(config: &Config) -> anyhow::Result<Self> {
         let mut client_config = ClientConfig::new();
         client_config
-            .set("bootstrap.servers", &config.kafka_brokers)
+            .set("bootstrap.servers", &config.kafka.brokers)
             .set("client.id", "refit")
             .set("log_level", "4");
-        for (key, value) in &config.kafka_properties {
+        for (key, value) in &config.kafka.properties {
             client_config.set(key, value.expose());
         }
         let mut producer_config = client_config.clone();
@@ -188,9 +188,9 @@ impl Events {
             consecutive_failures: Default::default(),
             client_config,
             max_message_bytes,
-            topic: config.topic.clone(),
-            partitions: config.topic_partitions,
-            replication: config.topic_replication,
+            topic: config.kafka.topic.clone(),
+            partitions: config.kafka.topic_partitions,
+            replication: config.kafka.topic_replication,
         })
     }
 
