@@ -11,7 +11,6 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{self, AuditEntry, Interface};
-use crate::cache::Cache;
 use crate::config::Config;
 use crate::erasure::{self, Erasure};
 use crate::events::{EventReader, Events};
@@ -172,7 +171,7 @@ pub async fn export(
 /// anything that fails here.
 async fn deliver(config: &Config, pool: &PgPool, user: &str) {
     let delivered = async {
-        let cache = Arc::new(Cache::new(&config.redis.url, &config.redis.key_prefix)?);
+        let cache = Arc::new(config.redis.cache()?);
         let events = Arc::new(Events::new(config)?);
         let outbox = Outbox::new(
             pool.clone(),
@@ -385,7 +384,7 @@ pub async fn predict(
     features: &str,
     json: bool,
 ) -> anyhow::Result<()> {
-    let cache = Cache::new(&config.redis.url, &config.redis.key_prefix)?;
+    let cache = config.redis.cache()?;
     let version = match version {
         None | Some(VersionRef::Active) => None,
         Some(v) => Some(registry::resolve(pool, user, Some(v)).await?),

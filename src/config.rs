@@ -330,6 +330,29 @@ section! {
     }
 }
 
+impl Redis {
+    /// The serving cache client on this Redis.
+    pub(crate) fn cache(&self) -> anyhow::Result<crate::cache::Cache> {
+        crate::cache::Cache::new(&self.url, &self.key_prefix)
+    }
+}
+
+impl Kafka {
+    /// The librdkafka settings every Kafka client of refit starts from: the brokers, the client
+    /// id, and the operator's properties (TLS, SASL), which win.
+    pub(crate) fn client_config(&self) -> rdkafka::ClientConfig {
+        let mut client_config = rdkafka::ClientConfig::new();
+        client_config
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", "refit")
+            .set("log_level", "4");
+        for (key, value) in &self.properties {
+            client_config.set(key, value.expose());
+        }
+        client_config
+    }
+}
+
 section! {
     /// When users are retrained, and how many at once.
     #[derive(Debug, Clone)]

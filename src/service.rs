@@ -34,7 +34,6 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::cache::Cache;
 use crate::config::Config;
 use crate::db;
 use crate::events::Events;
@@ -89,7 +88,7 @@ impl Service {
         )
         .await?;
         let metrics = Arc::new(Metrics::new());
-        let cache = Arc::new(Cache::new(&config.redis.url, &config.redis.key_prefix)?);
+        let cache = Arc::new(config.redis.cache()?);
         let events = Arc::new(Events::new(&config)?);
         let outbox = Arc::new(Outbox::new(
             pool.clone(),
