@@ -11,7 +11,6 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{self, AuditEntry, Interface};
-use crate::cache::Cache;
 use crate::config::Config;
 use crate::erasure::{self, Erasure};
 use crate::events::{EventReader, Events};
@@ -172,14 +171,14 @@ pub async fn export(
 /// anything that fails here.
 async fn deliver(config: &Config, pool: &PgPool, user: &str) {
     let delivered = async {
-        let cache = Arc::new(Cache::new(&config.redis_url, &config.cache_key_prefix)?);
+        let cache = Arc::new(config.redis.cache()?);
         let events = Arc::new(Events::new(config)?);
         let outbox = Outbox::new(
             pool.clone(),
             cache,
             events.clone(),
             Arc::new(Metrics::new()),
-            config.outbox_retry_max,
+            config.scheduling.outbox_retry_max,
             !config.retention.outbox_after.is_zero(),
         );
         let result = outbox.deliver_user(user).await?;
@@ -257,7 +256,7 @@ pub async fn import(
         user,
         bytes,
         features,
-        &config.xgb_params,
+        &config.training.xgb_params,
         Interface::Cli,
     )
     .await?;
@@ -385,13 +384,13 @@ pub async fn predict(
     features: &str,
     json: bool,
 ) -> anyhow::Result<()> {
-    let cache = Cache::new(&config.redis_url, &config.cache_key_prefix)?;
+    let cache = config.redis.cache()?;
     let version = match version {
         None | Some(VersionRef::Active) => None,
         Some(v) => Some(registry::resolve(pool, user, Some(v)).await?),
     };
     let prediction =
-        serving::predict(pool, &cache, config.cache_ttl, user, version, features).await?;
+        serving::predict(pool, &cache, config.redis.ttl, user, version, features).await?;
     emit(json, &prediction, |p| {
         println!(
             "{} (user {:?}, version {}, cache {})",
@@ -402,9 +401,9 @@ pub async fn predict(
 
 /// `refit demo`: generated rentals through the real service, one line per event.
 pub async fn demo(config: Config, stations: usize, rate: u32, seconds: u64) -> anyhow::Result<()> {
-    demo::create_database(config.database_url.expose()).await?;
+    demo::create_database(config.database.url.expose()).await?;
     let pool = db::connect(
-        &config.database_url,
+        &config.database.url,
         &config.session,
         db::service_pool_size(2),
     )
@@ -415,13 +414,13 @@ pub async fn demo(config: Config, stations: usize, rate: u32, seconds: u64) -> a
     println!(
         "refit demo: {stations} stations, {rate} actuals/s, retrain every {} actuals ({} rounds each, \
          a rebuild every {}); topic {} on {}",
-        config.retrain_threshold,
+        config.scheduling.retrain_threshold,
         config.policy.rounds,
         config.policy.rebuild_every,
-        config.topic,
-        config.kafka_brokers
+        config.kafka.topic,
+        config.kafka.brokers
     );
-    let reader = EventReader::new(&config.kafka_brokers, &config.topic, false)?;
+    let reader = EventReader::new(&config.kafka.brokers, &config.kafka.topic, false)?;
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {

@@ -158,14 +158,7 @@ pub(crate) struct Events {
 
 impl Events {
     pub(crate) fn new(config: &Config) -> anyhow::Result<Self> {
-        let mut client_config = ClientConfig::new();
-        client_config
-            .set("bootstrap.servers", &config.kafka_brokers)
-            .set("client.id", "refit")
-            .set("log_level", "4");
-        for (key, value) in &config.kafka_properties {
-            client_config.set(key, value.expose());
-        }
+        let client_config = config.kafka.client_config();
         let mut producer_config = client_config.clone();
         producer_config
             .set("enable.idempotence", "true")
@@ -188,9 +181,9 @@ impl Events {
             consecutive_failures: Default::default(),
             client_config,
             max_message_bytes,
-            topic: config.topic.clone(),
-            partitions: config.topic_partitions,
-            replication: config.topic_replication,
+            topic: config.kafka.topic.clone(),
+            partitions: config.kafka.topic_partitions,
+            replication: config.kafka.topic_replication,
         })
     }
 

@@ -378,7 +378,7 @@ fn refuse_unauthorized(state: &AppState, headers: &HeaderMap) -> Option<Response
         );
         response
     };
-    let Some(expected) = &state.config.admin_token else {
+    let Some(expected) = &state.config.http.admin_token else {
         return Some(unauthorized(
             "registry writes are disabled: REFIT_ADMIN_TOKEN is not set",
         ));
@@ -507,7 +507,7 @@ async fn import(
     Query(q): Query<ImportQuery>,
     request: Request,
 ) -> Response {
-    let max = state.config.import_max_bytes;
+    let max = state.config.http.import_max_bytes;
     let too_large = || {
         let message = format!("the model file is larger than REFIT_IMPORT_MAX_BYTES ({max} bytes)");
         error(StatusCode::PAYLOAD_TOO_LARGE, &message)
@@ -537,7 +537,7 @@ async fn import(
         &user,
         body.to_vec(),
         features,
-        &state.config.xgb_params,
+        &state.config.training.xgb_params,
         Interface::Http,
     )
     .await;

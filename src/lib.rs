@@ -26,7 +26,8 @@
 //! `http`, `outbox`, `metrics`, `model_cache`, `model_check`, `xgboost`, `demo` and `faults` are
 //! private; in the others only these items are `pub`:
 //! - for the binary (src/main.rs): [`cli`] (one function per subcommand), [`config::Config`]
-//!   and [`config::VARIABLES`], [`db::connect`], [`db::migrate`], [`db::check_migrated`],
+//!   (its sections [`config::Database`] and [`config::SessionLimits`]) and
+//!   [`config::VARIABLES`], [`db::connect`], [`db::migrate`], [`db::check_migrated`],
 //!   [`service::Service::build`] and [`run`](service::Service::run), [`telemetry::init`], and the
 //!   argument types [`metadata::VersionRef`], [`metadata::Change`] and [`registry::Filter`];
 //! - for the integration and reliability tests (tests/), which drive the real service:
@@ -40,7 +41,8 @@
 //!   [`cache::Cache`]; and, to check models against their data, [`features::prepare`],
 //!   [`trainer::predict`], [`trainer::score`], [`trainer::inspect`] and [`policy::Errors`];
 //! - for the benchmarks (benches/pipeline): [`trainer::train`] with its input, including a model
-//!   already in memory ([`trainer::Previous::load`]).
+//!   already in memory ([`trainer::Previous::load`]), and refit's default XGBoost parameters
+//!   ([`config::Training`]).
 //!
 //! These docs are for working on refit: `cargo doc --document-private-items` renders the links
 //! to private items that the docs of public ones make.

@@ -250,13 +250,13 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Migrate => {
             let pool = db::connect(
-                &config.database_url,
+                &config.database.url,
                 &config.session,
                 db::service_pool_size(1),
             )
             .await?;
             db::migrate(&pool).await?;
-            tracing::info!(database = %config.database_url, "migrations applied");
+            tracing::info!(database = %config.database.url, "migrations applied");
             Ok(())
         }
         Command::Run => {
@@ -289,7 +289,7 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             json,
         } => {
             let pool = db::connect(
-                &config.database_url,
+                &config.database.url,
                 &config.session,
                 db::service_pool_size(1),
             )
@@ -298,7 +298,7 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Models { command } => {
             let pool = db::connect(
-                &config.database_url,
+                &config.database.url,
                 &config.session,
                 db::service_pool_size(1),
             )

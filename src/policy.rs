@@ -22,49 +22,77 @@
 //!   at once: the step after a reinstatement is a rebuild on the window, which now holds the
 //!   reinstated batch, and the live check does not hold the new error level against it.
 
-use crate::config::{Compaction, ValidationMetric};
+use crate::config::{Choice, Compaction, Float, Int, Switch, ValidationMetric};
 
 /// Live errors of recent versions the gate's median is taken over.
 pub(crate) const LIVE_HISTORY: usize = 20;
 /// Fewer live errors than this and the live check does not judge yet.
 const LIVE_HISTORY_MIN: usize = 3;
 
-/// How versions are made (see the module documentation).
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Policy {
-    /// Rounds a continue step adds.
-    pub(crate) rounds: i32,
-    /// Learning rate of continue steps; 0 keeps the model's own `eta`.
-    pub(crate) continue_eta: f64,
-    /// Rebuild every this many accepted batches (0: only at the tree cap).
-    pub(crate) rebuild_every: u32,
-    /// Most recent trained actuals a rebuild trains on.
-    pub(crate) window: i64,
-    /// Rounds of a rebuild (and of a user's first model).
-    pub(crate) rebuild_rounds: i32,
-    /// Learning rate of a rebuild (and of a user's first model); 0 keeps the model's own `eta`.
-    pub(crate) rebuild_eta: f64,
-    /// In a rebuild, a row this many rows older than the newest weighs half as much (0: all
-    /// rows weigh the same).
-    pub(crate) half_life: i64,
-    /// Tree cap per model (0 = none).
-    pub(crate) max_trees: i64,
-    /// What happens at the tree cap.
-    pub(crate) compaction: Compaction,
-    pub(crate) gate: Gate,
+crate::config::section! {
+    /// How versions are made (see the module documentation).
+    #[derive(Debug, Clone, PartialEq)]
+    pub(crate) struct Policy {
+        /// Rounds a continue step adds.
+        pub(crate) rounds: i32 = "REFIT_ROUNDS_PER_RETRAIN", Int::new(1, 1, 10_000),
+            "boosting rounds each continue step adds to the model";
+        /// Learning rate of continue steps; 0 keeps the model's own `eta`.
+        pub(crate) continue_eta: f64 = "REFIT_CONTINUE_ETA", Float::new(0.1, 0.0, 1.0),
+            "learning rate of the rounds each batch adds (0 = the model's own eta)";
+        /// Rebuild every this many accepted batches (0: only at the tree cap).
+        pub(crate) rebuild_every: u32 = "REFIT_REBUILD_EVERY", Int::new(4, 0, 1_000_000),
+            "rebuild the model from the recent window every Nth accepted batch (0 = only at the tree cap)";
+        /// Most recent trained actuals a rebuild trains on.
+        pub(crate) window: i64 = "REFIT_REFIT_WINDOW", Int::new(4000, 1, 10_000_000),
+            "most recent trained actuals a rebuild trains on";
+        /// Rounds of a rebuild (and of a user's first model).
+        pub(crate) rebuild_rounds: i32 = "REFIT_COMPACTION_ROUNDS", Int::new(35, 1, 10_000),
+            "boosting rounds of a rebuild and of a user's first model";
+        /// Learning rate of a rebuild (and of a user's first model); 0 keeps the model's own `eta`.
+        pub(crate) rebuild_eta: f64 = "REFIT_REBUILD_ETA", Float::new(0.3, 0.0, 1.0),
+            "learning rate of a rebuild and of a user's first model (0 = the model's own eta)";
+        /// In a rebuild, a row this many rows older than the newest weighs half as much (0: all
+        /// rows weigh the same).
+        pub(crate) half_life: i64 = "REFIT_RECENCY_HALF_LIFE", Int::new(2000, 0, 10_000_000),
+            "in a rebuild, a row this many rows older than the newest weighs half (0 = all equal)";
+        /// Tree cap per model (0 = none).
+        pub(crate) max_trees: i64 = "REFIT_MAX_TREES", Int::new(150, 0, 1_000_000),
+            "tree cap per model; a retrain that would pass it compacts the model (0 = no cap)";
+        /// What happens at the tree cap.
+        pub(crate) compaction: Compaction = "REFIT_COMPACTION",
+            Choice::new(
+                Compaction::Refit,
+                &[("refit", Compaction::Refit), ("update", Compaction::Update)],
+            ),
+            "at the cap: refit (rebuild on recent actuals) or update (refresh leaves in place)";
+    }
+    nested {
+        pub(crate) gate: Gate;
+    }
 }
 
-/// The validation gate's settings.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Gate {
-    pub(crate) enabled: bool,
-    /// Recent trained actuals the candidate and the active model are scored on.
-    pub(crate) window: i64,
-    pub(crate) metric: ValidationMetric,
-    /// Rejected when candidate > active + tolerance × the typical live error, on the window.
-    pub(crate) tolerance: f64,
-    /// Rejected when the live error > ratio × the median of recent live errors.
-    pub(crate) live_ratio: f64,
+crate::config::section! {
+    /// The validation gate's settings.
+    #[derive(Debug, Clone, PartialEq)]
+    pub(crate) struct Gate {
+        pub(crate) enabled: bool = "REFIT_VALIDATION", Switch(true),
+            "on or off: the validation gate (live-error check and recent-window comparison)";
+        /// Recent trained actuals the candidate and the active model are scored on.
+        pub(crate) window: i64 = "REFIT_VALIDATION_WINDOW", Int::new(250, 1, 1_000_000),
+            "most recent trained actuals the candidate and the active version are scored on";
+        pub(crate) metric: ValidationMetric = "REFIT_VALIDATION_METRIC",
+            Choice::new(
+                ValidationMetric::Rmse,
+                &[("rmse", ValidationMetric::Rmse), ("mae", ValidationMetric::Mae)],
+            ),
+            "rmse or mae";
+        /// Rejected when candidate > active + tolerance × the typical live error, on the window.
+        pub(crate) tolerance: f64 = "REFIT_VALIDATION_TOLERANCE", Float::new(0.3, 0.0, 100.0),
+            "how much worse than the active version the candidate may score on the window, as a share of the typical live error";
+        /// Rejected when the live error > ratio × the median of recent live errors.
+        pub(crate) live_ratio: f64 = "REFIT_VALIDATION_LIVE_RATIO", Float::new(3.0, 1.0, 1e6),
+            "a batch whose live error is over this many times the user's recent median is rejected";
+    }
 }
 
 /// The step that makes the next version.
@@ -159,36 +187,6 @@ impl Policy {
             Step::Refresh => 0.0,
         };
         (eta > 0.0).then_some(eta)
-    }
-
-    /// The policy's settings as `NAME=value` pairs (for `refit config`).
-    pub(crate) fn describe(&self) -> Vec<(&'static str, String)> {
-        let on_off = |on: bool| if on { "on" } else { "off" }.to_owned();
-        vec![
-            ("REFIT_ROUNDS_PER_RETRAIN", self.rounds.to_string()),
-            ("REFIT_CONTINUE_ETA", self.continue_eta.to_string()),
-            ("REFIT_REBUILD_EVERY", self.rebuild_every.to_string()),
-            ("REFIT_REFIT_WINDOW", self.window.to_string()),
-            ("REFIT_COMPACTION_ROUNDS", self.rebuild_rounds.to_string()),
-            ("REFIT_REBUILD_ETA", self.rebuild_eta.to_string()),
-            ("REFIT_RECENCY_HALF_LIFE", self.half_life.to_string()),
-            ("REFIT_MAX_TREES", self.max_trees.to_string()),
-            ("REFIT_COMPACTION", self.compaction.as_str().to_owned()),
-            ("REFIT_VALIDATION", on_off(self.gate.enabled)),
-            ("REFIT_VALIDATION_WINDOW", self.gate.window.to_string()),
-            (
-                "REFIT_VALIDATION_METRIC",
-                self.gate.metric.as_str().to_owned(),
-            ),
-            (
-                "REFIT_VALIDATION_TOLERANCE",
-                self.gate.tolerance.to_string(),
-            ),
-            (
-                "REFIT_VALIDATION_LIVE_RATIO",
-                self.gate.live_ratio.to_string(),
-            ),
-        ]
     }
 
     /// Trained actuals to read besides the batch: the gate's window, and a rebuild's.

@@ -24,26 +24,42 @@ use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
 
+use crate::config::{Dur, Int, Switch};
+
 /// Prune a user after every this many versions.
 pub(crate) const EVERY: i32 = 10;
 /// Most versions one call deletes.
 const BATCH: i64 = 100;
 
-/// How much of each user's history is kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention {
-    /// Off: nothing is pruned (`REFIT_RETENTION=off`).
-    pub(crate) enabled: bool,
-    /// Newest ready versions that keep their artifacts (besides the active one).
-    pub(crate) keep_artifacts: i64,
-    /// Newest versions kept at all (metadata); older ones are deleted.
-    pub(crate) keep_versions: i64,
-    /// Newest trained actuals per user kept (what the rebuild and the gate read).
-    pub(crate) keep_rows: i64,
-    /// Delivered outbox entries are kept this long (zero: deleted when delivered, by the outbox).
-    pub(crate) outbox_after: Duration,
-    /// Set-aside actuals and dead-lettered outbox entries are deleted after this long.
-    pub(crate) set_aside_after: Duration,
+crate::config::section! {
+    /// How much of each user's history is kept.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Retention {
+        /// Off: nothing is pruned (`REFIT_RETENTION=off`).
+        pub(crate) enabled: bool = "REFIT_RETENTION", Switch(true),
+            "on or off: prune each user's old versions, artifacts and consumed actuals";
+        /// Newest ready versions that keep their artifacts (besides the active one).
+        pub(crate) keep_artifacts: i64 = "REFIT_KEEP_ARTIFACTS", Int::new(5, 1, 1_000_000),
+            "newest ready versions per user that keep their artifacts (the active one always does)";
+        /// Newest versions kept at all (metadata); older ones are deleted. At least
+        /// `keep_artifacts` (checked by `Config`).
+        pub(crate) keep_versions: i64 = "REFIT_KEEP_VERSIONS", Int::new(100, 1, 100_000_000),
+            "newest versions per user kept at all; older ones are deleted (never the active one)";
+        /// Delivered outbox entries are kept this long (zero: deleted when delivered, by the
+        /// outbox).
+        pub(crate) outbox_after: Duration = "REFIT_OUTBOX_RETENTION_SECS",
+            Dur::secs(0, 0, 365 * 86_400),
+            "seconds delivered outbox entries are kept, for inspection (0 = deleted when delivered)";
+        /// Set-aside actuals and dead-lettered outbox entries are deleted after this long.
+        pub(crate) set_aside_after: Duration = "REFIT_SET_ASIDE_RETENTION_DAYS",
+            Dur::days(7, 1, 3650),
+            "records of set-aside actuals and dead-lettered outbox entries are deleted after this many days";
+    }
+    derived {
+        /// Newest trained actuals per user kept (what the rebuild and the gate read); set by
+        /// `Config` from the policy's windows.
+        pub(crate) keep_rows: i64;
+    }
 }
 
 /// What one prune of one user removed.

@@ -96,7 +96,7 @@ impl Retrainer {
         outbox: Arc<Outbox>,
     ) -> Self {
         Retrainer {
-            models: ModelCache::new(config.model_cache_bytes),
+            models: ModelCache::new(config.training.model_cache_bytes),
             pool,
             config,
             metrics,
@@ -106,7 +106,7 @@ impl Retrainer {
 
     /// Actuals consumed per retrain.
     pub(crate) fn threshold(&self) -> i64 {
-        self.config.retrain_threshold
+        self.config.scheduling.retrain_threshold
     }
 
     /// Waits for every fast-path delivery started so far (before shutdown).
@@ -116,9 +116,9 @@ impl Retrainer {
 
     /// Whether `rows` pending actuals, the oldest pending since `oldest`, are due by staleness.
     fn stale(&self, rows: usize, oldest: Option<chrono::DateTime<Utc>>) -> bool {
-        match (self.config.max_staleness, oldest) {
+        match (self.config.scheduling.max_staleness, oldest) {
             (Some(limit), Some(oldest)) => {
-                rows as i64 >= self.config.stale_min_rows
+                rows as i64 >= self.config.scheduling.stale_min_rows
                     && (Utc::now() - oldest).to_std().is_ok_and(|age| age >= limit)
             }
             _ => false,
@@ -135,7 +135,7 @@ impl Retrainer {
         pending: i64,
     ) -> anyhow::Result<Outcome> {
         let attempt = self.retrain_user(user_id, pending);
-        let result = match self.config.retrain_timeout {
+        let result = match self.config.scheduling.retrain_timeout {
             None => attempt.await,
             Some(limit) => tokio::time::timeout(limit, attempt)
                 .await
@@ -235,7 +235,7 @@ impl Retrainer {
         let unconsumable = self
             .set_aside_unconsumable(&mut tx, user_id, retrain_id)
             .await?;
-        let threshold = self.config.retrain_threshold;
+        let threshold = self.config.scheduling.retrain_threshold;
         let pending_rows = db::read_pending(&mut tx, user_id, threshold).await?;
         let oldest = pending_rows.iter().map(|p| p.enqueued_at).min();
         if (pending_rows.len() as i64) < threshold && !self.stale(pending_rows.len(), oldest) {
@@ -286,7 +286,10 @@ impl Retrainer {
         let stored = match head.active_version {
             Some(_) => stored_params(head.params.as_ref())
                 .and_then(|p| Ok((p, Some(stored_features(head.features.as_ref())?)))),
-            None => Ok((self.config.xgb_params.clone(), self.config.features.clone())),
+            None => Ok((
+                self.config.training.xgb_params.clone(),
+                self.config.training.features.clone(),
+            )),
         };
         stored.map_err(|error| format!("{error:#}"))
     }
@@ -380,8 +383,8 @@ impl Retrainer {
         BTreeMap<String, String>,
     )> {
         let span = tracing::Span::current();
-        let (policy, nthread) = (self.config.policy.clone(), self.config.xgb_nthread);
-        let keep_model = self.config.model_cache_bytes > 0;
+        let (policy, nthread) = (self.config.policy.clone(), self.config.training.xgb_nthread);
+        let keep_model = self.config.training.model_cache_bytes > 0;
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
             crate::faults::point("during_train");

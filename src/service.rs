@@ -34,7 +34,6 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::cache::Cache;
 use crate::config::Config;
 use crate::db;
 use crate::events::Events;
@@ -78,25 +77,25 @@ impl Service {
     /// Redis and Kafka may be down: their work waits in the outbox.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let config = Arc::new(config);
-        let pool_size = db::service_pool_size(config.max_concurrent_retrains);
-        let pool = db::connect(&config.database_url, &config.session, pool_size).await?;
+        let pool_size = db::service_pool_size(config.scheduling.max_concurrent_retrains);
+        let pool = db::connect(&config.database.url, &config.session, pool_size).await?;
         db::check_migrated(&pool).await?;
         let http_pool = db::connect_as(
             "refit-http",
-            &config.database_url,
+            &config.database.url,
             &config.session,
-            config.http_db_pool_size,
+            config.http.db_pool_size,
         )
         .await?;
         let metrics = Arc::new(Metrics::new());
-        let cache = Arc::new(Cache::new(&config.redis_url, &config.cache_key_prefix)?);
+        let cache = Arc::new(config.redis.cache()?);
         let events = Arc::new(Events::new(&config)?);
         let outbox = Arc::new(Outbox::new(
             pool.clone(),
             cache,
             events.clone(),
             metrics.clone(),
-            config.outbox_retry_max,
+            config.scheduling.outbox_retry_max,
             !config.retention.outbox_after.is_zero(),
         ));
         let retrainer = Arc::new(Retrainer::new(
@@ -106,7 +105,7 @@ impl Service {
             outbox.clone(),
         ));
         crate::xgboost::set_global_config(r#"{"verbosity": 1}"#)?;
-        let http_listener = match config.http_addr {
+        let http_listener = match config.http.addr {
             None => None,
             Some(addr) => Some(
                 tokio::net::TcpListener::bind(addr)
@@ -147,16 +146,16 @@ impl Service {
     /// Runs until `shutdown` is cancelled, then winds down cleanly.
     pub async fn run(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
         info!(
-            threshold = self.config.retrain_threshold,
+            threshold = self.config.scheduling.retrain_threshold,
             rounds = self.config.policy.rounds,
             rebuild_every = self.config.policy.rebuild_every,
             gate = self.config.policy.gate.enabled,
-            max_staleness_secs = self.config.max_staleness.map(|d| d.as_secs()),
-            max_concurrent = self.config.max_concurrent_retrains,
-            topic = %self.config.topic,
-            database = %self.config.database_url,
-            redis = %self.config.redis_url,
-            kafka = %self.config.kafka_brokers,
+            max_staleness_secs = self.config.scheduling.max_staleness.map(|d| d.as_secs()),
+            max_concurrent = self.config.scheduling.max_concurrent_retrains,
+            topic = %self.config.kafka.topic,
+            database = %self.config.database.url,
+            redis = %self.config.redis.url,
+            kafka = %self.config.kafka.brokers,
             "refit starting"
         );
         let background = CancellationToken::new();
@@ -165,7 +164,7 @@ impl Service {
         tasks.spawn(listen(self.pool.clone(), notify_tx, background.clone()));
         tasks.spawn(crate::ingest::run(
             self.pool.clone(),
-            self.config.ingest_interval,
+            self.config.scheduling.ingest_interval,
             background.clone(),
         ));
         tasks.spawn(sweep(
@@ -173,7 +172,7 @@ impl Service {
             self.pool.clone(),
             self.config.retention,
             self.config.audit_retention,
-            self.config.poll_interval,
+            self.config.scheduling.poll_interval,
             background.clone(),
         ));
         tasks.spawn(ensure_topic(self.events.clone(), background.clone()));
@@ -184,7 +183,8 @@ impl Service {
                 metrics: self.metrics.clone(),
                 outbox: self.outbox.clone(),
                 heartbeat: self.heartbeat.clone(),
-                stale_after: (self.config.poll_interval * 10).max(Duration::from_secs(30)),
+                stale_after: (self.config.scheduling.poll_interval * 10)
+                    .max(Duration::from_secs(30)),
                 config: self.config.clone(),
             };
             info!(addr = ?self.http_addr, "serving /healthz, /readyz, /metrics, /models");
@@ -214,10 +214,10 @@ impl Service {
         mut notifications: mpsc::UnboundedReceiver<Arrival>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let max = self.config.max_concurrent_retrains;
-        let mut ticker = tokio::time::interval(self.config.poll_interval);
+        let max = self.config.scheduling.max_concurrent_retrains;
+        let mut ticker = tokio::time::interval(self.config.scheduling.poll_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut pending = Pending::new(self.config.retrain_threshold);
+        let mut pending = Pending::new(self.config.scheduling.retrain_threshold);
         let mut last_scan: Option<Instant> = None;
         let mut workers: JoinSet<(String, Finished)> = JoinSet::new();
 
@@ -263,11 +263,19 @@ impl Service {
             if scan {
                 last_scan = Some(Instant::now());
                 let started = Instant::now();
-                let staleness = self.config.max_staleness.map(|after| db::Staleness {
-                    after,
-                    min_rows: self.config.stale_min_rows,
-                });
-                let due = db::due_users(&self.pool, self.config.retrain_threshold, staleness);
+                let staleness = self
+                    .config
+                    .scheduling
+                    .max_staleness
+                    .map(|after| db::Staleness {
+                        after,
+                        min_rows: self.config.scheduling.stale_min_rows,
+                    });
+                let due = db::due_users(
+                    &self.pool,
+                    self.config.scheduling.retrain_threshold,
+                    staleness,
+                );
                 match due.await {
                     Ok(due) => {
                         self.metrics.observe_step("detect", elapsed_ms(started));

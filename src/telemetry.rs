@@ -44,16 +44,16 @@ impl Telemetry {
 pub fn init(config: &Config, default_filter: &str) -> anyhow::Result<Telemetry> {
     let filter =
         || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let stdout = stdout_layer(config.log_format).with_filter(filter());
+    let stdout = stdout_layer(config.telemetry.log_format).with_filter(filter());
     let mut telemetry = Telemetry::default();
-    let loki = match &config.loki_url {
+    let loki = match &config.telemetry.loki_url {
         None => None,
         Some(url) => {
             let settings = loki::Settings {
                 url: url.expose(),
-                environment: &config.environment,
-                queue_lines: config.loki_queue_lines,
-                timeout: config.loki_timeout,
+                environment: &config.telemetry.environment,
+                queue_lines: config.telemetry.loki_queue_lines,
+                timeout: config.telemetry.loki_timeout,
             };
             let counters = loki::Counters {
                 dropped_lines: loki_dropped_lines().clone(),

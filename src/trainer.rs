@@ -583,6 +583,7 @@ mod tests {
             &[("DATABASE_URL".to_owned(), "postgres://h/db".to_owned())].into(),
         )
         .unwrap()
+        .training
         .xgb_params
     }
 

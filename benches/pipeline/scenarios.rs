@@ -63,6 +63,7 @@ fn default_params() -> std::collections::BTreeMap<String, String> {
         .into(),
     )
     .expect("refit's defaults are valid")
+    .training
     .xgb_params
 }
 
