@@ -29,8 +29,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-pub(crate) use crate::policy::{Gate, Policy};
-use crate::retention::Retention;
+use crate::registry::retention::Retention;
+pub(crate) use crate::retrain::policy::{Gate, Policy};
 
 mod kind;
 pub(crate) use kind::{
@@ -334,8 +334,8 @@ section! {
 
 impl Redis {
     /// The serving cache client on this Redis.
-    pub(crate) fn cache(&self) -> anyhow::Result<crate::cache::Cache> {
-        crate::cache::Cache::new(&self.url, &self.key_prefix)
+    pub(crate) fn cache(&self) -> anyhow::Result<crate::outbox::cache::Cache> {
+        crate::outbox::cache::Cache::new(&self.url, &self.key_prefix)
     }
 }
 
@@ -366,7 +366,7 @@ section! {
         pub(crate) poll_interval: Duration = "REFIT_POLL_INTERVAL_MS",
             Dur::millis(1000, 10, 3_600_000),
             "safety-net poll interval, besides LISTEN/NOTIFY";
-        /// How often the ingest looks for newly committed actuals (src/ingest.rs).
+        /// How often the ingest looks for newly committed actuals (src/scheduler/ingest.rs).
         pub(crate) ingest_interval: Duration = "REFIT_INGEST_INTERVAL_MS",
             Dur::millis(2, 1, 60_000),
             "how often new actuals are looked for in actual_rentals";

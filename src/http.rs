@@ -38,14 +38,14 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{self, Interface};
 use crate::config::Config;
-use crate::db;
-use crate::erasure;
-use crate::metadata::{self, Change, VersionRef};
-use crate::metrics::Metrics;
 use crate::outbox::Outbox;
+use crate::registry::audit::{self, Interface};
+use crate::registry::erasure;
+use crate::registry::metadata::{self, Change, VersionRef};
 use crate::registry::{self, Filter, RegistryError};
+use crate::store;
+use crate::telemetry::metrics::Metrics;
 
 /// How long `DELETE /models/{user}` waits for a retrain of the user in flight.
 const ERASE_WAIT: Duration = Duration::from_secs(10);
@@ -201,7 +201,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
 
 async fn readyz(State(state): State<AppState>) -> Response {
     let database =
-        tokio::time::timeout(Duration::from_secs(3), db::check_migrated(&state.pool)).await;
+        tokio::time::timeout(Duration::from_secs(3), store::check_migrated(&state.pool)).await;
     let (ready, database) = match database {
         Ok(Ok(())) => (true, "ok".to_owned()),
         Ok(Err(e)) => (false, format!("{e:#}")),

@@ -1,48 +1,55 @@
 //! refit: event-driven incremental retraining of per-user XGBoost models.
 //!
-//! Map of the crate, in the order of one retrain:
-//! - [`config`]: settings from the environment and an optional file, validated at start-up;
-//! - [`ingest`]: committed actuals from the upstream's table into the pending queue;
-//! - [`db`]: PostgreSQL — pending actuals, model registry, outbox;
-//! - [`service`]: the running service — LISTEN/NOTIFY + poll, scheduling, shutdown;
+//! One folder a hop of an actual's path (ARCHITECTURE.md draws it):
+//! - [`scheduler`]: the running service — [`scheduler::ingest`] takes committed actuals from the
+//!   upstream's table into the pending queue; LISTEN/NOTIFY + poll find due users; workers run
+//!   their retrains; shutdown;
 //! - [`retrain`]: one retrain of one user, read → train → commit in one transaction;
-//! - [`features`]: rows checked and laid out for XGBoost, bad rows set aside with a reason;
-//! - [`trainer`]: continued training, exactly as Python's `xgb.train(xgb_model=...)`;
-//! - [`model_cache`]: recently trained models kept loaded between a user's retrains;
-//! - [`xgboost`]: the safe wrapper over the XGBoost C API (the only `unsafe` code);
-//! - [`outbox`]: after the commit, the cache invalidation ([`cache`]) and the event ([`events`]);
-//! - [`metrics`], [`telemetry`], [`http`]: Prometheus metrics, logs (stdout, Loki), probes;
-//! - [`retention`]: pruning of old versions, artifacts and bookkeeping rows;
+//!   [`retrain::policy`] decides the step and the gate (pure), [`retrain::features`] checks rows
+//!   and lays them out for XGBoost, setting bad ones aside with a reason;
+//! - [`model`]: [`model::trainer`] (continued training, exactly as Python's
+//!   `xgb.train(xgb_model=...)`), the boosters kept between retrains, imported models checked,
+//!   and the safe wrapper over the XGBoost C API (the only `unsafe` code);
+//! - [`store`]: PostgreSQL — connections, migrations, and the SQL of the pending queue, the
+//!   version rows a retrain writes and the outbox rows;
+//! - [`outbox`]: after the commit, the cache invalidation ([`outbox::cache`], Redis) and the
+//!   event ([`outbox::events`], Kafka), retried by the sweeper;
 //! - [`registry`]: list/show/export/import/promote/rollback/prune versions (CLI and HTTP);
-//!   [`metadata`]: descriptions, tags and aliases; [`erasure`]: deleting a user for good;
-//!   [`audit`]: the record of every registry write;
-//! - [`serving`]: the serving reference, `refit predict`, reading through the Redis cache;
-//! - [`demo`]: generated rental data for `refit demo`.
+//!   [`registry::metadata`]: descriptions, tags and aliases; [`registry::erasure`]: deleting a
+//!   user for good; [`registry::audit`]: the record of every registry write;
+//!   [`registry::retention`]: pruning of old versions, artifacts and bookkeeping rows;
+//! - [`config`]: settings, one typed section each, validated at start-up;
+//! - [`telemetry`] (with its Prometheus metrics) and `http` (API and probes);
+//! - [`cli`]: one function per subcommand, with [`cli::serving`] (`refit predict`, the serving
+//!   reference) and the generated data of `refit demo`.
 //!
 //! ## What is public, and why
 //!
 //! Everything is `pub(crate)` unless code outside the library uses it, so the compiler reports
-//! dead code and `unreachable_pub` flags a `pub` nobody outside can reach. The modules
-//! `http`, `outbox`, `metrics`, `model_cache`, `model_check`, `xgboost`, `demo` and `faults` are
-//! private; in the others only these items are `pub`:
+//! dead code and `unreachable_pub` flags a `pub` nobody outside can reach. The modules `http`
+//! and `faults`, and `model::cache`, `model::check`, `model::xgboost`, `cli::demo` and
+//! `telemetry::metrics` are private to the crate; elsewhere only these items are `pub`:
 //! - for the binary (src/main.rs): [`cli`] (one function per subcommand), [`config::Config`]
 //!   (its sections [`config::Database`] and [`config::SessionLimits`]) and
-//!   [`config::VARIABLES`], [`db::connect`], [`db::migrate`], [`db::check_migrated`],
-//!   [`service::Service::build`] and [`run`](service::Service::run), [`telemetry::init`], and the
-//!   argument types [`metadata::VersionRef`], [`metadata::Change`] and [`registry::Filter`];
+//!   [`config::VARIABLES`], [`store::connect`], [`store::migrate`], [`store::check_migrated`],
+//!   [`scheduler::Service::build`] and [`run`](scheduler::Service::run), [`telemetry::init`],
+//!   and the argument types [`registry::metadata::VersionRef`], [`registry::metadata::Change`]
+//!   and [`registry::Filter`];
 //! - for the integration and reliability tests (tests/), which drive the real service:
-//!   [`service::Service`]'s pool, HTTP address, [`ingest::ingest`] (for tests that retrain
-//!   without running the service), [`retrain::Retrainer::retrain_user`] (one
-//!   retrain, deterministically), [`metrics_text`](service::Service::metrics_text) and
-//!   [`kafka_healthy`](service::Service::kafka_healthy); [`events::EventReader`] (also the
-//!   demo's) and the event as read; the registry calls they race against the service
-//!   ([`registry::rollback`], [`registry::import`], [`erasure::erase`], [`audit::purge`],
-//!   [`retention::prune_user`], [`retention::purge_expired`]); [`serving::predict`] with a
-//!   [`cache::Cache`]; and, to check models against their data, [`features::prepare`],
-//!   [`trainer::predict`], [`trainer::score`], [`trainer::inspect`] and [`policy::Errors`];
-//! - for the benchmarks (benches/pipeline): [`trainer::train`] with its input, including a model
-//!   already in memory ([`trainer::Previous::load`]), and refit's default XGBoost parameters
-//!   ([`config::Training`]).
+//!   [`scheduler::Service`]'s pool, HTTP address, [`scheduler::ingest::ingest`] (for tests that
+//!   retrain without running the service), [`retrain::Retrainer::retrain_user`] (one retrain,
+//!   deterministically), [`metrics_text`](scheduler::Service::metrics_text) and
+//!   [`kafka_healthy`](scheduler::Service::kafka_healthy); [`outbox::events::EventReader`] (also
+//!   the demo's) and the event as read; the registry calls they race against the service
+//!   ([`registry::rollback`], [`registry::import`], [`registry::erasure::erase`],
+//!   [`registry::audit::purge`], [`registry::retention::prune_user`],
+//!   [`registry::retention::purge_expired`]); [`cli::serving::predict`] with a
+//!   [`outbox::cache::Cache`]; and, to check models against their data,
+//!   [`retrain::features::prepare`], [`model::trainer::predict`], [`model::trainer::score`],
+//!   [`model::trainer::inspect`] and [`retrain::policy::Errors`];
+//! - for the benchmarks (benches/pipeline): [`model::trainer::train`] with its input, including a
+//!   model already in memory ([`model::trainer::Previous::load`]), and refit's default XGBoost
+//!   parameters ([`config::Training`]).
 //!
 //! These docs are for working on refit: `cargo doc --document-private-items` renders the links
 //! to private items that the docs of public ones make.
@@ -50,29 +57,14 @@
 #![warn(unreachable_pub)]
 #![allow(rustdoc::private_intra_doc_links)]
 
-pub mod audit;
-pub mod cache;
 pub mod cli;
 pub mod config;
-pub mod db;
-mod demo;
-pub mod erasure;
-pub mod events;
 mod faults;
-pub mod features;
 mod http;
-pub mod ingest;
-pub mod metadata;
-mod metrics;
-mod model_cache;
-mod model_check;
-mod outbox;
-pub mod policy;
+pub mod model;
+pub mod outbox;
 pub mod registry;
-pub mod retention;
 pub mod retrain;
-pub mod service;
-pub mod serving;
+pub mod scheduler;
+pub mod store;
 pub mod telemetry;
-pub mod trainer;
-mod xgboost;

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use refit::config::{Config, VARIABLES};
-use refit::metadata::{self, Change, VersionRef};
+use refit::registry::metadata::{self, Change, VersionRef};
 use refit::registry::Filter;
-use refit::{cli, db, service, telemetry};
+use refit::{cli, scheduler, store, telemetry};
 use tokio_util::sync::CancellationToken;
 
 /// Keeps per-user XGBoost models fresh: actuals in PostgreSQL → continued training → Redis
@@ -249,22 +249,22 @@ fn main() -> ExitCode {
 async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Migrate => {
-            let pool = db::connect(
+            let pool = store::connect(
                 &config.database.url,
                 &config.session,
-                db::service_pool_size(1),
+                store::service_pool_size(1),
             )
             .await?;
-            db::migrate(&pool).await?;
+            store::migrate(&pool).await?;
             tracing::info!(database = %config.database.url, "migrations applied");
             Ok(())
         }
         Command::Run => {
-            let service = service::Service::build(config).await?;
+            let service = scheduler::Service::build(config).await?;
             let shutdown = CancellationToken::new();
             let trigger = shutdown.clone();
             tokio::spawn(async move {
-                if let Err(e) = service::shutdown_signal().await {
+                if let Err(e) = scheduler::shutdown_signal().await {
                     tracing::error!(error = %e, "signal handling failed");
                 }
                 trigger.cancel();
@@ -288,22 +288,22 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
             features,
             json,
         } => {
-            let pool = db::connect(
+            let pool = store::connect(
                 &config.database.url,
                 &config.session,
-                db::service_pool_size(1),
+                store::service_pool_size(1),
             )
             .await?;
             cli::predict(&config, &pool, &user, version.as_ref(), &features, json).await
         }
         Command::Models { command } => {
-            let pool = db::connect(
+            let pool = store::connect(
                 &config.database.url,
                 &config.session,
-                db::service_pool_size(1),
+                store::service_pool_size(1),
             )
             .await?;
-            db::check_migrated(&pool).await?;
+            store::check_migrated(&pool).await?;
             models(&config, &pool, command).await
         }
     }

@@ -13,6 +13,7 @@
 //! `refit_loki_dropped_lines_total`.
 
 mod loki;
+pub(crate) mod metrics;
 
 use std::sync::LazyLock;
 

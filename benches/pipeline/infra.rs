@@ -303,7 +303,7 @@ impl BenchDb {
             .max_connections(8)
             .connect(&url)
             .await?;
-        refit::db::migrate(&pool).await?;
+        refit::store::migrate(&pool).await?;
         sqlx::raw_sql(DATA_FUNCTIONS).execute(&pool).await?;
         let topic = format!("refit-bench-{}-{}", s.run_id, tag.replace('_', "-"));
         create_topic(&s.brokers, &topic, 3).await?;
@@ -384,7 +384,10 @@ impl BenchDb {
         let committed = now_unix();
         if self.has_pending_queue {
             // Queued as a running refit's ingest queues them, and analyzed like the rest.
-            while refit::ingest::ingest(&self.pool).await?.is_none() {}
+            while refit::scheduler::ingest::ingest(&self.pool)
+                .await?
+                .is_none()
+            {}
             sqlx::query("ANALYZE refit_pending")
                 .execute(&self.pool)
                 .await?;

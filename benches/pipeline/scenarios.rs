@@ -20,8 +20,8 @@ use crate::phases::{
     blocking, log, refit_default_params, refit_steps, versions, Implementation, THRESHOLD,
 };
 use crate::stats::Summary;
-use refit::features::{prepare, ActualRow};
-use refit::trainer::{train, Previous, TrainInput, TrainMode};
+use refit::model::trainer::{train, Previous, TrainInput, TrainMode};
+use refit::retrain::features::{prepare, ActualRow};
 
 /// The first request index the scenarios write (the seeds are trained on indexes below it).
 const FIRST_K: i32 = 1001;

@@ -16,11 +16,11 @@ use uuid::Uuid;
 
 use crate::support::*;
 
-const DB_RS: &str = include_str!("../../src/db.rs");
-const OUTBOX_RS: &str = include_str!("../../src/outbox.rs");
-const RETENTION_RS: &str = include_str!("../../src/retention.rs");
-const AUDIT_RS: &str = include_str!("../../src/audit.rs");
-const INGEST_RS: &str = include_str!("../../src/ingest.rs");
+const DB_RS: &str = include_str!("../../src/store/mod.rs");
+const OUTBOX_RS: &str = include_str!("../../src/outbox/mod.rs");
+const RETENTION_RS: &str = include_str!("../../src/registry/retention.rs");
+const AUDIT_RS: &str = include_str!("../../src/registry/audit.rs");
+const INGEST_RS: &str = include_str!("../../src/scheduler/ingest.rs");
 
 /// The ingest cursor after the fill (every filled actual already ingested), as the ingest
 /// statements bind it.

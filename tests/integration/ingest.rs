@@ -1,8 +1,8 @@
-//! The ingest (src/ingest.rs): actuals move from the upstream's table into the pending queue
+//! The ingest (src/scheduler/ingest.rs): actuals move from the upstream's table into the pending queue
 //! exactly once, whatever order the upstream's transactions commit in, and the upstream's own
 //! transaction runs nothing of refit's.
 
-use refit::ingest::{ingest, Ingested};
+use refit::scheduler::ingest::{ingest, Ingested};
 use sqlx::PgPool;
 use uuid::Uuid;
 

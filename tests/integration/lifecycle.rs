@@ -515,7 +515,7 @@ async fn grow(env: &TestEnv, extra: &[(&str, &str)], retrains: usize) -> Vec<(i3
         let artifact: Vec<u8> = sqlx::query_scalar("SELECT artifact FROM refit_model_versions WHERE user_id = 'sam' ORDER BY version DESC LIMIT 1")
             .fetch_one(&env.pool).await.unwrap();
         let rows: Vec<_> = (r * 50..r * 50 + 50)
-            .map(|n| refit::features::ActualRow {
+            .map(|n| refit::retrain::features::ActualRow {
                 actual_id: n as i64,
                 actual_value: rental_actual(n),
                 features: rental_features(n).to_string(),
@@ -524,9 +524,10 @@ async fn grow(env: &TestEnv, extra: &[(&str, &str)], retrains: usize) -> Vec<(i3
         let features: Vec<String> = ["hour", "humidity", "temperature", "weekday"]
             .map(String::from)
             .to_vec();
-        let batch = refit::features::prepare(&rows, Some(&features));
-        let rmse = refit::trainer::score(&artifact, &batch, refit::config::ValidationMetric::Rmse)
-            .unwrap();
+        let batch = refit::retrain::features::prepare(&rows, Some(&features));
+        let rmse =
+            refit::model::trainer::score(&artifact, &batch, refit::config::ValidationMetric::Rmse)
+                .unwrap();
         let mean = batch.labels.iter().sum::<f32>() as f64 / 50.0;
         let spread = (batch
             .labels

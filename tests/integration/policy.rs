@@ -50,7 +50,7 @@ async fn status_and_parent(env: &TestEnv, user: &str, version: i32) -> (String, 
 /// Trains `batches` clean batches; every one must be accepted.
 async fn clean_history(
     env: &TestEnv,
-    service: &refit::service::Service,
+    service: &refit::scheduler::Service,
     user: &str,
     batches: usize,
 ) {
@@ -243,18 +243,18 @@ async fn every_version_records_its_step_and_the_live_error_it_faced() {
             .unwrap(),
         )
         .unwrap();
-        let actual_rows: Vec<refit::features::ActualRow> = rows
+        let actual_rows: Vec<refit::retrain::features::ActualRow> = rows
             .iter()
             .enumerate()
-            .map(|(i, (f, y))| refit::features::ActualRow {
+            .map(|(i, (f, y))| refit::retrain::features::ActualRow {
                 actual_id: i as i64,
                 actual_value: *y,
                 features: f.clone(),
             })
             .collect();
-        let batch = refit::features::prepare(&actual_rows, Some(&features));
-        let predictions = refit::trainer::predict(&artifact, &batch).unwrap();
-        let expected = refit::policy::Errors::of(&predictions, &batch.labels);
+        let batch = refit::retrain::features::prepare(&actual_rows, Some(&features));
+        let predictions = refit::model::trainer::predict(&artifact, &batch).unwrap();
+        let expected = refit::retrain::policy::Errors::of(&predictions, &batch.labels);
         assert_eq!(m["live"]["version"], parent);
         assert_eq!(m["live"]["rows"], 50);
         let recorded = m["live"]["mae"].as_f64().unwrap();

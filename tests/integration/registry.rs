@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use refit::audit::Interface;
-use refit::events::{EventReader, Message};
+use refit::outbox::events::{EventReader, Message};
+use refit::registry::audit::Interface;
 use refit::registry::RegistryError;
 use serde_json::{json, Value};
 
@@ -15,7 +15,7 @@ const WAIT: Duration = Duration::from_secs(20);
 const TOKEN: &str = "registry-admin-token";
 
 /// Trains `n` versions of `user` (50 actuals each) and waits for their side effects.
-async fn train(env: &TestEnv, service: &refit::service::Service, user: &str, n: usize) {
+async fn train(env: &TestEnv, service: &refit::scheduler::Service, user: &str, n: usize) {
     for _ in 0..n {
         env.insert_actuals(user, 50).await;
         service.retrainer.retrain_user(user, 50).await.unwrap();
@@ -695,7 +695,7 @@ async fn deleting_waits_for_a_retrain_in_flight_and_refuses_after_the_limit() {
         .await
         .unwrap();
     let short = Duration::from_millis(200);
-    let refused = refit::erasure::erase(&env.pool, "vic", Interface::Cli, short).await;
+    let refused = refit::registry::erasure::erase(&env.pool, "vic", Interface::Cli, short).await;
     assert!(
         matches!(&refused, Err(RegistryError::Conflict(m)) if m.contains("in flight")),
         "{refused:?}"
@@ -703,10 +703,9 @@ async fn deleting_waits_for_a_retrain_in_flight_and_refuses_after_the_limit() {
     assert_eq!(env.versions("vic", "ready").await, [1]);
 
     let pool = env.pool.clone();
-    let waiting =
-        tokio::spawn(
-            async move { refit::erasure::erase(&pool, "vic", Interface::Http, WAIT).await },
-        );
+    let waiting = tokio::spawn(async move {
+        refit::registry::erasure::erase(&pool, "vic", Interface::Http, WAIT).await
+    });
     eventually(WAIT, "the erasure waits for the row lock", || async {
         env.count(
             "SELECT count(*) FROM pg_stat_activity
@@ -739,7 +738,9 @@ async fn audit_rows_past_their_retention_are_purged() {
     let retention = env
         .config(&[("REFIT_AUDIT_RETENTION_DAYS", "365")])
         .audit_retention;
-    let purged = refit::audit::purge(&env.pool, retention).await.unwrap();
+    let purged = refit::registry::audit::purge(&env.pool, retention)
+        .await
+        .unwrap();
     assert_eq!(purged, 1);
     let left: Vec<String> = sqlx::query_scalar("SELECT user_id FROM refit_audit")
         .fetch_all(&env.pool)

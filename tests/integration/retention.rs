@@ -1,6 +1,6 @@
 //! Retention: a user's stored history stops growing with its retrains.
 
-use refit::retention::{self, Retention};
+use refit::registry::retention::{self, Retention};
 use refit::retrain::Outcome;
 
 use crate::support::*;
@@ -14,7 +14,7 @@ const SMALL: [(&str, &str); 5] = [
     ("REFIT_VALIDATION_WINDOW", "10"),
 ];
 
-async fn retrain(env: &TestEnv, service: &refit::service::Service, from: usize, retrains: usize) {
+async fn retrain(env: &TestEnv, service: &refit::scheduler::Service, from: usize, retrains: usize) {
     for r in from..from + retrains {
         for i in 0..5 {
             let n = r * 5 + i;

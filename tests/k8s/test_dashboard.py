@@ -37,11 +37,11 @@ def dashboard():
 
 
 def exported_metrics() -> set[str]:
-    """Metric names the binary registers (src/metrics.rs, src/telemetry.rs), or the contract's list
+    """Metric names the binary registers (src/telemetry/metrics.rs, src/telemetry.rs), or the contract's list
     before they exist."""
-    sources = [ROOT / "src" / name for name in ("metrics.rs", "telemetry.rs")]
+    sources = [ROOT / "src" / name for name in ("telemetry/metrics.rs", "telemetry.rs")]
     if not all(source.exists() for source in sources):
-        warnings.warn("src/metrics.rs does not exist yet: checking against the contract's metrics")
+        warnings.warn("src/telemetry/metrics.rs does not exist yet: checking against the contract's metrics")
         return set(CONTRACT_METRICS)
     return set().union(*(re.findall(r'"(refit_[a-z_]+)"', s.read_text()) for s in sources))
 

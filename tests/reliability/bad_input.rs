@@ -214,7 +214,7 @@ async fn odd_user_ids_are_safe_redis_and_kafka_keys() {
 /// Trains a fresh model for `user` on `features(i)` rows and returns its artifact.
 async fn train_donor(
     env: &TestEnv,
-    service: &refit::service::Service,
+    service: &refit::scheduler::Service,
     user: &str,
     features: impl Fn(usize) -> Value,
 ) -> Vec<u8> {

@@ -406,7 +406,13 @@ async fn rollback_without_a_target_chooses_it_under_the_users_lock() {
         .unwrap();
     let pool = env.pool.clone();
     let rollback = tokio::spawn(async move {
-        refit::registry::rollback(&pool, "rolled", None, refit::audit::Interface::Cli).await
+        refit::registry::rollback(
+            &pool,
+            "rolled",
+            None,
+            refit::registry::audit::Interface::Cli,
+        )
+        .await
     });
     eventually(WAIT, "the rollback waits for the user's lock", || async {
         env.count("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")
@@ -456,7 +462,7 @@ async fn a_json_import_is_exported_as_ubjson() {
         "exported as UBJSON, not JSON: {:?}",
         String::from_utf8_lossy(&bytes[..bytes.len().min(60)])
     );
-    let info = refit::trainer::inspect(&bytes).expect("XGBoost loads the export");
+    let info = refit::model::trainer::inspect(&bytes).expect("XGBoost loads the export");
     assert_eq!(info.features.len(), 4);
     running.stop().await;
 }
@@ -484,9 +490,10 @@ async fn an_unconfirmed_cache_fill_is_evicted() {
     .execute(&env.pool)
     .await
     .unwrap();
-    let cache = refit::cache::Cache::new(&refit::config::Secret::new(redis_url()), &env.key_prefix)
-        .unwrap();
-    let result = refit::serving::predict(
+    let cache =
+        refit::outbox::cache::Cache::new(&refit::config::Secret::new(redis_url()), &env.key_prefix)
+            .unwrap();
+    let result = refit::cli::serving::predict(
         &env.pool,
         &cache,
         Duration::from_secs(3600),
@@ -773,7 +780,7 @@ async fn hostile_model_imports_are_refused_before_xgboost_sees_them() {
             serde_json::to_vec(&hostile).unwrap(),
             None,
             &Default::default(),
-            refit::audit::Interface::Cli,
+            refit::registry::audit::Interface::Cli,
         )
         .await;
         println!("{name}: {result:?}");

@@ -46,7 +46,11 @@ pub async fn insert_actual(pool: &PgPool, user: &str, features: &Value, actual: 
 /// Queues every actual committed so far, as the ingest of a running refit does (for tests that
 /// retrain without running the service): waits while another ingest holds the cursor.
 pub async fn ingest_all(pool: &PgPool) {
-    while refit::ingest::ingest(pool).await.unwrap().is_none() {
+    while refit::scheduler::ingest::ingest(pool)
+        .await
+        .unwrap()
+        .is_none()
+    {
         tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
 }

@@ -9,8 +9,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use refit::config::Config;
-use refit::events::{EventReader, ReadEvent};
-use refit::service::Service;
+use refit::outbox::events::{EventReader, ReadEvent};
+use refit::scheduler::Service;
 use serde_json::Value;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -66,7 +66,7 @@ impl TestEnv {
             .await
             .expect("PostgreSQL reachable (make services)");
         let pool = PgPool::connect(&database_url).await.unwrap();
-        refit::db::migrate(&pool).await.unwrap();
+        refit::store::migrate(&pool).await.unwrap();
         TestEnv {
             database_url,
             pool,

@@ -1,7 +1,7 @@
 //! `refit run`: the long-running service.
 //!
 //! Tasks and how they talk:
-//! - the **ingest** ([`crate::ingest`]) queues newly committed actuals and notifies `refit_actuals`;
+//! - the **ingest** ([`crate::scheduler::ingest`]) queues newly committed actuals and notifies `refit_actuals`;
 //! - the **listener** `LISTEN`s on `refit_actuals` (the ingest's channel) and forwards
 //!   each notification — "`n` actuals of user `u` became pending" — to the scheduler; after a lost
 //!   connection it asks for a full scan, because notifications sent meanwhile are gone;
@@ -20,6 +20,8 @@
 //! Shutdown (the token passed to `run`) stops the listener, sweeper and scheduler, waits for the
 //! workers and their fast-path deliveries, then flushes the Kafka producer.
 
+pub mod ingest;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use futures::FutureExt;
@@ -35,12 +37,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
-use crate::db;
-use crate::events::Events;
-use crate::metrics::Metrics;
+use crate::outbox::events::Events;
 use crate::outbox::{elapsed_ms, Outbox};
-use crate::retention::{self, Retention};
+use crate::registry::retention::{self, Retention};
 use crate::retrain::{Outcome, Retrainer};
+use crate::store;
+use crate::telemetry::metrics::Metrics;
 
 /// Delivered outbox entries are kept this long for inspection, then purged.
 /// How often the sweeper deletes rows past their retention.
@@ -77,10 +79,10 @@ impl Service {
     /// Redis and Kafka may be down: their work waits in the outbox.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let config = Arc::new(config);
-        let pool_size = db::service_pool_size(config.scheduling.max_concurrent_retrains);
-        let pool = db::connect(&config.database.url, &config.session, pool_size).await?;
-        db::check_migrated(&pool).await?;
-        let http_pool = db::connect_as(
+        let pool_size = store::service_pool_size(config.scheduling.max_concurrent_retrains);
+        let pool = store::connect(&config.database.url, &config.session, pool_size).await?;
+        store::check_migrated(&pool).await?;
+        let http_pool = store::connect_as(
             "refit-http",
             &config.database.url,
             &config.session,
@@ -104,7 +106,7 @@ impl Service {
             metrics.clone(),
             outbox.clone(),
         ));
-        crate::xgboost::set_global_config(r#"{"verbosity": 1}"#)?;
+        crate::model::xgboost::set_global_config(r#"{"verbosity": 1}"#)?;
         let http_listener = match config.http.addr {
             None => None,
             Some(addr) => Some(
@@ -162,7 +164,7 @@ impl Service {
         let mut tasks = JoinSet::new();
         let (notify_tx, notify_rx) = mpsc::unbounded_channel();
         tasks.spawn(listen(self.pool.clone(), notify_tx, background.clone()));
-        tasks.spawn(crate::ingest::run(
+        tasks.spawn(crate::scheduler::ingest::run(
             self.pool.clone(),
             self.config.scheduling.ingest_interval,
             background.clone(),
@@ -249,7 +251,7 @@ impl Service {
             if !pending.unknown.is_empty() {
                 let users: Vec<String> = pending.unknown.drain().collect();
                 let started = Instant::now();
-                match db::pending_counts(&self.pool, &users).await {
+                match store::pending_counts(&self.pool, &users).await {
                     Ok(counts) => {
                         self.metrics.observe_step("detect", elapsed_ms(started));
                         pending.counted(&users, counts);
@@ -263,15 +265,15 @@ impl Service {
             if scan {
                 last_scan = Some(Instant::now());
                 let started = Instant::now();
-                let staleness = self
-                    .config
-                    .scheduling
-                    .max_staleness
-                    .map(|after| db::Staleness {
-                        after,
-                        min_rows: self.config.scheduling.stale_min_rows,
-                    });
-                let due = db::due_users(
+                let staleness =
+                    self.config
+                        .scheduling
+                        .max_staleness
+                        .map(|after| store::Staleness {
+                            after,
+                            min_rows: self.config.scheduling.stale_min_rows,
+                        });
+                let due = store::due_users(
                     &self.pool,
                     self.config.scheduling.retrain_threshold,
                     staleness,
@@ -285,7 +287,7 @@ impl Service {
                         error!(error = %e, "cannot count pending actuals; retrying at the next poll")
                     }
                 }
-                match db::pending_total(&self.pool).await {
+                match store::pending_total(&self.pool).await {
                     Ok(n) => self.metrics.pending.set(n),
                     Err(e) => debug!(error = %e, "pending gauge not refreshed"),
                 }
@@ -412,8 +414,8 @@ impl Pending {
     }
 
     /// Counts read from the database for `asked` (users with no pending actual are absent).
-    pub(crate) fn counted(&mut self, asked: &[String], counts: Vec<db::PendingCount>) {
-        let mut counts: HashMap<String, db::PendingCount> =
+    pub(crate) fn counted(&mut self, asked: &[String], counts: Vec<store::PendingCount>) {
+        let mut counts: HashMap<String, store::PendingCount> =
             counts.into_iter().map(|c| (c.user_id.clone(), c)).collect();
         for user_id in asked {
             let (pending, backing_off) = counts
@@ -433,7 +435,7 @@ impl Pending {
 
     /// The full scan's due users (backing-off users excluded by the query); stale users are
     /// due whatever their count.
-    pub(crate) fn scanned(&mut self, due: Vec<db::DueUser>) {
+    pub(crate) fn scanned(&mut self, due: Vec<store::DueUser>) {
         self.forget_idle();
         for user in due {
             self.backing_off.remove(&user.user_id);
@@ -496,12 +498,12 @@ impl Pending {
     }
 
     /// The next due user to run; it is in flight from now on.
-    pub(crate) fn start_next(&mut self) -> Option<db::DueUser> {
+    pub(crate) fn start_next(&mut self) -> Option<store::DueUser> {
         let user_id = self.queue.pop_front()?;
         self.queued.remove(&user_id);
         let pending = self.known.remove(&user_id).unwrap_or(self.threshold);
         self.in_flight.insert(user_id.clone(), false);
-        Some(db::DueUser {
+        Some(store::DueUser {
             stale: pending < self.threshold,
             user_id,
             pending,
@@ -522,7 +524,11 @@ impl Pending {
 }
 
 /// Retrains one user batch after batch while it knows of a full batch and no shutdown is asked.
-async fn work(retrainer: &Retrainer, user: &db::DueUser, shutdown: &CancellationToken) -> Finished {
+async fn work(
+    retrainer: &Retrainer,
+    user: &store::DueUser,
+    shutdown: &CancellationToken,
+) -> Finished {
     let threshold = retrainer.threshold();
     let mut pending = user.pending;
     loop {
@@ -559,7 +565,7 @@ async fn listen(
     'connect: loop {
         let listener = async {
             let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(db::ACTUALS_CHANNEL).await?;
+            listener.listen(store::ACTUALS_CHANNEL).await?;
             Ok::<_, sqlx::Error>(listener)
         };
         let mut listener = tokio::select! {
@@ -640,7 +646,7 @@ async fn purge_expired(pool: &PgPool, retention: &Retention, audit_retention: Du
     if rows > 0 {
         debug!(rows, "expired outbox entries and set-aside records deleted");
     }
-    let rows = purge_in_batches(|| crate::audit::purge(pool, audit_retention)).await;
+    let rows = purge_in_batches(|| crate::registry::audit::purge(pool, audit_retention)).await;
     if rows > 0 {
         info!(rows, "audit rows past REFIT_AUDIT_RETENTION_DAYS purged");
     }
@@ -708,8 +714,8 @@ pub async fn shutdown_signal() -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    fn count(user: &str, pending: i64, backing_off: bool) -> db::PendingCount {
-        db::PendingCount {
+    fn count(user: &str, pending: i64, backing_off: bool) -> store::PendingCount {
+        store::PendingCount {
             user_id: user.into(),
             pending,
             backing_off,
@@ -760,7 +766,7 @@ mod tests {
     #[test]
     fn arrivals_during_a_retrain_are_counted_again_afterwards() {
         let mut p = Pending::new(50);
-        p.scanned(vec![db::DueUser {
+        p.scanned(vec![store::DueUser {
             user_id: "a".into(),
             pending: 60,
             stale: false,
@@ -775,7 +781,7 @@ mod tests {
         );
 
         let mut p = Pending::new(50);
-        p.scanned(vec![db::DueUser {
+        p.scanned(vec![store::DueUser {
             user_id: "b".into(),
             pending: 50,
             stale: false,
@@ -793,7 +799,7 @@ mod tests {
     #[test]
     fn a_stale_user_found_by_the_scan_is_due_below_the_threshold() {
         let mut p = Pending::new(50);
-        p.scanned(vec![db::DueUser {
+        p.scanned(vec![store::DueUser {
             user_id: "quiet".into(),
             pending: 3,
             stale: true,
@@ -803,7 +809,7 @@ mod tests {
             (due.user_id.as_str(), due.pending, due.stale),
             ("quiet", 3, true)
         );
-        p.scanned(vec![db::DueUser {
+        p.scanned(vec![store::DueUser {
             user_id: "few".into(),
             pending: 3,
             stale: false,
@@ -842,7 +848,7 @@ mod tests {
         assert!(p.queue.is_empty(), "backing off: not scheduled");
         p.arrived("a".into(), Some(10));
         assert!(p.queue.is_empty() && p.unknown.is_empty());
-        p.scanned(vec![db::DueUser {
+        p.scanned(vec![store::DueUser {
             user_id: "a".into(),
             pending: 90,
             stale: false,

@@ -1,6 +1,9 @@
 //! What the `refit` subcommands do beyond running the service: the model registry, the serving
 //! reference and the demo. Output is a table for people or JSON (`--json`) for scripts.
 
+mod demo;
+pub mod serving;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,15 +13,15 @@ use serde::Serialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{self, AuditEntry, Interface};
 use crate::config::Config;
-use crate::erasure::{self, Erasure};
-use crate::events::{EventReader, Events};
-use crate::metadata::{self, AliasChange, Change, Described, VersionRef};
-use crate::metrics::Metrics;
+use crate::outbox::events::{EventReader, Events};
 use crate::outbox::Outbox;
+use crate::registry::audit::{self, AuditEntry, Interface};
+use crate::registry::erasure::{self, Erasure};
+use crate::registry::metadata::{self, AliasChange, Change, Described, VersionRef};
 use crate::registry::{self, Activation, Filter, VersionSummary};
-use crate::{db, demo, service, serving};
+use crate::telemetry::metrics::Metrics;
+use crate::{scheduler, store};
 
 /// How long `refit models delete` waits for a retrain of the user in flight.
 const ERASE_WAIT: Duration = Duration::from_secs(30);
@@ -402,14 +405,14 @@ pub async fn predict(
 /// `refit demo`: generated rentals through the real service, one line per event.
 pub async fn demo(config: Config, stations: usize, rate: u32, seconds: u64) -> anyhow::Result<()> {
     demo::create_database(config.database.url.expose()).await?;
-    let pool = db::connect(
+    let pool = store::connect(
         &config.database.url,
         &config.session,
-        db::service_pool_size(2),
+        store::service_pool_size(2),
     )
     .await?;
-    db::migrate(&pool).await?;
-    let service = service::Service::build(config.clone()).await?;
+    store::migrate(&pool).await?;
+    let service = scheduler::Service::build(config.clone()).await?;
     service.ensure_topic().await?;
     println!(
         "refit demo: {stations} stations, {rate} actuals/s, retrain every {} actuals ({} rounds each, \
@@ -431,7 +434,7 @@ pub async fn demo(config: Config, stations: usize, rate: u32, seconds: u64) -> a
                 tokio::time::sleep(Duration::from_secs(seconds)).await
             }
         };
-        tokio::select! { _ = service::shutdown_signal() => {}, _ = timer => {} }
+        tokio::select! { _ = scheduler::shutdown_signal() => {}, _ = timer => {} }
         stop.cancel();
     });
     let generator = tokio::spawn(demo::generate(
@@ -463,7 +466,7 @@ pub async fn demo(config: Config, stations: usize, rate: u32, seconds: u64) -> a
     service.run(shutdown).await?;
     let inserted = generator.await??;
     let seen = printer.await?;
-    let pending = db::pending_total(&pool).await?;
+    let pending = store::pending_total(&pool).await?;
     println!("refit demo: {inserted} actuals inserted, {seen} retrain events seen, {pending} actuals still pending");
     // The serving reference on the demo's data: a cache fill, then a hit.
     let station = "station-01";

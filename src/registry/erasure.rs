@@ -17,10 +17,10 @@ use sqlx::PgConnection;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::audit::{self, Interface};
-use crate::db::{self, OutboxKind};
-use crate::events::RetrainEvent;
+use crate::outbox::events::RetrainEvent;
+use crate::registry::audit::{self, Interface};
 use crate::registry::RegistryError;
+use crate::store::{self, OutboxKind};
 
 /// The marker of an erasure's outbox entries: delivered, they are deleted.
 pub(crate) const ERASE_MARK: &str = "erase";
@@ -120,7 +120,7 @@ async fn announce(
     let announce = marked(json!(event));
     let invalidate = marked(json!({"retrain_id": event.retrain_id}));
     let tombstone = marked(json!({"tombstone": true}));
-    db::enqueue_outbox(
+    store::enqueue_outbox(
         conn,
         event.event_id,
         user,

@@ -15,9 +15,9 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::cache::{Cache, CachedModel};
-use crate::features::{self, ActualRow};
-use crate::trainer;
+use crate::model::trainer;
+use crate::outbox::cache::{Cache, CachedModel};
+use crate::retrain::features::{self, ActualRow};
 
 /// One prediction and where its model came from.
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::xgboost::Booster;
+use crate::model::xgboost::Booster;
 
 /// Loaded models by user, bounded in bytes.
 pub(crate) struct ModelCache {
@@ -118,7 +118,7 @@ impl ModelCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xgboost::Matrix;
+    use crate::model::xgboost::Matrix;
 
     fn booster() -> Booster {
         let names = vec!["x".to_owned()];

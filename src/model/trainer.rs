@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::config::ValidationMetric;
-use crate::features::Batch;
-use crate::policy::{self, Errors, Evidence, Lineage, Policy, Step, Verdict};
-use crate::xgboost::{Booster, Matrix, XgbError};
+use crate::model::xgboost::{Booster, Matrix, XgbError};
+use crate::retrain::features::Batch;
+use crate::retrain::policy::{self, Errors, Evidence, Lineage, Policy, Step, Verdict};
 
 /// How a model is produced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,7 +167,7 @@ pub fn train(input: TrainInput<'_>) -> Result<Trained, TrainError> {
     Ok(trained)
 }
 
-/// What one policy step needs (see [`crate::policy`]).
+/// What one policy step needs (see [`crate::retrain::policy`]).
 pub(crate) struct StepInput<'a> {
     pub(crate) policy: &'a Policy,
     /// The active (serving) version and where it stands; `None` for a user without a model.
@@ -561,7 +561,7 @@ pub(crate) fn artifact_features(artifact: &[u8]) -> Result<Vec<String>, TrainErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::features::{prepare, ActualRow};
+    use crate::retrain::features::{prepare, ActualRow};
 
     fn batch(offset: usize) -> Batch {
         let rows: Vec<ActualRow> = (0..50)

@@ -1,4 +1,4 @@
-//! One retrain of one user the scheduler ([`crate::service`]) found due: read → train → validate
+//! One retrain of one user the scheduler ([`crate::scheduler`]) found due: read → train → validate
 //! → commit, then the outbox (invalidate, announce). [`Retrainer::retrain_user`] is the whole
 //! unit of work and returns what it did, so tests can drive it deterministically and the service
 //! loop can schedule it.
@@ -16,6 +16,9 @@
 //! oldest pending actual is older than `REFIT_MAX_STALENESS_SECS` (when set), on at least
 //! `REFIT_STALE_MIN_ROWS` actuals.
 
+pub mod features;
+pub mod policy;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,16 +31,16 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::db::{self, Consumed, ModelHead, NewVersion, OutboxKind};
-use crate::events::RetrainEvent;
-use crate::features::{self, ActualRow, Batch};
-use crate::metrics::Metrics;
-use crate::model_cache::ModelCache;
+use crate::model::cache::ModelCache;
+use crate::model::trainer::{self, Previous, StepInput, StepResult, TrainError};
+use crate::model::xgboost::Booster;
+use crate::outbox::events::RetrainEvent;
 use crate::outbox::{elapsed_ms, Committed, Outbox};
-use crate::policy::{self, Lineage, Policy, Step};
-use crate::retention;
-use crate::trainer::{self, Previous, StepInput, StepResult, TrainError};
-use crate::xgboost::Booster;
+use crate::registry::retention;
+use crate::store::{self, Consumed, ModelHead, NewVersion, OutboxKind};
+use crate::telemetry::metrics::Metrics;
+use features::{ActualRow, Batch};
+use policy::{Lineage, Policy, Step};
 
 /// The longest a user backs off after repeated failed retrains.
 pub(crate) const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(300);
@@ -154,7 +157,8 @@ impl Retrainer {
                 "retrain aborted; its actuals stay pending and the user backs off"
             );
             let lock_wait = Duration::from_secs(5);
-            if let Err(e) = db::back_off(&self.pool, user_id, MAX_FAILURE_BACKOFF, lock_wait).await
+            if let Err(e) =
+                store::back_off(&self.pool, user_id, MAX_FAILURE_BACKOFF, lock_wait).await
             {
                 warn!(user_id, error = %e, "cannot record the back-off; the next scan retries the user");
             }
@@ -201,15 +205,15 @@ impl Retrainer {
         user_id: &str,
     ) -> anyhow::Result<Result<(Tx<'static>, ModelHead), Outcome>> {
         let mut tx = self.pool.begin().await?;
-        let head = match db::lock_model(&mut tx, user_id).await? {
+        let head = match store::lock_model(&mut tx, user_id).await? {
             Some(head) => head,
             // A new user has no registry row yet: make it (outside this transaction, so another
             // replica never waits on it) and lock again.
-            None if !db::model_row_exists(&mut tx, user_id).await? => {
+            None if !store::model_row_exists(&mut tx, user_id).await? => {
                 tx.rollback().await?;
-                db::ensure_model_row(&self.pool, user_id).await?;
+                store::ensure_model_row(&self.pool, user_id).await?;
                 tx = self.pool.begin().await?;
-                match db::lock_model(&mut tx, user_id).await? {
+                match store::lock_model(&mut tx, user_id).await? {
                     Some(head) => head,
                     None => return Ok(Err(Outcome::Busy)),
                 }
@@ -236,7 +240,7 @@ impl Retrainer {
             .set_aside_unconsumable(&mut tx, user_id, retrain_id)
             .await?;
         let threshold = self.config.scheduling.retrain_threshold;
-        let pending_rows = db::read_pending(&mut tx, user_id, threshold).await?;
+        let pending_rows = store::read_pending(&mut tx, user_id, threshold).await?;
         let oldest = pending_rows.iter().map(|p| p.enqueued_at).min();
         if (pending_rows.len() as i64) < threshold && !self.stale(pending_rows.len(), oldest) {
             if unconsumable > 0 {
@@ -266,7 +270,7 @@ impl Retrainer {
         user_id: &str,
         retrain_id: Uuid,
     ) -> anyhow::Result<usize> {
-        let ids = db::set_aside_consumed_again(tx, user_id).await?;
+        let ids = store::set_aside_consumed_again(tx, user_id).await?;
         for actual_id in &ids {
             warn!(
                 step = "read", %retrain_id, user_id, actual_id, reason = "already_consumed",
@@ -334,7 +338,7 @@ impl Retrainer {
         let batch = self.prepare(attempt, rows, feature_order.as_deref());
         if batch.rows() == 0 {
             let consumed = Consumed::new(&[], &[], &batch.set_aside);
-            db::consume(tx, attempt.user_id, None, &consumed).await?;
+            store::consume(tx, attempt.user_id, None, &consumed).await?;
             let rows_set_aside = batch.set_aside.len();
             return Ok(Built::AllSetAside { rows_set_aside });
         }
@@ -415,26 +419,28 @@ impl Retrainer {
             _ => None,
         };
         let rejected_artifact = match rejected {
-            Some((version, _)) => db::artifact(tx, user_id, version).await?,
+            Some((version, _)) => store::artifact(tx, user_id, version).await?,
             None => None,
         };
         let active_lineage = active.as_ref().map(|(_, l)| *l);
         let wanted = self.recent_rows(active_lineage, rejected.map(|(_, l)| l), batch.rows());
         let mut rows = match wanted {
             0 => Vec::new(),
-            n => db::recent_actuals(tx, user_id, n).await?,
+            n => store::recent_actuals(tx, user_id, n).await?,
         };
         rows.reverse();
         let recent = features::prepare(&rows, Some(&batch.feature_names));
         let rejected_rows = match rejected {
             Some((version, _)) => {
-                let rows = db::actuals_of_version(tx, user_id, version).await?;
+                let rows = store::actuals_of_version(tx, user_id, version).await?;
                 features::prepare(&rows, Some(&batch.feature_names))
             }
             None => Batch::default(),
         };
         let live_history = match (&active, policy.gate.enabled) {
-            (Some(_), true) => db::live_history(tx, user_id, policy.gate.metric.as_str()).await?,
+            (Some(_), true) => {
+                store::live_history(tx, user_id, policy.gate.metric.as_str()).await?
+            }
             _ => Vec::new(),
         };
         Ok(Ok(StepData {
@@ -462,7 +468,7 @@ impl Retrainer {
         if let Some(booster) = self.models.take(user_id, version, head.active_row) {
             return Ok(Ok(Some((ActiveModel::Loaded(booster), lineage))));
         }
-        Ok(match db::artifact(tx, user_id, version).await? {
+        Ok(match store::artifact(tx, user_id, version).await? {
             Some(artifact) => Ok(Some((ActiveModel::Stored(artifact), lineage))),
             None => Err(format!("the active version {version} has no artifact")),
         })
@@ -567,13 +573,13 @@ impl Retrainer {
         };
         let started = Instant::now();
         if let Some(reinstated) = c.reinstated {
-            db::reinstate(&mut tx, user_id, reinstated, version).await?;
+            store::reinstate(&mut tx, user_id, reinstated, version).await?;
             if decision.rejected {
-                db::activate(&mut tx, user_id, reinstated).await?;
+                store::activate(&mut tx, user_id, reinstated).await?;
             }
         }
         let columns = decision.columns(&c, timings);
-        let committed = db::commit_retrain(
+        let committed = store::commit_retrain(
             &mut tx,
             &decision.record(attempt, &c, &columns),
             &Consumed::new(&c.batch.used, &[], &c.batch.set_aside),
@@ -691,10 +697,10 @@ impl Retrainer {
         let backoff =
             Duration::from_secs(1u64 << attempt.failures.clamp(0, 16)).min(MAX_FAILURE_BACKOFF);
         let columns = failure.columns(&timings);
-        db::insert_version(&mut tx, &failure.record(attempt, &columns)).await?;
-        db::record_failure(&mut tx, user_id, backoff).await?;
+        store::insert_version(&mut tx, &failure.record(attempt, &columns)).await?;
+        store::record_failure(&mut tx, user_id, backoff).await?;
         let event = failure.event(attempt, timings);
-        db::enqueue_outbox(
+        store::enqueue_outbox(
             &mut tx,
             attempt.event_id,
             user_id,

@@ -4,7 +4,12 @@
 //! Every change of a user's active version (promote, rollback, import) takes the user's registry
 //! row lock — so it waits for a retrain in flight — and records the cache invalidation and the
 //! `model-retrained` event in the outbox in the same transaction, exactly as a retrain does.
-//! Every write is recorded in the audit trail ([`crate::audit`]) in its own transaction.
+//! Every write is recorded in the audit trail ([`crate::registry::audit`]) in its own transaction.
+
+pub mod audit;
+pub mod erasure;
+pub mod metadata;
+pub mod retention;
 
 use std::collections::BTreeMap;
 
@@ -14,11 +19,11 @@ use serde_json::{json, Value};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use crate::audit::{self, Interface, Write};
-use crate::db::{self, OutboxKind};
-use crate::events::RetrainEvent;
-use crate::metadata::{self, ModelMeta, VersionRef};
-use crate::trainer;
+use crate::model::trainer;
+use crate::outbox::events::RetrainEvent;
+use crate::store::{self, OutboxKind};
+use audit::{Interface, Write};
+use metadata::{ModelMeta, VersionRef};
 
 /// Why a registry operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -402,17 +407,17 @@ pub async fn import(
     default_params: &BTreeMap<String, String>,
     interface: Interface,
 ) -> Result<Activation, RegistryError> {
-    if user.len() > db::MAX_USER_ID_BYTES {
+    if user.len() > store::MAX_USER_ID_BYTES {
         return Err(RegistryError::Invalid(format!(
             "the user id is {} bytes; refit takes at most {}",
             user.len(),
-            db::MAX_USER_ID_BYTES
+            store::MAX_USER_ID_BYTES
         )));
     }
     // Stored (and exported) as UBJSON whatever the file's format: a JSON file is converted.
     // Its structure is checked before XGBoost sees it: XGBoost trusts the files it loads.
     let info = tokio::task::spawn_blocking(move || {
-        crate::model_check::check_model(&bytes).map_err(RegistryError::InvalidModel)?;
+        crate::model::check::check_model(&bytes).map_err(RegistryError::InvalidModel)?;
         trainer::inspect_as_ubjson(&bytes).map_err(|e| RegistryError::InvalidModel(e.to_string()))
     })
     .await
@@ -438,7 +443,7 @@ pub async fn import(
     if let Some(objective) = &info.objective {
         params.insert("objective".into(), objective.clone());
     }
-    db::ensure_model_row(pool, user).await?;
+    store::ensure_model_row(pool, user).await?;
     let mut tx = pool.begin().await?;
     let previous = lock_user(&mut tx, user).await?;
     let version: i32 = sqlx::query_scalar(
@@ -447,9 +452,9 @@ pub async fn import(
     .bind(user)
     .fetch_one(&mut *tx)
     .await?;
-    db::insert_version(
+    store::insert_version(
         &mut tx,
-        &db::NewVersion {
+        &store::NewVersion {
             user_id: user,
             version,
             status: "ready",
@@ -548,13 +553,13 @@ async fn record_activation(
     trees: Option<i32>,
     action: &str,
 ) -> Result<Activation, RegistryError> {
-    db::activate(conn, user, version).await?;
+    store::activate(conn, user, version).await?;
     let event =
         RetrainEvent::registry_change(user, action, previous, Some(version), trees.map(i64::from));
     let event_id = event.event_id;
     let invalidate = json!({"retrain_id": event.retrain_id});
     let announce = json!(event);
-    db::enqueue_outbox(
+    store::enqueue_outbox(
         conn,
         event_id,
         user,

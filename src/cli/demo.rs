@@ -149,7 +149,7 @@ pub(crate) async fn generate(
 }
 
 /// One printed line for a retrain event.
-pub(crate) fn describe_event(e: &crate::events::ReadEvent) -> String {
+pub(crate) fn describe_event(e: &crate::outbox::events::ReadEvent) -> String {
     let ev = &e.event;
     let timings = ["read", "train", "commit", "invalidate"]
         .iter()

@@ -474,7 +474,7 @@ fn check_tree(tree: &Node, features: u64) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::xgboost::{Booster, Matrix};
+    use crate::model::xgboost::{Booster, Matrix};
     use serde_json::{json, Value};
 
     /// A small valid model (3 features, 3 trees of depth up to 3), as JSON and as UBJSON.

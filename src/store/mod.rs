@@ -5,7 +5,7 @@
 //! - a user's retrain holds that user's `refit_models` row lock (`FOR UPDATE SKIP LOCKED`) for the
 //!   whole read–train–commit transaction, so across all replicas one retrain per user runs at a
 //!   time and a replica that finds the row locked simply moves on;
-//! - pending actuals are queued by the ingest (src/ingest.rs), exactly once, in whatever order the
+//! - pending actuals are queued by the ingest (src/scheduler/ingest.rs), exactly once, in whatever order the
 //!   upstream's transactions commit;
 //! - a user's outbox is delivered under a transaction-scoped advisory lock, in id order.
 
@@ -19,10 +19,10 @@ use sqlx::{ConnectOptions, PgConnection, PgPool, Postgres, Row, Transaction};
 use uuid::Uuid;
 
 use crate::config::{Secret, SessionLimits};
-use crate::features::{ActualRow, SetAside};
+use crate::retrain::features::{ActualRow, SetAside};
 
 /// The channel the ingest notifies, once per user and ingest, with the payload
-/// `<count>:<first actual id>:<user id>` (`n:first:user`; see `service::Arrival::parse`).
+/// `<count>:<first actual id>:<user id>` (`n:first:user`; see `scheduler::Arrival::parse`).
 pub(crate) const ACTUALS_CHANNEL: &str = "refit_actuals";
 
 /// The migrations in `migrations/`, embedded in the binary.
@@ -354,7 +354,7 @@ pub(crate) async fn live_history(
           LIMIT $2",
     )
     .bind(user_id)
-    .bind(crate::policy::LIVE_HISTORY as i64)
+    .bind(crate::retrain::policy::LIVE_HISTORY as i64)
     .bind(metric)
     .fetch_all(conn)
     .await

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
 
-use crate::audit::{self, Interface, Write};
+use crate::registry::audit::{self, Interface, Write};
 use crate::registry::RegistryError;
 
 /// The prefix of refit's own tags.

@@ -23,6 +23,9 @@
 //! When a system fails, it is marked unhealthy: the fast path then leaves its entries to the
 //! sweep, so an outage never slows retrains down; the sweep's next success marks it healthy.
 
+pub mod cache;
+pub mod events;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -34,10 +37,10 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 use uuid::Uuid;
 
-use crate::cache::Cache;
-use crate::db::{self, OutboxEntry, OutboxKind};
-use crate::events::{Events, RetrainEvent, Undeliverable};
-use crate::metrics::Metrics;
+use crate::outbox::cache::Cache;
+use crate::outbox::events::{Events, RetrainEvent, Undeliverable};
+use crate::store::{self, OutboxEntry, OutboxKind};
+use crate::telemetry::metrics::Metrics;
 
 /// The most users one delivery pass takes.
 const MAX_PASS_USERS: usize = 256;
@@ -265,7 +268,7 @@ impl Outbox {
         kind: OutboxKind,
         result: &mut Delivered,
     ) -> anyhow::Result<Vec<OutboxEntry>> {
-        let (locked, entries) = db::lock_outboxes(tx, users, kind).await?;
+        let (locked, entries) = store::lock_outboxes(tx, users, kind).await?;
         result.busy |= locked.len() < users.len();
         let mut stopped = HashSet::new();
         Ok(entries
@@ -313,7 +316,7 @@ impl Outbox {
                     );
                 }
                 let ids: Vec<i64> = due.iter().map(|e| e.id).collect();
-                db::outbox_done(&mut tx, &ids, self.keep_delivered).await?;
+                store::outbox_done(&mut tx, &ids, self.keep_delivered).await?;
                 result.done += due.len();
             }
             Err(error) => {
@@ -426,7 +429,7 @@ impl Outbox {
         }
         self.kafka_healthy.store(!failed, Ordering::Relaxed);
         result.kafka_failed |= failed;
-        db::outbox_done(&mut tx, &done, self.keep_delivered).await?;
+        store::outbox_done(&mut tx, &done, self.keep_delivered).await?;
         result.done += done.len();
         tx.commit().await?;
         Ok(())
@@ -438,7 +441,7 @@ impl Outbox {
         entry: &OutboxEntry,
         commit_ms: &HashMap<Uuid, f64>,
         invalidate_ms: &HashMap<Uuid, f64>,
-    ) -> anyhow::Result<(Option<RetrainEvent>, crate::events::Delivery, f64)> {
+    ) -> anyhow::Result<(Option<RetrainEvent>, crate::outbox::events::Delivery, f64)> {
         if entry.payload.get("tombstone").is_some() {
             let started = Instant::now();
             let delivery = self.events.publish_tombstone(&entry.user_id).await?;
@@ -473,7 +476,7 @@ impl Outbox {
             error = format!("{error:#}"),
             "side effect can never be delivered; dead-lettered (refit_outbox.dead_letter)"
         );
-        db::outbox_dead_letter(tx, entry.id, &format!("{error:#}")).await?;
+        store::outbox_dead_letter(tx, entry.id, &format!("{error:#}")).await?;
         self.metrics
             .outbox_dead_letters
             .with_label_values(&[entry.kind.as_str()])
@@ -498,7 +501,7 @@ impl Outbox {
             error = format!("{error:#}"),
             "side effect failed; will retry"
         );
-        db::outbox_failed(tx, entry.id, &format!("{error:#}"), retry_in).await?;
+        store::outbox_failed(tx, entry.id, &format!("{error:#}"), retry_in).await?;
         Ok(())
     }
 
@@ -513,7 +516,7 @@ impl Outbox {
     /// invalidations keep flowing.
     pub(crate) async fn sweep(&self) -> anyhow::Result<Delivered> {
         let mut total = Delivered::default();
-        let users = db::outbox_due_users(&self.pool, 1000, FAST_PATH_GRACE).await?;
+        let users = store::outbox_due_users(&self.pool, 1000, FAST_PATH_GRACE).await?;
         for pass in users.chunks(MAX_PASS_USERS) {
             let skip = Skip {
                 redis: total.redis_failed,

@@ -10,7 +10,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::features::SetAsideReason;
+use crate::retrain::features::SetAsideReason;
 
 /// Buckets for step latencies and freshness, in seconds (0.5 ms .. 30 s).
 const SECONDS_BUCKETS: &[f64] = &[
@@ -183,7 +183,7 @@ impl Metrics {
         for reason in SetAsideReason::ALL {
             self.set_aside.with_label_values(&[reason.as_str()]);
         }
-        for reason in crate::db::UNCONSUMABLE_REASONS {
+        for reason in crate::store::UNCONSUMABLE_REASONS {
             self.unconsumable.with_label_values(&[reason]);
         }
         for kind in OUTBOX_KINDS {
@@ -274,7 +274,7 @@ mod tests {
                 .map(|r| format!("refit_rows_set_aside_total{{reason=\"{}\"}} 0", r.as_str())),
         );
         expected.extend(
-            crate::db::UNCONSUMABLE_REASONS
+            crate::store::UNCONSUMABLE_REASONS
                 .map(|r| format!("refit_unconsumable_actuals_total{{reason=\"{r}\"}} 0")),
         );
         for kind in OUTBOX_KINDS {
