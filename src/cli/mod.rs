@@ -466,7 +466,7 @@ pub async fn demo(config: Config, stations: usize, rate: u32, seconds: u64) -> a
     service.run(shutdown).await?;
     let inserted = generator.await??;
     let seen = printer.await?;
-    let pending = store::pending_total(&pool).await?;
+    let pending = store::actuals::pending_total(&pool).await?;
     println!("refit demo: {inserted} actuals inserted, {seen} retrain events seen, {pending} actuals still pending");
     // The serving reference on the demo's data: a cache fill, then a hit.
     let station = "station-01";

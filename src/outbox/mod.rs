@@ -39,7 +39,9 @@ use uuid::Uuid;
 
 use crate::outbox::cache::Cache;
 use crate::outbox::events::{Events, RetrainEvent, Undeliverable};
-use crate::store::{self, OutboxEntry, OutboxKind};
+use crate::store;
+use crate::store::outbox::OutboxEntry;
+use crate::store::outbox::OutboxKind;
 use crate::telemetry::metrics::Metrics;
 
 /// The most users one delivery pass takes.
@@ -268,7 +270,7 @@ impl Outbox {
         kind: OutboxKind,
         result: &mut Delivered,
     ) -> anyhow::Result<Vec<OutboxEntry>> {
-        let (locked, entries) = store::lock_outboxes(tx, users, kind).await?;
+        let (locked, entries) = store::outbox::lock_outboxes(tx, users, kind).await?;
         result.busy |= locked.len() < users.len();
         let mut stopped = HashSet::new();
         Ok(entries
@@ -316,7 +318,7 @@ impl Outbox {
                     );
                 }
                 let ids: Vec<i64> = due.iter().map(|e| e.id).collect();
-                store::outbox_done(&mut tx, &ids, self.keep_delivered).await?;
+                store::outbox::outbox_done(&mut tx, &ids, self.keep_delivered).await?;
                 result.done += due.len();
             }
             Err(error) => {
@@ -429,7 +431,7 @@ impl Outbox {
         }
         self.kafka_healthy.store(!failed, Ordering::Relaxed);
         result.kafka_failed |= failed;
-        store::outbox_done(&mut tx, &done, self.keep_delivered).await?;
+        store::outbox::outbox_done(&mut tx, &done, self.keep_delivered).await?;
         result.done += done.len();
         tx.commit().await?;
         Ok(())
@@ -476,7 +478,7 @@ impl Outbox {
             error = format!("{error:#}"),
             "side effect can never be delivered; dead-lettered (refit_outbox.dead_letter)"
         );
-        store::outbox_dead_letter(tx, entry.id, &format!("{error:#}")).await?;
+        store::outbox::outbox_dead_letter(tx, entry.id, &format!("{error:#}")).await?;
         self.metrics
             .outbox_dead_letters
             .with_label_values(&[entry.kind.as_str()])
@@ -501,7 +503,7 @@ impl Outbox {
             error = format!("{error:#}"),
             "side effect failed; will retry"
         );
-        store::outbox_failed(tx, entry.id, &format!("{error:#}"), retry_in).await?;
+        store::outbox::outbox_failed(tx, entry.id, &format!("{error:#}"), retry_in).await?;
         Ok(())
     }
 
@@ -516,7 +518,7 @@ impl Outbox {
     /// invalidations keep flowing.
     pub(crate) async fn sweep(&self) -> anyhow::Result<Delivered> {
         let mut total = Delivered::default();
-        let users = store::outbox_due_users(&self.pool, 1000, FAST_PATH_GRACE).await?;
+        let users = store::outbox::outbox_due_users(&self.pool, 1000, FAST_PATH_GRACE).await?;
         for pass in users.chunks(MAX_PASS_USERS) {
             let skip = Skip {
                 redis: total.redis_failed,

@@ -20,7 +20,8 @@ use uuid::Uuid;
 use crate::outbox::events::RetrainEvent;
 use crate::registry::audit::{self, Interface};
 use crate::registry::RegistryError;
-use crate::store::{self, OutboxKind};
+use crate::store;
+use crate::store::outbox::OutboxKind;
 
 /// The marker of an erasure's outbox entries: delivered, they are deleted.
 pub(crate) const ERASE_MARK: &str = "erase";
@@ -120,7 +121,7 @@ async fn announce(
     let announce = marked(json!(event));
     let invalidate = marked(json!({"retrain_id": event.retrain_id}));
     let tombstone = marked(json!({"tombstone": true}));
-    store::enqueue_outbox(
+    store::outbox::enqueue_outbox(
         conn,
         event.event_id,
         user,

@@ -21,7 +21,8 @@ use uuid::Uuid;
 
 use crate::model::trainer;
 use crate::outbox::events::RetrainEvent;
-use crate::store::{self, OutboxKind};
+use crate::store;
+use crate::store::outbox::OutboxKind;
 use audit::{Interface, Write};
 use metadata::{ModelMeta, VersionRef};
 
@@ -407,11 +408,11 @@ pub async fn import(
     default_params: &BTreeMap<String, String>,
     interface: Interface,
 ) -> Result<Activation, RegistryError> {
-    if user.len() > store::MAX_USER_ID_BYTES {
+    if user.len() > store::actuals::MAX_USER_ID_BYTES {
         return Err(RegistryError::Invalid(format!(
             "the user id is {} bytes; refit takes at most {}",
             user.len(),
-            store::MAX_USER_ID_BYTES
+            store::actuals::MAX_USER_ID_BYTES
         )));
     }
     // Stored (and exported) as UBJSON whatever the file's format: a JSON file is converted.
@@ -443,7 +444,7 @@ pub async fn import(
     if let Some(objective) = &info.objective {
         params.insert("objective".into(), objective.clone());
     }
-    store::ensure_model_row(pool, user).await?;
+    store::versions::ensure_model_row(pool, user).await?;
     let mut tx = pool.begin().await?;
     let previous = lock_user(&mut tx, user).await?;
     let version: i32 = sqlx::query_scalar(
@@ -452,9 +453,9 @@ pub async fn import(
     .bind(user)
     .fetch_one(&mut *tx)
     .await?;
-    store::insert_version(
+    store::versions::insert_version(
         &mut tx,
-        &store::NewVersion {
+        &store::versions::NewVersion {
             user_id: user,
             version,
             status: "ready",
@@ -553,13 +554,13 @@ async fn record_activation(
     trees: Option<i32>,
     action: &str,
 ) -> Result<Activation, RegistryError> {
-    store::activate(conn, user, version).await?;
+    store::versions::activate(conn, user, version).await?;
     let event =
         RetrainEvent::registry_change(user, action, previous, Some(version), trees.map(i64::from));
     let event_id = event.event_id;
     let invalidate = json!({"retrain_id": event.retrain_id});
     let announce = json!(event);
-    store::enqueue_outbox(
+    store::outbox::enqueue_outbox(
         conn,
         event_id,
         user,

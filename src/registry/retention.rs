@@ -18,7 +18,7 @@
 //! rows that no user's retrain touches — delivered outbox entries when they are kept, dead
 //! letters and set-aside actuals — run in the sweeper ([`purge_expired`]), also in batches, by
 //! index. (Delivered outbox entries are deleted as they are delivered by default: see
-//! `store::outbox_done`.)
+//! `store::outbox::outbox_done`.)
 
 use std::time::Duration;
 
@@ -161,7 +161,7 @@ async fn drop_artifacts(
 }
 
 /// Deletes trained rows older than the newest `keep` that a ready version trained on — the
-/// window `store::recent_actuals` reads stays whole.
+/// window `store::actuals::recent_actuals` reads stays whole.
 async fn trim_consumed(conn: &mut PgConnection, user_id: &str, keep: i64) -> sqlx::Result<u64> {
     // The batch is picked by the user's index and deleted by primary key (a join with the batch
     // let the planner scan the whole table: tests/integration/explain.rs).

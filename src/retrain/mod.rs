@@ -37,7 +37,11 @@ use crate::model::xgboost::Booster;
 use crate::outbox::events::RetrainEvent;
 use crate::outbox::{elapsed_ms, Committed, Outbox};
 use crate::registry::retention;
-use crate::store::{self, Consumed, ModelHead, NewVersion, OutboxKind};
+use crate::store;
+use crate::store::actuals::Consumed;
+use crate::store::outbox::OutboxKind;
+use crate::store::versions::ModelHead;
+use crate::store::versions::NewVersion;
 use crate::telemetry::metrics::Metrics;
 use features::{ActualRow, Batch};
 use policy::{Lineage, Policy, Step};
@@ -158,7 +162,7 @@ impl Retrainer {
             );
             let lock_wait = Duration::from_secs(5);
             if let Err(e) =
-                store::back_off(&self.pool, user_id, MAX_FAILURE_BACKOFF, lock_wait).await
+                store::versions::back_off(&self.pool, user_id, MAX_FAILURE_BACKOFF, lock_wait).await
             {
                 warn!(user_id, error = %e, "cannot record the back-off; the next scan retries the user");
             }
@@ -205,15 +209,15 @@ impl Retrainer {
         user_id: &str,
     ) -> anyhow::Result<Result<(Tx<'static>, ModelHead), Outcome>> {
         let mut tx = self.pool.begin().await?;
-        let head = match store::lock_model(&mut tx, user_id).await? {
+        let head = match store::versions::lock_model(&mut tx, user_id).await? {
             Some(head) => head,
             // A new user has no registry row yet: make it (outside this transaction, so another
             // replica never waits on it) and lock again.
-            None if !store::model_row_exists(&mut tx, user_id).await? => {
+            None if !store::versions::model_row_exists(&mut tx, user_id).await? => {
                 tx.rollback().await?;
-                store::ensure_model_row(&self.pool, user_id).await?;
+                store::versions::ensure_model_row(&self.pool, user_id).await?;
                 tx = self.pool.begin().await?;
-                match store::lock_model(&mut tx, user_id).await? {
+                match store::versions::lock_model(&mut tx, user_id).await? {
                     Some(head) => head,
                     None => return Ok(Err(Outcome::Busy)),
                 }
@@ -240,7 +244,7 @@ impl Retrainer {
             .set_aside_unconsumable(&mut tx, user_id, retrain_id)
             .await?;
         let threshold = self.config.scheduling.retrain_threshold;
-        let pending_rows = store::read_pending(&mut tx, user_id, threshold).await?;
+        let pending_rows = store::actuals::read_pending(&mut tx, user_id, threshold).await?;
         let oldest = pending_rows.iter().map(|p| p.enqueued_at).min();
         if (pending_rows.len() as i64) < threshold && !self.stale(pending_rows.len(), oldest) {
             if unconsumable > 0 {
@@ -270,7 +274,7 @@ impl Retrainer {
         user_id: &str,
         retrain_id: Uuid,
     ) -> anyhow::Result<usize> {
-        let ids = store::set_aside_consumed_again(tx, user_id).await?;
+        let ids = store::actuals::set_aside_consumed_again(tx, user_id).await?;
         for actual_id in &ids {
             warn!(
                 step = "read", %retrain_id, user_id, actual_id, reason = "already_consumed",
@@ -338,7 +342,7 @@ impl Retrainer {
         let batch = self.prepare(attempt, rows, feature_order.as_deref());
         if batch.rows() == 0 {
             let consumed = Consumed::new(&[], &[], &batch.set_aside);
-            store::consume(tx, attempt.user_id, None, &consumed).await?;
+            store::actuals::consume(tx, attempt.user_id, None, &consumed).await?;
             let rows_set_aside = batch.set_aside.len();
             return Ok(Built::AllSetAside { rows_set_aside });
         }
@@ -419,27 +423,27 @@ impl Retrainer {
             _ => None,
         };
         let rejected_artifact = match rejected {
-            Some((version, _)) => store::artifact(tx, user_id, version).await?,
+            Some((version, _)) => store::versions::artifact(tx, user_id, version).await?,
             None => None,
         };
         let active_lineage = active.as_ref().map(|(_, l)| *l);
         let wanted = self.recent_rows(active_lineage, rejected.map(|(_, l)| l), batch.rows());
         let mut rows = match wanted {
             0 => Vec::new(),
-            n => store::recent_actuals(tx, user_id, n).await?,
+            n => store::actuals::recent_actuals(tx, user_id, n).await?,
         };
         rows.reverse();
         let recent = features::prepare(&rows, Some(&batch.feature_names));
         let rejected_rows = match rejected {
             Some((version, _)) => {
-                let rows = store::actuals_of_version(tx, user_id, version).await?;
+                let rows = store::actuals::actuals_of_version(tx, user_id, version).await?;
                 features::prepare(&rows, Some(&batch.feature_names))
             }
             None => Batch::default(),
         };
         let live_history = match (&active, policy.gate.enabled) {
             (Some(_), true) => {
-                store::live_history(tx, user_id, policy.gate.metric.as_str()).await?
+                store::versions::live_history(tx, user_id, policy.gate.metric.as_str()).await?
             }
             _ => Vec::new(),
         };
@@ -468,10 +472,12 @@ impl Retrainer {
         if let Some(booster) = self.models.take(user_id, version, head.active_row) {
             return Ok(Ok(Some((ActiveModel::Loaded(booster), lineage))));
         }
-        Ok(match store::artifact(tx, user_id, version).await? {
-            Some(artifact) => Ok(Some((ActiveModel::Stored(artifact), lineage))),
-            None => Err(format!("the active version {version} has no artifact")),
-        })
+        Ok(
+            match store::versions::artifact(tx, user_id, version).await? {
+                Some(artifact) => Ok(Some((ActiveModel::Stored(artifact), lineage))),
+                None => Err(format!("the active version {version} has no artifact")),
+            },
+        )
     }
 
     /// How many recent trained actuals the step may need: enough for whichever base it starts
@@ -573,13 +579,13 @@ impl Retrainer {
         };
         let started = Instant::now();
         if let Some(reinstated) = c.reinstated {
-            store::reinstate(&mut tx, user_id, reinstated, version).await?;
+            store::versions::reinstate(&mut tx, user_id, reinstated, version).await?;
             if decision.rejected {
-                store::activate(&mut tx, user_id, reinstated).await?;
+                store::versions::activate(&mut tx, user_id, reinstated).await?;
             }
         }
         let columns = decision.columns(&c, timings);
-        let committed = store::commit_retrain(
+        let committed = store::versions::commit_retrain(
             &mut tx,
             &decision.record(attempt, &c, &columns),
             &Consumed::new(&c.batch.used, &[], &c.batch.set_aside),
@@ -697,10 +703,10 @@ impl Retrainer {
         let backoff =
             Duration::from_secs(1u64 << attempt.failures.clamp(0, 16)).min(MAX_FAILURE_BACKOFF);
         let columns = failure.columns(&timings);
-        store::insert_version(&mut tx, &failure.record(attempt, &columns)).await?;
-        store::record_failure(&mut tx, user_id, backoff).await?;
+        store::versions::insert_version(&mut tx, &failure.record(attempt, &columns)).await?;
+        store::versions::record_failure(&mut tx, user_id, backoff).await?;
         let event = failure.event(attempt, timings);
-        store::enqueue_outbox(
+        store::outbox::enqueue_outbox(
             &mut tx,
             attempt.event_id,
             user_id,

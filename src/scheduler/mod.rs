@@ -21,36 +21,31 @@
 //! workers and their fast-path deliveries, then flushes the Kafka producer.
 
 pub mod ingest;
-
-use std::collections::{HashMap, HashSet, VecDeque};
+mod listen;
+mod pending;
+mod sweep;
 
 use futures::FutureExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use listen::listen;
+use pending::{Arrival, Finished, Pending};
+use sweep::sweep;
+
 use crate::config::Config;
 use crate::outbox::events::Events;
 use crate::outbox::{elapsed_ms, Outbox};
-use crate::registry::retention::{self, Retention};
 use crate::retrain::{Outcome, Retrainer};
 use crate::store;
 use crate::telemetry::metrics::Metrics;
-
-/// Delivered outbox entries are kept this long for inspection, then purged.
-/// How often the sweeper deletes rows past their retention.
-const PURGE_EVERY: Duration = Duration::from_secs(10);
-
-/// Users whose pending count the scheduler remembers at most (beyond: counted again when they are
-/// notified).
-const MAX_KNOWN_USERS: usize = 100_000;
 
 /// While due users wait in the queue, the safety-net full scan runs at most this often.
 const BUSY_SCAN_INTERVAL: Duration = Duration::from_secs(30);
@@ -147,56 +142,11 @@ impl Service {
 
     /// Runs until `shutdown` is cancelled, then winds down cleanly.
     pub async fn run(&self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        info!(
-            threshold = self.config.scheduling.retrain_threshold,
-            rounds = self.config.policy.rounds,
-            rebuild_every = self.config.policy.rebuild_every,
-            gate = self.config.policy.gate.enabled,
-            max_staleness_secs = self.config.scheduling.max_staleness.map(|d| d.as_secs()),
-            max_concurrent = self.config.scheduling.max_concurrent_retrains,
-            topic = %self.config.kafka.topic,
-            database = %self.config.database.url,
-            redis = %self.config.redis.url,
-            kafka = %self.config.kafka.brokers,
-            "refit starting"
-        );
+        self.log_start();
         let background = CancellationToken::new();
-        let mut tasks = JoinSet::new();
         let (notify_tx, notify_rx) = mpsc::unbounded_channel();
-        tasks.spawn(listen(self.pool.clone(), notify_tx, background.clone()));
-        tasks.spawn(crate::scheduler::ingest::run(
-            self.pool.clone(),
-            self.config.scheduling.ingest_interval,
-            background.clone(),
-        ));
-        tasks.spawn(sweep(
-            self.outbox.clone(),
-            self.pool.clone(),
-            self.config.retention,
-            self.config.audit_retention,
-            self.config.scheduling.poll_interval,
-            background.clone(),
-        ));
-        tasks.spawn(ensure_topic(self.events.clone(), background.clone()));
-        let listener = self.http_listener.lock().expect("not poisoned").take();
-        if let Some(listener) = listener {
-            let state = crate::http::AppState {
-                pool: self.http_pool.clone(),
-                metrics: self.metrics.clone(),
-                outbox: self.outbox.clone(),
-                heartbeat: self.heartbeat.clone(),
-                stale_after: (self.config.scheduling.poll_interval * 10)
-                    .max(Duration::from_secs(30)),
-                config: self.config.clone(),
-            };
-            info!(addr = ?self.http_addr, "serving /healthz, /readyz, /metrics, /models");
-            let stop = background.clone();
-            tasks.spawn(async move {
-                if let Err(e) = crate::http::serve(listener, state, stop).await {
-                    error!(error = format!("{e:#}"), "HTTP server failed");
-                }
-            });
-        }
+        let mut tasks = self.spawn_background(notify_tx, &background);
+        self.spawn_http(&mut tasks, &background);
 
         let result = self.schedule(notify_rx, shutdown).await;
 
@@ -210,19 +160,82 @@ impl Service {
         result
     }
 
+    fn log_start(&self) {
+        let c = &self.config;
+        info!(
+            threshold = c.scheduling.retrain_threshold,
+            rounds = c.policy.rounds,
+            rebuild_every = c.policy.rebuild_every,
+            gate = c.policy.gate.enabled,
+            max_staleness_secs = c.scheduling.max_staleness.map(|d| d.as_secs()),
+            max_concurrent = c.scheduling.max_concurrent_retrains,
+            topic = %c.kafka.topic,
+            database = %c.database.url,
+            redis = %c.redis.url,
+            kafka = %c.kafka.brokers,
+            "refit starting"
+        );
+    }
+
+    /// The ingest, the listener, the sweeper and the topic task, stopped by `stop`.
+    fn spawn_background(
+        &self,
+        to_scheduler: mpsc::UnboundedSender<Arrival>,
+        stop: &CancellationToken,
+    ) -> JoinSet<()> {
+        let scheduling = &self.config.scheduling;
+        let mut tasks = JoinSet::new();
+        tasks.spawn(listen(self.pool.clone(), to_scheduler, stop.clone()));
+        tasks.spawn(ingest::run(
+            self.pool.clone(),
+            scheduling.ingest_interval,
+            stop.clone(),
+        ));
+        tasks.spawn(sweep(
+            self.outbox.clone(),
+            self.pool.clone(),
+            self.config.retention,
+            self.config.audit_retention,
+            scheduling.poll_interval,
+            stop.clone(),
+        ));
+        tasks.spawn(ensure_topic(self.events.clone(), stop.clone()));
+        tasks
+    }
+
+    /// The HTTP server, if enabled (its listener was bound by `build`).
+    fn spawn_http(&self, tasks: &mut JoinSet<()>, stop: &CancellationToken) {
+        let Some(listener) = self.http_listener.lock().expect("not poisoned").take() else {
+            return;
+        };
+        let state = crate::http::AppState {
+            pool: self.http_pool.clone(),
+            metrics: self.metrics.clone(),
+            outbox: self.outbox.clone(),
+            heartbeat: self.heartbeat.clone(),
+            stale_after: (self.config.scheduling.poll_interval * 10).max(Duration::from_secs(30)),
+            config: self.config.clone(),
+        };
+        info!(addr = ?self.http_addr, "serving /healthz, /readyz, /metrics, /models");
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            if let Err(e) = crate::http::serve(listener, state, stop).await {
+                error!(error = format!("{e:#}"), "HTTP server failed");
+            }
+        });
+    }
+
     /// The scheduler loop (see the module docs).
     async fn schedule(
         &self,
         mut notifications: mpsc::UnboundedReceiver<Arrival>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let max = self.config.scheduling.max_concurrent_retrains;
         let mut ticker = tokio::time::interval(self.config.scheduling.poll_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pending = Pending::new(self.config.scheduling.retrain_threshold);
         let mut last_scan: Option<Instant> = None;
         let mut workers: JoinSet<(String, Finished)> = JoinSet::new();
-
         loop {
             self.heartbeat.beat();
             self.metrics.beat();
@@ -234,81 +247,19 @@ impl Service {
                         || last_scan.is_none_or(|t| t.elapsed() >= BUSY_SCAN_INTERVAL);
                 }
                 Some(first) = notifications.recv() => {
-                    let mut next = Some(first);
-                    while let Some(arrival) = next {
-                        match arrival {
-                            Arrival::Rescan => scan = true,
-                            Arrival::Actuals { user_id, count } => pending.arrived(user_id, count),
-                        }
-                        next = notifications.try_recv().ok();
-                    }
+                    scan = take_arrivals(first, &mut notifications, &mut pending);
                 }
                 Some(done) = workers.join_next(), if !workers.is_empty() => match done {
                     Ok((user_id, finished)) => pending.finished(user_id, finished),
                     Err(e) => error!(error = %e, "retrain worker failed to run"),
                 },
             }
-            if !pending.unknown.is_empty() {
-                let users: Vec<String> = pending.unknown.drain().collect();
-                let started = Instant::now();
-                match store::pending_counts(&self.pool, &users).await {
-                    Ok(counts) => {
-                        self.metrics.observe_step("detect", elapsed_ms(started));
-                        pending.counted(&users, counts);
-                    }
-                    Err(e) => {
-                        error!(error = %e, "cannot count pending actuals; retrying at the next poll");
-                        pending.unknown.extend(users);
-                    }
-                }
-            }
+            self.count_unknown(&mut pending).await;
             if scan {
                 last_scan = Some(Instant::now());
-                let started = Instant::now();
-                let staleness =
-                    self.config
-                        .scheduling
-                        .max_staleness
-                        .map(|after| store::Staleness {
-                            after,
-                            min_rows: self.config.scheduling.stale_min_rows,
-                        });
-                let due = store::due_users(
-                    &self.pool,
-                    self.config.scheduling.retrain_threshold,
-                    staleness,
-                );
-                match due.await {
-                    Ok(due) => {
-                        self.metrics.observe_step("detect", elapsed_ms(started));
-                        pending.scanned(due);
-                    }
-                    Err(e) => {
-                        error!(error = %e, "cannot count pending actuals; retrying at the next poll")
-                    }
-                }
-                match store::pending_total(&self.pool).await {
-                    Ok(n) => self.metrics.pending.set(n),
-                    Err(e) => debug!(error = %e, "pending gauge not refreshed"),
-                }
+                self.scan(&mut pending).await;
             }
-            while workers.len() < max {
-                let Some(user) = pending.start_next() else {
-                    break;
-                };
-                let retrainer = self.retrainer.clone();
-                let stop = shutdown.clone();
-                workers.spawn(async move {
-                    let finished = std::panic::AssertUnwindSafe(work(&retrainer, &user, &stop))
-                        .catch_unwind()
-                        .await
-                        .unwrap_or_else(|_| {
-                            error!(user_id = %user.user_id, "retrain worker panicked");
-                            Finished::Unknown
-                        });
-                    (user.user_id, finished)
-                });
-            }
+            self.start_workers(&mut pending, &mut workers, &shutdown);
         }
         info!(
             in_flight = workers.len(),
@@ -317,216 +268,98 @@ impl Service {
         while workers.join_next().await.is_some() {}
         Ok(())
     }
-}
 
-/// What the listener tells the scheduler.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Arrival {
-    /// `count` actuals of the user became pending (`None`: how many is not known).
-    Actuals { user_id: String, count: Option<i64> },
-    /// Notifications may have been missed: scan everything.
-    Rescan,
-}
-
-impl Arrival {
-    /// Reads a notification of the insert trigger: `<count>:<first actual id>:<user id>`, or an
-    /// empty payload (what the trigger sent for a user id too long to notify before migration
-    /// 20261201000008, which sets such actuals aside instead).
-    pub(crate) fn parse(payload: &str) -> Self {
-        if payload.is_empty() {
-            return Arrival::Rescan;
-        }
-        let mut parts = payload.splitn(3, ':');
-        let count = parts.next().and_then(|n| n.parse::<i64>().ok());
-        let first = parts.next().and_then(|f| f.parse::<i64>().ok());
-        match (count, first, parts.next()) {
-            (Some(count), Some(_), Some(user_id)) => Arrival::Actuals {
-                user_id: user_id.to_owned(),
-                count: Some(count),
-            },
-            // Not this schema's payload (e.g. a bare user id): ask the database.
-            _ => Arrival::Actuals {
-                user_id: payload.to_owned(),
-                count: None,
-            },
-        }
-    }
-}
-
-/// How a worker left its user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Finished {
-    /// This many actuals are still pending, as far as the worker knows.
-    Remaining(i64),
-    /// The user backs off after a failure: the full scan brings it back when it may retry.
-    BackingOff,
-    /// Unknown (another replica holds the user, or an error): the next arrival or scan tells.
-    Unknown,
-}
-
-/// The scheduler's knowledge of pending actuals (see the module docs). Counts may run high
-/// (another replica consumed rows) — that costs one retrain attempt that finds too few — but
-/// never low while notifications arrive, so no due user waits for the safety-net scan.
-#[derive(Debug, Default)]
-pub(crate) struct Pending {
-    threshold: i64,
-    /// Pending actuals per user not in flight: the last count read plus the arrivals since.
-    known: HashMap<String, i64>,
-    /// Users to count in the database before they can be scheduled.
-    pub(crate) unknown: HashSet<String>,
-    /// Users backing off after a failed retrain, since when: left to the full scan.
-    backing_off: HashMap<String, Instant>,
-    /// Users being retrained → notified again meanwhile.
-    in_flight: HashMap<String, bool>,
-    /// Due users in the order they became due (their counts stay in `known`).
-    pub(crate) queue: VecDeque<String>,
-    queued: HashSet<String>,
-}
-
-impl Pending {
-    pub(crate) fn new(threshold: i64) -> Self {
-        Pending {
-            threshold,
-            ..Default::default()
-        }
-    }
-
-    /// A notification: `count` actuals of the user became pending.
-    pub(crate) fn arrived(&mut self, user_id: String, count: Option<i64>) {
-        if let Some(notified) = self.in_flight.get_mut(&user_id) {
-            *notified = true;
+    /// Counts in PostgreSQL the pending actuals of users the scheduler does not know yet.
+    async fn count_unknown(&self, pending: &mut Pending) {
+        if pending.unknown.is_empty() {
             return;
         }
-        if self.backing_off.contains_key(&user_id) {
-            return;
-        }
-        match (self.known.get_mut(&user_id), count) {
-            (Some(known), Some(count)) => {
-                *known += count;
-                let pending = *known;
-                self.due_if(user_id, pending);
+        let users: Vec<String> = pending.unknown.drain().collect();
+        let started = Instant::now();
+        match store::actuals::pending_counts(&self.pool, &users).await {
+            Ok(counts) => {
+                self.metrics.observe_step("detect", elapsed_ms(started));
+                pending.counted(&users, counts);
             }
-            _ => {
-                self.known.remove(&user_id);
-                self.unknown.insert(user_id);
+            Err(e) => {
+                error!(error = %e, "cannot count pending actuals; retrying at the next poll");
+                pending.unknown.extend(users);
             }
         }
     }
 
-    /// Counts read from the database for `asked` (users with no pending actual are absent).
-    pub(crate) fn counted(&mut self, asked: &[String], counts: Vec<store::PendingCount>) {
-        let mut counts: HashMap<String, store::PendingCount> =
-            counts.into_iter().map(|c| (c.user_id.clone(), c)).collect();
-        for user_id in asked {
-            let (pending, backing_off) = counts
-                .remove(user_id)
-                .map_or((0, false), |c| (c.pending, c.backing_off));
-            if let Some(notified) = self.in_flight.get_mut(user_id) {
-                *notified = true;
-            } else if backing_off {
-                self.known.remove(user_id);
-                self.backing_off.insert(user_id.clone(), Instant::now());
-            } else {
-                self.known.insert(user_id.clone(), pending);
-                self.due_if(user_id.clone(), pending);
+    /// The safety-net full scan: every due (or stale) user, and the pending gauge.
+    async fn scan(&self, pending: &mut Pending) {
+        let scheduling = &self.config.scheduling;
+        let started = Instant::now();
+        let staleness = scheduling
+            .max_staleness
+            .map(|after| store::actuals::Staleness {
+                after,
+                min_rows: scheduling.stale_min_rows,
+            });
+        match store::actuals::due_users(&self.pool, scheduling.retrain_threshold, staleness).await {
+            Ok(due) => {
+                self.metrics.observe_step("detect", elapsed_ms(started));
+                pending.scanned(due);
             }
+            Err(e) => error!(error = %e, "cannot count pending actuals; retrying at the next poll"),
+        }
+        match store::actuals::pending_total(&self.pool).await {
+            Ok(n) => self.metrics.pending.set(n),
+            Err(e) => debug!(error = %e, "pending gauge not refreshed"),
         }
     }
 
-    /// The full scan's due users (backing-off users excluded by the query); stale users are
-    /// due whatever their count.
-    pub(crate) fn scanned(&mut self, due: Vec<store::DueUser>) {
-        self.forget_idle();
-        for user in due {
-            self.backing_off.remove(&user.user_id);
-            if let Some(notified) = self.in_flight.get_mut(&user.user_id) {
-                *notified = true;
-            } else {
-                self.known.insert(user.user_id.clone(), user.pending);
-                match user.stale {
-                    true => self.queue_once(user.user_id),
-                    false => self.due_if(user.user_id, user.pending),
-                }
-            }
+    /// Starts a worker for each due user, up to `max_concurrent_retrains` at once.
+    fn start_workers(
+        &self,
+        pending: &mut Pending,
+        workers: &mut JoinSet<(String, Finished)>,
+        shutdown: &CancellationToken,
+    ) {
+        while workers.len() < self.config.scheduling.max_concurrent_retrains {
+            let Some(user) = pending.start_next() else {
+                return;
+            };
+            let retrainer = self.retrainer.clone();
+            let stop = shutdown.clone();
+            workers.spawn(async move {
+                let finished = std::panic::AssertUnwindSafe(work(&retrainer, &user, &stop))
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| {
+                        error!(user_id = %user.user_id, "retrain worker panicked");
+                        Finished::Unknown
+                    });
+                (user.user_id, finished)
+            });
         }
     }
+}
 
-    /// Keeps the per-user maps from growing with every user ever seen: a back-off is forgotten
-    /// once the longest back-off has passed (the scan brings the user back when it may retry);
-    /// past [`MAX_KNOWN_USERS`] remembered counts, users with nothing pending are forgotten, then
-    /// every count not queued (a forgotten user's next arrival is counted in the database).
-    fn forget_idle(&mut self) {
-        self.backing_off
-            .retain(|_, since| since.elapsed() < crate::retrain::MAX_FAILURE_BACKOFF);
-        if self.known.len() > MAX_KNOWN_USERS {
-            self.known.retain(|_, pending| *pending > 0);
+/// Applies `first` and every notification already waiting; whether one asked for a full scan.
+fn take_arrivals(
+    first: Arrival,
+    notifications: &mut mpsc::UnboundedReceiver<Arrival>,
+    pending: &mut Pending,
+) -> bool {
+    let mut scan = false;
+    let mut next = Some(first);
+    while let Some(arrival) = next {
+        match arrival {
+            Arrival::Rescan => scan = true,
+            Arrival::Actuals { user_id, count } => pending.arrived(user_id, count),
         }
-        if self.known.len() > MAX_KNOWN_USERS {
-            let queued = &self.queued;
-            self.known.retain(|user, _| queued.contains(user));
-        }
+        next = notifications.try_recv().ok();
     }
-
-    /// Users the scheduler holds state for.
-    #[cfg(test)]
-    fn users_held(&self) -> usize {
-        self.known.len() + self.backing_off.len() + self.in_flight.len() + self.unknown.len()
-    }
-
-    /// A worker ended.
-    pub(crate) fn finished(&mut self, user_id: String, finished: Finished) {
-        let notified = self.in_flight.remove(&user_id).unwrap_or(false);
-        match finished {
-            Finished::BackingOff => {
-                self.known.remove(&user_id);
-                self.backing_off.insert(user_id, Instant::now());
-            }
-            Finished::Remaining(_) if notified => {
-                self.unknown.insert(user_id);
-            }
-            Finished::Remaining(pending) => {
-                self.known.insert(user_id.clone(), pending);
-                self.due_if(user_id, pending);
-            }
-            Finished::Unknown => {
-                self.known.remove(&user_id);
-                if notified {
-                    self.unknown.insert(user_id);
-                }
-            }
-        }
-    }
-
-    /// The next due user to run; it is in flight from now on.
-    pub(crate) fn start_next(&mut self) -> Option<store::DueUser> {
-        let user_id = self.queue.pop_front()?;
-        self.queued.remove(&user_id);
-        let pending = self.known.remove(&user_id).unwrap_or(self.threshold);
-        self.in_flight.insert(user_id.clone(), false);
-        Some(store::DueUser {
-            stale: pending < self.threshold,
-            user_id,
-            pending,
-        })
-    }
-
-    fn due_if(&mut self, user_id: String, pending: i64) {
-        if pending >= self.threshold {
-            self.queue_once(user_id);
-        }
-    }
-
-    fn queue_once(&mut self, user_id: String) {
-        if self.queued.insert(user_id.clone()) {
-            self.queue.push_back(user_id);
-        }
-    }
+    scan
 }
 
 /// Retrains one user batch after batch while it knows of a full batch and no shutdown is asked.
 async fn work(
     retrainer: &Retrainer,
-    user: &store::DueUser,
+    user: &store::actuals::DueUser,
     shutdown: &CancellationToken,
 ) -> Finished {
     let threshold = retrainer.threshold();
@@ -553,123 +386,6 @@ async fn work(
             Err(_) => return Finished::BackingOff,
         }
     }
-}
-
-/// Forwards notified arrivals; a lost connection asks for a full scan.
-async fn listen(
-    pool: PgPool,
-    to_scheduler: mpsc::UnboundedSender<Arrival>,
-    stop: CancellationToken,
-) {
-    let mut backoff = Duration::from_millis(100);
-    'connect: loop {
-        let listener = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(store::ACTUALS_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        let mut listener = tokio::select! {
-            _ = stop.cancelled() => return,
-            l = listener => match l {
-                Ok(l) => l,
-                Err(e) => {
-                    warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot LISTEN; polling meanwhile");
-                    tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                    continue 'connect;
-                }
-            },
-        };
-        backoff = Duration::from_millis(100);
-        // Anything committed before LISTEN took effect is found by this scan.
-        let _ = to_scheduler.send(Arrival::Rescan);
-        loop {
-            let next = tokio::select! {
-                _ = stop.cancelled() => return,
-                n = listener.try_recv() => n,
-            };
-            match next {
-                Ok(Some(notification)) => {
-                    let _ = to_scheduler.send(Arrival::parse(notification.payload()));
-                }
-                // The connection was lost and re-made: notifications in between are gone.
-                Ok(None) => {
-                    let _ = to_scheduler.send(Arrival::Rescan);
-                }
-                Err(e) => {
-                    warn!(error = %e, "LISTEN connection failed; reconnecting");
-                    let _ = to_scheduler.send(Arrival::Rescan);
-                    continue 'connect;
-                }
-            }
-        }
-    }
-}
-
-/// Periodically delivers leftover outbox entries and refreshes the backlog gauge; every
-/// `PURGE_EVERY`, deletes what is past its retention.
-async fn sweep(
-    outbox: Arc<Outbox>,
-    pool: PgPool,
-    retention: Retention,
-    audit_retention: Duration,
-    interval: Duration,
-    stop: CancellationToken,
-) {
-    let mut last_purge = Instant::now();
-    loop {
-        match outbox.sweep().await {
-            Ok(d) if d.done + d.failed > 0 => {
-                info!(delivered = d.done, failed = d.failed, "outbox sweep")
-            }
-            Ok(_) => {}
-            Err(e) => warn!(error = format!("{e:#}"), "outbox sweep failed"),
-        }
-        if let Err(e) = outbox.refresh_backlog().await {
-            debug!(error = %e, "outbox backlog gauge not refreshed");
-        }
-        if last_purge.elapsed() > PURGE_EVERY {
-            last_purge = Instant::now();
-            purge_expired(&pool, &retention, audit_retention).await;
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(interval) => {}
-        }
-    }
-}
-
-/// Deletes rows past their retention — kept outbox entries, dead letters and set-aside records,
-/// then the audit trail's old rows — each in batches until none is left (or 20 batches).
-async fn purge_expired(pool: &PgPool, retention: &Retention, audit_retention: Duration) {
-    let rows = purge_in_batches(|| retention::purge_expired(pool, retention)).await;
-    if rows > 0 {
-        debug!(rows, "expired outbox entries and set-aside records deleted");
-    }
-    let rows = purge_in_batches(|| crate::registry::audit::purge(pool, audit_retention)).await;
-    if rows > 0 {
-        info!(rows, "audit rows past REFIT_AUDIT_RETENTION_DAYS purged");
-    }
-}
-
-/// Runs one batched purge until it deletes nothing (at most 20 times); returns the rows deleted.
-async fn purge_in_batches<F, Fut>(mut batch: F) -> u64
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = sqlx::Result<u64>>,
-{
-    let mut total = 0;
-    for _ in 0..20 {
-        match batch().await {
-            Ok(0) => break,
-            Ok(n) => total += n,
-            Err(e) => {
-                warn!(error = %e, "retention purge failed");
-                break;
-            }
-        }
-    }
-    total
 }
 
 /// Creates the topic, retrying with back-off until it exists or the service stops.
@@ -708,157 +424,4 @@ pub async fn shutdown_signal() -> anyhow::Result<()> {
         r = tokio::signal::ctrl_c() => { r?; info!("SIGINT received") }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn count(user: &str, pending: i64, backing_off: bool) -> store::PendingCount {
-        store::PendingCount {
-            user_id: user.into(),
-            pending,
-            backing_off,
-        }
-    }
-
-    #[test]
-    fn notifications_are_parsed_with_their_counts() {
-        assert_eq!(
-            Arrival::parse("3:17:user:with:colons"),
-            Arrival::Actuals {
-                user_id: "user:with:colons".into(),
-                count: Some(3)
-            }
-        );
-        assert_eq!(Arrival::parse(""), Arrival::Rescan);
-        assert_eq!(
-            Arrival::parse("alice"),
-            Arrival::Actuals {
-                user_id: "alice".into(),
-                count: None
-            }
-        );
-    }
-
-    #[test]
-    fn a_user_is_counted_once_then_due_exactly_when_arrivals_reach_the_threshold() {
-        let mut p = Pending::new(50);
-        p.arrived("a".into(), Some(1));
-        assert!(
-            p.unknown.contains("a"),
-            "an unknown user is counted in the database"
-        );
-        let asked: Vec<String> = p.unknown.drain().collect();
-        p.counted(&asked, vec![count("a", 47, false)]);
-        assert!(p.queue.is_empty());
-        p.arrived("a".into(), Some(2));
-        assert!(
-            p.queue.is_empty() && p.unknown.is_empty(),
-            "49: no query, not due"
-        );
-        p.arrived("a".into(), Some(3));
-        let due = p.start_next().expect("52 pending: due");
-        assert_eq!((due.user_id.as_str(), due.pending), ("a", 52));
-        assert!(p.start_next().is_none());
-    }
-
-    #[test]
-    fn arrivals_during_a_retrain_are_counted_again_afterwards() {
-        let mut p = Pending::new(50);
-        p.scanned(vec![store::DueUser {
-            user_id: "a".into(),
-            pending: 60,
-            stale: false,
-        }]);
-        p.start_next().unwrap();
-        p.arrived("a".into(), Some(45));
-        assert!(p.unknown.is_empty(), "in flight: remembered, not queried");
-        p.finished("a".into(), Finished::Remaining(10));
-        assert!(
-            p.unknown.contains("a"),
-            "notified while in flight: counted again"
-        );
-
-        let mut p = Pending::new(50);
-        p.scanned(vec![store::DueUser {
-            user_id: "b".into(),
-            pending: 50,
-            stale: false,
-        }]);
-        p.start_next().unwrap();
-        p.finished("b".into(), Finished::Remaining(0));
-        p.arrived("b".into(), Some(50));
-        assert_eq!(
-            p.start_next().map(|u| u.pending),
-            Some(50),
-            "the worker's count is the base"
-        );
-    }
-
-    #[test]
-    fn a_stale_user_found_by_the_scan_is_due_below_the_threshold() {
-        let mut p = Pending::new(50);
-        p.scanned(vec![store::DueUser {
-            user_id: "quiet".into(),
-            pending: 3,
-            stale: true,
-        }]);
-        let due = p.start_next().expect("stale: due");
-        assert_eq!(
-            (due.user_id.as_str(), due.pending, due.stale),
-            ("quiet", 3, true)
-        );
-        p.scanned(vec![store::DueUser {
-            user_id: "few".into(),
-            pending: 3,
-            stale: false,
-        }]);
-        assert!(
-            p.start_next().is_none(),
-            "not stale and below the threshold"
-        );
-    }
-
-    #[test]
-    fn the_per_user_maps_stay_bounded_when_users_go_quiet() {
-        let mut p = Pending::new(50);
-        let quiet: Vec<String> = (0..MAX_KNOWN_USERS + 10).map(|i| format!("u{i}")).collect();
-        p.counted(&quiet, Vec::new());
-        p.counted(&["trickle".into()], vec![count("trickle", 7, false)]);
-        assert_eq!(p.users_held(), MAX_KNOWN_USERS + 11);
-        p.scanned(Vec::new());
-        assert_eq!(
-            p.users_held(),
-            1,
-            "past the cap, users with nothing pending are forgotten"
-        );
-        // A forgotten user's next arrival is counted in the database, not lost; a remembered
-        // count goes on from where it was.
-        p.arrived("u1".into(), Some(3));
-        assert!(p.unknown.contains("u1"));
-        p.arrived("trickle".into(), Some(43));
-        assert_eq!(p.start_next().map(|u| u.pending), Some(50));
-    }
-
-    #[test]
-    fn a_backing_off_user_waits_for_the_full_scan() {
-        let mut p = Pending::new(50);
-        p.counted(&["a".into(), "b".into()], vec![count("a", 80, true)]);
-        assert!(p.queue.is_empty(), "backing off: not scheduled");
-        p.arrived("a".into(), Some(10));
-        assert!(p.queue.is_empty() && p.unknown.is_empty());
-        p.scanned(vec![store::DueUser {
-            user_id: "a".into(),
-            pending: 90,
-            stale: false,
-        }]);
-        assert_eq!(p.start_next().map(|u| u.user_id), Some("a".into()));
-        p.finished("a".into(), Finished::BackingOff);
-        p.arrived("a".into(), Some(50));
-        assert!(p.queue.is_empty());
-        // "b" had nothing pending: its next arrival is counted from zero.
-        p.arrived("b".into(), Some(50));
-        assert_eq!(p.start_next().map(|u| u.user_id), Some("b".into()));
-    }
 }

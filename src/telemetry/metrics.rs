@@ -183,7 +183,7 @@ impl Metrics {
         for reason in SetAsideReason::ALL {
             self.set_aside.with_label_values(&[reason.as_str()]);
         }
-        for reason in crate::store::UNCONSUMABLE_REASONS {
+        for reason in crate::store::actuals::UNCONSUMABLE_REASONS {
             self.unconsumable.with_label_values(&[reason]);
         }
         for kind in OUTBOX_KINDS {
@@ -274,7 +274,7 @@ mod tests {
                 .map(|r| format!("refit_rows_set_aside_total{{reason=\"{}\"}} 0", r.as_str())),
         );
         expected.extend(
-            crate::store::UNCONSUMABLE_REASONS
+            crate::store::actuals::UNCONSUMABLE_REASONS
                 .map(|r| format!("refit_unconsumable_actuals_total{{reason=\"{r}\"}} 0")),
         );
         for kind in OUTBOX_KINDS {

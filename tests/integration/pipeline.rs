@@ -243,7 +243,7 @@ async fn a_user_held_by_another_retrain_is_skipped_until_released() {
     let env = TestEnv::new().await;
     let service = env.service(&[]).await;
     env.insert_actuals("dave", 50).await;
-    refit::store::ensure_model_row(&env.pool, "dave")
+    refit::store::versions::ensure_model_row(&env.pool, "dave")
         .await
         .unwrap();
 

@@ -1,0 +1,311 @@
+//! The actuals refit holds: the pending queue (`refit_pending`, fed by the ingest), what each
+//! retrain consumed (`refit_consumed_actuals`: trained, held out or set aside, once each) and what
+//! can never be consumed (`refit_unconsumable_actuals`). Rows are read into typed structs.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool, Row};
+
+use crate::retrain::features::{ActualRow, SetAside};
+
+/// A user with at least `threshold` pending actuals, or with stale ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DueUser {
+    pub(crate) user_id: String,
+    pub(crate) pending: i64,
+    /// Due because its oldest pending actual passed the staleness limit, not by count.
+    pub(crate) stale: bool,
+}
+
+/// When users below the threshold are due anyway: their oldest pending actual is older than
+/// `after`, and they have at least `min_rows` pending actuals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Staleness {
+    pub(crate) after: Duration,
+    pub(crate) min_rows: i64,
+}
+
+/// Users with `>= threshold` pending actuals, or stale ones, that are not backing off after a
+/// failure, in the order their oldest pending actual arrived.
+pub(crate) async fn due_users(
+    pool: &PgPool,
+    threshold: i64,
+    staleness: Option<Staleness>,
+) -> sqlx::Result<Vec<DueUser>> {
+    sqlx::query(
+        "SELECT p.user_id, count(*) AS pending,
+                count(*) < $1 AS stale
+           FROM refit_pending p
+           LEFT JOIN refit_models m ON m.user_id = p.user_id
+          GROUP BY p.user_id
+         HAVING bool_and(m.retry_after IS NULL OR m.retry_after <= now())
+            AND (count(*) >= $1
+                 OR ($2::float8 IS NOT NULL AND count(*) >= $3
+                     AND min(p.enqueued_at) <= now() - make_interval(secs => $2)))
+          ORDER BY min(p.actual_id)",
+    )
+    .bind(threshold)
+    .bind(staleness.map(|s| s.after.as_secs_f64()))
+    .bind(staleness.map_or(1, |s| s.min_rows))
+    .map(|row: sqlx::postgres::PgRow| DueUser {
+        user_id: row.get(0),
+        pending: row.get(1),
+        stale: row.get(2),
+    })
+    .fetch_all(pool)
+    .await
+}
+
+/// What the scheduler knows of one user it asked about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PendingCount {
+    pub(crate) user_id: String,
+    pub(crate) pending: i64,
+    /// The user is backing off after a failed retrain.
+    pub(crate) backing_off: bool,
+}
+
+/// Pending actuals of each of `users` (users with none are left out): an index range scan per
+/// user, for the users notifications name.
+pub(crate) async fn pending_counts(
+    pool: &PgPool,
+    users: &[String],
+) -> sqlx::Result<Vec<PendingCount>> {
+    sqlx::query(
+        "SELECT p.user_id, count(*),
+                coalesce(bool_or(m.retry_after > now()), false)
+           FROM refit_pending p
+           LEFT JOIN refit_models m ON m.user_id = p.user_id
+          WHERE p.user_id = ANY($1)
+          GROUP BY p.user_id",
+    )
+    .bind(users)
+    .map(|row: sqlx::postgres::PgRow| PendingCount {
+        user_id: row.get(0),
+        pending: row.get(1),
+        backing_off: row.get(2),
+    })
+    .fetch_all(pool)
+    .await
+}
+
+/// All pending actuals (for the gauge).
+pub(crate) async fn pending_total(pool: &PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM refit_pending")
+        .fetch_one(pool)
+        .await
+}
+
+/// Longest user id refit takes, in bytes: the trigger sets longer ones' actuals aside
+/// (`user_id_too_long`, migrations/20261201000008_defects.up.sql), and imports refuse them.
+pub(crate) const MAX_USER_ID_BYTES: usize = 1000;
+
+/// Why a pending actual can never be consumed (`refit_unconsumable_actuals.reason`, the label of
+/// `refit_unconsumable_actuals_total`).
+pub(crate) const UNCONSUMABLE_REASONS: [&str; 1] = ["already_consumed"];
+
+/// Moves the user's pending actuals whose id was consumed before — deleted upstream and inserted
+/// again with the same id — out of the queue into `refit_unconsumable_actuals`, with the reason:
+/// consuming them again would violate `refit_consumed_actuals`' primary key and fail every
+/// retrain of the user. Returns their ids.
+pub(crate) async fn set_aside_consumed_again(
+    conn: &mut PgConnection,
+    user_id: &str,
+) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "WITH again AS (
+             DELETE FROM refit_pending p USING refit_consumed_actuals c
+              WHERE p.user_id = $1 AND c.actual_id = p.actual_id
+             RETURNING p.actual_id, c.user_id AS consumed_for, c.version, c.outcome
+         )
+         INSERT INTO refit_unconsumable_actuals (actual_id, user_id, reason, detail)
+         SELECT actual_id, $1, 'already_consumed',
+                format('actual id %s was consumed before (%s, user %s, version %s); deleted and inserted again upstream?',
+                       actual_id, outcome, consumed_for, coalesce(version::text, 'none'))
+           FROM again
+         RETURNING actual_id",
+    )
+    .bind(user_id)
+    .fetch_all(conn)
+    .await
+}
+
+/// A pending actual with its request's features, and when it became pending.
+pub(crate) struct PendingActual {
+    pub(crate) row: ActualRow,
+    pub(crate) enqueued_at: DateTime<Utc>,
+}
+
+/// The user's oldest `limit` pending actuals joined with their requests' features.
+pub(crate) async fn read_pending(
+    conn: &mut PgConnection,
+    user_id: &str,
+    limit: i64,
+) -> sqlx::Result<Vec<PendingActual>> {
+    sqlx::query(
+        "SELECT p.actual_id, a.actual_value, r.features::text, p.enqueued_at
+           FROM refit_pending p
+           JOIN actual_rentals a ON a.id = p.actual_id
+           JOIN prediction_requests r ON r.request_id = a.request_id
+          WHERE p.user_id = $1
+          ORDER BY p.actual_id
+          LIMIT $2",
+    )
+    .bind(user_id)
+    .bind(limit)
+    .map(|row: sqlx::postgres::PgRow| PendingActual {
+        row: actual_row(&row),
+        enqueued_at: row.get(3),
+    })
+    .fetch_all(conn)
+    .await
+}
+
+/// An actual read as its first three columns: id, value, the request's features as text.
+fn actual_row(row: &sqlx::postgres::PgRow) -> ActualRow {
+    ActualRow {
+        actual_id: row.get(0),
+        actual_value: row.get(1),
+        features: row.get(2),
+    }
+}
+
+/// The actuals one retrain consumes, as the column arrays the consuming statements bind.
+pub(crate) struct Consumed<'a> {
+    pub(super) ids: Vec<i64>,
+    pub(super) outcomes: Vec<&'static str>,
+    pub(super) reasons: Vec<Option<&'a str>>,
+    pub(super) details: Vec<Option<&'a str>>,
+}
+
+impl<'a> Consumed<'a> {
+    /// Actuals trained on or held out by the version, and the ones set aside with their reasons.
+    pub(crate) fn new(trained: &[i64], held_out: &[i64], set_aside: &'a [SetAside]) -> Self {
+        let n = trained.len() + held_out.len() + set_aside.len();
+        let mut c = Consumed {
+            ids: Vec::with_capacity(n),
+            outcomes: Vec::with_capacity(n),
+            reasons: Vec::with_capacity(n),
+            details: Vec::with_capacity(n),
+        };
+        for (outcome, list) in [("trained", trained), ("held_out", held_out)] {
+            for id in list {
+                c.push(*id, outcome, None, None);
+            }
+        }
+        for aside in set_aside {
+            c.push(
+                aside.actual_id,
+                "set_aside",
+                Some(aside.reason.as_str()),
+                Some(aside.detail.as_str()),
+            );
+        }
+        c
+    }
+
+    fn push(
+        &mut self,
+        id: i64,
+        outcome: &'static str,
+        reason: Option<&'a str>,
+        detail: Option<&'a str>,
+    ) {
+        self.ids.push(id);
+        self.outcomes.push(outcome);
+        self.reasons.push(reason);
+        self.details.push(detail);
+    }
+
+    /// Fails when fewer pending rows were removed than consumed: someone consumed these rows
+    /// without holding the user's lock, and the transaction must not double-train them.
+    pub(super) fn check(&self, user_id: &str, removed: i64) -> sqlx::Result<()> {
+        if removed == self.ids.len() as i64 {
+            return Ok(());
+        }
+        Err(sqlx::Error::Protocol(format!(
+            "expected to consume {} pending actuals of user {user_id:?}, found {removed}",
+            self.ids.len()
+        )))
+    }
+}
+
+/// Marks actuals consumed — trained or held out by `version`, or set aside with their reasons —
+/// and removes them from the pending queue, in one statement. The primary key of
+/// `refit_consumed_actuals` refuses any actual consumed before.
+pub(crate) async fn consume(
+    conn: &mut PgConnection,
+    user_id: &str,
+    version: Option<i32>,
+    consumed: &Consumed<'_>,
+) -> sqlx::Result<()> {
+    let removed: i64 = sqlx::query_scalar(
+        "WITH consumed AS (
+             INSERT INTO refit_consumed_actuals (actual_id, user_id, version, outcome, reason, detail)
+             SELECT id, $1, CASE WHEN outcome = 'set_aside' THEN NULL ELSE $2 END, outcome, reason, detail
+               FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[]) AS t(id, outcome, reason, detail)
+         ), removed AS (
+             DELETE FROM refit_pending p USING unnest($3::bigint[]) AS c(id)
+              WHERE p.actual_id = c.id RETURNING 1
+         )
+         SELECT count(*) FROM removed",
+    )
+    .bind(user_id)
+    .bind(version)
+    .bind(&consumed.ids)
+    .bind(&consumed.outcomes)
+    .bind(&consumed.reasons)
+    .bind(&consumed.details)
+    .fetch_one(&mut *conn)
+    .await?;
+    consumed.check(user_id, removed)
+}
+
+/// The user's most recently consumed actuals that a ready version trained on, newest first: the
+/// window the gate scores on and a rebuild trains on. Rows of rejected versions are left out
+/// unless the version is reinstated.
+pub(crate) async fn recent_actuals(
+    conn: &mut PgConnection,
+    user_id: &str,
+    limit: i64,
+) -> sqlx::Result<Vec<ActualRow>> {
+    sqlx::query(
+        "SELECT c.actual_id, a.actual_value, r.features::text
+           FROM refit_consumed_actuals c
+           JOIN actual_rentals a ON a.id = c.actual_id
+           JOIN prediction_requests r ON r.request_id = a.request_id
+          WHERE c.user_id = $1 AND c.outcome IN ('trained', 'held_out')
+            AND c.version <> ALL (ARRAY(SELECT version FROM refit_model_versions
+                                         WHERE user_id = $1 AND status <> 'ready'))
+          ORDER BY c.actual_id DESC
+          LIMIT $2",
+    )
+    .bind(user_id)
+    .bind(limit)
+    .map(|row: sqlx::postgres::PgRow| actual_row(&row))
+    .fetch_all(conn)
+    .await
+}
+
+/// The actuals `version` trained on, oldest first (a rejected version's batch, for its
+/// reinstatement).
+pub(crate) async fn actuals_of_version(
+    conn: &mut PgConnection,
+    user_id: &str,
+    version: i32,
+) -> sqlx::Result<Vec<ActualRow>> {
+    sqlx::query(
+        "SELECT c.actual_id, a.actual_value, r.features::text
+           FROM refit_consumed_actuals c
+           JOIN actual_rentals a ON a.id = c.actual_id
+           JOIN prediction_requests r ON r.request_id = a.request_id
+          WHERE c.user_id = $1 AND c.version = $2 AND c.outcome IN ('trained', 'held_out')
+          ORDER BY c.actual_id",
+    )
+    .bind(user_id)
+    .bind(version)
+    .map(|row: sqlx::postgres::PgRow| actual_row(&row))
+    .fetch_all(conn)
+    .await
+}

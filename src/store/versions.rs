@@ -1,0 +1,363 @@
+//! The registry rows a retrain reads and writes: the user's head (`refit_models`, whose row lock
+//! serialises a user's retrains across replicas) and its versions (`refit_model_versions`),
+//! including the one statement that commits a retrain.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool, Postgres, Row};
+use uuid::Uuid;
+
+use super::actuals::Consumed;
+use super::outbox::OutboxKind;
+
+/// Makes sure the user has a registry row to lock (outside the retrain transaction, so a second
+/// replica never waits on the first one's uncommitted insert).
+pub async fn ensure_model_row(pool: &PgPool, user_id: &str) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO refit_models (user_id) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(user_id)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+/// Whether the user has a registry row.
+pub(crate) async fn model_row_exists(conn: &mut PgConnection, user_id: &str) -> sqlx::Result<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM refit_models WHERE user_id = $1)")
+        .bind(user_id)
+        .fetch_one(conn)
+        .await
+}
+
+/// The locked registry head of one user, with its active version.
+#[derive(Debug, Clone)]
+pub(crate) struct ModelHead {
+    pub(crate) active_version: Option<i32>,
+    /// Identifies the stored row of the active version: it changes whenever the row is written,
+    /// so an in-memory copy of the model is only used while this still matches.
+    pub(crate) active_row: Option<i64>,
+    pub(crate) last_version: i32,
+    pub(crate) failures: i32,
+    pub(crate) backing_off: bool,
+    pub(crate) params: Option<Value>,
+    pub(crate) features: Option<Value>,
+    /// Trees of the active version.
+    pub(crate) trees: Option<i32>,
+    /// Accepted continue steps since the active version's last rebuild.
+    pub(crate) since_rebuild: u32,
+    /// The newest version, when it was rejected and made from the active one: a candidate for
+    /// reinstatement.
+    pub(crate) rejected: Option<RejectedHead>,
+}
+
+/// A rejected version that may be reinstated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RejectedHead {
+    pub(crate) version: i32,
+    pub(crate) trees: Option<i32>,
+    pub(crate) since_rebuild: u32,
+}
+
+/// Locks the user's registry row for this transaction; `None` when another retrain holds it.
+/// Artifacts are not read here: see [`artifact`].
+pub(crate) async fn lock_model(
+    conn: &mut PgConnection,
+    user_id: &str,
+) -> sqlx::Result<Option<ModelHead>> {
+    sqlx::query(
+        "SELECT m.active_version,
+                v.xmin::text::bigint,
+                coalesce(n.version, 0),
+                m.failures,
+                coalesce(m.retry_after > now(), false),
+                v.params, v.features, v.trees,
+                coalesce((v.metrics->'policy'->>'since_rebuild')::int, 0),
+                n.status = 'rejected' AND n.parent_version = m.active_version,
+                n.trees,
+                coalesce((n.metrics->'policy'->>'since_rebuild')::int, 0)
+           FROM refit_models m
+           LEFT JOIN refit_model_versions v
+                  ON v.user_id = m.user_id AND v.version = m.active_version
+           LEFT JOIN LATERAL (
+                SELECT version, status, parent_version, trees, metrics
+                  FROM refit_model_versions
+                 WHERE user_id = m.user_id
+                 ORDER BY version DESC LIMIT 1) n ON true
+          WHERE m.user_id = $1
+            FOR UPDATE OF m SKIP LOCKED",
+    )
+    .bind(user_id)
+    .map(|row: sqlx::postgres::PgRow| {
+        let last_version: i32 = row.get(2);
+        let rejected: Option<bool> = row.get(9);
+        ModelHead {
+            active_version: row.get(0),
+            active_row: row.get(1),
+            last_version,
+            failures: row.get(3),
+            backing_off: row.get(4),
+            params: row.get(5),
+            features: row.get(6),
+            trees: row.get(7),
+            since_rebuild: row.get::<i32, _>(8).max(0) as u32,
+            rejected: rejected.unwrap_or(false).then(|| RejectedHead {
+                version: last_version,
+                trees: row.get(10),
+                since_rebuild: row.get::<i32, _>(11).max(0) as u32,
+            }),
+        }
+    })
+    .fetch_optional(conn)
+    .await
+}
+
+/// The stored artifact of one version (`None` when it has none).
+pub(crate) async fn artifact(
+    conn: &mut PgConnection,
+    user_id: &str,
+    version: i32,
+) -> sqlx::Result<Option<Vec<u8>>> {
+    sqlx::query_scalar(
+        "SELECT artifact FROM refit_model_versions WHERE user_id = $1 AND version = $2",
+    )
+    .bind(user_id)
+    .bind(version)
+    .fetch_optional(conn)
+    .await
+    .map(Option::flatten)
+}
+
+/// Live errors (`metric`: mae or rmse) of the user's newest ready versions, newest first: the
+/// gate's typical error.
+pub(crate) async fn live_history(
+    conn: &mut PgConnection,
+    user_id: &str,
+    metric: &str,
+) -> sqlx::Result<Vec<f64>> {
+    sqlx::query_scalar(
+        "SELECT (metrics->'live'->>$3)::float8
+           FROM refit_model_versions
+          WHERE user_id = $1 AND status = 'ready' AND metrics->'live'->>$3 IS NOT NULL
+          ORDER BY version DESC
+          LIMIT $2",
+    )
+    .bind(user_id)
+    .bind(crate::retrain::policy::LIVE_HISTORY as i64)
+    .bind(metric)
+    .fetch_all(conn)
+    .await
+}
+
+/// Makes a rejected version ready again (the gate reinstated it), noting which retrain did.
+pub(crate) async fn reinstate(
+    conn: &mut PgConnection,
+    user_id: &str,
+    version: i32,
+    by_version: i32,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE refit_model_versions
+            SET status = 'ready',
+                metrics = metrics || jsonb_build_object('reinstated_by', $3::int)
+          WHERE user_id = $1 AND version = $2 AND status = 'rejected'",
+    )
+    .bind(user_id)
+    .bind(version)
+    .bind(by_version)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// A version to store.
+pub(crate) struct NewVersion<'a> {
+    pub(crate) user_id: &'a str,
+    pub(crate) version: i32,
+    pub(crate) status: &'a str,
+    pub(crate) parent_version: Option<i32>,
+    pub(crate) artifact: Option<&'a [u8]>,
+    pub(crate) rows_used: i32,
+    pub(crate) rows_set_aside: i32,
+    pub(crate) trees: Option<i64>,
+    pub(crate) boosted_rounds: Option<i32>,
+    pub(crate) params: &'a Value,
+    pub(crate) features: &'a Value,
+    pub(crate) timings_ms: &'a Value,
+    pub(crate) metrics: &'a Value,
+    pub(crate) error: Option<&'a str>,
+    pub(crate) source: &'a str,
+    pub(crate) retrain_id: Uuid,
+}
+
+impl NewVersion<'_> {
+    /// Binds the version's columns as `$1`–`$16` of an `INSERT INTO refit_model_versions` with
+    /// the column list of [`insert_version`] (SQL stays literal: see the reliability suite).
+    fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.user_id)
+            .bind(self.version)
+            .bind(self.status)
+            .bind(self.parent_version)
+            .bind(self.artifact)
+            .bind(self.rows_used)
+            .bind(self.rows_set_aside)
+            .bind(self.trees.map(|t| t as i32))
+            .bind(self.boosted_rounds)
+            .bind(self.params)
+            .bind(self.features)
+            .bind(self.timings_ms)
+            .bind(self.error)
+            .bind(self.source)
+            .bind(self.retrain_id)
+            .bind(self.metrics)
+    }
+}
+
+pub(crate) async fn insert_version(
+    conn: &mut PgConnection,
+    v: &NewVersion<'_>,
+) -> sqlx::Result<()> {
+    v.bind(sqlx::query(
+        "INSERT INTO refit_model_versions
+            (user_id, version, status, parent_version, artifact, rows_used, rows_set_aside,
+             trees, boosted_rounds, params, features, timings_ms, error, source, retrain_id, metrics)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    ))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Moves the user's active version and clears any failure back-off.
+pub(crate) async fn activate(
+    conn: &mut PgConnection,
+    user_id: &str,
+    version: i32,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE refit_models
+            SET active_version = $2, failures = 0, retry_after = NULL, updated_at = now()
+          WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .bind(version)
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// Records a failed retrain: the user backs off for `backoff` before the next attempt.
+pub(crate) async fn record_failure(
+    conn: &mut PgConnection,
+    user_id: &str,
+    backoff: Duration,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE refit_models
+            SET failures = failures + 1,
+                retry_after = now() + make_interval(secs => $2),
+                updated_at = now()
+          WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .bind(backoff.as_secs_f64())
+    .execute(conn)
+    .await
+    .map(|_| ())
+}
+
+/// Backs a user off after a retrain that ended in an error (not a training failure, which
+/// [`record_failure`] records in the retrain's own transaction): `2^failures` seconds, at most
+/// `max`. Waits for the user's row lock at most `lock_wait` (the aborted retrain's session may
+/// still be rolling back).
+pub(crate) async fn back_off(
+    pool: &PgPool,
+    user_id: &str,
+    max: Duration,
+    lock_wait: Duration,
+) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+        .bind(lock_wait.as_millis().to_string())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "UPDATE refit_models
+            SET failures = failures + 1,
+                retry_after = now() + make_interval(secs => least(power(2, least(failures, 16)), $2)),
+                updated_at = now()
+          WHERE user_id = $1",
+    )
+    .bind(user_id)
+    .bind(max.as_secs_f64())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// What [`commit_retrain`] wrote.
+#[derive(Debug, Clone)]
+pub(crate) struct CommittedRetrain {
+    /// The new version row's identity (see [`ModelHead::active_row`]).
+    pub(crate) version_row: i64,
+}
+
+/// The whole write of a successful (or rejected) retrain in one statement: the new version, the
+/// consumed actuals out of the pending queue, the version activated when `activate`, and the
+/// side effects in the outbox. The caller commits.
+pub(crate) async fn commit_retrain(
+    conn: &mut PgConnection,
+    v: &NewVersion<'_>,
+    consumed: &Consumed<'_>,
+    activate: bool,
+    event_id: Uuid,
+    outbox: &[(OutboxKind, &Value)],
+) -> sqlx::Result<CommittedRetrain> {
+    let kinds: Vec<&str> = outbox.iter().map(|(k, _)| k.as_str()).collect();
+    let payloads: Vec<&Value> = outbox.iter().map(|(_, p)| *p).collect();
+    let query = sqlx::query(
+        "WITH version AS (
+             INSERT INTO refit_model_versions
+                 (user_id, version, status, parent_version, artifact, rows_used, rows_set_aside,
+                  trees, boosted_rounds, params, features, timings_ms, error, source, retrain_id, metrics)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+             RETURNING xmin::text::bigint AS row
+         ), consumed AS (
+             INSERT INTO refit_consumed_actuals (actual_id, user_id, version, outcome, reason, detail)
+             SELECT id, $1, CASE WHEN outcome = 'set_aside' THEN NULL ELSE $2 END, outcome, reason, detail
+               FROM unnest($17::bigint[], $18::text[], $19::text[], $20::text[]) AS t(id, outcome, reason, detail)
+         ), removed AS (
+             DELETE FROM refit_pending p USING unnest($17::bigint[]) AS c(id)
+              WHERE p.actual_id = c.id RETURNING 1
+         ), activated AS (
+             UPDATE refit_models
+                SET active_version = $2, failures = 0, retry_after = NULL, updated_at = now()
+              WHERE user_id = $1 AND $21
+         ), outbox AS (
+             INSERT INTO refit_outbox (event_id, user_id, kind, payload)
+             SELECT $22, $1, kind, payload
+               FROM unnest($23::text[], $24::jsonb[]) WITH ORDINALITY AS t(kind, payload, n)
+              ORDER BY n
+         )
+         SELECT (SELECT row FROM version), (SELECT count(*) FROM removed)",
+    );
+    let row = v
+        .bind(query)
+        .bind(&consumed.ids)
+        .bind(&consumed.outcomes)
+        .bind(&consumed.reasons)
+        .bind(&consumed.details)
+        .bind(activate)
+        .bind(event_id)
+        .bind(&kinds)
+        .bind(&payloads)
+        .fetch_one(&mut *conn)
+        .await?;
+    consumed.check(v.user_id, row.get(1))?;
+    Ok(CommittedRetrain {
+        version_row: row.get(0),
+    })
+}
