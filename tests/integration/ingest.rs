@@ -69,6 +69,7 @@ async fn a_late_commit_is_queued_once_when_it_commits() {
     assert_eq!((done.queued, done.users), (1, 1));
     assert_eq!(pending_ids(&env.pool).await, [early_id, later_id]);
     assert_eq!(ingest_once(&env.pool).await.queued, 0, "queued once");
+    drop(conn); // the pool closes only once every connection is back
     env.drop_database().await;
 }
 
@@ -96,6 +97,7 @@ async fn rolled_back_actuals_are_ignored_and_overlong_user_ids_set_aside() {
     .await
     .unwrap();
     assert_eq!(aside, (long_id, "user_id_too_long".to_owned()));
+    drop(conn); // the pool closes only once every connection is back
     env.drop_database().await;
 }
 
@@ -223,5 +225,6 @@ async fn a_running_refit_queues_a_late_commit_that_nothing_follows() {
     })
     .await;
     running.stop().await;
+    drop(conn); // the pool closes only once every connection is back
     env.drop_database().await;
 }
