@@ -94,6 +94,9 @@ def test_schema_rejects_what_the_binary_would_reject():
         {"replicaCount": "three"},
         {"config": {"retrainThreshold": 0}},
         {"config": {"pollIntervalMs": 5}},
+        {"config": {"ingestIntervalMs": 0}},
+        # No pod, no ingest: the queue KEDA counts would never fill.
+        {"keda": {"enabled": True, "minReplicaCount": 0}},
         {"config": {"logFormat": "xml"}},
         {"config": {"topic": "bad topic"}},
         {"config": {"features": ["a", "a"]}},
