@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 /// Summary of a sample of values (milliseconds unless said otherwise).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     pub n: usize,
     pub mean: f64,
