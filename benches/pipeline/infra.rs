@@ -900,7 +900,7 @@ pub fn refit_config(env: &[(String, String)]) -> Vec<(String, String)> {
 }
 
 /// The machine, as BENCHMARKS.md reports it.
-pub fn machine() -> Value {
+pub fn machine() -> crate::results::Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -927,13 +927,13 @@ pub fn machine() -> Value {
                 .to_owned()
         })
         .unwrap_or_default();
-    serde_json::json!({
-        "nproc": nproc,
-        "cpu_model": model,
-        "memory_gib": (mem_kb as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0,
-        "kernel": kernel.trim(),
-        "os": os,
-    })
+    crate::results::Machine {
+        nproc,
+        cpu_model: model,
+        memory_gib: (mem_kb as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+        kernel: kernel.trim().to_owned(),
+        os,
+    }
 }
 
 /// The 1-minute load average (other work on the machine disturbs the numbers: it is recorded).
@@ -1016,7 +1016,7 @@ pub async fn cpu_snap(pool: &PgPool, child_pid: u32, application_name: &str) -> 
 }
 
 /// CPU used between two snapshots, per retrain where `retrains` > 0.
-pub fn cpu_delta(a: &CpuSnap, b: &CpuSnap, retrains: usize) -> Value {
+pub fn cpu_delta(a: &CpuSnap, b: &CpuSnap, retrains: usize) -> crate::results::Cpu {
     let wall = b.at - a.at;
     let child = b.child - a.child;
     let pg: f64 = b
@@ -1032,15 +1032,15 @@ pub fn cpu_delta(a: &CpuSnap, b: &CpuSnap, retrains: usize) -> Value {
             f64::NAN
         }
     };
-    serde_json::json!({
-        "wall_s": wall,
-        "process_cpu_s": child,
-        "its_postgres_backends_cpu_s": pg,
-        "machine_busy_cpu_s": machine,
-        "process_cores": child / wall,
-        "its_postgres_cores": pg / wall,
-        "rest_of_machine_cores": (machine - child - pg) / wall,
-        "process_cpu_ms_per_retrain": per(child),
-        "postgres_cpu_ms_per_retrain": per(pg),
-    })
+    crate::results::Cpu {
+        wall_s: wall,
+        process_cpu_s: child,
+        its_postgres_backends_cpu_s: pg,
+        machine_busy_cpu_s: machine,
+        process_cores: child / wall,
+        its_postgres_cores: pg / wall,
+        rest_of_machine_cores: (machine - child - pg) / wall,
+        process_cpu_ms_per_retrain: per(child),
+        postgres_cpu_ms_per_retrain: per(pg),
+    }
 }

@@ -35,9 +35,10 @@ mod scenarios;
 mod stats;
 
 use anyhow::Context;
-use serde_json::{json, Value};
 
 use infra::Settings;
+use phases::Implementation;
+use results::{finite, PythonThroughput, Results};
 
 fn main() -> anyhow::Result<()> {
     // `cargo bench` passes --bench; nothing else is accepted.
@@ -66,178 +67,37 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     );
     infra::drop_stale_databases(&s).await?;
     let env_names = infra::refit_env_names();
-    let mut results = json!({
-        "run_id": s.run_id,
-        "started": started.to_rfc3339(),
-        "quick": s.quick,
-        "machine": infra::machine(),
-        "git": git_describe(),
-        "refit_binary": infra::REFIT_BIN,
-        "refit_env_names": env_names,
-        "refit_defaults": infra::refit_config(&[("DATABASE_URL".into(), "postgres://postgres@127.0.0.1:5432/x".into())])
-            .into_iter().map(|(k, v)| (k, json!(v))).collect::<serde_json::Map<_, _>>(),
-        "python_params": phases::refit_default_params(),
-        "settings": format!("{s:?}"),
-        "refit_extra_env": s.refit_extra_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
-        "loadavg_start": infra::loadavg(),
-        "phase_minutes": {},
-        // The knobs this run was started with (BENCH_*, and the allocator setting make bench adds).
-        "bench_env": std::env::vars()
-            .filter(|(k, _)| k.starts_with("BENCH_") || k == "MALLOC_ARENA_MAX")
-            .collect::<std::collections::BTreeMap<_, _>>(),
-    });
-    let save = |results: &Value| {
-        let _ = std::fs::write(
-            s.out_dir.join("results.json"),
-            serde_json::to_string_pretty(results).unwrap(),
-        );
+    let mut run = Run {
+        results: run_header(&s, started, &env_names),
+        s: &s,
     };
-
-    results["redis_floor"] = phases::redis_floor(&s).await.context("Redis DEL floor")?;
-    save(&results);
-    if s.wants("floor") {
-        let phase_started = std::time::Instant::now();
-        let mut runs = Vec::new();
-        for _ in 0..s.repeat {
-            runs.push(tokio::task::block_in_place(|| scenarios::floor(&s)).context("floor")?);
+    run.results.redis_floor = Some(phases::redis_floor(&s).await.context("Redis DEL floor")?);
+    run.save();
+    for phase in PHASES {
+        if !s.wants(phase) {
+            continue;
         }
-        let mut floor = runs.last().cloned().unwrap_or(Value::Null);
-        floor["repeats"] = json!(runs);
-        results["floor"] = floor;
-        save(&results);
-        results["phase_minutes"]["floor"] = json!(minutes_since(phase_started));
-        save(&results);
-    }
-    if s.wants("steps") {
         let phase_started = std::time::Instant::now();
-        let mut runs = Vec::new();
-        for repeat in 1..=s.repeat {
-            for trees in [100, 1000] {
-                let refit = scenarios::steps(&s, trees, repeat, phases::Implementation::Refit)
-                    .await
-                    .with_context(|| format!("steps, {trees} trees, refit"))?;
-                let python = match &s.python {
-                    Some(python) => Some(
-                        scenarios::steps(
-                            &s,
-                            trees,
-                            repeat,
-                            phases::Implementation::Python { python },
-                        )
-                        .await
-                        .with_context(|| format!("steps, {trees} trees, Python"))?,
-                    ),
-                    None => None,
-                };
-                runs.push(
-                    json!({"trees": trees, "repeat": repeat, "refit": refit, "python": python}),
-                );
-                results["steps"] = json!(runs);
-                save(&results);
-            }
+        match phase {
+            "floor" => floor(&mut run)?,
+            "steps" => steps(&mut run).await?,
+            "freshness" => freshness(&mut run).await?,
+            "ramp" => ramp(&mut run).await?,
+            "throughput" => throughput(&mut run).await?,
+            "python" => python_throughput(&mut run).await?,
+            _ => growth(&mut run, &env_names).await?,
         }
-        results["phase_minutes"]["steps"] = json!(minutes_since(phase_started));
-        save(&results);
+        let minutes = minutes_since(phase_started);
+        run.results.phase_minutes.insert(phase.into(), minutes);
+        run.save();
     }
-    if s.wants("freshness") {
-        let phase_started = std::time::Instant::now();
-        // refit's runs under "freshness", the Python reference's (same data, rates and
-        // repeats) under "freshness_python".
-        let (mut runs, mut python_runs) = (Vec::new(), Vec::new());
-        for repeat in 1..=s.repeat {
-            for &rate in &s.fresh_rates {
-                let mut run = phases::freshness(&s, rate, &phases::Implementation::Refit)
-                    .await
-                    .with_context(|| format!("freshness at {rate}/s"))?;
-                run["repeat"] = json!(repeat);
-                runs.push(run);
-                results["freshness"] = json!(runs);
-                save(&results);
-                if let Some(python) = &s.python {
-                    let which = phases::Implementation::Python { python };
-                    let mut run = phases::freshness(&s, rate, &which)
-                        .await
-                        .with_context(|| format!("freshness at {rate}/s, Python"))?;
-                    run["repeat"] = json!(repeat);
-                    python_runs.push(run);
-                    results["freshness_python"] = json!(python_runs);
-                    save(&results);
-                }
-            }
-        }
-        results["phase_minutes"]["freshness"] = json!(minutes_since(phase_started));
-        save(&results);
-    }
-    if s.wants("ramp") {
-        let phase_started = std::time::Instant::now();
-        let refit = scenarios::ramp(&s, phases::Implementation::Refit, &s.ramp_refit)
-            .await
-            .context("ramp, refit")?;
-        results["ramp"] = json!({ "refit": refit });
-        save(&results);
-        if let Some(python) = &s.python {
-            results["ramp"]["python"] = scenarios::ramp(
-                &s,
-                phases::Implementation::Python { python },
-                &s.ramp_python,
-            )
-            .await
-            .context("ramp, Python")?;
-            save(&results);
-        }
-        results["phase_minutes"]["ramp"] = json!(minutes_since(phase_started));
-        save(&results);
-    }
-    if s.wants("throughput") {
-        let phase_started = std::time::Instant::now();
-        results["throughput_refit"] = phases::throughput(&s, phases::Implementation::Refit)
-            .await
-            .context("refit throughput")?;
-        save(&results);
-        results["phase_minutes"]["throughput"] = json!(minutes_since(phase_started));
-        save(&results);
-    }
-    if s.wants("python") {
-        let phase_started = std::time::Instant::now();
-        match &s.python {
-            Some(python) => {
-                results["throughput_python"] =
-                    phases::throughput(&s, phases::Implementation::Python { python })
-                        .await
-                        .context("Python throughput")?;
-            }
-            None => {
-                results["throughput_python"] =
-                    json!({"skipped": "BENCH_PYTHON not set (scripts/bench-tools.sh prints it)"})
-            }
-        }
-        save(&results);
-        results["phase_minutes"]["python"] = json!(minutes_since(phase_started));
-        save(&results);
-    }
-    if s.wants("growth") {
-        let phase_started = std::time::Instant::now();
-        let mut runs = Vec::new();
-        for (cap, retrains) in &s.growth_runs {
-            runs.push(
-                phases::growth(&s, cap, *retrains, &env_names)
-                    .await
-                    .with_context(|| format!("growth, cap {cap}"))?,
-            );
-            results["growth"] = json!(runs);
-            save(&results);
-        }
-        results["phase_minutes"]["growth"] = json!(minutes_since(phase_started));
-        save(&results);
-    }
-    results["finished"] = json!(chrono::Utc::now().to_rfc3339());
-    results["minutes"] =
-        json!(((chrono::Utc::now() - started).num_seconds() as f64 / 60.0 * 10.0).round() / 10.0);
-    results["loadavg_end"] = json!(infra::loadavg());
-    save(&results);
-    let typed: results::Results =
-        serde_json::from_value(results).context("the results as typed")?;
-    report::write(&s.out_dir, &typed, s.python.as_deref())?;
+    let results = &mut run.results;
+    results.finished = Some(chrono::Utc::now().to_rfc3339());
+    results.minutes =
+        Some(((chrono::Utc::now() - started).num_seconds() as f64 / 60.0 * 10.0).round() / 10.0);
+    results.loadavg_end = Some(finite(infra::loadavg()));
+    run.save();
+    report::write(&s.out_dir, &run.results, s.python.as_deref())?;
     eprintln!(
         "[bench] results: {}",
         s.out_dir.join("results.json").display()
@@ -245,11 +105,208 @@ async fn run(s: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The phases, in the order they run (BENCH_PHASES picks among them).
+const PHASES: [&str; 7] = [
+    "floor",
+    "steps",
+    "freshness",
+    "ramp",
+    "throughput",
+    "python",
+    "growth",
+];
+
+/// A run in progress: its settings and what it has measured so far.
+struct Run<'a> {
+    s: &'a Settings,
+    results: Results,
+}
+
+impl Run<'_> {
+    /// results.json as it stands (rewritten after every measurement).
+    fn save(&self) {
+        let _ = std::fs::write(
+            self.s.out_dir.join("results.json"),
+            serde_json::to_string_pretty(&self.results).unwrap(),
+        );
+    }
+}
+
+/// What a run records about itself before it measures anything.
+fn run_header(
+    s: &Settings,
+    started: chrono::DateTime<chrono::Utc>,
+    env_names: &[String],
+) -> Results {
+    let defaults_env = [(
+        "DATABASE_URL".to_owned(),
+        "postgres://postgres@127.0.0.1:5432/x".to_owned(),
+    )];
+    Results {
+        run_id: s.run_id.clone(),
+        started: started.to_rfc3339(),
+        quick: s.quick,
+        machine: infra::machine(),
+        git: git_describe(),
+        refit_binary: infra::REFIT_BIN.to_owned(),
+        refit_env_names: env_names.to_vec(),
+        refit_defaults: infra::refit_config(&defaults_env).into_iter().collect(),
+        python_params: phases::refit_default_params(),
+        settings: format!("{s:?}"),
+        refit_extra_env: s
+            .refit_extra_env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
+        loadavg_start: finite(infra::loadavg()),
+        // The knobs this run was started with (BENCH_*, and the allocator setting make bench adds).
+        bench_env: std::env::vars()
+            .filter(|(k, _)| k.starts_with("BENCH_") || k == "MALLOC_ARENA_MAX")
+            .collect(),
+        ..Results::default()
+    }
+}
+
+/// The floor, BENCH_REPEAT times: the last repeat, with every repeat.
+fn floor(run: &mut Run<'_>) -> anyhow::Result<()> {
+    let mut repeats = Vec::new();
+    for _ in 0..run.s.repeat {
+        repeats.push(tokio::task::block_in_place(|| scenarios::floor(run.s)).context("floor")?);
+    }
+    if let Some(last) = repeats.last().cloned() {
+        run.results.floor = Some(results::Floor { repeats, ..last });
+    }
+    run.save();
+    Ok(())
+}
+
+/// Scenario 1: both model sizes, both implementations, BENCH_REPEAT times.
+async fn steps(run: &mut Run<'_>) -> anyhow::Result<()> {
+    let s = run.s;
+    for repeat in 1..=s.repeat {
+        for trees in [100, 1000] {
+            let refit = scenarios::steps(s, trees, repeat, Implementation::Refit)
+                .await
+                .with_context(|| format!("steps, {trees} trees, refit"))?;
+            let python = match &s.python {
+                Some(python) => Some(
+                    scenarios::steps(s, trees, repeat, Implementation::Python { python })
+                        .await
+                        .with_context(|| format!("steps, {trees} trees, Python"))?,
+                ),
+                None => None,
+            };
+            let entry = results::StepsEntry {
+                trees: trees.into(),
+                repeat,
+                refit,
+                python,
+            };
+            run.results.steps.get_or_insert_with(Vec::new).push(entry);
+            run.save();
+        }
+    }
+    Ok(())
+}
+
+/// Scenario 2: every rate, BENCH_REPEAT times; refit's runs under "freshness", the Python
+/// reference's (same data, rates and repeats) under "freshness_python".
+async fn freshness(run: &mut Run<'_>) -> anyhow::Result<()> {
+    let s = run.s;
+    for repeat in 1..=s.repeat {
+        for &rate in &s.fresh_rates {
+            let mut fresh = phases::freshness(s, rate, &Implementation::Refit)
+                .await
+                .with_context(|| format!("freshness at {rate}/s"))?;
+            fresh.repeat = repeat;
+            run.results
+                .freshness
+                .get_or_insert_with(Vec::new)
+                .push(fresh);
+            run.save();
+            if let Some(python) = &s.python {
+                let which = Implementation::Python { python };
+                let mut fresh = phases::freshness(s, rate, &which)
+                    .await
+                    .with_context(|| format!("freshness at {rate}/s, Python"))?;
+                fresh.repeat = repeat;
+                let runs = run.results.freshness_python.get_or_insert_with(Vec::new);
+                runs.push(fresh);
+                run.save();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Scenario 3: refit's ladder, then the Python reference's.
+async fn ramp(run: &mut Run<'_>) -> anyhow::Result<()> {
+    let s = run.s;
+    let refit = scenarios::ramp(s, Implementation::Refit, &s.ramp_refit)
+        .await
+        .context("ramp, refit")?;
+    run.results.ramp = Some(results::Ramp {
+        refit,
+        python: None,
+    });
+    run.save();
+    if let Some(python) = &s.python {
+        let python = scenarios::ramp(s, Implementation::Python { python }, &s.ramp_python)
+            .await
+            .context("ramp, Python")?;
+        if let Some(ramp) = &mut run.results.ramp {
+            ramp.python = Some(python);
+        }
+        run.save();
+    }
+    Ok(())
+}
+
+/// refit's drain.
+async fn throughput(run: &mut Run<'_>) -> anyhow::Result<()> {
+    let refit = phases::throughput(run.s, Implementation::Refit)
+        .await
+        .context("refit throughput")?;
+    run.results.throughput_refit = Some(refit);
+    run.save();
+    Ok(())
+}
+
+/// The Python reference's drain (or why not).
+async fn python_throughput(run: &mut Run<'_>) -> anyhow::Result<()> {
+    let python = match &run.s.python {
+        Some(python) => PythonThroughput::Ran(Box::new(
+            phases::throughput(run.s, Implementation::Python { python })
+                .await
+                .context("Python throughput")?,
+        )),
+        None => PythonThroughput::Skipped {
+            skipped: "BENCH_PYTHON not set (scripts/bench-tools.sh prints it)".into(),
+        },
+    };
+    run.results.throughput_python = Some(python);
+    run.save();
+    Ok(())
+}
+
+/// Growth: every BENCH_GROWTH run.
+async fn growth(run: &mut Run<'_>, env_names: &[String]) -> anyhow::Result<()> {
+    let s = run.s;
+    for (cap, retrains) in &s.growth_runs {
+        let growth = phases::growth(s, cap, *retrains, env_names)
+            .await
+            .with_context(|| format!("growth, cap {cap}"))?;
+        run.results.growth.get_or_insert_with(Vec::new).push(growth);
+        run.save();
+    }
+    Ok(())
+}
+
 fn minutes_since(t: std::time::Instant) -> f64 {
     (t.elapsed().as_secs_f64() / 60.0 * 100.0).round() / 100.0
 }
 
-fn git_describe() -> Value {
+fn git_describe() -> results::Git {
     let run = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)
@@ -266,10 +323,10 @@ fn git_describe() -> Value {
         "migrations",
         "Cargo.toml",
     ]);
-    json!({
-        "commit": run(&["rev-parse", "--short", "HEAD"]),
-        "src_uncommitted_changes": !dirty_src.is_empty(),
-    })
+    results::Git {
+        commit: run(&["rev-parse", "--short", "HEAD"]),
+        src_uncommitted_changes: !dirty_src.is_empty(),
+    }
 }
 
 /// The results.json whose report to re-render, if asked (`--report <path>`, BENCH_RESUMMARIZE).

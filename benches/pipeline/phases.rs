@@ -1,11 +1,18 @@
-//! The phases of a run. Each returns its numbers as JSON (kept in results.json) and never asserts
-//! anything about time: the report compares them with the targets.
+//! The phases of a run (scenario 2, the throughput drain, growth, the Redis floor) and the
+//! per-step numbers they share. Each returns its typed results (results.rs, kept in
+//! results.json) and never asserts anything about time: the report compares them with the
+//! targets.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use serde_json::{json, Value};
+
+use crate::results::{
+    finite, Freshness, Growth, GrowthRun, GrowthSummary, GrowthVersion, Logs, Memory, PythonSteps,
+    RedisFloor, Round, StepSummaries, Throughput, ThroughputSteps, VersionBrief,
+};
 use sqlx::Row;
 
 use crate::infra::{
@@ -31,7 +38,11 @@ pub fn log(msg: impl AsRef<str>) {
 
 /// Per-step numbers of refit's retrains (ms): read and train from `refit_model_versions`, the
 /// train breakdown from the JSON log, invalidate and commit from the events.
-pub fn refit_steps(versions: &[VersionRow], logs: &LogIndex, events: &[&Received]) -> Value {
+pub fn refit_steps(
+    versions: &[VersionRow],
+    logs: &LogIndex,
+    events: &[&Received],
+) -> StepSummaries {
     let read: Vec<f64> = versions.iter().filter_map(|v| v.read_ms).collect();
     let train: Vec<f64> = versions.iter().filter_map(|v| v.train_ms).collect();
     let mut load = Vec::new();
@@ -66,16 +77,20 @@ pub fn refit_steps(versions: &[VersionRow], logs: &LogIndex, events: &[&Received
             }
         }
     }
-    json!({
-        "read": Summary::of(&read).json(),
-        "train": Summary::of(&train).json(),
-        "train_load": Summary::of(&load).json(),
-        "train_boost": Summary::of(&boost).json(),
-        "train_save": Summary::of(&save).json(),
-        "commit": Summary::of(if commit.is_empty() { &commit_log } else { &commit }).json(),
-        "invalidate": Summary::of(&invalidate).json(),
-        "announce": Summary::of(&announce).json(),
-    })
+    StepSummaries {
+        read: Summary::rounded(&read),
+        train: Summary::rounded(&train),
+        train_load: Summary::rounded(&load),
+        train_boost: Summary::rounded(&boost),
+        train_save: Summary::rounded(&save),
+        commit: Summary::rounded(if commit.is_empty() {
+            &commit_log
+        } else {
+            &commit
+        }),
+        invalidate: Summary::rounded(&invalidate),
+        announce: Summary::rounded(&announce),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -124,24 +139,41 @@ fn count_by<'a>(items: impl Iterator<Item = &'a str>) -> BTreeMap<String, usize>
     m
 }
 
-fn memory_json(m: &crate::infra::Memory) -> Value {
-    json!({
-        "vm_hwm_mb": (m.hwm_kb as f64 / 1024.0 * 10.0).round() / 10.0,
-        "max_sampled_rss_mb": (m.max_rss_kb as f64 / 1024.0 * 10.0).round() / 10.0,
-        "timeline_mb": m.timeline.iter().step_by((m.timeline.len() / 40).max(1))
-            .map(|(t, kb)| json!([t.round(), (*kb as f64 / 1024.0).round()])).collect::<Vec<_>>(),
-    })
+pub fn memory_of(m: &crate::infra::Memory) -> Memory {
+    Memory {
+        vm_hwm_mb: (m.hwm_kb as f64 / 1024.0 * 10.0).round() / 10.0,
+        max_sampled_rss_mb: (m.max_rss_kb as f64 / 1024.0 * 10.0).round() / 10.0,
+        timeline_mb: m
+            .timeline
+            .iter()
+            .step_by((m.timeline.len() / 40).max(1))
+            .map(|(t, kb)| [t.round(), (*kb as f64 / 1024.0).round()])
+            .collect(),
+    }
 }
 
-fn logs_json(logs: &LogIndex) -> Value {
-    json!({ "warnings": logs.warnings, "errors": logs.errors, "first_notable": logs.notable })
+fn logs_of(logs: &LogIndex) -> Logs {
+    Logs {
+        warnings: logs.warnings,
+        errors: logs.errors,
+        first_notable: logs.notable.clone(),
+    }
+}
+
+/// The lines of refit's /metrics about retrains.
+fn retrain_metrics(metrics: &str) -> Vec<String> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("refit_retrains_total"))
+        .map(str::to_owned)
+        .collect()
 }
 
 // ------------------------------------------------------------------------------------------------
 // Redis DEL, measured from the bench process (the floor under refit's invalidate step)
 // ------------------------------------------------------------------------------------------------
 
-pub async fn redis_floor(s: &Settings) -> anyhow::Result<Value> {
+pub async fn redis_floor(s: &Settings) -> anyhow::Result<RedisFloor> {
     let client = redis::Client::open(s.redis_url.as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let mut times = Vec::with_capacity(2000);
@@ -151,7 +183,9 @@ pub async fn redis_floor(s: &Settings) -> anyhow::Result<Value> {
         let _: i64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await?;
         times.push(started.elapsed().as_secs_f64() * 1e3);
     }
-    Ok(json!({ "del": Summary::of(&times[100..]).json() }))
+    Ok(RedisFloor {
+        del: Summary::rounded(&times[100..]),
+    })
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -175,7 +209,7 @@ pub async fn freshness(
     s: &Settings,
     rate: f64,
     which: &Implementation<'_>,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Freshness> {
     let name = which.name();
     let tag = format!(
         "fresh{}{}",
@@ -423,31 +457,35 @@ pub async fn freshness(
             )
         }
     };
-    let result = json!({
-        "implementation": name,
-        "rate_batches_per_s": rate,
-        "actuals_per_s_target": inserts_per_sec,
-        "actuals_inserted": inserted,
-        "actuals_per_s_achieved": inserted as f64 / elapsed,
-        "max_insert_lag_ms": (max_lag * 1e3).round(),
-        "users": w,
-        "warm_retrains_per_user": warm,
-        "batches_completed": completions.len(),
-        "events_matched": fresh.len(),
-        "statuses": count_by(statuses.iter().map(String::as_str)),
-        "freshness_ms": Summary::of(&fresh).json(),
-        "freshness_from_insert_sent_ms": Summary::of(&fresh_from_send).json(),
-        "freshness_from_data_until_ms": Summary::of(&fresh_data_until).json(),
-        "breakdown_ms": segments.iter().map(|(k, v)| (k.to_string(), Summary::of(v).json())).collect::<serde_json::Map<_, _>>(),
-        "steps_ms": steps_ms,
-        "trees_of_measured_models": Summary::of(&trees).json(),
-        "refit_memory": memory_json(&memory),
-        "refit_vm_hwm_mb_before_stop": hwm as f64 / 1024.0,
-        "refit_logs": logs_json(&logs),
-        "loadavg_before_after": [load_before, load_after],
-        "cpu": cpu,
-        "metrics_retrains_total": metrics.lines().filter(|l| l.starts_with("refit_retrains_total")).collect::<Vec<_>>(),
-    });
+    let result = Freshness {
+        implementation: name.to_owned(),
+        rate_batches_per_s: rate,
+        actuals_per_s_target: inserts_per_sec,
+        actuals_inserted: inserted,
+        actuals_per_s_achieved: inserted as f64 / elapsed,
+        max_insert_lag_ms: (max_lag * 1e3).round(),
+        users: w,
+        warm_retrains_per_user: warm,
+        batches_completed: completions.len(),
+        events_matched: fresh.len(),
+        statuses: count_by(statuses.iter().map(String::as_str)),
+        freshness_ms: Summary::rounded(&fresh),
+        freshness_from_insert_sent_ms: Summary::rounded(&fresh_from_send),
+        freshness_from_data_until_ms: Summary::rounded(&fresh_data_until),
+        breakdown_ms: segments
+            .iter()
+            .map(|(k, v)| (k.to_string(), Summary::rounded(v)))
+            .collect(),
+        steps_ms,
+        trees_of_measured_models: Summary::rounded(&trees),
+        refit_memory: memory_of(&memory),
+        refit_vm_hwm_mb_before_stop: hwm as f64 / 1024.0,
+        refit_logs: logs_of(&logs),
+        loadavg_before_after: [finite(load_before), finite(load_after)],
+        cpu,
+        metrics_retrains_total: retrain_metrics(&metrics),
+        repeat: 0,
+    };
     db.drop().await;
     Ok(result)
 }
@@ -481,7 +519,7 @@ impl Implementation<'_> {
 
 /// Two rounds over `users` users: 50 actuals each, bulk-loaded in one transaction while the
 /// implementation runs; the round's rate is users / (last event read − load committed).
-pub async fn throughput(s: &Settings, which: Implementation<'_>) -> anyhow::Result<Value> {
+pub async fn throughput(s: &Settings, which: Implementation<'_>) -> anyhow::Result<Throughput> {
     let (tag, name) = match which {
         Implementation::Refit => ("tp_refit", "refit"),
         Implementation::Python { .. } => ("tp_python", "python"),
@@ -550,21 +588,33 @@ pub async fn throughput(s: &Settings, which: Implementation<'_>) -> anyhow::Resu
             "{name} throughput: round {} → {done} retrains, {rate:.1}/s",
             round + 1
         ));
-        rounds.push(json!({
-            "round": round + 1,
-            "kind": if round == 0 { "fresh models" } else { "continued training" },
-            "load_seconds": committed - load_started,
-            "retrains": done,
-            "complete": last.is_some(),
-            "seconds_commit_to_last_event": end - committed,
-            "seconds_commit_to_first_event": first.map(|f| f - committed),
-            "committed_at": committed,
-            "retrains_per_s_read": rate,
-            "retrains_per_s_first_to_last_event": first.map(|f| (done.saturating_sub(1)) as f64 / (end - f)),
-            "windows_5s_per_s_read": Summary::of(&windows).json(),
-            "loadavg_before_after": [load_before, loadavg()],
-            "cpu": cpu,
-        }));
+        rounds.push(Round {
+            round: round + 1,
+            kind: if round == 0 {
+                "fresh models"
+            } else {
+                "continued training"
+            }
+            .to_owned(),
+            load_seconds: committed - load_started,
+            retrains: done,
+            complete: last.is_some(),
+            seconds_commit_to_last_event: end - committed,
+            seconds_commit_to_first_event: first.map(|f| f - committed),
+            committed_at: committed,
+            retrains_per_s_read: rate,
+            retrains_per_s_first_to_last_event: first
+                .map(|f| (done.saturating_sub(1)) as f64 / (end - f)),
+            windows_5s_per_s_read: Summary::rounded(&windows),
+            loadavg_before_after: [finite(load_before), finite(loadavg())],
+            cpu,
+            // Filled in from the acks once the implementation has stopped.
+            acked: 0,
+            seconds_commit_to_last_ack: f64::NAN,
+            retrains_per_s: f64::NAN,
+            windows_5s_per_s: Summary::default(),
+            consumer_lag_behind_ack_ms: Summary::default(),
+        });
     }
     let hwm = proc.hwm_now();
     let metrics = match which {
@@ -578,7 +628,7 @@ pub async fn throughput(s: &Settings, which: Implementation<'_>) -> anyhow::Resu
     // Throughput up to the broker's acknowledgement of each event (the implementation's own log
     // line, same clock), and how far the consumer lagged behind it.
     for (i, round) in rounds.iter_mut().enumerate() {
-        let committed = round["committed_at"].as_f64().unwrap_or(f64::NAN);
+        let committed = round.committed_at;
         let mut acks = Vec::new();
         let mut lag = Vec::new();
         for e in events.iter().filter(|e| e.version() == i as i64 + 1) {
@@ -599,11 +649,11 @@ pub async fn throughput(s: &Settings, which: Implementation<'_>) -> anyhow::Resu
             windows.push(acks.iter().filter(|a| **a >= t && **a < t + 5.0).count() as f64 / 5.0);
             t += 5.0;
         }
-        round["acked"] = json!(acks.len());
-        round["seconds_commit_to_last_ack"] = json!(last_ack - committed);
-        round["retrains_per_s"] = json!(acks.len() as f64 / (last_ack - committed));
-        round["windows_5s_per_s"] = Summary::of(&windows).json();
-        round["consumer_lag_behind_ack_ms"] = Summary::of(&lag).json();
+        round.acked = acks.len();
+        round.seconds_commit_to_last_ack = last_ack - committed;
+        round.retrains_per_s = acks.len() as f64 / (last_ack - committed);
+        round.windows_5s_per_s = Summary::rounded(&windows);
+        round.consumer_lag_behind_ack_ms = Summary::rounded(&lag);
     }
     let statuses = count_by(
         events
@@ -613,49 +663,58 @@ pub async fn throughput(s: &Settings, which: Implementation<'_>) -> anyhow::Resu
     let steps = match which {
         Implementation::Refit => {
             let all = versions(&db, "").await?;
-            let per_round = |v: i32| -> Value {
+            let per_round = |v: i32| -> StepSummaries {
                 let rows: Vec<VersionRow> =
                     all.iter().filter(|r| r.version == v).cloned().collect();
                 let evs: Vec<&Received> =
                     events.iter().filter(|e| e.version() == v as i64).collect();
                 refit_steps(&rows, &logs, &evs)
             };
-            json!({ "round1": per_round(1), "round2": per_round(2),
-                    "version_statuses": count_by(all.iter().map(|r| r.status.as_str())) })
+            ThroughputSteps::Refit {
+                round1: per_round(1),
+                round2: per_round(2),
+                version_statuses: count_by(all.iter().map(|r| r.status.as_str())),
+            }
         }
         Implementation::Python { .. } => {
-            let per_round = |v: i64| -> Value {
+            let per_round = |v: i64| -> PythonSteps {
                 let evs: Vec<&Received> = events.iter().filter(|e| e.version() == v).collect();
-                let mut out = serde_json::Map::new();
-                for step in [
-                    "read",
-                    "train",
-                    "load",
-                    "boost",
-                    "save",
-                    "commit",
-                    "invalidate",
-                ] {
-                    let vals: Vec<f64> = evs.iter().filter_map(|e| e.timing(step)).collect();
-                    out.insert(step.into(), Summary::of(&vals).json());
+                let step = |name: &str| {
+                    let vals: Vec<f64> = evs.iter().filter_map(|e| e.timing(name)).collect();
+                    Summary::rounded(&vals)
+                };
+                PythonSteps {
+                    read: step("read"),
+                    train: step("train"),
+                    load: step("load"),
+                    boost: step("boost"),
+                    save: step("save"),
+                    commit: step("commit"),
+                    invalidate: step("invalidate"),
                 }
-                Value::Object(out)
             };
-            json!({ "round1": per_round(1), "round2": per_round(2),
-                    "summary": logs.other.iter().find(|v| v["summary"].as_bool() == Some(true)) })
+            ThroughputSteps::Python {
+                round1: per_round(1),
+                round2: per_round(2),
+                summary: logs
+                    .other
+                    .iter()
+                    .find(|v| v["summary"].as_bool() == Some(true))
+                    .cloned(),
+            }
         }
     };
-    let result = json!({
-        "implementation": name,
-        "users": users,
-        "rounds": rounds,
-        "statuses": statuses,
-        "steps_ms": steps,
-        "memory": memory_json(&memory),
-        "vm_hwm_mb_before_stop": hwm as f64 / 1024.0,
-        "logs": logs_json(&logs),
-        "metrics_retrains_total": metrics.lines().filter(|l| l.starts_with("refit_retrains_total")).collect::<Vec<_>>(),
-    });
+    let result = Throughput {
+        implementation: name.to_owned(),
+        users,
+        rounds,
+        statuses,
+        steps_ms: steps,
+        memory: memory_of(&memory),
+        vm_hwm_mb_before_stop: hwm as f64 / 1024.0,
+        logs: logs_of(&logs),
+        metrics_retrains_total: retrain_metrics(&metrics),
+    };
     db.drop().await;
     Ok(result)
 }
@@ -699,9 +758,12 @@ pub async fn growth(
     cap: &str,
     retrains: usize,
     env_names: &[String],
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Growth> {
     if cap != "default" && !env_names.iter().any(|n| n == "REFIT_MAX_TREES") {
-        return Ok(json!({ "cap": cap, "skipped": "this refit has no REFIT_MAX_TREES" }));
+        return Ok(Growth::Skipped {
+            cap: cap.to_owned(),
+            skipped: "this refit has no REFIT_MAX_TREES".into(),
+        });
     }
     let tag = format!("growth_{}", if cap == "default" { "default" } else { cap });
     let db = BenchDb::create(s, &tag).await?;
@@ -752,16 +814,22 @@ pub async fn growth(
     let memory = blocking(|| refit.stop(Duration::from_secs(120)))?;
     let logs = std::mem::take(&mut *logs_of_refit.lock().unwrap());
     let rows = versions(&db, "").await?;
-    let table: Vec<Value> = rows
+    let table: Vec<GrowthVersion> = rows
         .iter()
         .map(|v| {
             let t = logs.steps.get(&v.retrain_id).and_then(|s| s.get("train"));
-            json!({
-                "version": v.version, "status": v.status, "source": v.source, "trees": v.trees,
-                "bytes": v.bytes, "read_ms": v.read_ms, "train_ms": v.train_ms,
-                "load_ms": t.and_then(|t| t.load_ms), "boost_ms": t.and_then(|t| t.boost_ms),
-                "save_ms": t.and_then(|t| t.save_ms),
-            })
+            GrowthVersion {
+                version: v.version,
+                status: v.status.clone(),
+                source: v.source.clone(),
+                trees: v.trees,
+                bytes: v.bytes,
+                read_ms: v.read_ms,
+                train_ms: v.train_ms,
+                load_ms: t.and_then(|t| t.load_ms),
+                boost_ms: t.and_then(|t| t.boost_ms),
+                save_ms: t.and_then(|t| t.save_ms),
+            }
         })
         .collect();
     let window = |lo: i32, hi: i32, f: &dyn Fn(&VersionRow) -> Option<f64>| -> Vec<f64> {
@@ -780,37 +848,51 @@ pub async fn growth(
     let at = |version: i32| rows.iter().find(|v| v.version == version).cloned();
     let v10 = at(10);
     let vlast = at(last);
-    let summary = json!({
-        "retrains": made,
-        "seconds": elapsed,
-        "versions_by_source": count_by(rows.iter().map(|v| v.source.as_str())),
-        "versions_by_status": count_by(rows.iter().map(|v| v.status.as_str())),
-        "v10": v10.as_ref().map(|v| json!({"train_ms": v.train_ms, "bytes": v.bytes, "trees": v.trees})),
-        "last_version": last,
-        "vlast": vlast.as_ref().map(|v| json!({"train_ms": v.train_ms, "bytes": v.bytes, "trees": v.trees})),
-        "median_train_ms_v8_12": median(&window(early.0, early.1, &train)),
-        "median_train_ms_last5": median(&window(late.0, late.1, &train)),
-        "median_bytes_v8_12": median(&window(early.0, early.1, &bytes)),
-        "median_bytes_last5": median(&window(late.0, late.1, &bytes)),
-        "max_train_ms_last100": Summary::of(&window(tail.0, tail.1, &train)).max,
-        "median_bytes_last100": median(&window(tail.0, tail.1, &bytes)),
-        "p90_train_ms_last100": Summary::of(&window(tail.0, tail.1, &train)).p90,
-        "p50_train_ms_last100": Summary::of(&window(tail.0, tail.1, &train)).p50,
-        "max_bytes_last100": Summary::of(&window(tail.0, tail.1, &bytes)).max,
-        "max_trees_last100": Summary::of(&window(tail.0, tail.1, &trees)).max,
-        "median_trees_v8_12": median(&window(early.0, early.1, &trees)),
-    });
-    let result = json!({
-        "cap": cap,
-        "effective_config": effective.iter()
-            .filter(|(k, _)| ["REFIT_MAX_TREES", "REFIT_COMPACTION", "REFIT_REFIT_WINDOW", "REFIT_COMPACTION_ROUNDS", "REFIT_VALIDATION_HOLDOUT"].contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
-        "summary": summary,
-        "memory": memory_json(&memory),
-        "vm_hwm_mb_before_stop": hwm as f64 / 1024.0,
-        "logs": logs_json(&logs),
-        "versions": table,
-    });
+    let brief = |v: &VersionRow| VersionBrief {
+        train_ms: v.train_ms,
+        bytes: v.bytes,
+        trees: v.trees,
+    };
+    let summary = GrowthSummary {
+        retrains: made,
+        seconds: elapsed,
+        versions_by_source: count_by(rows.iter().map(|v| v.source.as_str())),
+        versions_by_status: count_by(rows.iter().map(|v| v.status.as_str())),
+        v10: v10.as_ref().map(brief),
+        last_version: last,
+        vlast: vlast.as_ref().map(brief),
+        median_train_ms_v8_12: median(&window(early.0, early.1, &train)),
+        median_train_ms_last5: median(&window(late.0, late.1, &train)),
+        median_bytes_v8_12: median(&window(early.0, early.1, &bytes)),
+        median_bytes_last5: median(&window(late.0, late.1, &bytes)),
+        max_train_ms_last100: Summary::of(&window(tail.0, tail.1, &train)).max,
+        median_bytes_last100: median(&window(tail.0, tail.1, &bytes)),
+        p90_train_ms_last100: Summary::of(&window(tail.0, tail.1, &train)).p90,
+        p50_train_ms_last100: Summary::of(&window(tail.0, tail.1, &train)).p50,
+        max_bytes_last100: Summary::of(&window(tail.0, tail.1, &bytes)).max,
+        max_trees_last100: Summary::of(&window(tail.0, tail.1, &trees)).max,
+        median_trees_v8_12: median(&window(early.0, early.1, &trees)),
+    };
+    let kept = [
+        "REFIT_MAX_TREES",
+        "REFIT_COMPACTION",
+        "REFIT_REFIT_WINDOW",
+        "REFIT_COMPACTION_ROUNDS",
+        "REFIT_VALIDATION_HOLDOUT",
+    ];
+    let result = Growth::Ran(Box::new(GrowthRun {
+        cap: cap.to_owned(),
+        effective_config: effective
+            .iter()
+            .filter(|(k, _)| kept.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        summary,
+        memory: memory_of(&memory),
+        vm_hwm_mb_before_stop: hwm as f64 / 1024.0,
+        logs: logs_of(&logs),
+        versions: table,
+    }));
     db.drop().await;
     Ok(result)
 }

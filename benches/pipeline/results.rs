@@ -30,6 +30,11 @@ fn nan() -> f64 {
     f64::NAN
 }
 
+/// A measured number, None when it could not be measured (written as `null`).
+pub fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
 /// Everything one run wrote to results.json.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -41,7 +46,7 @@ pub struct Results {
     pub git: Git,
     pub refit_binary: String,
     pub refit_env_names: Vec<String>,
-    pub refit_defaults: BTreeMap<String, Value>,
+    pub refit_defaults: BTreeMap<String, String>,
     pub python_params: Value,
     pub settings: String,
     pub refit_extra_env: Vec<String>,
@@ -361,7 +366,7 @@ pub struct GrowthRun {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GrowthSummary {
-    pub retrains: usize,
+    pub retrains: i32,
     pub seconds: f64,
     pub versions_by_source: Counts,
     pub versions_by_status: Counts,

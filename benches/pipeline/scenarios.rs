@@ -7,10 +7,12 @@
 //! refit's registry with `refit models import`, for the ramp's 10,000 users once and then copied
 //! column for column — and in the reference's `py_model_versions`),
 //! so neither spends the scenario growing it.
+//!
+//! Each returns its typed results (results.rs); the report reads them.
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::infra::{
     cpu_delta, cpu_snap, free_port, now_unix, refit_env, BenchDb, Collector, Proc, Progress,
@@ -19,6 +21,7 @@ use crate::infra::{
 use crate::phases::{
     blocking, log, refit_default_params, refit_steps, versions, Implementation, THRESHOLD,
 };
+use crate::results::{Floor, FloorModel, FloorParts, RampRun, RampStep, StepSummaries, StepsRun};
 use crate::stats::Summary;
 use refit::model::trainer::{train, Previous, TrainInput, TrainMode};
 use refit::retrain::features::{prepare, ActualRow};
@@ -241,20 +244,11 @@ pub fn python_proc(
 
 /// Per-step numbers of the Python reference, from its events (and its ack log lines), under the
 /// same names as refit's.
-pub fn python_steps(events: &[&Received], logs: &crate::infra::LogIndex) -> Value {
-    let mut out = serde_json::Map::new();
-    for (name, key) in [
-        ("read", "read"),
-        ("train", "train"),
-        ("train_load", "load"),
-        ("train_boost", "boost"),
-        ("train_save", "save"),
-        ("commit", "commit"),
-        ("invalidate", "invalidate"),
-    ] {
+pub fn python_steps(events: &[&Received], logs: &crate::infra::LogIndex) -> StepSummaries {
+    let step = |key: &str| {
         let v: Vec<f64> = events.iter().filter_map(|e| e.timing(key)).collect();
-        out.insert(name.into(), Summary::of(&v).json());
-    }
+        Summary::rounded(&v)
+    };
     let announce: Vec<f64> = events
         .iter()
         .filter_map(|e| {
@@ -262,8 +256,16 @@ pub fn python_steps(events: &[&Received], logs: &crate::infra::LogIndex) -> Valu
             logs.steps.get(id)?.get("announce")?.duration_ms
         })
         .collect();
-    out.insert("announce".into(), Summary::of(&announce).json());
-    Value::Object(out)
+    StepSummaries {
+        read: step("read"),
+        train: step("train"),
+        train_load: step("load"),
+        train_boost: step("boost"),
+        train_save: step("save"),
+        commit: step("commit"),
+        invalidate: step("invalidate"),
+        announce: Summary::rounded(&announce),
+    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -272,7 +274,7 @@ pub fn python_steps(events: &[&Received], logs: &crate::infra::LogIndex) -> Valu
 
 /// Load + 10 rounds on 50 rows + save, and the same from a model kept in memory, for models of
 /// 100 and 1,000 trees: what XGBoost itself needs per retrain, no I/O.
-pub fn floor(s: &Settings) -> anyhow::Result<Value> {
+pub fn floor(s: &Settings) -> anyhow::Result<Floor> {
     let iterations = if s.quick { 50 } else { 200 };
     let params = default_params();
     let batch = prepare(
@@ -311,17 +313,28 @@ pub fn floor(s: &Settings) -> anyhow::Result<Value> {
         }
         progress.finish();
         let summary = |run: &[[f64; 4]]| {
-            let col = |c: usize| Summary::of(&run.iter().map(|r| r[c]).collect::<Vec<_>>()).json();
-            json!({"total": col(0), "load": col(1), "boost": col(2), "save": col(3)})
+            let col = |c: usize| Summary::rounded(&run.iter().map(|r| r[c]).collect::<Vec<_>>());
+            FloorParts {
+                total: col(0),
+                load: col(1),
+                boost: col(2),
+                save: col(3),
+            }
         };
-        models.push(json!({
-            "trees": trees,
-            "artifact_kb": seed.artifact.len() as f64 / 1024.0,
-            "from_artifact": summary(&runs[0]),
-            "in_memory": summary(&runs[1]),
-        }));
+        models.push(FloorModel {
+            trees: trees.into(),
+            artifact_kb: seed.artifact.len() as f64 / 1024.0,
+            from_artifact: summary(&runs[0]),
+            in_memory: summary(&runs[1]),
+        });
     }
-    Ok(json!({"iterations": iterations, "rows": THRESHOLD, "rounds": 10, "models": models}))
+    Ok(Floor {
+        iterations,
+        rows: THRESHOLD as usize,
+        rounds: 10,
+        models,
+        repeats: Vec::new(),
+    })
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -335,7 +348,7 @@ pub async fn steps(
     trees: i32,
     repeat: usize,
     which: Implementation<'_>,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<StepsRun> {
     let name = match which {
         Implementation::Refit => "refit",
         Implementation::Python { .. } => "python",
@@ -386,14 +399,13 @@ pub async fn steps(
     let logs = std::mem::take(&mut *logs_of_proc.lock().unwrap());
     let events: Vec<Received> = events.into_iter().skip(skip).collect();
     let evs: Vec<&Received> = events.iter().collect();
-    let mut steps = match which {
+    let steps = match which {
         Implementation::Refit => {
             refit_steps(&versions(&db, "WHERE version > 1").await?, &logs, &evs)
         }
         Implementation::Python { .. } => python_steps(&evs, &logs),
     };
-    steps["end_to_end"] = Summary::of(&end_to_end).json();
-    steps["statuses"] = json!(events
+    let statuses = events
         .iter()
         .filter_map(|e| e.value["status"].as_str())
         .fold(
@@ -401,11 +413,15 @@ pub async fn steps(
             |mut m, st| {
                 *m.entry(st.to_owned()).or_default() += 1;
                 m
-            }
-        ));
-    steps["vm_hwm_mb"] = json!(memory.hwm_kb as f64 / 1024.0);
+            },
+        );
     db.drop().await;
-    Ok(steps)
+    Ok(StepsRun {
+        steps,
+        end_to_end: Summary::rounded(&end_to_end),
+        statuses,
+        vm_hwm_mb: memory.hwm_kb as f64 / 1024.0,
+    })
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -424,7 +440,7 @@ pub async fn ramp(
     s: &Settings,
     which: Implementation<'_>,
     ladder: &[f64],
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<RampRun> {
     let name = match which {
         Implementation::Refit => "refit",
         Implementation::Python { .. } => "python",
@@ -549,19 +565,19 @@ pub async fn ramp(
             "ramp {name}: offered {offered_per_s:.0}/s, completed {completed:.0}/s, backlog {backlog_start} → {backlog_end}{}",
             if kept_up { "" } else { " (did not keep up)" }
         ));
-        results.push(json!({
-            "rate": rate,
-            "offered_per_s": offered_per_s,
-            "completed_per_s": completed,
-            "backlog_start": backlog_start,
-            "backlog_end": backlog_end,
-            "backlog_max": backlog_max,
-            "backlog_slack": backlog_slack,
-            "kept_up": kept_up,
-            "seconds": seconds,
-            "warm_up_seconds": s.ramp_warm_seconds,
-            "cpu": cpu,
-        }));
+        results.push(RampStep {
+            rate,
+            offered_per_s,
+            completed_per_s: completed,
+            backlog_start,
+            backlog_end,
+            backlog_max,
+            backlog_slack,
+            kept_up,
+            seconds,
+            warm_up_seconds: s.ramp_warm_seconds,
+            cpu,
+        });
         if !kept_up {
             break;
         }
@@ -570,25 +586,24 @@ pub async fn ramp(
     // wall time includes its last write, so the achieved rate reads a hair lower).
     let sustained = results
         .iter()
-        .filter(|r| r["kept_up"].as_bool() == Some(true))
-        .filter_map(|r| {
-            let (rate, offered) = (r["rate"].as_f64()?, r["offered_per_s"].as_f64()?);
-            Some(if offered >= 0.98 * rate {
-                rate
+        .filter(|r| r.kept_up && r.rate.is_finite() && r.offered_per_s.is_finite())
+        .map(|r| {
+            if r.offered_per_s >= 0.98 * r.rate {
+                r.rate
             } else {
-                offered
-            })
+                r.offered_per_s
+            }
         })
         .fold(0.0, f64::max);
     let memory = blocking(|| proc.stop(Duration::from_secs(60)))?;
     collector.stop();
     db.drop().await;
-    Ok(json!({
-        "users": users,
-        "step_seconds": s.ramp_seconds,
-        "warm_up_seconds": s.ramp_warm_seconds,
-        "steps": results,
-        "sustained_per_s": sustained,
-        "vm_hwm_mb": memory.hwm_kb as f64 / 1024.0,
-    }))
+    Ok(RampRun {
+        users,
+        step_seconds: s.ramp_seconds,
+        warm_up_seconds: s.ramp_warm_seconds,
+        steps: results,
+        sustained_per_s: sustained,
+        vm_hwm_mb: memory.hwm_kb as f64 / 1024.0,
+    })
 }
