@@ -26,6 +26,20 @@
 //! benchmarks.png, every child's log) and summary.md is printed at the end. A full run (not
 //! BENCH_QUICK) also rewrites BENCHMARKS.md between its `bench:results` markers and
 //! benchmarks.png. BENCH_QUICK=1 runs smaller sizes.
+//!
+//! `cargo bench --locked --bench pipeline -- --report target/bench/<run>/results.json` (or
+//! BENCH_RESUMMARIZE=<that path>) re-renders the report of an earlier run without measuring.
+//!
+//! The files:
+//! - main.rs: the run, phase by phase, saving results.json after every measurement;
+//! - results.rs: the typed results (what results.json holds, what the report and
+//!   scripts/bench-chart.py read);
+//! - phases.rs: scenario 2 (freshness), the throughput drain, growth, the Redis floor;
+//! - scenarios.rs: scenario 1 (per-step cost), scenario 3 (the ramp), the C API floor, and the
+//!   seeded models they start from;
+//! - infra.rs: settings, databases, the topic's consumer, child processes, CPU accounting;
+//! - stats.rs: percentiles and number formatting;
+//! - report/: summary.md, the BENCHMARKS.md section and the chart, from the typed results only.
 
 mod infra;
 mod phases;
@@ -41,7 +55,7 @@ use phases::Implementation;
 use results::{finite, PythonThroughput, Results};
 
 fn main() -> anyhow::Result<()> {
-    // `cargo bench` passes --bench; nothing else is accepted.
+    // `cargo bench` passes --bench; besides it, only `--report <results.json>`.
     let settings = Settings::from_env()?;
     // Re-render the report (summary, chart, BENCHMARKS.md) of an earlier run without running it:
     // `cargo bench --bench pipeline -- --report <results.json>` (or BENCH_RESUMMARIZE=<path>).
