@@ -121,3 +121,16 @@ fn results_read_back_as_written() {
         crate::report::summarize(&r)
     );
 }
+
+/// A recorded run's results (a quick run's, with Python, repeats and a skipped growth run added)
+/// and the summary the JSON-walking renderer this module replaced made of them.
+#[test]
+fn the_summary_of_a_recorded_run_is_as_before() {
+    let results: Results = serde_json::from_str(include_str!("testdata/results.json")).unwrap();
+    let expected = include_str!("testdata/summary.md");
+    let rendered = crate::report::summarize(&results);
+    for (i, (a, b)) in rendered.lines().zip(expected.lines()).enumerate() {
+        assert_eq!(a, b, "line {}", i + 1);
+    }
+    assert_eq!(rendered, expected);
+}
