@@ -93,6 +93,39 @@ pub struct Settings {
     pub run_id: String,
 }
 
+/// A comma-separated list from the environment.
+fn env_list(name: &str, default: &str) -> Vec<String> {
+    env_or(name, default)
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// A comma-separated list of rates from the environment (what does not parse is left out).
+fn env_rates(name: &str, default: &str) -> Vec<f64> {
+    env_list(name, default)
+        .iter()
+        .filter_map(|r| r.parse().ok())
+        .collect()
+}
+
+/// BENCH_GROWTH: `cap:retrains` runs.
+fn growth_runs(quick: bool) -> Vec<(String, usize)> {
+    let default = if quick {
+        "default:100,0:100"
+    } else {
+        "default:1000,0:500"
+    };
+    env_list("BENCH_GROWTH", default)
+        .iter()
+        .map(|spec| match spec.split_once(':') {
+            Some((cap, n)) => (cap.to_owned(), n.parse().unwrap_or(1000)),
+            None => (spec.clone(), if quick { 100 } else { 1000 }),
+        })
+        .collect()
+}
+
 impl Settings {
     pub fn from_env() -> anyhow::Result<Self> {
         let quick = env_or("BENCH_QUICK", "0") != "0";
@@ -106,13 +139,6 @@ impl Settings {
             "" | "0" | "off" => None,
             p => Some(p.to_owned()),
         };
-        let list = |name: &str, default: &str| -> Vec<String> {
-            env_or(name, default)
-                .split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect()
-        };
         Ok(Settings {
             quick,
             admin_url: env_or("BENCH_DATABASE_URL", &refit_testkit::admin_url()),
@@ -122,32 +148,16 @@ impl Settings {
             python_script: root.join("scripts/bench-python.py"),
             // `python` (the Python reference's drain, ~10 min at 10,000 users) only on request:
             // the ramp (scenario 3) is where the two are compared.
-            phases: list(
+            phases: env_list(
                 "BENCH_PHASES",
                 "floor,steps,freshness,ramp,throughput,growth",
             ),
             users: env_num("BENCH_USERS", if quick { 1000 } else { 10_000 }),
-            fresh_rates: list("BENCH_FRESH_RATES", if quick { "10" } else { "4,10" })
-                .iter()
-                .filter_map(|r| r.parse().ok())
-                .collect(),
+            fresh_rates: env_rates("BENCH_FRESH_RATES", if quick { "10" } else { "4,10" }),
             fresh_seconds: env_num("BENCH_FRESH_SECONDS", if quick { 10.0 } else { 25.0 }),
             fresh_users: env_num("BENCH_FRESH_USERS", 50),
             fresh_warm: env_num("BENCH_FRESH_WARM", 3),
-            growth_runs: list(
-                "BENCH_GROWTH",
-                if quick {
-                    "default:100,0:100"
-                } else {
-                    "default:1000,0:500"
-                },
-            )
-            .iter()
-            .map(|spec| match spec.split_once(':') {
-                Some((cap, n)) => (cap.to_owned(), n.parse().unwrap_or(1000)),
-                None => (spec.clone(), if quick { 100 } else { 1000 }),
-            })
-            .collect(),
+            growth_runs: growth_runs(quick),
             refit_extra_env: env_or("BENCH_REFIT_ENV", "")
                 .split(';')
                 .filter_map(|kv| kv.split_once('='))
@@ -159,14 +169,8 @@ impl Settings {
             )),
             ramp_seconds: env_num("BENCH_RAMP_SECONDS", if quick { 8.0 } else { 20.0 }),
             ramp_warm_seconds: env_num("BENCH_RAMP_WARM", if quick { 2.0 } else { 4.0 }),
-            ramp_refit: list("BENCH_RAMP_REFIT", "50,100,150,200,250,300,350,400,500")
-                .iter()
-                .filter_map(|r| r.parse().ok())
-                .collect(),
-            ramp_python: list("BENCH_RAMP_PYTHON", "10,20,30,40,50,60,80,100,150,200")
-                .iter()
-                .filter_map(|r| r.parse().ok())
-                .collect(),
+            ramp_refit: env_rates("BENCH_RAMP_REFIT", "50,100,150,200,250,300,350,400,500"),
+            ramp_python: env_rates("BENCH_RAMP_PYTHON", "10,20,30,40,50,60,80,100,150,200"),
             repeat: env_num("BENCH_REPEAT", if quick { 1 } else { 3 }),
             keep_databases: env_or("BENCH_KEEP_DBS", "0") != "0",
             out_dir,
@@ -637,6 +641,48 @@ fn read_status(pid: u32) -> Option<(u64, u64)> {
     refit_testkit::proc_memory(pid).map(|m| (m.rss_kib, m.hwm_kib))
 }
 
+/// A child's stdout into its log file, each line indexed as it passes.
+fn copy_stdout(stdout: std::process::ChildStdout, out_file: std::fs::File, logs: &Mutex<LogIndex>) {
+    let mut file = BufWriter::with_capacity(1 << 20, out_file);
+    for line in BufReader::new(stdout).lines() {
+        let Ok(line) = line else { break };
+        let _ = writeln!(file, "{line}");
+        index_line(logs, &line);
+    }
+    let _ = file.flush();
+}
+
+/// A child's stderr into its own file.
+fn copy_stderr(stderr: std::process::ChildStderr, err_file: std::fs::File) {
+    let mut file = BufWriter::new(err_file);
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        let _ = writeln!(file, "{line}");
+    }
+    let _ = file.flush();
+}
+
+/// A child's RSS and VmHWM every 200 ms (a timeline sample a second) while `watching`.
+fn watch_memory(pid: u32, memory: &Mutex<Memory>, watching: &AtomicBool) {
+    let started = Instant::now();
+    let mut last_sample = -1.0;
+    while watching.load(Ordering::Relaxed) {
+        let Some((rss, hwm)) = read_status(pid) else {
+            break;
+        };
+        let mut m = memory.lock().unwrap();
+        m.max_rss_kb = m.max_rss_kb.max(rss);
+        m.hwm_kb = m.hwm_kb.max(hwm);
+        let t = started.elapsed().as_secs_f64();
+        if t - last_sample >= 1.0 {
+            m.timeline.push((t, rss));
+            last_sample = t;
+        }
+        drop(m);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 impl Proc {
     /// Starts `program args` with exactly `env` (plus PATH and HOME), stdout parsed as JSON log
     /// lines and copied to `log_path`, stderr copied to `log_path` + ".stderr".
@@ -675,47 +721,14 @@ impl Proc {
         let out_file = std::fs::File::create(log_path)?;
         threads.push(std::thread::spawn({
             let logs = logs.clone();
-            move || {
-                let mut file = BufWriter::with_capacity(1 << 20, out_file);
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    let _ = writeln!(file, "{line}");
-                    index_line(&logs, &line);
-                }
-                let _ = file.flush();
-            }
+            move || copy_stdout(stdout, out_file, &logs)
         }));
         let err_file = std::fs::File::create(log_path.with_extension("stderr"))?;
-        threads.push(std::thread::spawn(move || {
-            let mut file = BufWriter::new(err_file);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let _ = writeln!(file, "{line}");
-            }
-            let _ = file.flush();
-        }));
+        threads.push(std::thread::spawn(move || copy_stderr(stderr, err_file)));
         threads.push(std::thread::spawn({
             let memory = memory.clone();
             let watching = watching.clone();
-            move || {
-                let started = Instant::now();
-                let mut last_sample = -1.0;
-                while watching.load(Ordering::Relaxed) {
-                    let Some((rss, hwm)) = read_status(pid) else {
-                        break;
-                    };
-                    let mut m = memory.lock().unwrap();
-                    m.max_rss_kb = m.max_rss_kb.max(rss);
-                    m.hwm_kb = m.hwm_kb.max(hwm);
-                    let t = started.elapsed().as_secs_f64();
-                    if t - last_sample >= 1.0 {
-                        m.timeline.push((t, rss));
-                        last_sample = t;
-                    }
-                    drop(m);
-                    std::thread::sleep(Duration::from_millis(200));
-                }
-            }
+            move || watch_memory(pid, &memory, &watching)
         }));
         Ok(Proc {
             name: name.to_owned(),
@@ -900,7 +913,7 @@ pub fn refit_config(env: &[(String, String)]) -> Vec<(String, String)> {
 }
 
 /// The machine, as BENCHMARKS.md reports it.
-pub fn machine() -> Value {
+pub fn machine() -> crate::results::Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -927,13 +940,13 @@ pub fn machine() -> Value {
                 .to_owned()
         })
         .unwrap_or_default();
-    serde_json::json!({
-        "nproc": nproc,
-        "cpu_model": model,
-        "memory_gib": (mem_kb as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0,
-        "kernel": kernel.trim(),
-        "os": os,
-    })
+    crate::results::Machine {
+        nproc,
+        cpu_model: model,
+        memory_gib: (mem_kb as f64 / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+        kernel: kernel.trim().to_owned(),
+        os,
+    }
 }
 
 /// The 1-minute load average (other work on the machine disturbs the numbers: it is recorded).
@@ -1016,7 +1029,7 @@ pub async fn cpu_snap(pool: &PgPool, child_pid: u32, application_name: &str) -> 
 }
 
 /// CPU used between two snapshots, per retrain where `retrains` > 0.
-pub fn cpu_delta(a: &CpuSnap, b: &CpuSnap, retrains: usize) -> Value {
+pub fn cpu_delta(a: &CpuSnap, b: &CpuSnap, retrains: usize) -> crate::results::Cpu {
     let wall = b.at - a.at;
     let child = b.child - a.child;
     let pg: f64 = b
@@ -1032,15 +1045,15 @@ pub fn cpu_delta(a: &CpuSnap, b: &CpuSnap, retrains: usize) -> Value {
             f64::NAN
         }
     };
-    serde_json::json!({
-        "wall_s": wall,
-        "process_cpu_s": child,
-        "its_postgres_backends_cpu_s": pg,
-        "machine_busy_cpu_s": machine,
-        "process_cores": child / wall,
-        "its_postgres_cores": pg / wall,
-        "rest_of_machine_cores": (machine - child - pg) / wall,
-        "process_cpu_ms_per_retrain": per(child),
-        "postgres_cpu_ms_per_retrain": per(pg),
-    })
+    crate::results::Cpu {
+        wall_s: wall,
+        process_cpu_s: child,
+        its_postgres_backends_cpu_s: pg,
+        machine_busy_cpu_s: machine,
+        process_cores: child / wall,
+        its_postgres_cores: pg / wall,
+        rest_of_machine_cores: (machine - child - pg) / wall,
+        process_cpu_ms_per_retrain: per(child),
+        postgres_cpu_ms_per_retrain: per(pg),
+    }
 }

@@ -1,11 +1,18 @@
-//! The phases of a run. Each returns its numbers as JSON (kept in results.json) and never asserts
-//! anything about time: the report compares them with the targets.
+//! The phases of a run (scenario 2, the throughput drain, growth, the Redis floor) and the
+//! per-step numbers they share. Each returns its typed results (results.rs, kept in
+//! results.json) and never asserts anything about time: the report compares them with the
+//! targets.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use serde_json::{json, Value};
+
+use crate::results::{
+    finite, Cpu, Freshness, Growth, GrowthRun, GrowthSummary, GrowthVersion, Logs, Memory,
+    PythonSteps, RedisFloor, Round, StepSummaries, Throughput, ThroughputSteps, VersionBrief,
+};
 use sqlx::Row;
 
 use crate::infra::{
@@ -31,7 +38,11 @@ pub fn log(msg: impl AsRef<str>) {
 
 /// Per-step numbers of refit's retrains (ms): read and train from `refit_model_versions`, the
 /// train breakdown from the JSON log, invalidate and commit from the events.
-pub fn refit_steps(versions: &[VersionRow], logs: &LogIndex, events: &[&Received]) -> Value {
+pub fn refit_steps(
+    versions: &[VersionRow],
+    logs: &LogIndex,
+    events: &[&Received],
+) -> StepSummaries {
     let read: Vec<f64> = versions.iter().filter_map(|v| v.read_ms).collect();
     let train: Vec<f64> = versions.iter().filter_map(|v| v.train_ms).collect();
     let mut load = Vec::new();
@@ -66,16 +77,20 @@ pub fn refit_steps(versions: &[VersionRow], logs: &LogIndex, events: &[&Received
             }
         }
     }
-    json!({
-        "read": Summary::of(&read).json(),
-        "train": Summary::of(&train).json(),
-        "train_load": Summary::of(&load).json(),
-        "train_boost": Summary::of(&boost).json(),
-        "train_save": Summary::of(&save).json(),
-        "commit": Summary::of(if commit.is_empty() { &commit_log } else { &commit }).json(),
-        "invalidate": Summary::of(&invalidate).json(),
-        "announce": Summary::of(&announce).json(),
-    })
+    StepSummaries {
+        read: Summary::rounded(&read),
+        train: Summary::rounded(&train),
+        train_load: Summary::rounded(&load),
+        train_boost: Summary::rounded(&boost),
+        train_save: Summary::rounded(&save),
+        commit: Summary::rounded(if commit.is_empty() {
+            &commit_log
+        } else {
+            &commit
+        }),
+        invalidate: Summary::rounded(&invalidate),
+        announce: Summary::rounded(&announce),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -116,7 +131,7 @@ pub async fn versions(db: &BenchDb, filter: &str) -> anyhow::Result<Vec<VersionR
         .collect())
 }
 
-fn count_by<'a>(items: impl Iterator<Item = &'a str>) -> BTreeMap<String, usize> {
+pub fn count_by<'a>(items: impl Iterator<Item = &'a str>) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for i in items {
         *m.entry(i.to_owned()).or_default() += 1;
@@ -124,24 +139,41 @@ fn count_by<'a>(items: impl Iterator<Item = &'a str>) -> BTreeMap<String, usize>
     m
 }
 
-fn memory_json(m: &crate::infra::Memory) -> Value {
-    json!({
-        "vm_hwm_mb": (m.hwm_kb as f64 / 1024.0 * 10.0).round() / 10.0,
-        "max_sampled_rss_mb": (m.max_rss_kb as f64 / 1024.0 * 10.0).round() / 10.0,
-        "timeline_mb": m.timeline.iter().step_by((m.timeline.len() / 40).max(1))
-            .map(|(t, kb)| json!([t.round(), (*kb as f64 / 1024.0).round()])).collect::<Vec<_>>(),
-    })
+pub fn memory_of(m: &crate::infra::Memory) -> Memory {
+    Memory {
+        vm_hwm_mb: (m.hwm_kb as f64 / 1024.0 * 10.0).round() / 10.0,
+        max_sampled_rss_mb: (m.max_rss_kb as f64 / 1024.0 * 10.0).round() / 10.0,
+        timeline_mb: m
+            .timeline
+            .iter()
+            .step_by((m.timeline.len() / 40).max(1))
+            .map(|(t, kb)| [t.round(), (*kb as f64 / 1024.0).round()])
+            .collect(),
+    }
 }
 
-fn logs_json(logs: &LogIndex) -> Value {
-    json!({ "warnings": logs.warnings, "errors": logs.errors, "first_notable": logs.notable })
+fn logs_of(logs: &LogIndex) -> Logs {
+    Logs {
+        warnings: logs.warnings,
+        errors: logs.errors,
+        first_notable: logs.notable.clone(),
+    }
+}
+
+/// The lines of refit's /metrics about retrains.
+fn retrain_metrics(metrics: &str) -> Vec<String> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("refit_retrains_total"))
+        .map(str::to_owned)
+        .collect()
 }
 
 // ------------------------------------------------------------------------------------------------
 // Redis DEL, measured from the bench process (the floor under refit's invalidate step)
 // ------------------------------------------------------------------------------------------------
 
-pub async fn redis_floor(s: &Settings) -> anyhow::Result<Value> {
+pub async fn redis_floor(s: &Settings) -> anyhow::Result<RedisFloor> {
     let client = redis::Client::open(s.redis_url.as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let mut times = Vec::with_capacity(2000);
@@ -151,7 +183,9 @@ pub async fn redis_floor(s: &Settings) -> anyhow::Result<Value> {
         let _: i64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await?;
         times.push(started.elapsed().as_secs_f64() * 1e3);
     }
-    Ok(json!({ "del": Summary::of(&times[100..]).json() }))
+    Ok(RedisFloor {
+        del: Summary::rounded(&times[100..]),
+    })
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -175,7 +209,179 @@ pub async fn freshness(
     s: &Settings,
     rate: f64,
     which: &Implementation<'_>,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Freshness> {
+    let name = which.name();
+    let port = free_port();
+    let (db, refit, collector) = fresh_start(s, rate, which, port).await?;
+    let w = s.fresh_users as i32;
+    let warm = s.fresh_warm as i32;
+    fresh_warm_up(
+        &db,
+        &collector,
+        &format!("freshness {rate}/s, {name}"),
+        w,
+        warm,
+    )
+    .await?;
+    // Stagger: user j starts with j*50/w pending actuals, so completions are spread evenly.
+    let users: Vec<i32> = (1..=w).collect();
+    let prefill: Vec<i32> = (0..w).map(|j| j * THRESHOLD / w).collect();
+    db.load(&users, &vec![THRESHOLD * warm + 1; w as usize], &prefill)
+        .await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let starts: Vec<(i32, i32)> = users
+        .iter()
+        .zip(&prefill)
+        .map(|(u, p)| (*u, THRESHOLD * warm + p))
+        .collect();
+    let win = paced_window(s, &db, &refit, &collector, which, rate, &starts).await?;
+    let stopped = stop(refit, collector, port, which, Duration::from_secs(30))?;
+    let m = match_completions(&win.completions, &stopped.events, &stopped.logs);
+    let (steps_ms, trees) = fresh_steps(which, &db, warm, &m, &stopped.logs).await?;
+    let result = Freshness {
+        implementation: name.to_owned(),
+        rate_batches_per_s: rate,
+        actuals_per_s_target: rate * THRESHOLD as f64,
+        actuals_inserted: win.inserted,
+        actuals_per_s_achieved: win.inserted as f64 / win.elapsed,
+        max_insert_lag_ms: (win.max_lag * 1e3).round(),
+        users: w,
+        warm_retrains_per_user: warm,
+        batches_completed: win.completions.len(),
+        events_matched: m.fresh.len(),
+        statuses: count_by(m.statuses.iter().map(String::as_str)),
+        freshness_ms: Summary::rounded(&m.fresh),
+        freshness_from_insert_sent_ms: Summary::rounded(&m.fresh_from_send),
+        freshness_from_data_until_ms: Summary::rounded(&m.fresh_data_until),
+        breakdown_ms: m
+            .segments
+            .iter()
+            .map(|(k, v)| (k.to_string(), Summary::rounded(v)))
+            .collect(),
+        steps_ms,
+        trees_of_measured_models: Summary::rounded(&trees),
+        refit_memory: memory_of(&stopped.memory),
+        refit_vm_hwm_mb_before_stop: stopped.hwm as f64 / 1024.0,
+        refit_logs: logs_of(&stopped.logs),
+        loadavg_before_after: win.loadavg,
+        cpu: win.cpu,
+        metrics_retrains_total: retrain_metrics(&stopped.metrics),
+        repeat: 0,
+    };
+    db.drop().await;
+    Ok(result)
+}
+
+/// What the paced inserts did, and the machine around them.
+struct Window {
+    completions: Vec<Completion>,
+    inserted: u64,
+    /// The worst lag of an insert behind its schedule (s).
+    max_lag: f64,
+    elapsed: f64,
+    loadavg: [Option<f64>; 2],
+    cpu: Cpu,
+}
+
+/// `rate * 50` actuals/s for `fresh_seconds`, then up to 60 s for their events.
+async fn paced_window(
+    s: &Settings,
+    db: &BenchDb,
+    proc: &Proc,
+    collector: &Collector,
+    which: &Implementation<'_>,
+    rate: f64,
+    starts: &[(i32, i32)],
+) -> anyhow::Result<Window> {
+    let (name, app) = (which.name(), which.application_name());
+    let before = collector.count();
+    let inserts_per_sec = rate * THRESHOLD as f64;
+    let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
+    let pacing = Pacing {
+        t0,
+        until: t0 + Duration::from_secs_f64(s.fresh_seconds),
+        tasks: 2,
+        inserts_per_sec,
+    };
+    let load_before = loadavg();
+    log(format!(
+        "freshness {rate}/s, {name}: {inserts_per_sec} actuals/s for {} s",
+        s.fresh_seconds
+    ));
+    let cpu_start = cpu_snap(&db.pool, proc.pid, app).await;
+    let wall_start = now_unix();
+    let progress = Progress::new(
+        &format!("freshness {rate}/s, {name}"),
+        (rate * s.fresh_seconds).round() as usize,
+    );
+    let (completions, inserted, max_lag) =
+        paced_inserts(db, starts, &pacing, progress, collector, before).await?;
+    let elapsed = now_unix() - wall_start;
+    let load_after = loadavg();
+    let expected = before + completions.len();
+    let arrived = blocking(|| collector.wait_for(expected, Duration::from_secs(60)));
+    let cpu_end = cpu_snap(&db.pool, proc.pid, app).await;
+    let cpu = cpu_delta(&cpu_start, &cpu_end, completions.len());
+    if arrived.is_none() {
+        log(format!(
+            "freshness {rate}/s, {name}: only {} of {expected} events arrived",
+            collector.count()
+        ));
+    }
+    Ok(Window {
+        completions,
+        inserted,
+        max_lag,
+        elapsed,
+        loadavg: [finite(load_before), finite(load_after)],
+        cpu,
+    })
+}
+
+/// What is left of an implementation once stopped.
+struct Stopped {
+    /// VmHWM (kB) just before the stop.
+    hwm: u64,
+    /// refit's /metrics (empty for the Python reference).
+    metrics: String,
+    memory: crate::infra::Memory,
+    events: Vec<Received>,
+    logs: LogIndex,
+}
+
+/// Stops the implementation (within `grace`) and the topic's consumer.
+fn stop(
+    proc: Proc,
+    collector: Collector,
+    port: u16,
+    which: &Implementation<'_>,
+    grace: Duration,
+) -> anyhow::Result<Stopped> {
+    let hwm = proc.hwm_now();
+    let metrics = match which {
+        Implementation::Refit => http_get(port, "/metrics").unwrap_or_default(),
+        Implementation::Python { .. } => String::new(),
+    };
+    let logs_of_proc = proc.logs.clone();
+    let memory = blocking(|| proc.stop(grace))?;
+    let events = collector.stop();
+    let logs = std::mem::take(&mut *logs_of_proc.lock().unwrap());
+    Ok(Stopped {
+        hwm,
+        metrics,
+        memory,
+        events,
+        logs,
+    })
+}
+
+/// The implementation started on a database of its own, and a consumer of its topic.
+async fn fresh_start(
+    s: &Settings,
+    rate: f64,
+    which: &Implementation<'_>,
+    port: u16,
+) -> anyhow::Result<(BenchDb, Proc, Collector)> {
     let name = which.name();
     let tag = format!(
         "fresh{}{}",
@@ -185,21 +391,27 @@ pub async fn freshness(
             Implementation::Python { .. } => "_python",
         }
     );
-    let port = free_port();
     let log_path = s.out_dir.join(format!("{name}-{tag}.log"));
     let (db, mut refit) = crate::scenarios::start(s, &tag, which, port, &[], &log_path).await?;
     let collector = Collector::start(&s.brokers, &db.topic)?;
-    let app = which.application_name();
     blocking(|| refit.wait_ready(Duration::from_secs(60)))?;
-    let w = s.fresh_users as i32;
-    let warm = s.fresh_warm as i32;
+    Ok((db, refit, collector))
+}
 
+/// `warm` retrains of each of `w` users before anything is measured.
+async fn fresh_warm_up(
+    db: &BenchDb,
+    collector: &Collector,
+    label: &str,
+    w: i32,
+    warm: i32,
+) -> anyhow::Result<()> {
     log(format!(
-        "freshness {rate}/s, {name}: warming up {w} users with {warm} retrains each"
+        "{label}: warming up {w} users with {warm} retrains each"
     ));
     if warm > 0 {
         db.load_uniform(w as usize, 1, THRESHOLD * warm).await?;
-        let label = format!("freshness {rate}/s, {name}, warm-up");
+        let label = format!("{label}, warm-up");
         if blocking(|| {
             collector.wait_with_progress(&label, 0, (w * warm) as usize, Duration::from_secs(300))
         })
@@ -208,90 +420,44 @@ pub async fn freshness(
             bail!("warm-up retrains did not all arrive");
         }
     }
-    // Stagger: user j starts with j*50/w pending actuals, so completions are spread evenly.
-    let users: Vec<i32> = (1..=w).collect();
-    let prefill: Vec<i32> = (0..w).map(|j| j * THRESHOLD / w).collect();
-    db.load(&users, &vec![THRESHOLD * warm + 1; w as usize], &prefill)
-        .await?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let before = collector.count();
+    Ok(())
+}
 
-    let inserts_per_sec = rate * THRESHOLD as f64;
-    let tasks = 2usize;
-    let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
-    let until = t0 + Duration::from_secs_f64(s.fresh_seconds);
-    let load_before = loadavg();
-    log(format!(
-        "freshness {rate}/s, {name}: {inserts_per_sec} actuals/s for {} s",
-        s.fresh_seconds
-    ));
-    let cpu_start = cpu_snap(&db.pool, refit.pid, app).await;
-    let wall_start = now_unix();
+/// The schedule of the paced inserts: insert n of task k at t0 + (n·tasks + k) / rate.
+#[derive(Clone, Copy)]
+struct Pacing {
+    t0: tokio::time::Instant,
+    until: tokio::time::Instant,
+    tasks: usize,
+    inserts_per_sec: f64,
+}
+
+/// The paced inserts, `pacing.tasks` connections in parallel, each taking every tasks-th user
+/// (`starts`: user and its count of actuals so far); what they completed, how many actuals they
+/// inserted, the worst lag behind the schedule (s).
+async fn paced_inserts(
+    db: &BenchDb,
+    starts: &[(i32, i32)],
+    pacing: &Pacing,
+    mut progress: Progress,
+    collector: &Collector,
+    before: usize,
+) -> anyhow::Result<(Vec<Completion>, u64, f64)> {
     let mut handles = Vec::new();
-    for k in 0..tasks {
-        let pool = db.pool.clone();
-        let mine: Vec<(i32, i32)> = users
+    for k in 0..pacing.tasks {
+        let mine: Vec<(i32, i32)> = starts
             .iter()
-            .zip(&prefill)
-            .filter(|(u, _)| (**u as usize) % tasks == k)
-            .map(|(u, p)| (*u, THRESHOLD * warm + p))
+            .filter(|(u, _)| (*u as usize) % pacing.tasks == k)
+            .copied()
             .collect();
-        handles.push(tokio::spawn(async move {
-            let mut conn = pool.acquire().await?;
-            let mut counts: Vec<(i32, i32)> = mine;
-            let mut done = Vec::new();
-            let mut inserted = 0u64;
-            let mut max_lag = 0.0f64;
-            let mut n = 0u64;
-            loop {
-                let at = t0
-                    + Duration::from_secs_f64(
-                        (n * tasks as u64 + k as u64) as f64 / inserts_per_sec,
-                    );
-                if at >= until {
-                    break;
-                }
-                tokio::time::sleep_until(at).await;
-                max_lag = max_lag.max(tokio::time::Instant::now().duration_since(at).as_secs_f64());
-                let slot = (n as usize) % counts.len();
-                let (u, c) = counts[slot];
-                let k_next = c + 1;
-                sqlx::query(
-                    "INSERT INTO prediction_requests (request_id, user_id, features)
-                     VALUES (bench_request_id($1, $2), bench_user($1), bench_features($1, $2))",
-                )
-                .bind(u)
-                .bind(k_next)
-                .execute(&mut *conn)
-                .await?;
-                let sent = now_unix();
-                sqlx::query(
-                    "INSERT INTO actual_rentals (request_id, actual_value)
-                     VALUES (bench_request_id($1, $2), bench_actual($1, $2))",
-                )
-                .bind(u)
-                .bind(k_next)
-                .execute(&mut *conn)
-                .await?;
-                let committed = now_unix();
-                counts[slot].1 = k_next;
-                inserted += 1;
-                if k_next % THRESHOLD == 0 {
-                    done.push(Completion {
-                        user: format!("user-{u:06}"),
-                        version: (k_next / THRESHOLD) as i64,
-                        sent,
-                        committed,
-                    });
-                }
-                n += 1;
-            }
-            Ok::<_, anyhow::Error>((done, inserted, max_lag))
-        }));
+        handles.push(tokio::spawn(insert_paced(
+            db.pool.clone(),
+            mine,
+            *pacing,
+            k,
+        )));
     }
     // Progress: batches completed by the inserts' schedule (events read are checked below).
-    let batches_expected = (rate * s.fresh_seconds).round() as usize;
-    let mut progress = Progress::new(&format!("freshness {rate}/s, {name}"), batches_expected);
     while !handles.iter().all(|h| h.is_finished()) {
         progress.set(collector.count().saturating_sub(before));
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -306,150 +472,198 @@ pub async fn freshness(
         inserted += n;
         max_lag = max_lag.max(lag);
     }
-    let elapsed = now_unix() - wall_start;
-    let load_after = loadavg();
-    let expected = before + completions.len();
-    let arrived = blocking(|| collector.wait_for(expected, Duration::from_secs(60)));
-    let cpu = cpu_delta(
-        &cpu_start,
-        &cpu_snap(&db.pool, refit.pid, app).await,
-        completions.len(),
-    );
-    if arrived.is_none() {
-        log(format!(
-            "freshness {rate}/s, {name}: only {} of {expected} events arrived",
-            collector.count()
-        ));
-    }
-    let hwm = refit.hwm_now();
-    let metrics = match which {
-        Implementation::Refit => http_get(port, "/metrics").unwrap_or_default(),
-        Implementation::Python { .. } => String::new(),
-    };
-    let logs_of_refit = refit.logs.clone();
-    let memory = blocking(|| refit.stop(Duration::from_secs(30)))?;
-    let events = collector.stop();
-    let logs = std::mem::take(&mut *logs_of_refit.lock().unwrap());
+    Ok((completions, inserted, max_lag))
+}
 
-    // Match each completion with its event by user and version.
+/// One connection's share of the paced inserts: a request, then its actual, round-robin over
+/// `counts` (user, actuals so far).
+async fn insert_paced(
+    pool: sqlx::PgPool,
+    mut counts: Vec<(i32, i32)>,
+    pacing: Pacing,
+    k: usize,
+) -> anyhow::Result<(Vec<Completion>, u64, f64)> {
+    let mut conn = pool.acquire().await?;
+    let mut done = Vec::new();
+    let mut inserted = 0u64;
+    let mut max_lag = 0.0f64;
+    let mut n = 0u64;
+    loop {
+        let at = pacing.t0
+            + Duration::from_secs_f64(
+                (n * pacing.tasks as u64 + k as u64) as f64 / pacing.inserts_per_sec,
+            );
+        if at >= pacing.until {
+            break;
+        }
+        tokio::time::sleep_until(at).await;
+        max_lag = max_lag.max(tokio::time::Instant::now().duration_since(at).as_secs_f64());
+        let slot = (n as usize) % counts.len();
+        let (u, c) = counts[slot];
+        let k_next = c + 1;
+        sqlx::query(
+            "INSERT INTO prediction_requests (request_id, user_id, features)
+             VALUES (bench_request_id($1, $2), bench_user($1), bench_features($1, $2))",
+        )
+        .bind(u)
+        .bind(k_next)
+        .execute(&mut *conn)
+        .await?;
+        let sent = now_unix();
+        sqlx::query(
+            "INSERT INTO actual_rentals (request_id, actual_value)
+             VALUES (bench_request_id($1, $2), bench_actual($1, $2))",
+        )
+        .bind(u)
+        .bind(k_next)
+        .execute(&mut *conn)
+        .await?;
+        let committed = now_unix();
+        counts[slot].1 = k_next;
+        inserted += 1;
+        if k_next % THRESHOLD == 0 {
+            done.push(Completion {
+                user: format!("user-{u:06}"),
+                version: (k_next / THRESHOLD) as i64,
+                sent,
+                committed,
+            });
+        }
+        n += 1;
+    }
+    Ok((done, inserted, max_lag))
+}
+
+/// Completions matched with their events, and the intervals measured on them.
+struct Matched<'a> {
+    by_key: HashMap<(String, i64), &'a Received>,
+    fresh: Vec<f64>,
+    fresh_from_send: Vec<f64>,
+    fresh_data_until: Vec<f64>,
+    segments: BTreeMap<&'static str, Vec<f64>>,
+    events: Vec<&'a Received>,
+    statuses: Vec<String>,
+}
+
+/// Match each completion with its event by user and version.
+fn match_completions<'a>(
+    completions: &[Completion],
+    events: &'a [Received],
+    logs: &LogIndex,
+) -> Matched<'a> {
     let by_key: HashMap<(String, i64), &Received> = events
         .iter()
         .map(|e| ((e.user().to_owned(), e.version()), e))
         .collect();
-    let mut fresh = Vec::new();
-    let mut fresh_from_send = Vec::new();
-    let mut fresh_data_until = Vec::new();
-    let mut segments: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-    let mut matched_events = Vec::new();
-    let mut statuses = Vec::new();
-    for c in &completions {
+    let mut m = Matched {
+        by_key: HashMap::new(),
+        fresh: Vec::new(),
+        fresh_from_send: Vec::new(),
+        fresh_data_until: Vec::new(),
+        segments: BTreeMap::new(),
+        events: Vec::new(),
+        statuses: Vec::new(),
+    };
+    for c in completions {
         let Some(e) = by_key.get(&(c.user.clone(), c.version)) else {
             continue;
         };
-        matched_events.push(*e);
-        statuses.push(e.value["status"].as_str().unwrap_or("?").to_owned());
-        fresh.push((e.at - c.committed) * 1e3);
-        fresh_from_send.push((e.at - c.sent) * 1e3);
+        m.events.push(*e);
+        m.statuses
+            .push(e.value["status"].as_str().unwrap_or("?").to_owned());
+        m.fresh.push((e.at - c.committed) * 1e3);
+        m.fresh_from_send.push((e.at - c.sent) * 1e3);
         if let Some(du) = e.value["data_until"]
             .as_str()
             .and_then(crate::infra::parse_ts)
         {
-            fresh_data_until.push((e.at - du) * 1e3);
+            m.fresh_data_until.push((e.at - du) * 1e3);
         }
-        // Where the time went, from refit's log timestamps (same clock).
         if let Some(steps) = e.value["retrain_id"]
             .as_str()
             .and_then(|id| logs.steps.get(id))
         {
-            let at = |s: &str| steps.get(s).map(|l| l.at);
-            if let (Some(read), Some(train), Some(commit), Some(inval), Some(ann)) = (
-                at("read"),
-                at("train"),
-                at("commit"),
-                at("invalidate"),
-                at("announce"),
-            ) {
-                let read_ms = steps["read"].duration_ms.unwrap_or(0.0);
-                let read_start = read - read_ms / 1e3;
-                segments
-                    .entry("1 commit → retrain starts reading (notify, detect, schedule, lock)")
-                    .or_default()
-                    .push((read_start - c.committed) * 1e3);
-                segments.entry("2 read").or_default().push(read_ms);
-                segments
-                    .entry("3 read → trained (train, validation)")
-                    .or_default()
-                    .push((train - read) * 1e3);
-                segments
-                    .entry("4 trained → committed (version, consume, outbox)")
-                    .or_default()
-                    .push((commit - train) * 1e3);
-                segments
-                    .entry("5 committed → cache invalidated (outbox lock, DEL)")
-                    .or_default()
-                    .push((inval - commit) * 1e3);
-                segments
-                    .entry("6 invalidated → event acked by broker")
-                    .or_default()
-                    .push((ann - inval) * 1e3);
-                segments
-                    .entry("7 acked → read by the consumer")
-                    .or_default()
-                    .push((e.at - ann) * 1e3);
-            }
+            breakdown(&mut m.segments, steps, c, e);
         }
     }
-    let (steps_ms, trees) = match which {
+    m.by_key = by_key;
+    m
+}
+
+/// Where the time of one retrain went, from refit's log timestamps (same clock).
+fn breakdown(
+    segments: &mut BTreeMap<&'static str, Vec<f64>>,
+    steps: &HashMap<String, crate::infra::StepLine>,
+    c: &Completion,
+    e: &Received,
+) {
+    let at = |s: &str| steps.get(s).map(|l| l.at);
+    let (Some(read), Some(train), Some(commit), Some(inval), Some(ann)) = (
+        at("read"),
+        at("train"),
+        at("commit"),
+        at("invalidate"),
+        at("announce"),
+    ) else {
+        return;
+    };
+    let read_ms = steps["read"].duration_ms.unwrap_or(0.0);
+    let read_start = read - read_ms / 1e3;
+    for (segment, ms) in [
+        (
+            "1 commit → retrain starts reading (notify, detect, schedule, lock)",
+            (read_start - c.committed) * 1e3,
+        ),
+        ("2 read", read_ms),
+        ("3 read → trained (train, validation)", (train - read) * 1e3),
+        (
+            "4 trained → committed (version, consume, outbox)",
+            (commit - train) * 1e3,
+        ),
+        (
+            "5 committed → cache invalidated (outbox lock, DEL)",
+            (inval - commit) * 1e3,
+        ),
+        ("6 invalidated → event acked by broker", (ann - inval) * 1e3),
+        ("7 acked → read by the consumer", (e.at - ann) * 1e3),
+    ] {
+        segments.entry(segment).or_default().push(ms);
+    }
+}
+
+/// Per-step numbers of the matched retrains, and the trees of their models.
+async fn fresh_steps(
+    which: &Implementation<'_>,
+    db: &BenchDb,
+    warm: i32,
+    m: &Matched<'_>,
+    logs: &LogIndex,
+) -> anyhow::Result<(StepSummaries, Vec<f64>)> {
+    Ok(match which {
         Implementation::Refit => {
-            let measured: Vec<VersionRow> = versions(&db, &format!("WHERE version > {warm}"))
+            let measured: Vec<VersionRow> = versions(db, &format!("WHERE version > {warm}"))
                 .await?
                 .into_iter()
-                .filter(|v| by_key.contains_key(&(v.user_id.clone(), v.version as i64)))
+                .filter(|v| {
+                    m.by_key
+                        .contains_key(&(v.user_id.clone(), v.version as i64))
+                })
                 .collect();
             let trees: Vec<f64> = measured
                 .iter()
                 .filter_map(|v| v.trees.map(f64::from))
                 .collect();
-            (refit_steps(&measured, &logs, &matched_events), trees)
+            (refit_steps(&measured, logs, &m.events), trees)
         }
         Implementation::Python { .. } => {
-            let trees: Vec<f64> = matched_events
+            let trees: Vec<f64> = m
+                .events
                 .iter()
                 .filter_map(|e| e.value["trees"].as_f64())
                 .collect();
-            (
-                crate::scenarios::python_steps(&matched_events, &logs),
-                trees,
-            )
+            (crate::scenarios::python_steps(&m.events, logs), trees)
         }
-    };
-    let result = json!({
-        "implementation": name,
-        "rate_batches_per_s": rate,
-        "actuals_per_s_target": inserts_per_sec,
-        "actuals_inserted": inserted,
-        "actuals_per_s_achieved": inserted as f64 / elapsed,
-        "max_insert_lag_ms": (max_lag * 1e3).round(),
-        "users": w,
-        "warm_retrains_per_user": warm,
-        "batches_completed": completions.len(),
-        "events_matched": fresh.len(),
-        "statuses": count_by(statuses.iter().map(String::as_str)),
-        "freshness_ms": Summary::of(&fresh).json(),
-        "freshness_from_insert_sent_ms": Summary::of(&fresh_from_send).json(),
-        "freshness_from_data_until_ms": Summary::of(&fresh_data_until).json(),
-        "breakdown_ms": segments.iter().map(|(k, v)| (k.to_string(), Summary::of(v).json())).collect::<serde_json::Map<_, _>>(),
-        "steps_ms": steps_ms,
-        "trees_of_measured_models": Summary::of(&trees).json(),
-        "refit_memory": memory_json(&memory),
-        "refit_vm_hwm_mb_before_stop": hwm as f64 / 1024.0,
-        "refit_logs": logs_json(&logs),
-        "loadavg_before_after": [load_before, load_after],
-        "cpu": cpu,
-        "metrics_retrains_total": metrics.lines().filter(|l| l.starts_with("refit_retrains_total")).collect::<Vec<_>>(),
-    });
-    db.drop().await;
-    Ok(result)
+    })
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -481,7 +695,7 @@ impl Implementation<'_> {
 
 /// Two rounds over `users` users: 50 actuals each, bulk-loaded in one transaction while the
 /// implementation runs; the round's rate is users / (last event read − load committed).
-pub async fn throughput(s: &Settings, which: Implementation<'_>) -> anyhow::Result<Value> {
+pub async fn throughput(s: &Settings, which: Implementation<'_>) -> anyhow::Result<Throughput> {
     let (tag, name) = match which {
         Implementation::Refit => ("tp_refit", "refit"),
         Implementation::Python { .. } => ("tp_python", "python"),
@@ -492,93 +706,153 @@ pub async fn throughput(s: &Settings, which: Implementation<'_>) -> anyhow::Resu
     let collector = Collector::start(&s.brokers, &db.topic)?;
     blocking(|| proc.wait_ready(Duration::from_secs(60)))?;
     let users = s.users;
+    let mut rounds = Vec::new();
+    for round in 0..2 {
+        rounds.push(drain_round(&db, &proc, &collector, &which, users, round).await?);
+    }
+    let Stopped {
+        hwm,
+        metrics,
+        memory,
+        events,
+        logs,
+    } = stop(proc, collector, port, &which, Duration::from_secs(60))?;
+    add_acks(&mut rounds, &events, &logs);
+    let statuses = count_by(
+        events
+            .iter()
+            .map(|e| e.value["status"].as_str().unwrap_or("?")),
+    );
+    let result = Throughput {
+        implementation: name.to_owned(),
+        users,
+        rounds,
+        statuses,
+        steps_ms: drain_steps(&which, &db, &events, &logs).await?,
+        memory: memory_of(&memory),
+        vm_hwm_mb_before_stop: hwm as f64 / 1024.0,
+        logs: logs_of(&logs),
+        metrics_retrains_total: retrain_metrics(&metrics),
+    };
+    db.drop().await;
+    Ok(result)
+}
+
+/// Per 5-second window from `from`, full windows up to `to` only: how many of `times` fell in it,
+/// per second.
+fn windows_5s(times: &[f64], from: f64, to: f64) -> Vec<f64> {
+    let mut windows = Vec::new();
+    let mut t = from;
+    while t + 5.0 <= to {
+        windows.push(times.iter().filter(|a| **a >= t && **a < t + 5.0).count() as f64 / 5.0);
+        t += 5.0;
+    }
+    windows
+}
+
+/// Round `round` (0: fresh models, 1: continued training) of the drain: every user's next batch
+/// bulk-loaded at once, then drained; up to the events read.
+async fn drain_round(
+    db: &BenchDb,
+    proc: &Proc,
+    collector: &Collector,
+    which: &Implementation<'_>,
+    users: usize,
+    round: usize,
+) -> anyhow::Result<Round> {
+    let name = which.name();
     let round_timeout = Duration::from_secs(match which {
         Implementation::Refit => 600.max(users as u64 / 10),
         Implementation::Python { .. } => 1200.max(users as u64 / 5),
     });
-    let mut rounds = Vec::new();
-    for round in 0..2 {
-        let load_started = now_unix();
-        let load_before = loadavg();
-        log(format!(
-            "{name} throughput: round {} loading {users} users x 50 actuals",
-            round + 1
-        ));
-        let committed = db
-            .load_uniform(users, 1 + THRESHOLD * round as i32, THRESHOLD)
-            .await?;
-        log(format!(
-            "{name} throughput: round {} loaded in {:.1} s; draining",
-            round + 1,
-            committed - load_started
-        ));
-        let app = match which {
-            Implementation::Refit => "refit",
-            Implementation::Python { .. } => "refit-bench-python",
-        };
-        let cpu_start = cpu_snap(&db.pool, proc.pid, app).await;
-        let target = users * (round + 1);
-        let last = blocking(|| {
-            collector.wait_with_progress(
-                &format!("{name} drain, round {}", round + 1),
-                users * round,
-                target,
-                round_timeout,
-            )
-        });
-        let cpu = cpu_delta(&cpu_start, &cpu_snap(&db.pool, proc.pid, app).await, users);
-        let events = collector.snapshot();
-        let round_events = &events[(users * round).min(events.len())..target.min(events.len())];
-        let first = round_events.first().map(|e| e.at);
-        let done = round_events.len();
-        let end = last.unwrap_or_else(now_unix);
-        // Completed retrains per 5-second window, full windows only.
-        let mut windows = Vec::new();
-        let mut t = committed;
-        while t + 5.0 <= end {
-            windows.push(
-                round_events
-                    .iter()
-                    .filter(|e| e.at >= t && e.at < t + 5.0)
-                    .count() as f64
-                    / 5.0,
-            );
-            t += 5.0;
-        }
-        let rate = done as f64 / (end - committed);
-        log(format!(
-            "{name} throughput: round {} → {done} retrains, {rate:.1}/s",
-            round + 1
-        ));
-        rounds.push(json!({
-            "round": round + 1,
-            "kind": if round == 0 { "fresh models" } else { "continued training" },
-            "load_seconds": committed - load_started,
-            "retrains": done,
-            "complete": last.is_some(),
-            "seconds_commit_to_last_event": end - committed,
-            "seconds_commit_to_first_event": first.map(|f| f - committed),
-            "committed_at": committed,
-            "retrains_per_s_read": rate,
-            "retrains_per_s_first_to_last_event": first.map(|f| (done.saturating_sub(1)) as f64 / (end - f)),
-            "windows_5s_per_s_read": Summary::of(&windows).json(),
-            "loadavg_before_after": [load_before, loadavg()],
-            "cpu": cpu,
-        }));
-    }
-    let hwm = proc.hwm_now();
-    let metrics = match which {
-        Implementation::Refit => http_get(port, "/metrics").unwrap_or_default(),
-        _ => String::new(),
+    let load_started = now_unix();
+    let load_before = loadavg();
+    log(format!(
+        "{name} throughput: round {} loading {users} users x 50 actuals",
+        round + 1
+    ));
+    let committed = db
+        .load_uniform(users, 1 + THRESHOLD * round as i32, THRESHOLD)
+        .await?;
+    log(format!(
+        "{name} throughput: round {} loaded in {:.1} s; draining",
+        round + 1,
+        committed - load_started
+    ));
+    let app = which.application_name();
+    let cpu_start = cpu_snap(&db.pool, proc.pid, app).await;
+    let target = users * (round + 1);
+    let label = format!("{name} drain, round {}", round + 1);
+    let last =
+        blocking(|| collector.wait_with_progress(&label, users * round, target, round_timeout));
+    let cpu = cpu_delta(&cpu_start, &cpu_snap(&db.pool, proc.pid, app).await, users);
+    let events = collector.snapshot();
+    let round_events = &events[(users * round).min(events.len())..target.min(events.len())];
+    let load = Load {
+        started: load_started,
+        committed,
+        loadavg: load_before,
     };
-    let logs_of_proc = proc.logs.clone();
-    let memory = blocking(|| proc.stop(Duration::from_secs(60)))?;
-    let events = collector.stop();
-    let logs = std::mem::take(&mut *logs_of_proc.lock().unwrap());
-    // Throughput up to the broker's acknowledgement of each event (the implementation's own log
-    // line, same clock), and how far the consumer lagged behind it.
+    Ok(round_of(name, round, round_events, &load, last, cpu))
+}
+
+/// When a round's load started and committed, and the load average before it.
+struct Load {
+    started: f64,
+    committed: f64,
+    loadavg: f64,
+}
+
+/// A round of the drain, up to the events read (`last`: when the last one was, if all arrived).
+fn round_of(
+    name: &str,
+    round: usize,
+    round_events: &[Received],
+    load: &Load,
+    last: Option<f64>,
+    cpu: Cpu,
+) -> Round {
+    let committed = load.committed;
+    let first = round_events.first().map(|e| e.at);
+    let done = round_events.len();
+    let end = last.unwrap_or_else(now_unix);
+    // Completed retrains per 5-second window, full windows only.
+    let times: Vec<f64> = round_events.iter().map(|e| e.at).collect();
+    let windows = windows_5s(&times, committed, end);
+    let rate = done as f64 / (end - committed);
+    log(format!(
+        "{name} throughput: round {} → {done} retrains, {rate:.1}/s",
+        round + 1
+    ));
+    Round {
+        round: round + 1,
+        kind: ["fresh models", "continued training"][round.min(1)].to_owned(),
+        load_seconds: committed - load.started,
+        retrains: done,
+        complete: last.is_some(),
+        seconds_commit_to_last_event: end - committed,
+        seconds_commit_to_first_event: first.map(|f| f - committed),
+        committed_at: committed,
+        retrains_per_s_read: rate,
+        retrains_per_s_first_to_last_event: first
+            .map(|f| (done.saturating_sub(1)) as f64 / (end - f)),
+        windows_5s_per_s_read: Summary::rounded(&windows),
+        loadavg_before_after: [finite(load.loadavg), finite(loadavg())],
+        cpu,
+        // Filled in from the acks once the implementation has stopped (add_acks).
+        acked: 0,
+        seconds_commit_to_last_ack: f64::NAN,
+        retrains_per_s: f64::NAN,
+        windows_5s_per_s: Summary::default(),
+        consumer_lag_behind_ack_ms: Summary::default(),
+    }
+}
+
+/// Throughput up to the broker's acknowledgement of each event (the implementation's own log
+/// line, same clock), and how far the consumer lagged behind it.
+fn add_acks(rounds: &mut [Round], events: &[Received], logs: &LogIndex) {
     for (i, round) in rounds.iter_mut().enumerate() {
-        let committed = round["committed_at"].as_f64().unwrap_or(f64::NAN);
+        let committed = round.committed_at;
         let mut acks = Vec::new();
         let mut lag = Vec::new();
         for e in events.iter().filter(|e| e.version() == i as i64 + 1) {
@@ -593,71 +867,63 @@ pub async fn throughput(s: &Settings, which: Implementation<'_>) -> anyhow::Resu
             }
         }
         let last_ack = acks.iter().copied().fold(f64::NAN, f64::max);
-        let mut windows = Vec::new();
-        let mut t = committed;
-        while t + 5.0 <= last_ack {
-            windows.push(acks.iter().filter(|a| **a >= t && **a < t + 5.0).count() as f64 / 5.0);
-            t += 5.0;
-        }
-        round["acked"] = json!(acks.len());
-        round["seconds_commit_to_last_ack"] = json!(last_ack - committed);
-        round["retrains_per_s"] = json!(acks.len() as f64 / (last_ack - committed));
-        round["windows_5s_per_s"] = Summary::of(&windows).json();
-        round["consumer_lag_behind_ack_ms"] = Summary::of(&lag).json();
+        round.acked = acks.len();
+        round.seconds_commit_to_last_ack = last_ack - committed;
+        round.retrains_per_s = acks.len() as f64 / (last_ack - committed);
+        round.windows_5s_per_s = Summary::rounded(&windows_5s(&acks, committed, last_ack));
+        round.consumer_lag_behind_ack_ms = Summary::rounded(&lag);
     }
-    let statuses = count_by(
-        events
-            .iter()
-            .map(|e| e.value["status"].as_str().unwrap_or("?")),
-    );
-    let steps = match which {
-        Implementation::Refit => {
-            let all = versions(&db, "").await?;
-            let per_round = |v: i32| -> Value {
-                let rows: Vec<VersionRow> =
-                    all.iter().filter(|r| r.version == v).cloned().collect();
-                let evs: Vec<&Received> =
-                    events.iter().filter(|e| e.version() == v as i64).collect();
-                refit_steps(&rows, &logs, &evs)
-            };
-            json!({ "round1": per_round(1), "round2": per_round(2),
-                    "version_statuses": count_by(all.iter().map(|r| r.status.as_str())) })
-        }
-        Implementation::Python { .. } => {
-            let per_round = |v: i64| -> Value {
-                let evs: Vec<&Received> = events.iter().filter(|e| e.version() == v).collect();
-                let mut out = serde_json::Map::new();
-                for step in [
-                    "read",
-                    "train",
-                    "load",
-                    "boost",
-                    "save",
-                    "commit",
-                    "invalidate",
-                ] {
-                    let vals: Vec<f64> = evs.iter().filter_map(|e| e.timing(step)).collect();
-                    out.insert(step.into(), Summary::of(&vals).json());
-                }
-                Value::Object(out)
-            };
-            json!({ "round1": per_round(1), "round2": per_round(2),
-                    "summary": logs.other.iter().find(|v| v["summary"].as_bool() == Some(true)) })
-        }
+}
+
+/// Per-step cost in the drain, per round: refit's from its versions, logs and events; the
+/// reference's from its events.
+async fn drain_steps(
+    which: &Implementation<'_>,
+    db: &BenchDb,
+    events: &[Received],
+    logs: &LogIndex,
+) -> anyhow::Result<ThroughputSteps> {
+    let of_version =
+        |v: i64| -> Vec<&Received> { events.iter().filter(|e| e.version() == v).collect() };
+    if let Implementation::Python { .. } = which {
+        let per_round = |v: i64| python_drain_steps(&of_version(v));
+        return Ok(ThroughputSteps::Python {
+            round1: per_round(1),
+            round2: per_round(2),
+            summary: logs
+                .other
+                .iter()
+                .find(|v| v["summary"].as_bool() == Some(true))
+                .cloned(),
+        });
+    }
+    let all = versions(db, "").await?;
+    let per_round = |v: i32| -> StepSummaries {
+        let rows: Vec<VersionRow> = all.iter().filter(|r| r.version == v).cloned().collect();
+        refit_steps(&rows, logs, &of_version(v as i64))
     };
-    let result = json!({
-        "implementation": name,
-        "users": users,
-        "rounds": rounds,
-        "statuses": statuses,
-        "steps_ms": steps,
-        "memory": memory_json(&memory),
-        "vm_hwm_mb_before_stop": hwm as f64 / 1024.0,
-        "logs": logs_json(&logs),
-        "metrics_retrains_total": metrics.lines().filter(|l| l.starts_with("refit_retrains_total")).collect::<Vec<_>>(),
-    });
-    db.drop().await;
-    Ok(result)
+    Ok(ThroughputSteps::Refit {
+        round1: per_round(1),
+        round2: per_round(2),
+        version_statuses: count_by(all.iter().map(|r| r.status.as_str())),
+    })
+}
+
+/// The reference's per-step timings, under its own names, from its events.
+fn python_drain_steps(evs: &[&Received]) -> PythonSteps {
+    let step = |name: &str| {
+        let vals: Vec<f64> = evs.iter().filter_map(|e| e.timing(name)).collect();
+        Summary::rounded(&vals)
+    };
+    PythonSteps {
+        read: step("read"),
+        train: step("train"),
+        load: step("load"),
+        boost: step("boost"),
+        save: step("save"),
+        commit: step("commit"),
+        invalidate: step("invalidate"),
+    }
 }
 
 /// refit's default XGBoost parameters, as `refit config` prints them (strings → numbers where
@@ -699,47 +965,23 @@ pub async fn growth(
     cap: &str,
     retrains: usize,
     env_names: &[String],
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Growth> {
     if cap != "default" && !env_names.iter().any(|n| n == "REFIT_MAX_TREES") {
-        return Ok(json!({ "cap": cap, "skipped": "this refit has no REFIT_MAX_TREES" }));
+        return Ok(Growth::Skipped {
+            cap: cap.to_owned(),
+            skipped: "this refit has no REFIT_MAX_TREES".into(),
+        });
     }
     let tag = format!("growth_{}", if cap == "default" { "default" } else { cap });
     let db = BenchDb::create(s, &tag).await?;
-    let port = free_port();
-    let extra: Vec<(&str, String)> = if cap == "default" {
-        vec![]
-    } else {
-        vec![("REFIT_MAX_TREES", cap.to_owned())]
-    };
-    let env = refit_env(s, &db, port, &extra);
-    let effective = crate::infra::refit_config(&env);
-    let mut refit = Proc::spawn(
-        "refit",
-        REFIT_BIN,
-        &["run"],
-        &env,
-        &s.out_dir.join(format!("refit-{tag}.log")),
-    )?;
-    blocking(|| refit.wait_ready(Duration::from_secs(60)))?;
+    let (refit, effective) = growth_start(s, &db, cap, &tag)?;
     let n = retrains as i32;
     log(format!(
         "growth (REFIT_MAX_TREES={cap}): {n} batches of one user"
     ));
     let committed = db.load(&[1], &[1], &[THRESHOLD * n]).await?;
-    let deadline = Instant::now() + s.growth_timeout;
-    let mut made = 0;
-    let mut progress = Progress::new(&format!("growth, cap {cap}"), n as usize);
-    while Instant::now() < deadline {
-        made = db
-            .scalar("SELECT count(*) FROM refit_model_versions")
-            .await? as i32;
-        progress.set(made.max(0) as usize);
-        if made >= n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    progress.finish();
+    let progress = Progress::new(&format!("growth, cap {cap}"), n as usize);
+    let made = wait_for_versions(&db, n, s.growth_timeout, progress).await?;
     let elapsed = now_unix() - committed;
     if made < n {
         log(format!(
@@ -752,18 +994,104 @@ pub async fn growth(
     let memory = blocking(|| refit.stop(Duration::from_secs(120)))?;
     let logs = std::mem::take(&mut *logs_of_refit.lock().unwrap());
     let rows = versions(&db, "").await?;
-    let table: Vec<Value> = rows
-        .iter()
+    let table = growth_table(&rows, &logs);
+    let summary = growth_summary(&rows, made, elapsed);
+    let result = Growth::Ran(Box::new(GrowthRun {
+        cap: cap.to_owned(),
+        effective_config: effective,
+        summary,
+        memory: memory_of(&memory),
+        vm_hwm_mb_before_stop: hwm as f64 / 1024.0,
+        logs: logs_of(&logs),
+        versions: table,
+    }));
+    db.drop().await;
+    Ok(result)
+}
+
+/// refit with REFIT_MAX_TREES=`cap` (unless "default"), ready; the settings of its that growth
+/// depends on, as `refit config` resolves them.
+fn growth_start(
+    s: &Settings,
+    db: &BenchDb,
+    cap: &str,
+    tag: &str,
+) -> anyhow::Result<(Proc, BTreeMap<String, String>)> {
+    let port = free_port();
+    let extra: Vec<(&str, String)> = if cap == "default" {
+        vec![]
+    } else {
+        vec![("REFIT_MAX_TREES", cap.to_owned())]
+    };
+    let env = refit_env(s, db, port, &extra);
+    let kept = [
+        "REFIT_MAX_TREES",
+        "REFIT_COMPACTION",
+        "REFIT_REFIT_WINDOW",
+        "REFIT_COMPACTION_ROUNDS",
+        "REFIT_VALIDATION_HOLDOUT",
+    ];
+    let effective = crate::infra::refit_config(&env)
+        .into_iter()
+        .filter(|(k, _)| kept.contains(&k.as_str()))
+        .collect();
+    let mut refit = Proc::spawn(
+        "refit",
+        REFIT_BIN,
+        &["run"],
+        &env,
+        &s.out_dir.join(format!("refit-{tag}.log")),
+    )?;
+    blocking(|| refit.wait_ready(Duration::from_secs(60)))?;
+    Ok((refit, effective))
+}
+
+/// Polls until `n` versions exist or `timeout` passes; how many there are.
+async fn wait_for_versions(
+    db: &BenchDb,
+    n: i32,
+    timeout: Duration,
+    mut progress: Progress,
+) -> anyhow::Result<i32> {
+    let deadline = Instant::now() + timeout;
+    let mut made = 0;
+    while Instant::now() < deadline {
+        made = db
+            .scalar("SELECT count(*) FROM refit_model_versions")
+            .await? as i32;
+        progress.set(made.max(0) as usize);
+        if made >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    progress.finish();
+    Ok(made)
+}
+
+/// Every version of the growth run, with its train breakdown from the log.
+fn growth_table(rows: &[VersionRow], logs: &LogIndex) -> Vec<GrowthVersion> {
+    rows.iter()
         .map(|v| {
             let t = logs.steps.get(&v.retrain_id).and_then(|s| s.get("train"));
-            json!({
-                "version": v.version, "status": v.status, "source": v.source, "trees": v.trees,
-                "bytes": v.bytes, "read_ms": v.read_ms, "train_ms": v.train_ms,
-                "load_ms": t.and_then(|t| t.load_ms), "boost_ms": t.and_then(|t| t.boost_ms),
-                "save_ms": t.and_then(|t| t.save_ms),
-            })
+            GrowthVersion {
+                version: v.version,
+                status: v.status.clone(),
+                source: v.source.clone(),
+                trees: v.trees,
+                bytes: v.bytes,
+                read_ms: v.read_ms,
+                train_ms: v.train_ms,
+                load_ms: t.and_then(|t| t.load_ms),
+                boost_ms: t.and_then(|t| t.boost_ms),
+                save_ms: t.and_then(|t| t.save_ms),
+            }
         })
-        .collect();
+        .collect()
+}
+
+/// Train time, size and trees early (versions 8–12) and late (the last 5 and 100).
+fn growth_summary(rows: &[VersionRow], made: i32, elapsed: f64) -> GrowthSummary {
     let window = |lo: i32, hi: i32, f: &dyn Fn(&VersionRow) -> Option<f64>| -> Vec<f64> {
         rows.iter()
             .filter(|v| v.version >= lo && v.version <= hi)
@@ -780,37 +1108,29 @@ pub async fn growth(
     let at = |version: i32| rows.iter().find(|v| v.version == version).cloned();
     let v10 = at(10);
     let vlast = at(last);
-    let summary = json!({
-        "retrains": made,
-        "seconds": elapsed,
-        "versions_by_source": count_by(rows.iter().map(|v| v.source.as_str())),
-        "versions_by_status": count_by(rows.iter().map(|v| v.status.as_str())),
-        "v10": v10.as_ref().map(|v| json!({"train_ms": v.train_ms, "bytes": v.bytes, "trees": v.trees})),
-        "last_version": last,
-        "vlast": vlast.as_ref().map(|v| json!({"train_ms": v.train_ms, "bytes": v.bytes, "trees": v.trees})),
-        "median_train_ms_v8_12": median(&window(early.0, early.1, &train)),
-        "median_train_ms_last5": median(&window(late.0, late.1, &train)),
-        "median_bytes_v8_12": median(&window(early.0, early.1, &bytes)),
-        "median_bytes_last5": median(&window(late.0, late.1, &bytes)),
-        "max_train_ms_last100": Summary::of(&window(tail.0, tail.1, &train)).max,
-        "median_bytes_last100": median(&window(tail.0, tail.1, &bytes)),
-        "p90_train_ms_last100": Summary::of(&window(tail.0, tail.1, &train)).p90,
-        "p50_train_ms_last100": Summary::of(&window(tail.0, tail.1, &train)).p50,
-        "max_bytes_last100": Summary::of(&window(tail.0, tail.1, &bytes)).max,
-        "max_trees_last100": Summary::of(&window(tail.0, tail.1, &trees)).max,
-        "median_trees_v8_12": median(&window(early.0, early.1, &trees)),
-    });
-    let result = json!({
-        "cap": cap,
-        "effective_config": effective.iter()
-            .filter(|(k, _)| ["REFIT_MAX_TREES", "REFIT_COMPACTION", "REFIT_REFIT_WINDOW", "REFIT_COMPACTION_ROUNDS", "REFIT_VALIDATION_HOLDOUT"].contains(&k.as_str()))
-            .map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
-        "summary": summary,
-        "memory": memory_json(&memory),
-        "vm_hwm_mb_before_stop": hwm as f64 / 1024.0,
-        "logs": logs_json(&logs),
-        "versions": table,
-    });
-    db.drop().await;
-    Ok(result)
+    let brief = |v: &VersionRow| VersionBrief {
+        train_ms: v.train_ms,
+        bytes: v.bytes,
+        trees: v.trees,
+    };
+    GrowthSummary {
+        retrains: made,
+        seconds: elapsed,
+        versions_by_source: count_by(rows.iter().map(|v| v.source.as_str())),
+        versions_by_status: count_by(rows.iter().map(|v| v.status.as_str())),
+        v10: v10.as_ref().map(brief),
+        last_version: last,
+        vlast: vlast.as_ref().map(brief),
+        median_train_ms_v8_12: median(&window(early.0, early.1, &train)),
+        median_train_ms_last5: median(&window(late.0, late.1, &train)),
+        median_bytes_v8_12: median(&window(early.0, early.1, &bytes)),
+        median_bytes_last5: median(&window(late.0, late.1, &bytes)),
+        max_train_ms_last100: Summary::of(&window(tail.0, tail.1, &train)).max,
+        median_bytes_last100: median(&window(tail.0, tail.1, &bytes)),
+        p90_train_ms_last100: Summary::of(&window(tail.0, tail.1, &train)).p90,
+        p50_train_ms_last100: Summary::of(&window(tail.0, tail.1, &train)).p50,
+        max_bytes_last100: Summary::of(&window(tail.0, tail.1, &bytes)).max,
+        max_trees_last100: Summary::of(&window(tail.0, tail.1, &trees)).max,
+        median_trees_v8_12: median(&window(early.0, early.1, &trees)),
+    }
 }

@@ -7,18 +7,21 @@
 //! refit's registry with `refit models import`, for the ramp's 10,000 users once and then copied
 //! column for column — and in the reference's `py_model_versions`),
 //! so neither spends the scenario growing it.
+//!
+//! Each returns its typed results (results.rs); the report reads them.
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::infra::{
-    cpu_delta, cpu_snap, free_port, now_unix, refit_env, BenchDb, Collector, Proc, Progress,
-    Received, Settings, REFIT_BIN,
+    cpu_delta, cpu_snap, free_port, now_unix, refit_env, BenchDb, Collector, CpuSnap, Proc,
+    Progress, Received, Settings, REFIT_BIN,
 };
 use crate::phases::{
-    blocking, log, refit_default_params, refit_steps, versions, Implementation, THRESHOLD,
+    blocking, count_by, log, refit_default_params, refit_steps, versions, Implementation, THRESHOLD,
 };
+use crate::results::{Floor, FloorModel, FloorParts, RampRun, RampStep, StepSummaries, StepsRun};
 use crate::stats::Summary;
 use refit::model::trainer::{train, Previous, TrainInput, TrainMode};
 use refit::retrain::features::{prepare, ActualRow};
@@ -241,20 +244,11 @@ pub fn python_proc(
 
 /// Per-step numbers of the Python reference, from its events (and its ack log lines), under the
 /// same names as refit's.
-pub fn python_steps(events: &[&Received], logs: &crate::infra::LogIndex) -> Value {
-    let mut out = serde_json::Map::new();
-    for (name, key) in [
-        ("read", "read"),
-        ("train", "train"),
-        ("train_load", "load"),
-        ("train_boost", "boost"),
-        ("train_save", "save"),
-        ("commit", "commit"),
-        ("invalidate", "invalidate"),
-    ] {
+pub fn python_steps(events: &[&Received], logs: &crate::infra::LogIndex) -> StepSummaries {
+    let step = |key: &str| {
         let v: Vec<f64> = events.iter().filter_map(|e| e.timing(key)).collect();
-        out.insert(name.into(), Summary::of(&v).json());
-    }
+        Summary::rounded(&v)
+    };
     let announce: Vec<f64> = events
         .iter()
         .filter_map(|e| {
@@ -262,8 +256,16 @@ pub fn python_steps(events: &[&Received], logs: &crate::infra::LogIndex) -> Valu
             logs.steps.get(id)?.get("announce")?.duration_ms
         })
         .collect();
-    out.insert("announce".into(), Summary::of(&announce).json());
-    Value::Object(out)
+    StepSummaries {
+        read: step("read"),
+        train: step("train"),
+        train_load: step("load"),
+        train_boost: step("boost"),
+        train_save: step("save"),
+        commit: step("commit"),
+        invalidate: step("invalidate"),
+        announce: Summary::rounded(&announce),
+    }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -272,7 +274,7 @@ pub fn python_steps(events: &[&Received], logs: &crate::infra::LogIndex) -> Valu
 
 /// Load + 10 rounds on 50 rows + save, and the same from a model kept in memory, for models of
 /// 100 and 1,000 trees: what XGBoost itself needs per retrain, no I/O.
-pub fn floor(s: &Settings) -> anyhow::Result<Value> {
+pub fn floor(s: &Settings) -> anyhow::Result<Floor> {
     let iterations = if s.quick { 50 } else { 200 };
     let params = default_params();
     let batch = prepare(
@@ -311,17 +313,28 @@ pub fn floor(s: &Settings) -> anyhow::Result<Value> {
         }
         progress.finish();
         let summary = |run: &[[f64; 4]]| {
-            let col = |c: usize| Summary::of(&run.iter().map(|r| r[c]).collect::<Vec<_>>()).json();
-            json!({"total": col(0), "load": col(1), "boost": col(2), "save": col(3)})
+            let col = |c: usize| Summary::rounded(&run.iter().map(|r| r[c]).collect::<Vec<_>>());
+            FloorParts {
+                total: col(0),
+                load: col(1),
+                boost: col(2),
+                save: col(3),
+            }
         };
-        models.push(json!({
-            "trees": trees,
-            "artifact_kb": seed.artifact.len() as f64 / 1024.0,
-            "from_artifact": summary(&runs[0]),
-            "in_memory": summary(&runs[1]),
-        }));
+        models.push(FloorModel {
+            trees: trees.into(),
+            artifact_kb: seed.artifact.len() as f64 / 1024.0,
+            from_artifact: summary(&runs[0]),
+            in_memory: summary(&runs[1]),
+        });
     }
-    Ok(json!({"iterations": iterations, "rows": THRESHOLD, "rounds": 10, "models": models}))
+    Ok(Floor {
+        iterations,
+        rows: THRESHOLD as usize,
+        rounds: 10,
+        models,
+        repeats: Vec::new(),
+    })
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -335,11 +348,8 @@ pub async fn steps(
     trees: i32,
     repeat: usize,
     which: Implementation<'_>,
-) -> anyhow::Result<Value> {
-    let name = match which {
-        Implementation::Refit => "refit",
-        Implementation::Python { .. } => "python",
-    };
+) -> anyhow::Result<StepsRun> {
+    let name = which.name();
     let batches = if s.quick { 10 } else { 30 };
     let tag = format!("st{trees}_{name}_{repeat}");
     let seed = seed(trees)?;
@@ -365,7 +375,39 @@ pub async fn steps(
     if skip > 0 && blocking(|| collector.wait_for(skip, Duration::from_secs(60))).is_none() {
         anyhow::bail!("{name}: the imported model was not announced within 60 s");
     }
-    let mut progress = Progress::new(&format!("steps, {trees} trees, {name}"), batches);
+    let progress = Progress::new(&format!("steps, {trees} trees, {name}"), batches);
+    let end_to_end = one_at_a_time(&db, &collector, name, batches, progress).await?;
+    let logs_of_proc = proc.logs.clone();
+    let memory = blocking(|| proc.stop(Duration::from_secs(30)))?;
+    let events = collector.stop();
+    let logs = std::mem::take(&mut *logs_of_proc.lock().unwrap());
+    let events: Vec<Received> = events.into_iter().skip(skip).collect();
+    let evs: Vec<&Received> = events.iter().collect();
+    let steps = match which {
+        Implementation::Refit => {
+            refit_steps(&versions(&db, "WHERE version > 1").await?, &logs, &evs)
+        }
+        Implementation::Python { .. } => python_steps(&evs, &logs),
+    };
+    let statuses = count_by(events.iter().filter_map(|e| e.value["status"].as_str()));
+    db.drop().await;
+    Ok(StepsRun {
+        steps,
+        end_to_end: Summary::rounded(&end_to_end),
+        statuses,
+        vm_hwm_mb: memory.hwm_kb as f64 / 1024.0,
+    })
+}
+
+/// `batches` batches of one user written one at a time, each awaited on the topic: batch commit →
+/// event read (ms) of each.
+async fn one_at_a_time(
+    db: &BenchDb,
+    collector: &Collector,
+    name: &str,
+    batches: usize,
+    mut progress: Progress,
+) -> anyhow::Result<Vec<f64>> {
     let mut end_to_end = Vec::new();
     for b in 0..batches {
         let before = collector.count();
@@ -380,32 +422,7 @@ pub async fn steps(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     progress.finish();
-    let logs_of_proc = proc.logs.clone();
-    let memory = blocking(|| proc.stop(Duration::from_secs(30)))?;
-    let events = collector.stop();
-    let logs = std::mem::take(&mut *logs_of_proc.lock().unwrap());
-    let events: Vec<Received> = events.into_iter().skip(skip).collect();
-    let evs: Vec<&Received> = events.iter().collect();
-    let mut steps = match which {
-        Implementation::Refit => {
-            refit_steps(&versions(&db, "WHERE version > 1").await?, &logs, &evs)
-        }
-        Implementation::Python { .. } => python_steps(&evs, &logs),
-    };
-    steps["end_to_end"] = Summary::of(&end_to_end).json();
-    steps["statuses"] = json!(events
-        .iter()
-        .filter_map(|e| e.value["status"].as_str())
-        .fold(
-            std::collections::BTreeMap::<String, usize>::new(),
-            |mut m, st| {
-                *m.entry(st.to_owned()).or_default() += 1;
-                m
-            }
-        ));
-    steps["vm_hwm_mb"] = json!(memory.hwm_kb as f64 / 1024.0);
-    db.drop().await;
-    Ok(steps)
+    Ok(end_to_end)
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -424,17 +441,67 @@ pub async fn ramp(
     s: &Settings,
     which: Implementation<'_>,
     ladder: &[f64],
-) -> anyhow::Result<Value> {
-    let name = match which {
-        Implementation::Refit => "refit",
-        Implementation::Python { .. } => "python",
-    };
+) -> anyhow::Result<RampRun> {
+    let name = which.name();
     let users = s.users;
     let seed = seed(10)?;
     let tag = format!("ramp_{name}");
     let log_path = s.out_dir.join(format!("{tag}.log"));
     let (db, mut proc) = start(s, &tag, &which, free_port(), &[], &log_path).await?;
-    install(s, &db, users, &seed, &which).await?;
+    let (collector, announced) = ramp_prepare(s, &db, &mut proc, &seed, &which).await?;
+    let mut writer = Writer {
+        users,
+        // Per user, the offset that makes each batch's actual values new.
+        next_k: vec![FIRST_K; users + 1],
+        cursor: 0,
+        offered_total: announced,
+    };
+    let mut results = Vec::new();
+    for &rate in ladder {
+        let step = ramp_step(s, &db, &proc, &collector, &which, rate, &mut writer).await?;
+        let kept_up = step.kept_up;
+        results.push(step);
+        if !kept_up {
+            break;
+        }
+    }
+    // The nominal rate of the highest step that kept up, when the writer achieved it (the step's
+    // wall time includes its last write, so the achieved rate reads a hair lower).
+    let sustained = results
+        .iter()
+        .filter(|r| r.kept_up && r.rate.is_finite() && r.offered_per_s.is_finite())
+        .map(|r| {
+            if r.offered_per_s >= 0.98 * r.rate {
+                r.rate
+            } else {
+                r.offered_per_s
+            }
+        })
+        .fold(0.0, f64::max);
+    let memory = blocking(|| proc.stop(Duration::from_secs(60)))?;
+    collector.stop();
+    db.drop().await;
+    Ok(RampRun {
+        users,
+        step_seconds: s.ramp_seconds,
+        warm_up_seconds: s.ramp_warm_seconds,
+        steps: results,
+        sustained_per_s: sustained,
+        vm_hwm_mb: memory.hwm_kb as f64 / 1024.0,
+    })
+}
+
+/// Every user's seeded model and its 50 logged requests; the topic's consumer once the
+/// implementation is ready; how many events are already written (refit announces its import).
+async fn ramp_prepare(
+    s: &Settings,
+    db: &BenchDb,
+    proc: &mut Proc,
+    seed: &Seed,
+    which: &Implementation<'_>,
+) -> anyhow::Result<(Collector, usize)> {
+    let (name, users) = (which.name(), s.users);
+    install(s, db, users, seed, which).await?;
     let ids: Vec<i32> = (1..=users as i32).collect();
     log(format!(
         "ramp {name}: logging {users} users' 50 prediction requests"
@@ -462,133 +529,170 @@ pub async fn ramp(
     {
         anyhow::bail!("{name}: the imported model was not announced within 60 s");
     }
-    let app = match which {
-        Implementation::Refit => "refit",
-        Implementation::Python { .. } => "refit-bench-python",
-    };
-    // Per user, the offset that makes each batch's actual values new.
-    let mut next_k = vec![FIRST_K; users + 1];
-    let mut cursor = 0usize;
-    let mut offered_total = announced;
-    let mut results = Vec::new();
-    let tick = Duration::from_millis(100);
-    for &rate in ladder {
-        // A warm-up at the step's rate (not measured) lets the previous step's backlog and the
-        // new rate settle; then `ramp_seconds` are measured.
-        let warm_ticks = (s.ramp_warm_seconds / tick.as_secs_f64()).round() as u32;
-        let ticks = (s.ramp_seconds / tick.as_secs_f64()).round() as u32;
-        let mut progress = Progress::new(
-            &format!("ramp {name} {rate}/s"),
-            (rate * (s.ramp_warm_seconds + s.ramp_seconds)).round() as usize,
-        );
-        let mut started = now_unix();
-        let mut events_start = collector.count();
-        let mut backlog_start = offered_total.saturating_sub(events_start);
-        let mut cpu_start = cpu_snap(&db.pool, proc.pid, app).await;
-        let mut carry = 0.0;
-        let mut offered = 0usize;
-        let mut written = 0usize;
-        let mut backlog_max = 0usize;
-        let t0 = tokio::time::Instant::now();
-        for i in 0..warm_ticks + ticks {
-            if i == warm_ticks && warm_ticks > 0 {
-                started = now_unix();
-                events_start = collector.count();
-                backlog_start = offered_total.saturating_sub(events_start);
-                cpu_start = cpu_snap(&db.pool, proc.pid, app).await;
-                offered = 0;
-            }
-            carry += rate * tick.as_secs_f64();
-            let n = carry.floor() as usize;
-            carry -= n as f64;
-            if n > 0 {
-                let mut u = Vec::with_capacity(n);
-                let mut k = Vec::with_capacity(n);
-                for _ in 0..n {
-                    cursor = cursor % users + 1;
-                    u.push(cursor as i32);
-                    k.push(next_k[cursor]);
-                    next_k[cursor] += THRESHOLD;
-                }
-                sqlx::query(
-                    "INSERT INTO actual_rentals (request_id, actual_value)
-                     SELECT bench_request_id(u, k), bench_actual(u, k + b)
-                       FROM unnest($1::int[], $2::int[]) AS t(u, b), generate_series(1, 50) AS k",
-                )
-                .bind(&u)
-                .bind(&k)
-                .execute(&db.pool)
-                .await?;
-                offered += n;
-                offered_total += n;
-                written += n;
-            }
-            progress.set(written);
-            if i >= warm_ticks {
-                backlog_max = backlog_max.max(offered_total.saturating_sub(collector.count()));
-            }
-            tokio::time::sleep_until(t0 + tick * (i + 1)).await;
+    Ok((collector, announced))
+}
+
+/// The ramp's upstream writer: whole batches for the next users, round-robin.
+struct Writer {
+    users: usize,
+    next_k: Vec<i32>,
+    cursor: usize,
+    /// Batches written so far (with what was announced before the ramp).
+    offered_total: usize,
+}
+
+impl Writer {
+    /// The next `n` users get a whole batch of 50 actuals each, in one multi-row transaction.
+    async fn write(&mut self, db: &BenchDb, n: usize) -> anyhow::Result<()> {
+        let mut u = Vec::with_capacity(n);
+        let mut k = Vec::with_capacity(n);
+        for _ in 0..n {
+            self.cursor = self.cursor % self.users + 1;
+            u.push(self.cursor as i32);
+            k.push(self.next_k[self.cursor]);
+            self.next_k[self.cursor] += THRESHOLD;
         }
-        progress.finish();
-        let seconds = now_unix() - started;
-        let events_end = collector.count();
-        let backlog_end = offered_total.saturating_sub(events_end);
-        let completed = (events_end - events_start) as f64 / seconds;
-        let offered_per_s = offered as f64 / seconds;
-        // The backlog may wobble by what is in flight; growing by more than 5 % of what the
-        // step offered (a second's worth in a 20-s step) means arrivals outpace retrains.
-        let backlog_slack = (0.05 * offered as f64).max(20.0);
-        let kept_up = completed >= 0.9 * offered_per_s
-            && backlog_end as f64 <= backlog_start as f64 + backlog_slack;
-        let cpu = cpu_delta(
-            &cpu_start,
-            &cpu_snap(&db.pool, proc.pid, app).await,
-            events_end - events_start,
-        );
-        log(format!(
-            "ramp {name}: offered {offered_per_s:.0}/s, completed {completed:.0}/s, backlog {backlog_start} → {backlog_end}{}",
-            if kept_up { "" } else { " (did not keep up)" }
-        ));
-        results.push(json!({
-            "rate": rate,
-            "offered_per_s": offered_per_s,
-            "completed_per_s": completed,
-            "backlog_start": backlog_start,
-            "backlog_end": backlog_end,
-            "backlog_max": backlog_max,
-            "backlog_slack": backlog_slack,
-            "kept_up": kept_up,
-            "seconds": seconds,
-            "warm_up_seconds": s.ramp_warm_seconds,
-            "cpu": cpu,
-        }));
-        if !kept_up {
-            break;
-        }
+        sqlx::query(
+            "INSERT INTO actual_rentals (request_id, actual_value)
+             SELECT bench_request_id(u, k), bench_actual(u, k + b)
+               FROM unnest($1::int[], $2::int[]) AS t(u, b), generate_series(1, 50) AS k",
+        )
+        .bind(&u)
+        .bind(&k)
+        .execute(&db.pool)
+        .await?;
+        self.offered_total += n;
+        Ok(())
     }
-    // The nominal rate of the highest step that kept up, when the writer achieved it (the step's
-    // wall time includes its last write, so the achieved rate reads a hair lower).
-    let sustained = results
-        .iter()
-        .filter(|r| r["kept_up"].as_bool() == Some(true))
-        .filter_map(|r| {
-            let (rate, offered) = (r["rate"].as_f64()?, r["offered_per_s"].as_f64()?);
-            Some(if offered >= 0.98 * rate {
-                rate
-            } else {
-                offered
-            })
-        })
-        .fold(0.0, f64::max);
-    let memory = blocking(|| proc.stop(Duration::from_secs(60)))?;
-    collector.stop();
-    db.drop().await;
-    Ok(json!({
-        "users": users,
-        "step_seconds": s.ramp_seconds,
-        "warm_up_seconds": s.ramp_warm_seconds,
-        "steps": results,
-        "sustained_per_s": sustained,
-        "vm_hwm_mb": memory.hwm_kb as f64 / 1024.0,
-    }))
+}
+
+/// Where a measured step starts: wall clock, events read, backlog, CPU.
+struct StepStart {
+    started: f64,
+    events: usize,
+    backlog: usize,
+    cpu: CpuSnap,
+}
+
+async fn step_start(
+    db: &BenchDb,
+    proc: &Proc,
+    collector: &Collector,
+    app: &str,
+    offered_total: usize,
+) -> StepStart {
+    let started = now_unix();
+    let events = collector.count();
+    StepStart {
+        started,
+        events,
+        backlog: offered_total.saturating_sub(events),
+        cpu: cpu_snap(&db.pool, proc.pid, app).await,
+    }
+}
+
+/// One step of the ladder: a warm-up at the step's rate (not measured) lets the previous step's
+/// backlog and the new rate settle; then `ramp_seconds` are measured.
+async fn ramp_step(
+    s: &Settings,
+    db: &BenchDb,
+    proc: &Proc,
+    collector: &Collector,
+    which: &Implementation<'_>,
+    rate: f64,
+    writer: &mut Writer,
+) -> anyhow::Result<RampStep> {
+    let app = which.application_name();
+    let tick = Duration::from_millis(100);
+    let warm_ticks = (s.ramp_warm_seconds / tick.as_secs_f64()).round() as u32;
+    let ticks = (s.ramp_seconds / tick.as_secs_f64()).round() as u32;
+    let mut progress = Progress::new(
+        &format!("ramp {} {rate}/s", which.name()),
+        (rate * (s.ramp_warm_seconds + s.ramp_seconds)).round() as usize,
+    );
+    let mut at = step_start(db, proc, collector, app, writer.offered_total).await;
+    let (mut carry, mut offered, mut written, mut backlog_max) = (0.0, 0usize, 0usize, 0usize);
+    let t0 = tokio::time::Instant::now();
+    for i in 0..warm_ticks + ticks {
+        if i == warm_ticks && warm_ticks > 0 {
+            at = step_start(db, proc, collector, app, writer.offered_total).await;
+            offered = 0;
+        }
+        carry += rate * tick.as_secs_f64();
+        let n = carry.floor() as usize;
+        carry -= n as f64;
+        if n > 0 {
+            writer.write(db, n).await?;
+            offered += n;
+            written += n;
+        }
+        progress.set(written);
+        if i >= warm_ticks {
+            backlog_max = backlog_max.max(writer.offered_total.saturating_sub(collector.count()));
+        }
+        tokio::time::sleep_until(t0 + tick * (i + 1)).await;
+    }
+    progress.finish();
+    let tally = Tally {
+        at,
+        offered,
+        offered_total: writer.offered_total,
+        backlog_max,
+        warm_up_seconds: s.ramp_warm_seconds,
+    };
+    Ok(finish_step(db, proc, collector, which, rate, tally).await)
+}
+
+/// What a step wrote, from where it started.
+struct Tally {
+    at: StepStart,
+    offered: usize,
+    offered_total: usize,
+    backlog_max: usize,
+    warm_up_seconds: f64,
+}
+
+/// Whether the step kept up, and where the cores went.
+async fn finish_step(
+    db: &BenchDb,
+    proc: &Proc,
+    collector: &Collector,
+    which: &Implementation<'_>,
+    rate: f64,
+    t: Tally,
+) -> RampStep {
+    let seconds = now_unix() - t.at.started;
+    let events_end = collector.count();
+    let backlog_end = t.offered_total.saturating_sub(events_end);
+    let completed = (events_end - t.at.events) as f64 / seconds;
+    let offered_per_s = t.offered as f64 / seconds;
+    // The backlog may wobble by what is in flight; growing by more than 5 % of what the
+    // step offered (a second's worth in a 20-s step) means arrivals outpace retrains.
+    let backlog_slack = (0.05 * t.offered as f64).max(20.0);
+    let kept_up = completed >= 0.9 * offered_per_s
+        && backlog_end as f64 <= t.at.backlog as f64 + backlog_slack;
+    let cpu = cpu_delta(
+        &t.at.cpu,
+        &cpu_snap(&db.pool, proc.pid, which.application_name()).await,
+        events_end - t.at.events,
+    );
+    log(format!(
+        "ramp {}: offered {offered_per_s:.0}/s, completed {completed:.0}/s, backlog {} → {backlog_end}{}",
+        which.name(),
+        t.at.backlog,
+        if kept_up { "" } else { " (did not keep up)" }
+    ));
+    RampStep {
+        rate,
+        offered_per_s,
+        completed_per_s: completed,
+        backlog_start: t.at.backlog,
+        backlog_end,
+        backlog_max: t.backlog_max,
+        backlog_slack,
+        kept_up,
+        seconds,
+        warm_up_seconds: t.warm_up_seconds,
+        cpu,
+    }
 }

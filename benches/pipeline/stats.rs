@@ -1,9 +1,7 @@
 //! Percentiles and small formatting helpers.
 
-use serde_json::{json, Value};
-
 /// Summary of a sample of values (milliseconds unless said otherwise).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Summary {
     pub n: usize,
     pub mean: f64,
@@ -39,11 +37,19 @@ impl Summary {
         }
     }
 
-    pub fn json(&self) -> Value {
-        json!({
-            "n": self.n, "mean": r3(self.mean), "p50": r3(self.p50), "p90": r3(self.p90),
-            "p95": r3(self.p95), "p99": r3(self.p99), "max": r3(self.max), "min": r3(self.min),
-        })
+    /// The summary of `values`, each figure rounded to 3 decimals (as results.json keeps it).
+    pub fn rounded(values: &[f64]) -> Summary {
+        let s = Summary::of(values);
+        Summary {
+            n: s.n,
+            mean: r3(s.mean),
+            p50: r3(s.p50),
+            p90: r3(s.p90),
+            p95: r3(s.p95),
+            p99: r3(s.p99),
+            max: r3(s.max),
+            min: r3(s.min),
+        }
     }
 }
 
