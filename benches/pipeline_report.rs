@@ -1,4 +1,4 @@
-//! `cargo test --bench pipeline_report`: checks of the benchmark's report (benches/pipeline/report/)
+//! `cargo test --test bench_report` (part of `make test`): checks of the benchmark's report (benches/pipeline/report/)
 //! on small typed results. The pipeline bench itself runs without a test harness, so its report
 //! modules are compiled here a second time, with one.
 
