@@ -234,36 +234,28 @@ pub(crate) fn run_step(input: StepInput<'_>) -> Result<StepResult, TrainError> {
 /// Runs one step of the retraining policy: picks the base model (reinstating a rejected
 /// version that predicts the batch better), continues it on the batch, lets the gate judge the
 /// candidate, and, when the policy says so and the gate agrees, rebuilds from the window instead.
-fn step(input: StepInput<'_>) -> Result<StepResult, TrainError> {
-    let StepInput {
-        policy,
-        active,
-        rejected,
-        params,
-        nthread,
-        batch,
-        recent,
-        rejected_rows,
-        live_history,
-        keep_model,
-    } = input;
+fn step(mut input: StepInput<'_>) -> Result<StepResult, TrainError> {
+    let (policy, batch) = (input.policy, input.batch);
     let data = labelled(batch)?;
     let started = Instant::now();
-    let base = choose_base(active, rejected, &data, batch)?;
+    let base = choose_base(input.active.take(), input.rejected, &data, batch)?;
     let load_time = started.elapsed();
 
     let lineage = base.booster.as_ref().map(|(_, l)| *l).unwrap_or_default();
     let planned = plan(policy, lineage, base.reinstated);
-    let recent = training_window(recent, rejected_rows, base.reinstated);
+    let recent = training_window(input.recent, input.rejected_rows, base.reinstated);
     let (Some((mut booster, _)), Some(base_live)) = (base.booster, base.base_live) else {
-        return fresh(
-            &recent, batch, policy, params, nthread, keep_model, load_time,
-        );
+        return fresh(&input, &recent, load_time);
     };
 
     let gate = GateWindow::new(policy, &recent)?;
     let base_window = gate.errors(&booster)?;
-    configure(&mut booster, params, nthread, &batch.feature_names)?;
+    configure(
+        &mut booster,
+        input.params,
+        input.nthread,
+        &batch.feature_names,
+    )?;
     let started = Instant::now();
     let (mut step, mut rounds) = train_on_batch(&mut booster, &data, planned, policy)?;
     let window = match base_window {
@@ -272,17 +264,17 @@ fn step(input: StepInput<'_>) -> Result<StepResult, TrainError> {
     };
     let verdict = policy.gate.judge(&Evidence {
         live: base_live,
-        live_history: live_history.to_vec(),
+        live_history: input.live_history.to_vec(),
         window,
         confirmed_change: base.reinstated,
     });
     let mut rows_trained = batch.rows();
     if verdict.accepted() && matches!(planned, Step::Rebuild { .. }) {
-        (booster, rows_trained) = rebuild(&recent, batch, policy, params, nthread)?;
+        (booster, rows_trained) = rebuild(&recent, batch, policy, input.params, input.nthread)?;
         (step, rounds) = (planned, policy.rebuild_rounds);
     }
     let train_time = started.elapsed();
-    let keep = keep_model && step != Step::Refresh;
+    let keep = input.keep_model && step != Step::Refresh;
     Ok(StepResult {
         trained: finish(booster, keep, load_time, train_time)?,
         step,
@@ -291,7 +283,7 @@ fn step(input: StepInput<'_>) -> Result<StepResult, TrainError> {
         reinstated: base.reinstated,
         verdict,
         window,
-        typical_live: policy::typical_live(live_history),
+        typical_live: policy::typical_live(input.live_history),
         rows_trained,
         rounds,
         cpu: Duration::ZERO,
@@ -369,19 +361,21 @@ fn training_window<'a>(
 
 /// The first model of a user: a rebuild from the window, accepted without a gate.
 fn fresh(
+    input: &StepInput<'_>,
     recent: &Batch,
-    batch: &Batch,
-    policy: &Policy,
-    params: &BTreeMap<String, String>,
-    nthread: u32,
-    keep_model: bool,
     load_time: Duration,
 ) -> Result<StepResult, TrainError> {
     let started = Instant::now();
-    let (booster, rows) = rebuild(recent, batch, policy, params, nthread)?;
+    let (booster, rows) = rebuild(
+        recent,
+        input.batch,
+        input.policy,
+        input.params,
+        input.nthread,
+    )?;
     let train_time = started.elapsed();
     Ok(StepResult {
-        trained: finish(booster, keep_model, load_time, train_time)?,
+        trained: finish(booster, input.keep_model, load_time, train_time)?,
         step: Step::Fresh,
         since_rebuild: 0,
         live: None,
@@ -390,7 +384,7 @@ fn fresh(
         window: None,
         typical_live: None,
         rows_trained: rows,
-        rounds: policy.rebuild_rounds,
+        rounds: input.policy.rebuild_rounds,
         cpu: Duration::ZERO,
     })
 }

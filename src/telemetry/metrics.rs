@@ -17,6 +17,11 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Buckets for the live error over the mean |actual|.
+const LIVE_ERROR_RATIO_BUCKETS: &[f64] = &[
+    0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0,
+];
+
 /// The steps of a retrain, in order (`refit_step_duration_seconds{step}`).
 pub(crate) const STEPS: [&str; 6] = [
     "detect",
@@ -107,11 +112,10 @@ impl Metrics {
                 "From the batch-completing actual's insert to the model-retrained event",
                 SECONDS_BUCKETS.to_vec(),
             ),
-            heartbeat: Gauge::new(
+            heartbeat: gauge(
                 "refit_scheduler_heartbeat_timestamp_seconds",
                 "Unix time at which the scheduler loop last turned",
-            )
-            .expect("valid metric"),
+            ),
             live_mae: histogram(
                 "refit_live_mae",
                 "Serving model's mean absolute error on each new batch, before training on it",
@@ -120,9 +124,7 @@ impl Metrics {
             live_error_ratio: histogram(
                 "refit_live_error_ratio",
                 "Serving model's mean absolute error on each new batch over its mean |actual|",
-                vec![
-                    0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0,
-                ],
+                LIVE_ERROR_RATIO_BUCKETS.to_vec(),
             ),
         };
         metrics.register_all();
@@ -237,6 +239,10 @@ fn int_gauge(name: &str, help: &str) -> IntGauge {
 
 fn int_gauge_vec(name: &str, help: &str, label: &str) -> IntGaugeVec {
     IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric")
+}
+
+fn gauge(name: &str, help: &str) -> Gauge {
+    Gauge::new(name, help).expect("valid metric")
 }
 
 fn gauge_vec(name: &str, help: &str, label: &str) -> GaugeVec {
