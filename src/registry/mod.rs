@@ -454,13 +454,12 @@ fn check_user_id(user: &str) -> Result<(), RegistryError> {
 /// is converted). Its structure is checked before XGBoost sees it: XGBoost trusts the files it
 /// loads.
 async fn inspect_file(bytes: Vec<u8>) -> Result<(trainer::ModelInfo, Vec<u8>), RegistryError> {
-    let info = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         crate::model::check::check_model(&bytes).map_err(RegistryError::InvalidModel)?;
         trainer::inspect_as_ubjson(&bytes).map_err(|e| RegistryError::InvalidModel(e.to_string()))
     })
     .await
-    .map_err(|e| RegistryError::InvalidModel(e.to_string()))?;
-    info
+    .map_err(|e| RegistryError::InvalidModel(e.to_string()))?
 }
 
 /// The imported model's feature names: the given ones (as many as the model has), else the
