@@ -15,6 +15,8 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::outbox::events::EventReader;
+
 /// One generated prediction request with the rentals that actually happened.
 #[derive(Debug, Clone)]
 pub(crate) struct Rental {
@@ -146,6 +148,41 @@ pub(crate) async fn generate(
         insert_rental(&pool, &generator.next_rental()).await?;
         inserted += 1;
     }
+}
+
+/// Cancels `stop` after `seconds` (never when 0), or on SIGTERM or SIGINT.
+pub(crate) async fn stop_after(seconds: u64, stop: CancellationToken) {
+    let timer = async {
+        if seconds == 0 {
+            std::future::pending::<()>().await
+        } else {
+            tokio::time::sleep(Duration::from_secs(seconds)).await
+        }
+    };
+    tokio::select! { _ = crate::scheduler::shutdown_signal() => {}, _ = timer => {} }
+    stop.cancel();
+}
+
+/// Prints every retrain event until `stop`, then those published during shutdown; returns how
+/// many it printed. Blocks.
+pub(crate) fn print_events(reader: &EventReader, stop: &CancellationToken) -> u64 {
+    let mut seen = 0u64;
+    while !stop.is_cancelled() {
+        match reader.next(Duration::from_millis(200)) {
+            Ok(Some(e)) => {
+                seen += 1;
+                println!("{}", describe_event(&e));
+            }
+            Ok(None) => {}
+            Err(err) => eprintln!("reading events: {err:#}"),
+        }
+    }
+    // Events published during shutdown.
+    while let Ok(Some(e)) = reader.next(Duration::from_millis(1500)) {
+        seen += 1;
+        println!("{}", describe_event(&e));
+    }
+    seen
 }
 
 /// One printed line for a retrain event.

@@ -1,6 +1,7 @@
 //! What the `refit` subcommands do beyond running the service: the model registry, the serving
 //! reference and the demo. Output is a table for people or JSON (`--json`) for scripts.
 
+pub mod args;
 mod demo;
 pub mod serving;
 
@@ -13,6 +14,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::cli::args::{Command, ModelsCommand};
 use crate::config::Config;
 use crate::outbox::events::{EventReader, Events};
 use crate::outbox::Outbox;
@@ -425,18 +427,7 @@ pub async fn demo(config: Config, stations: usize, rate: u32, seconds: u64) -> a
     );
     let reader = EventReader::new(&config.kafka.brokers, &config.kafka.topic, false)?;
     let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        let timer = async {
-            if seconds == 0 {
-                std::future::pending::<()>().await
-            } else {
-                tokio::time::sleep(Duration::from_secs(seconds)).await
-            }
-        };
-        tokio::select! { _ = scheduler::shutdown_signal() => {}, _ = timer => {} }
-        stop.cancel();
-    });
+    tokio::spawn(demo::stop_after(seconds, shutdown.clone()));
     let generator = tokio::spawn(demo::generate(
         pool.clone(),
         stations,
@@ -444,25 +435,7 @@ pub async fn demo(config: Config, stations: usize, rate: u32, seconds: u64) -> a
         shutdown.clone(),
     ));
     let printer_stop = shutdown.clone();
-    let printer = tokio::task::spawn_blocking(move || {
-        let mut seen = 0u64;
-        while !printer_stop.is_cancelled() {
-            match reader.next(Duration::from_millis(200)) {
-                Ok(Some(e)) => {
-                    seen += 1;
-                    println!("{}", demo::describe_event(&e));
-                }
-                Ok(None) => {}
-                Err(err) => eprintln!("reading events: {err:#}"),
-            }
-        }
-        // Events published during shutdown.
-        while let Ok(Some(e)) = reader.next(Duration::from_millis(1500)) {
-            seen += 1;
-            println!("{}", demo::describe_event(&e));
-        }
-        seen
-    });
+    let printer = tokio::task::spawn_blocking(move || demo::print_events(&reader, &printer_stop));
     service.run(shutdown).await?;
     let inserted = generator.await??;
     let seen = printer.await?;
@@ -477,4 +450,105 @@ pub async fn demo(config: Config, stations: usize, rate: u32, seconds: u64) -> a
         }
     }
     Ok(())
+}
+
+/// Runs a subcommand (`refit config --env-names` needs no configuration and never gets here).
+pub async fn execute(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Migrate => migrate(&config).await,
+        Command::Run => run_service(config).await,
+        Command::Demo {
+            stations,
+            rate,
+            seconds,
+        } => demo(config, stations, rate, seconds).await,
+        Command::Config { .. } => {
+            for (name, value) in config.describe() {
+                println!("{name}={value}");
+            }
+            Ok(())
+        }
+        Command::Predict {
+            user,
+            version,
+            features,
+            json,
+        } => {
+            let pool = connect(&config).await?;
+            predict(&config, &pool, &user, version.as_ref(), &features, json).await
+        }
+        Command::Models { command } => {
+            let pool = connect(&config).await?;
+            store::check_migrated(&pool).await?;
+            models(&config, &pool, command).await
+        }
+    }
+}
+
+/// A one-connection pool, as the subcommands use.
+async fn connect(config: &Config) -> anyhow::Result<PgPool> {
+    store::connect(
+        &config.database.url,
+        &config.session,
+        store::service_pool_size(1),
+    )
+    .await
+}
+
+/// `refit migrate`.
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let pool = connect(config).await?;
+    store::migrate(&pool).await?;
+    tracing::info!(database = %config.database.url, "migrations applied");
+    Ok(())
+}
+
+/// `refit run`: the service, until SIGTERM or SIGINT.
+async fn run_service(config: Config) -> anyhow::Result<()> {
+    let service = scheduler::Service::build(config).await?;
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = scheduler::shutdown_signal().await {
+            tracing::error!(error = %e, "signal handling failed");
+        }
+        trigger.cancel();
+    });
+    service.run(shutdown).await
+}
+
+/// `refit models ...`.
+async fn models(config: &Config, pool: &PgPool, command: ModelsCommand) -> anyhow::Result<()> {
+    match command {
+        ModelsCommand::List(a) => {
+            let filter = Filter {
+                user: a.user,
+                status: a.status,
+                since: a.since,
+                limit: a.limit,
+                tags: a.tags.into_iter().collect(),
+                offset: None,
+            };
+            list(pool, &filter, a.json).await
+        }
+        ModelsCommand::Show(a) => show(pool, &a.user, a.version.as_ref(), a.json).await,
+        ModelsCommand::Export(a) => export(pool, &a.user, a.version.as_ref(), &a.out).await,
+        ModelsCommand::Import(a) => {
+            import(config, pool, &a.user, &a.file, a.features, a.json).await
+        }
+        ModelsCommand::Promote(a) => activate(config, pool, &a.user, &a.version, a.json).await,
+        ModelsCommand::Rollback(a) => rollback(config, pool, &a.user, a.to.as_ref(), a.json).await,
+        ModelsCommand::Prune(a) => prune(pool, a.user.as_deref(), a.keep, a.json).await,
+        ModelsCommand::Update(a) => {
+            let change = Change {
+                description: a.description,
+                tags: a.tags.into_iter().collect(),
+                untag: a.untag,
+            };
+            update(pool, &a.user, a.version.as_ref(), &change, a.json).await
+        }
+        ModelsCommand::Alias(a) => alias(pool, &a.user, &a.name, a.version.as_ref(), a.json).await,
+        ModelsCommand::Delete(a) => delete(config, pool, &a.user, &a.confirm, a.json).await,
+        ModelsCommand::History(a) => history(pool, &a.user, a.limit, a.json).await,
+    }
 }

@@ -401,6 +401,15 @@ const NODE_ARRAYS: [&str; 10] = [
 /// every node reached once from the root (no index out of range, no cycle, no shared child).
 /// Returns the number of nodes.
 fn check_tree(tree: &Node, features: u64) -> Result<u64, String> {
+    let nodes = check_tree_param(tree, features)?;
+    check_node_arrays(tree, nodes)?;
+    TreeLinks::of(tree)?.walk(nodes, features)?;
+    Ok(nodes)
+}
+
+/// The tree's `tree_param`: some nodes, scalar leaves, no more features than the model's.
+/// Returns the number of nodes.
+fn check_tree_param(tree: &Node, features: u64) -> Result<u64, String> {
     let nodes = count(tree, "tree_param/num_nodes", MAX_NODES)?;
     if nodes == 0 {
         return Err("no nodes".into());
@@ -414,6 +423,11 @@ fn check_tree(tree: &Node, features: u64) -> Result<u64, String> {
             "tree_param/num_feature is more than the model's {features}"
         ));
     }
+    Ok(nodes)
+}
+
+/// Every node array holds one entry per node.
+fn check_node_arrays(tree: &Node, nodes: u64) -> Result<(), String> {
     for key in NODE_ARRAYS {
         let n = tree
             .get(key)
@@ -423,52 +437,92 @@ fn check_tree(tree: &Node, features: u64) -> Result<u64, String> {
             return Err(format!("{key} has {n} entries for {nodes} nodes"));
         }
     }
-    let ints = |key: &str| {
-        tree.get(key)
-            .and_then(Node::ints)
-            .ok_or(format!("{key} is not integers"))
-    };
-    let (left, right, parents) = (
-        ints("left_children")?,
-        ints("right_children")?,
-        ints("parents")?,
-    );
-    let (split, kind) = (ints("split_indices")?, ints("split_type")?);
-    let mut seen = vec![false; nodes as usize];
-    let mut stack = vec![0usize];
-    seen[0] = true;
-    while let Some(i) = stack.pop() {
-        if left[i] == -1 && right[i] == -1 {
-            continue;
+    Ok(())
+}
+
+/// The node arrays that link and split a tree's nodes.
+struct TreeLinks {
+    left: Vec<i64>,
+    right: Vec<i64>,
+    parents: Vec<i64>,
+    split: Vec<i64>,
+    kind: Vec<i64>,
+}
+
+impl TreeLinks {
+    fn of(tree: &Node) -> Result<Self, String> {
+        let ints = |key: &str| {
+            tree.get(key)
+                .and_then(Node::ints)
+                .ok_or(format!("{key} is not integers"))
+        };
+        Ok(Self {
+            left: ints("left_children")?,
+            right: ints("right_children")?,
+            parents: ints("parents")?,
+            split: ints("split_indices")?,
+            kind: ints("split_type")?,
+        })
+    }
+
+    /// Walks the tree from the root: each node reached once, from its parent, and each split
+    /// numerical on an existing feature. The arrays are `nodes` long.
+    fn walk(&self, nodes: u64, features: u64) -> Result<(), String> {
+        let mut seen = vec![false; nodes as usize];
+        let mut stack = vec![0usize];
+        seen[0] = true;
+        while let Some(i) = stack.pop() {
+            if self.left[i] == -1 && self.right[i] == -1 {
+                continue;
+            }
+            self.check_split(i, features)?;
+            for child in [self.left[i], self.right[i]] {
+                let c = self.check_child(i, child, nodes, &mut seen)?;
+                stack.push(c);
+            }
         }
-        if kind[i] != 0 {
+        Ok(())
+    }
+
+    /// Node `i` splits numerically on an existing feature.
+    fn check_split(&self, i: usize, features: u64) -> Result<(), String> {
+        if self.kind[i] != 0 {
             return Err(format!("node {i}: categorical splits are not supported"));
         }
-        if split[i] < 0 || split[i] as u64 >= features {
+        if self.split[i] < 0 || self.split[i] as u64 >= features {
             return Err(format!(
                 "node {i} splits on feature {}, the model has {features}",
-                split[i]
+                self.split[i]
             ));
         }
-        for child in [left[i], right[i]] {
-            let c = usize::try_from(child)
-                .ok()
-                .filter(|c| (1..nodes as usize).contains(c))
-                .ok_or(format!(
-                    "node {i} has child {child}, out of range (nodes: {nodes})"
-                ))?;
-            if std::mem::replace(&mut seen[c], true) {
-                return Err(format!(
-                    "node {c} is reached twice (a cycle or a shared child)"
-                ));
-            }
-            if parents[c] != i as i64 {
-                return Err(format!("node {c}'s parent is {}, not {i}", parents[c]));
-            }
-            stack.push(c);
-        }
+        Ok(())
     }
-    Ok(nodes)
+
+    /// Node `i`'s child is in range, not reached before, and has `i` as its parent; returns
+    /// its index.
+    fn check_child(
+        &self,
+        i: usize,
+        child: i64,
+        nodes: u64,
+        seen: &mut [bool],
+    ) -> Result<usize, String> {
+        let c = usize::try_from(child)
+            .ok()
+            .filter(|c| (1..nodes as usize).contains(c))
+            .ok_or(format!(
+                "node {i} has child {child}, out of range (nodes: {nodes})"
+            ))?;
+        if std::mem::replace(&mut seen[c], true) {
+            return Err(format!(
+                "node {c} is reached twice (a cycle or a shared child)"
+            ));
+        }
+        if self.parents[c] != i as i64 {
+            return Err(format!("node {c}'s parent is {}, not {i}", self.parents[c]));
+        }
+        Ok(c)
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //!
 //! Everything here is CPU-bound and blocking: callers run it on a blocking thread.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -233,128 +234,207 @@ pub(crate) fn run_step(input: StepInput<'_>) -> Result<StepResult, TrainError> {
 /// Runs one step of the retraining policy: picks the base model (reinstating a rejected
 /// version that predicts the batch better), continues it on the batch, lets the gate judge the
 /// candidate, and, when the policy says so and the gate agrees, rebuilds from the window instead.
-fn step(input: StepInput<'_>) -> Result<StepResult, TrainError> {
-    let StepInput {
-        policy,
-        active,
-        rejected,
-        params,
-        nthread,
-        batch,
-        recent,
-        rejected_rows,
-        live_history,
-        keep_model,
-    } = input;
+fn step(mut input: StepInput<'_>) -> Result<StepResult, TrainError> {
+    let (policy, batch) = (input.policy, input.batch);
     let data = labelled(batch)?;
     let started = Instant::now();
-    let mut base = match active {
-        None => None,
-        Some((previous, lineage)) => Some((load(previous, &data, batch)?, lineage)),
-    };
-    let live = match &base {
-        Some((booster, _)) => Some(errors_on(booster, &data, batch)?),
-        None => None,
-    };
-    let (mut base_live, mut reinstated) = (live, false);
-    if let (Some(active_live), Some((artifact, lineage))) = (live, rejected) {
-        let rejected = load(Previous::Artifact(artifact), &data, batch)?;
-        let on_batch = errors_on(&rejected, &data, batch)?;
-        if policy::reinstate(on_batch, active_live) {
-            base = Some((rejected, lineage));
-            (base_live, reinstated) = (Some(on_batch), true);
-        }
-    }
+    let base = choose_base(input.active.take(), input.rejected, &data, batch)?;
     let load_time = started.elapsed();
 
-    let lineage = base.as_ref().map(|(_, l)| *l).unwrap_or_default();
-    let (planned, with_rejected);
-    let recent = match reinstated {
-        false => {
-            planned = policy.plan(lineage);
-            recent
-        }
-        true => {
-            planned = policy::after_reinstatement(policy.plan(lineage));
-            let mut rows = recent.clone();
-            rows.extend(rejected_rows.clone());
-            with_rejected = rows;
-            &with_rejected
-        }
-    };
-    let (Some((mut booster, _)), Some(base_live)) = (base, base_live) else {
-        let started = Instant::now();
-        let (booster, rows) = rebuild(recent, batch, policy, params, nthread)?;
-        let train_time = started.elapsed();
-        return Ok(StepResult {
-            trained: finish(booster, keep_model, load_time, train_time)?,
-            step: Step::Fresh,
-            since_rebuild: 0,
-            live: None,
-            reinstated: false,
-            verdict: Verdict::Accept,
-            window: None,
-            typical_live: None,
-            rows_trained: rows,
-            rounds: policy.rebuild_rounds,
-            cpu: Duration::ZERO,
-        });
+    let lineage = base.booster.as_ref().map(|(_, l)| *l).unwrap_or_default();
+    let planned = plan(policy, lineage, base.reinstated);
+    let recent = training_window(input.recent, input.rejected_rows, base.reinstated);
+    let (Some((mut booster, _)), Some(base_live)) = (base.booster, base.base_live) else {
+        return fresh(&input, &recent, load_time);
     };
 
-    // The gate scores the base and the candidate on the newest actuals already trained on.
-    let gate_rows = match policy.gate.enabled {
-        true => recent.newest(policy.gate.window as usize),
-        false => Batch::default(),
-    };
-    let gate_data = match gate_rows.rows() {
-        0 => None,
-        _ => Some(labelled(&gate_rows)?),
-    };
-    let base_window = match &gate_data {
-        Some(d) => Some(errors_on(&booster, d, &gate_rows)?),
-        None => None,
-    };
-    configure(&mut booster, params, nthread, &batch.feature_names)?;
+    let gate = GateWindow::new(policy, &recent)?;
+    let base_window = gate.errors(&booster)?;
+    configure(
+        &mut booster,
+        input.params,
+        input.nthread,
+        &batch.feature_names,
+    )?;
     let started = Instant::now();
-    let (mut step, mut rounds) = match planned {
-        Step::Refresh => {
-            refresh(&mut booster, &data)?;
-            (Step::Refresh, 0)
-        }
-        _ => {
-            continue_rounds(&mut booster, &data, policy.rounds, policy.continue_eta)?;
-            (Step::Continue, policy.rounds)
-        }
-    };
-    let window = match (&gate_data, base_window) {
-        (Some(d), Some(base)) => Some((errors_on(&booster, d, &gate_rows)?, base)),
-        _ => None,
+    let (mut step, mut rounds) = train_on_batch(&mut booster, &data, planned, policy)?;
+    let window = match base_window {
+        Some(base) => gate.errors(&booster)?.map(|candidate| (candidate, base)),
+        None => None,
     };
     let verdict = policy.gate.judge(&Evidence {
         live: base_live,
-        live_history: live_history.to_vec(),
+        live_history: input.live_history.to_vec(),
         window,
-        confirmed_change: reinstated,
+        confirmed_change: base.reinstated,
     });
     let mut rows_trained = batch.rows();
     if verdict.accepted() && matches!(planned, Step::Rebuild { .. }) {
-        (booster, rows_trained) = rebuild(recent, batch, policy, params, nthread)?;
+        (booster, rows_trained) = rebuild(&recent, batch, policy, input.params, input.nthread)?;
         (step, rounds) = (planned, policy.rebuild_rounds);
     }
     let train_time = started.elapsed();
-    let keep = keep_model && step != Step::Refresh;
+    let keep = input.keep_model && step != Step::Refresh;
     Ok(StepResult {
         trained: finish(booster, keep, load_time, train_time)?,
         step,
         since_rebuild: Policy::since_rebuild(step, lineage),
-        live,
-        reinstated,
+        live: base.live,
+        reinstated: base.reinstated,
         verdict,
         window,
-        typical_live: policy::typical_live(live_history),
+        typical_live: policy::typical_live(input.live_history),
         rows_trained,
         rounds,
         cpu: Duration::ZERO,
+    })
+}
+
+/// The model a step starts from.
+struct Base {
+    /// The active version, or the rejected one reinstated; `None` for a user without a model.
+    booster: Option<(Booster, Lineage)>,
+    /// The active version's error on the batch.
+    live: Option<Errors>,
+    /// The base's error on the batch.
+    base_live: Option<Errors>,
+    /// The rejected version became the base.
+    reinstated: bool,
+}
+
+/// Loads the active version and reinstates the rejected one instead when it predicts the batch
+/// better.
+fn choose_base(
+    active: Option<(Previous<'_>, Lineage)>,
+    rejected: Option<(&[u8], Lineage)>,
+    data: &Matrix,
+    batch: &Batch,
+) -> Result<Base, TrainError> {
+    let mut booster = match active {
+        None => None,
+        Some((previous, lineage)) => Some((load(previous, data, batch)?, lineage)),
+    };
+    let live = match &booster {
+        Some((booster, _)) => Some(errors_on(booster, data, batch)?),
+        None => None,
+    };
+    let (mut base_live, mut reinstated) = (live, false);
+    if let (Some(active_live), Some((artifact, lineage))) = (live, rejected) {
+        let rejected = load(Previous::Artifact(artifact), data, batch)?;
+        let on_batch = errors_on(&rejected, data, batch)?;
+        if policy::reinstate(on_batch, active_live) {
+            booster = Some((rejected, lineage));
+            (base_live, reinstated) = (Some(on_batch), true);
+        }
+    }
+    Ok(Base {
+        booster,
+        live,
+        base_live,
+        reinstated,
+    })
+}
+
+/// The step the policy plans for the base.
+fn plan(policy: &Policy, lineage: Lineage, reinstated: bool) -> Step {
+    match reinstated {
+        false => policy.plan(lineage),
+        true => policy::after_reinstatement(policy.plan(lineage)),
+    }
+}
+
+/// The recent actuals the gate and a rebuild use: with a reinstated version's rows after them.
+fn training_window<'a>(
+    recent: &'a Batch,
+    rejected_rows: &Batch,
+    reinstated: bool,
+) -> Cow<'a, Batch> {
+    match reinstated {
+        false => Cow::Borrowed(recent),
+        true => {
+            let mut rows = recent.clone();
+            rows.extend(rejected_rows.clone());
+            Cow::Owned(rows)
+        }
+    }
+}
+
+/// The first model of a user: a rebuild from the window, accepted without a gate.
+fn fresh(
+    input: &StepInput<'_>,
+    recent: &Batch,
+    load_time: Duration,
+) -> Result<StepResult, TrainError> {
+    let started = Instant::now();
+    let (booster, rows) = rebuild(
+        recent,
+        input.batch,
+        input.policy,
+        input.params,
+        input.nthread,
+    )?;
+    let train_time = started.elapsed();
+    Ok(StepResult {
+        trained: finish(booster, input.keep_model, load_time, train_time)?,
+        step: Step::Fresh,
+        since_rebuild: 0,
+        live: None,
+        reinstated: false,
+        verdict: Verdict::Accept,
+        window: None,
+        typical_live: None,
+        rows_trained: rows,
+        rounds: input.policy.rebuild_rounds,
+        cpu: Duration::ZERO,
+    })
+}
+
+/// The newest actuals already trained on, on which the gate scores the base and the candidate.
+struct GateWindow {
+    rows: Batch,
+    /// `None` when the gate is off or there are no rows.
+    data: Option<Matrix>,
+}
+
+impl GateWindow {
+    fn new(policy: &Policy, recent: &Batch) -> Result<Self, TrainError> {
+        let rows = match policy.gate.enabled {
+            true => recent.newest(policy.gate.window as usize),
+            false => Batch::default(),
+        };
+        let data = match rows.rows() {
+            0 => None,
+            _ => Some(labelled(&rows)?),
+        };
+        Ok(Self { rows, data })
+    }
+
+    /// The model's errors on the window, if there is one.
+    fn errors(&self, booster: &Booster) -> Result<Option<Errors>, TrainError> {
+        match &self.data {
+            Some(d) => Ok(Some(errors_on(booster, d, &self.rows)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Trains the base on the batch: a refresh when planned, else continued rounds (a planned
+/// rebuild starts as a continue for the gate to judge). Returns the step taken and its rounds.
+fn train_on_batch(
+    booster: &mut Booster,
+    data: &Matrix,
+    planned: Step,
+    policy: &Policy,
+) -> Result<(Step, i32), TrainError> {
+    Ok(match planned {
+        Step::Refresh => {
+            refresh(booster, data)?;
+            (Step::Refresh, 0)
+        }
+        _ => {
+            continue_rounds(booster, data, policy.rounds, policy.continue_eta)?;
+            (Step::Continue, policy.rounds)
+        }
     })
 }
 

@@ -352,33 +352,12 @@ impl Outbox {
             tx.commit().await?;
             return Ok(());
         }
-        let publishes = per_user(&due).into_iter().map(|entries| async move {
-            let mut outcomes = Vec::with_capacity(entries.len());
-            for entry in entries {
-                let outcome = self.publish(entry, commit_ms, invalidate_ms).await;
-                let retry_later = matches!(&outcome, Err(e) if !is_undeliverable(e));
-                outcomes.push((entry, outcome));
-                if retry_later {
-                    break;
-                }
-            }
-            outcomes
-        });
-        let publishes = futures::future::join_all(publishes);
         // The outbox locks live as long as this transaction's connection. If that dies while the
         // broker is slow, another replica takes over these users' events: these copies must not
         // go out after theirs, so what is still queued is purged.
-        let lock_lost = async {
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                if sqlx::query("SELECT 1").execute(&mut *tx).await.is_err() {
-                    return;
-                }
-            }
-        };
         let outcomes = tokio::select! {
-            outcomes = publishes => outcomes.into_iter().flatten(),
-            () = lock_lost => {
+            outcomes = self.publish_per_user(&due, commit_ms, invalidate_ms) => outcomes,
+            () = connection_lost(&mut tx) => {
                 self.events.purge_queued();
                 anyhow::bail!("lost the outbox lock while publishing {} events; queued events purged", due.len());
             }
@@ -387,35 +366,8 @@ impl Outbox {
         let mut failed = false;
         for (entry, outcome) in outcomes {
             match outcome {
-                Ok((None, delivery, _)) => {
-                    info!(
-                        step = "announce", user_id = %entry.user_id, topic = self.events.topic(),
-                        partition = delivery.partition, offset = delivery.offset,
-                        "tombstone published"
-                    );
-                    done.push(entry.id);
-                }
-                Ok((Some(event), delivery, ms)) => {
-                    self.metrics.observe_step("announce", ms);
-                    if let Some(data_until) = event.data_until {
-                        let freshness =
-                            (Utc::now() - data_until).num_microseconds().unwrap_or(0) as f64 / 1e6;
-                        self.metrics.freshness.observe(freshness.max(0.0));
-                    }
-                    info!(
-                        step = "announce",
-                        retrain_id = %event.retrain_id,
-                        user_id = %event.user_id,
-                        status = %event.status,
-                        model_version = event.model_version,
-                        topic = self.events.topic(),
-                        bytes = delivery.bytes,
-                        partition = delivery.partition,
-                        offset = delivery.offset,
-                        duration_ms = ms,
-                        batch = due.len(),
-                        "event published"
-                    );
+                Ok(published) => {
+                    self.published(entry, published, due.len());
                     done.push(entry.id);
                 }
                 Err(error) if is_undeliverable(&error) => {
@@ -437,13 +389,75 @@ impl Outbox {
         Ok(())
     }
 
+    /// Publishes every user's events at once; a user's own go one after the other and stop at
+    /// the first that fails other than as undeliverable. Returns each attempt's outcome.
+    async fn publish_per_user<'e>(
+        &self,
+        due: &'e [OutboxEntry],
+        commit_ms: &HashMap<Uuid, f64>,
+        invalidate_ms: &HashMap<Uuid, f64>,
+    ) -> Vec<(&'e OutboxEntry, anyhow::Result<Published>)> {
+        let publishes = per_user(due).into_iter().map(|entries| async move {
+            let mut outcomes = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let outcome = self.publish(entry, commit_ms, invalidate_ms).await;
+                let retry_later = matches!(&outcome, Err(e) if !is_undeliverable(e));
+                outcomes.push((entry, outcome));
+                if retry_later {
+                    break;
+                }
+            }
+            outcomes
+        });
+        futures::future::join_all(publishes)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// Records a published announcement (or tombstone): metrics and a log line.
+    fn published(&self, entry: &OutboxEntry, published: Published, batch: usize) {
+        match published {
+            (None, delivery, _) => {
+                info!(
+                    step = "announce", user_id = %entry.user_id, topic = self.events.topic(),
+                    partition = delivery.partition, offset = delivery.offset,
+                    "tombstone published"
+                );
+            }
+            (Some(event), delivery, ms) => {
+                self.metrics.observe_step("announce", ms);
+                if let Some(data_until) = event.data_until {
+                    let freshness =
+                        (Utc::now() - data_until).num_microseconds().unwrap_or(0) as f64 / 1e6;
+                    self.metrics.freshness.observe(freshness.max(0.0));
+                }
+                info!(
+                    step = "announce",
+                    retrain_id = %event.retrain_id,
+                    user_id = %event.user_id,
+                    status = %event.status,
+                    model_version = event.model_version,
+                    topic = self.events.topic(),
+                    bytes = delivery.bytes,
+                    partition = delivery.partition,
+                    offset = delivery.offset,
+                    duration_ms = ms,
+                    batch,
+                    "event published"
+                );
+            }
+        }
+    }
+
     /// One announcement (or tombstone) published: the event, where it went, how long it took.
     async fn publish(
         &self,
         entry: &OutboxEntry,
         commit_ms: &HashMap<Uuid, f64>,
         invalidate_ms: &HashMap<Uuid, f64>,
-    ) -> anyhow::Result<(Option<RetrainEvent>, crate::outbox::events::Delivery, f64)> {
+    ) -> anyhow::Result<Published> {
         if entry.payload.get("tombstone").is_some() {
             let started = Instant::now();
             let delivery = self.events.publish_tombstone(&entry.user_id).await?;
@@ -571,6 +585,20 @@ async fn next_pass(queue: &mut mpsc::UnboundedReceiver<Committed>) -> Option<Vec
 /// Whether a failure can never be overcome by retrying.
 fn is_undeliverable(error: &anyhow::Error) -> bool {
     error.downcast_ref::<Undeliverable>().is_some()
+}
+
+/// An announcement published: the event (`None` for a tombstone), where it went, how long it
+/// took (ms).
+type Published = (Option<RetrainEvent>, crate::outbox::events::Delivery, f64);
+
+/// Returns once the transaction's connection stops answering (checked every 500 ms).
+async fn connection_lost(tx: &mut Transaction<'static, Postgres>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if sqlx::query("SELECT 1").execute(&mut **tx).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The entries grouped by user, each group in the given (id) order.

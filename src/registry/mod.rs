@@ -408,38 +408,9 @@ pub async fn import(
     default_params: &BTreeMap<String, String>,
     interface: Interface,
 ) -> Result<Activation, RegistryError> {
-    if user.len() > store::actuals::MAX_USER_ID_BYTES {
-        return Err(RegistryError::Invalid(format!(
-            "the user id is {} bytes; refit takes at most {}",
-            user.len(),
-            store::actuals::MAX_USER_ID_BYTES
-        )));
-    }
-    // Stored (and exported) as UBJSON whatever the file's format: a JSON file is converted.
-    // Its structure is checked before XGBoost sees it: XGBoost trusts the files it loads.
-    let info = tokio::task::spawn_blocking(move || {
-        crate::model::check::check_model(&bytes).map_err(RegistryError::InvalidModel)?;
-        trainer::inspect_as_ubjson(&bytes).map_err(|e| RegistryError::InvalidModel(e.to_string()))
-    })
-    .await
-    .map_err(|e| RegistryError::InvalidModel(e.to_string()))?;
-    let (info, bytes) = info?;
-    let features = match (features, info.features.is_empty()) {
-        (Some(given), _) if given.len() as u64 != info.num_features => {
-            return Err(RegistryError::InvalidModel(format!(
-                "the model has {} features but {} names were given",
-                info.num_features,
-                given.len()
-            )))
-        }
-        (Some(given), _) => given,
-        (None, false) => info.features.clone(),
-        (None, true) => {
-            return Err(RegistryError::InvalidModel(
-                "the model file carries no feature names: pass them (--features a,b,c)".into(),
-            ))
-        }
-    };
+    check_user_id(user)?;
+    let (info, bytes) = inspect_file(bytes).await?;
+    let features = feature_names(features, &info)?;
     let mut params = default_params.clone();
     if let Some(objective) = &info.objective {
         params.insert("objective".into(), objective.clone());
@@ -447,34 +418,13 @@ pub async fn import(
     store::versions::ensure_model_row(pool, user).await?;
     let mut tx = pool.begin().await?;
     let previous = lock_user(&mut tx, user).await?;
-    let version: i32 = sqlx::query_scalar(
-        "SELECT coalesce(max(version), 0) + 1 FROM refit_model_versions WHERE user_id = $1",
-    )
-    .bind(user)
-    .fetch_one(&mut *tx)
-    .await?;
-    store::versions::insert_version(
-        &mut tx,
-        &store::versions::NewVersion {
-            user_id: user,
-            version,
-            status: "ready",
-            parent_version: previous,
-            artifact: Some(&bytes),
-            rows_used: 0,
-            rows_set_aside: 0,
-            trees: Some(info.trees),
-            boosted_rounds: Some(info.boosted_rounds),
-            params: &json!(params),
-            features: &json!(features),
-            timings_ms: &json!({}),
-            metrics: &json!({}),
-            error: None,
-            source: "import",
-            retrain_id: Uuid::now_v7(),
-        },
-    )
-    .await?;
+    let imported = Imported {
+        bytes: &bytes,
+        info: &info,
+        params: &params,
+        features: &features,
+    };
+    let version = insert_imported(&mut tx, user, previous, &imported).await?;
     let activation = record_activation(
         &mut tx,
         user,
@@ -487,6 +437,99 @@ pub async fn import(
     audit::record(&mut tx, interface, activation.audit()).await?;
     tx.commit().await?;
     Ok(activation)
+}
+
+/// Refuses a user id longer than the store takes.
+fn check_user_id(user: &str) -> Result<(), RegistryError> {
+    if user.len() > store::actuals::MAX_USER_ID_BYTES {
+        return Err(RegistryError::Invalid(format!(
+            "the user id is {} bytes; refit takes at most {}",
+            user.len(),
+            store::actuals::MAX_USER_ID_BYTES
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a model file and describes it; returns it as UBJSON whatever its format (a JSON file
+/// is converted). Its structure is checked before XGBoost sees it: XGBoost trusts the files it
+/// loads.
+async fn inspect_file(bytes: Vec<u8>) -> Result<(trainer::ModelInfo, Vec<u8>), RegistryError> {
+    tokio::task::spawn_blocking(move || {
+        crate::model::check::check_model(&bytes).map_err(RegistryError::InvalidModel)?;
+        trainer::inspect_as_ubjson(&bytes).map_err(|e| RegistryError::InvalidModel(e.to_string()))
+    })
+    .await
+    .map_err(|e| RegistryError::InvalidModel(e.to_string()))?
+}
+
+/// The imported model's feature names: the given ones (as many as the model has), else the
+/// file's own.
+fn feature_names(
+    given: Option<Vec<String>>,
+    info: &trainer::ModelInfo,
+) -> Result<Vec<String>, RegistryError> {
+    match (given, info.features.is_empty()) {
+        (Some(given), _) if given.len() as u64 != info.num_features => {
+            Err(RegistryError::InvalidModel(format!(
+                "the model has {} features but {} names were given",
+                info.num_features,
+                given.len()
+            )))
+        }
+        (Some(given), _) => Ok(given),
+        (None, false) => Ok(info.features.clone()),
+        (None, true) => Err(RegistryError::InvalidModel(
+            "the model file carries no feature names: pass them (--features a,b,c)".into(),
+        )),
+    }
+}
+
+/// An imported model, checked and converted.
+struct Imported<'a> {
+    bytes: &'a [u8],
+    info: &'a trainer::ModelInfo,
+    params: &'a BTreeMap<String, String>,
+    features: &'a [String],
+}
+
+/// Inserts the imported model as the user's next version (the user is locked); returns its
+/// number.
+async fn insert_imported(
+    conn: &mut sqlx::PgConnection,
+    user: &str,
+    previous: Option<i32>,
+    model: &Imported<'_>,
+) -> Result<i32, RegistryError> {
+    let version: i32 = sqlx::query_scalar(
+        "SELECT coalesce(max(version), 0) + 1 FROM refit_model_versions WHERE user_id = $1",
+    )
+    .bind(user)
+    .fetch_one(&mut *conn)
+    .await?;
+    store::versions::insert_version(
+        conn,
+        &store::versions::NewVersion {
+            user_id: user,
+            version,
+            status: "ready",
+            parent_version: previous,
+            artifact: Some(model.bytes),
+            rows_used: 0,
+            rows_set_aside: 0,
+            trees: Some(model.info.trees),
+            boosted_rounds: Some(model.info.boosted_rounds),
+            params: &json!(model.params),
+            features: &json!(model.features),
+            timings_ms: &json!({}),
+            metrics: &json!({}),
+            error: None,
+            source: "import",
+            retrain_id: Uuid::now_v7(),
+        },
+    )
+    .await?;
+    Ok(version)
 }
 
 /// Deletes all but the newest `keep` versions (of `user`, or of every user); the active version

@@ -17,6 +17,11 @@ const SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Buckets for the live error over the mean |actual|.
+const LIVE_ERROR_RATIO_BUCKETS: &[f64] = &[
+    0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0,
+];
+
 /// The steps of a retrain, in order (`refit_step_duration_seconds{step}`).
 pub(crate) const STEPS: [&str; 6] = [
     "detect",
@@ -76,8 +81,7 @@ impl Metrics {
                 "step",
             ),
             retrains: counter_vec("refit_retrains_total", "Retrains by outcome", "status"),
-            pending: IntGauge::new("refit_pending_actuals", "Actuals waiting to be trained on")
-                .expect("valid metric"),
+            pending: int_gauge("refit_pending_actuals", "Actuals waiting to be trained on"),
             set_aside: counter_vec(
                 "refit_rows_set_aside_total",
                 "Actuals set aside as unusable, by reason",
@@ -93,53 +97,35 @@ impl Metrics {
                 "Side effects that can never be carried out, dead-lettered, by kind",
                 "kind",
             ),
-            outbox_backlog: IntGaugeVec::new(
-                Opts::new(
-                    "refit_outbox_backlog",
-                    "Committed side effects not yet carried out",
-                ),
-                &["kind"],
-            )
-            .expect("valid metric"),
-            outbox_oldest_age: GaugeVec::new(
-                Opts::new(
-                    "refit_outbox_oldest_age_seconds",
-                    "Age of the oldest committed side effect not yet carried out (0 when none)",
-                ),
-                &["kind"],
-            )
-            .expect("valid metric"),
-            freshness: Histogram::with_opts(
-                HistogramOpts::new(
-                    "refit_freshness_seconds",
-                    "From the batch-completing actual's insert to the model-retrained event",
-                )
-                .buckets(SECONDS_BUCKETS.to_vec()),
-            )
-            .expect("valid metric"),
-            heartbeat: Gauge::new(
+            outbox_backlog: int_gauge_vec(
+                "refit_outbox_backlog",
+                "Committed side effects not yet carried out",
+                "kind",
+            ),
+            outbox_oldest_age: gauge_vec(
+                "refit_outbox_oldest_age_seconds",
+                "Age of the oldest committed side effect not yet carried out (0 when none)",
+                "kind",
+            ),
+            freshness: histogram(
+                "refit_freshness_seconds",
+                "From the batch-completing actual's insert to the model-retrained event",
+                SECONDS_BUCKETS.to_vec(),
+            ),
+            heartbeat: gauge(
                 "refit_scheduler_heartbeat_timestamp_seconds",
                 "Unix time at which the scheduler loop last turned",
-            )
-            .expect("valid metric"),
-            live_mae: Histogram::with_opts(
-                HistogramOpts::new(
-                    "refit_live_mae",
-                    "Serving model's mean absolute error on each new batch, before training on it",
-                )
-                .buckets(prometheus::exponential_buckets(0.01, 2.0, 24).expect("valid buckets")),
-            )
-            .expect("valid metric"),
-            live_error_ratio: Histogram::with_opts(
-                HistogramOpts::new(
-                    "refit_live_error_ratio",
-                    "Serving model's mean absolute error on each new batch over its mean |actual|",
-                )
-                .buckets(vec![
-                    0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0,
-                ]),
-            )
-            .expect("valid metric"),
+            ),
+            live_mae: histogram(
+                "refit_live_mae",
+                "Serving model's mean absolute error on each new batch, before training on it",
+                prometheus::exponential_buckets(0.01, 2.0, 24).expect("valid buckets"),
+            ),
+            live_error_ratio: histogram(
+                "refit_live_error_ratio",
+                "Serving model's mean absolute error on each new batch over its mean |actual|",
+                LIVE_ERROR_RATIO_BUCKETS.to_vec(),
+            ),
         };
         metrics.register_all();
         metrics.show_every_label_value();
@@ -245,6 +231,26 @@ fn seconds_histogram_vec(name: &str, help: &str, label: &str) -> HistogramVec {
 
 fn counter_vec(name: &str, help: &str, label: &str) -> IntCounterVec {
     IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric")
+}
+
+fn int_gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).expect("valid metric")
+}
+
+fn int_gauge_vec(name: &str, help: &str, label: &str) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric")
+}
+
+fn gauge(name: &str, help: &str) -> Gauge {
+    Gauge::new(name, help).expect("valid metric")
+}
+
+fn gauge_vec(name: &str, help: &str, label: &str) -> GaugeVec {
+    GaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric")
+}
+
+fn histogram(name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets)).expect("valid metric")
 }
 
 /// `refit_build_info{version}`: 1.
