@@ -16,11 +16,16 @@ use uuid::Uuid;
 
 use crate::support::*;
 
-const DB_RS: &str = include_str!("../../src/store/mod.rs");
-const OUTBOX_RS: &str = include_str!("../../src/outbox/mod.rs");
-const RETENTION_RS: &str = include_str!("../../src/registry/retention.rs");
-const AUDIT_RS: &str = include_str!("../../src/registry/audit.rs");
-const INGEST_RS: &str = include_str!("../../src/scheduler/ingest.rs");
+/// The store's files: a statement is looked for in all of them.
+const DB_RS: &[&str] = &[
+    include_str!("../../src/store/actuals.rs"),
+    include_str!("../../src/store/versions.rs"),
+    include_str!("../../src/store/outbox.rs"),
+];
+const OUTBOX_RS: &[&str] = &[include_str!("../../src/outbox/mod.rs")];
+const RETENTION_RS: &[&str] = &[include_str!("../../src/registry/retention.rs")];
+const AUDIT_RS: &[&str] = &[include_str!("../../src/registry/audit.rs")];
+const INGEST_RS: &[&str] = &[include_str!("../../src/scheduler/ingest.rs")];
 
 /// The ingest cursor after the fill (every filled actual already ingested), as the ingest
 /// statements bind it.
@@ -46,7 +51,7 @@ type Binder = for<'q> fn(Query<'q>) -> Query<'q>;
 /// may scan whole.
 struct Statement {
     name: &'static str,
-    source: &'static str,
+    source: &'static [&'static str],
     function: &'static str,
     /// Which of the function's SQL literals (0 = the first).
     nth: usize,
@@ -56,7 +61,7 @@ struct Statement {
 
 const fn statement(
     name: &'static str,
-    source: &'static str,
+    source: &'static [&'static str],
     function: &'static str,
     nth: usize,
     bind: Binder,
@@ -285,11 +290,16 @@ fn bind_consumed(q: Query<'_>) -> Query<'_> {
         .bind(vec![None::<String>; 50])
 }
 
-/// The `nth` SQL string literal in the body of `function` in `source`.
-fn sql(source: &'static str, function: &str, nth: usize) -> &'static str {
-    let start = [format!("fn {function}("), format!("fn {function}<")]
+/// The `nth` SQL string literal in the body of `function` in one of `sources`.
+fn sql(sources: &'static [&'static str], function: &str, nth: usize) -> &'static str {
+    let (source, start) = sources
         .iter()
-        .find_map(|f| source.find(f.as_str()))
+        .find_map(|source| {
+            [format!("fn {function}("), format!("fn {function}<")]
+                .iter()
+                .find_map(|f| source.find(f.as_str()))
+                .map(|start| (*source, start))
+        })
         .unwrap_or_else(|| panic!("no fn {function} in the source"));
     let body = &source[start + 3..];
     let body = &body[..body.find(" fn ").unwrap_or(body.len())];
