@@ -64,7 +64,7 @@ async fn loki_receives_one_line_per_step_tied_by_retrain_id() {
     let (url, lines) = loki_receiver().await;
     let mut refit = spawn_refit(&env, &[("LOKI_URL", url.as_str())]);
     refit.wait_for_line("refit starting", WAIT).await;
-    env.insert_actuals("kim", 50).await;
+    env.insert_upstream_n("kim", 50).await; // refit's own ingest queues them
 
     let step_lines = |lines: &[LokiLine]| -> Vec<LokiLine> {
         lines
@@ -124,7 +124,10 @@ async fn loki_receives_one_line_per_step_tied_by_retrain_id() {
             );
         }
     }
-    assert_eq!(step("detect")["pending"], 50);
+    // The scheduler's count may run high (a notification can arrive after the count it read
+    // already included those actuals: see scheduler/pending.rs); the batch read is exact.
+    let pending = step("detect")["pending"].as_i64().unwrap();
+    assert!(pending >= 50, "detect saw {pending} pending");
     assert_eq!(step("read")["rows"], 50);
     assert_eq!(step("train")["samples_used"], 50);
     assert_eq!(step("commit")["model_version"], 1);
