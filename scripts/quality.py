@@ -35,7 +35,7 @@ import xgboost as xgb
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bikeshare  # noqa: E402
-from refitdb import Database  # noqa: E402
+from refitdb import Database, cpu_seconds  # noqa: E402
 
 BATCH = 50
 WINDOW = 2000
@@ -258,8 +258,7 @@ class Refit:
 
     def cpu_seconds(self):
         """CPU the `refit run` process has used so far (user + system), from /proc."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.process.pid)
 
     def versions(self):
         return self.conn.execute(

@@ -28,7 +28,7 @@ from pathlib import Path
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from refitdb import Database  # noqa: E402
+from refitdb import Database, cpu_seconds  # noqa: E402
 
 BEGIN, END = "<!-- upstream:begin -->", "<!-- upstream:end -->"
 REQUESTS = 100_000
@@ -83,15 +83,6 @@ def start_refit(args, url):
                REFIT_LOG_FORMAT="json", RUST_LOG="warn")
     return subprocess.Popen([args.refit, "run"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def cpu_seconds(pid):
-    """User + system CPU of a process so far, from /proc (0 once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def refit_cpu(conn, refit):

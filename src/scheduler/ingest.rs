@@ -9,8 +9,8 @@
 //! committed, and stores that snapshot as the cursor. A transaction still running when one ingest
 //! looks is taken by the first ingest after it commits, and by no later one (migration
 //! 20261202000009 explains the bookkeeping). The statement NOTIFYs `refit_actuals` once per user
-//! — `<count>:<first actual id>:<user id>`, see `scheduler::pending::Arrival::parse` — from refit's own
-//! transaction, which wakes every replica's scheduler.
+//! — `<count>:<first actual id>:<user id>`, see `scheduler::pending::Arrival::parse` — from
+//! refit's own transaction, which wakes every replica's scheduler.
 //!
 //! Owns `refit_ingest_cursor` and the inserts into `refit_pending`; reads nothing a retrain owns.
 

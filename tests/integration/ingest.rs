@@ -1,10 +1,9 @@
-//! The ingest (src/scheduler/ingest.rs): actuals move from the upstream's table into the pending queue
-//! exactly once, whatever order the upstream's transactions commit in, and the upstream's own
+//! The ingest (src/scheduler/ingest.rs): actuals move from the upstream's table into the
+//! pending queue exactly once, whatever order the upstream's transactions commit in, and the upstream's own
 //! transaction runs nothing of refit's.
 
 use refit::scheduler::ingest::{ingest, Ingested};
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use std::time::Duration;
 
@@ -17,25 +16,11 @@ async fn ingest_once(pool: &PgPool) -> Ingested {
     ingest(pool).await.unwrap().expect("no other ingest runs")
 }
 
-async fn request(conn: &mut sqlx::PgConnection, user: &str) -> Uuid {
-    let id = Uuid::new_v4();
-    sqlx::query("INSERT INTO prediction_requests (request_id, user_id, features) VALUES ($1, $2, '{\"hour\": 1}')")
-        .bind(id)
-        .bind(user)
-        .execute(conn)
+/// A request and its actual, as the upstream writes them (on `conn`, or in a transaction).
+async fn upstream(conn: &mut sqlx::PgConnection, user: &str) -> i64 {
+    insert_request_and_actual(conn, user, r#"{"hour": 1}"#, 1.0)
         .await
-        .unwrap();
-    id
-}
-
-async fn actual(conn: &mut sqlx::PgConnection, request: Uuid) -> i64 {
-    sqlx::query_scalar(
-        "INSERT INTO actual_rentals (request_id, actual_value) VALUES ($1, 1) RETURNING id",
-    )
-    .bind(request)
-    .fetch_one(conn)
-    .await
-    .unwrap()
+        .unwrap()
 }
 
 async fn pending_ids(pool: &PgPool) -> Vec<i64> {
@@ -51,13 +36,9 @@ async fn pending_ids(pool: &PgPool) -> Vec<i64> {
 async fn a_late_commit_is_queued_once_when_it_commits() {
     let env = TestEnv::new().await;
     let mut conn = env.pool.acquire().await.unwrap();
-    let (r1, r2) = (
-        request(&mut conn, "late").await,
-        request(&mut conn, "late").await,
-    );
     let mut slow = env.pool.begin().await.unwrap();
-    let early_id = actual(&mut slow, r1).await;
-    let later_id = actual(&mut conn, r2).await;
+    let early_id = upstream(&mut slow, "late").await;
+    let later_id = upstream(&mut conn, "late").await;
     assert!(early_id < later_id);
 
     assert_eq!(ingest_once(&env.pool).await.queued, 1);
@@ -78,13 +59,11 @@ async fn a_late_commit_is_queued_once_when_it_commits() {
 async fn rolled_back_actuals_are_ignored_and_overlong_user_ids_set_aside() {
     let env = TestEnv::new().await;
     let mut conn = env.pool.acquire().await.unwrap();
-    let r = request(&mut conn, "undone").await;
     let mut tx = env.pool.begin().await.unwrap();
-    actual(&mut tx, r).await;
+    upstream(&mut tx, "undone").await;
     tx.rollback().await.unwrap();
     let long_user = "x".repeat(1001);
-    let r = request(&mut conn, &long_user).await;
-    let long_id = actual(&mut conn, r).await;
+    let long_id = upstream(&mut conn, &long_user).await;
 
     let done = ingest_once(&env.pool).await;
     assert_eq!((done.queued, done.set_aside), (0, 1));
@@ -115,8 +94,7 @@ async fn racing_ingests_queue_every_committed_actual_exactly_once() {
                 let mut committed = 0;
                 for i in 0..60 {
                     let mut tx = pool.begin().await.unwrap();
-                    let r = request(&mut tx, &format!("writer-{w}")).await;
-                    actual(&mut tx, r).await;
+                    upstream(&mut tx, &format!("writer-{w}")).await;
                     // Some transactions stay open while others commit and ingests run.
                     if i % 7 == 0 {
                         tokio::time::sleep(std::time::Duration::from_millis(15)).await;
@@ -208,13 +186,9 @@ async fn a_running_refit_queues_a_late_commit_that_nothing_follows() {
     let env = TestEnv::new().await;
     let running = env.start(&[]).await;
     let mut conn = env.pool.acquire().await.unwrap();
-    let (r1, r2) = (
-        request(&mut conn, "last").await,
-        request(&mut conn, "last").await,
-    );
     let mut slow = env.pool.begin().await.unwrap();
-    let late_id = actual(&mut slow, r1).await;
-    let later_id = actual(&mut conn, r2).await;
+    let late_id = upstream(&mut slow, "last").await;
+    let later_id = upstream(&mut conn, "last").await;
     eventually(WAIT, "the later actual queued", || async {
         pending_ids(&env.pool).await == [later_id]
     })
