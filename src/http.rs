@@ -39,6 +39,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::domain::VersionStatus;
 use crate::outbox::Outbox;
 use crate::registry::audit::{self, Interface};
 use crate::registry::erasure;
@@ -256,28 +257,10 @@ fn reply<T: serde::Serialize>(result: Result<T, RegistryError>) -> Response {
     }
 }
 
-/// A version's status, as the listing filters on it.
-#[derive(serde::Deserialize, Clone, Copy)]
-#[serde(rename_all = "lowercase")]
-enum VersionStatus {
-    Ready,
-    Rejected,
-    Failed,
-}
-
-impl VersionStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Ready => "ready",
-            Self::Rejected => "rejected",
-            Self::Failed => "failed",
-        }
-    }
-}
-
 #[derive(serde::Deserialize)]
 struct ListQuery {
     user: Option<String>,
+    #[serde(default, deserialize_with = "crate::domain::deserialize_stored")]
     status: Option<VersionStatus>,
     since: Option<chrono::DateTime<chrono::Utc>>,
     limit: Option<i64>,
@@ -301,7 +284,7 @@ async fn list_models(State(state): State<AppState>, Query(q): Query<ListQuery>) 
     };
     let filter = Filter {
         user: q.user,
-        status: q.status.map(|s| s.as_str().to_owned()),
+        status: q.status.map(|s| s.stored().to_owned()),
         since: q.since,
         limit: q.limit,
         tags,

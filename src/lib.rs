@@ -18,6 +18,8 @@
 //!   [`registry::metadata`]: descriptions, tags and aliases; [`registry::erasure`]: deleting a
 //!   user for good; [`registry::audit`]: the record of every registry write;
 //!   [`registry::retention`]: pruning of old versions, artifacts and bookkeeping rows;
+//! - [`domain`]: the records the layers share — a version's status, the attempt, the new-version
+//!   row and the event — with one constructor per case (no I/O);
 //! - [`config`]: settings, one typed section each, validated at start-up;
 //! - [`telemetry`] (with its Prometheus metrics) and `http` (API and probes);
 //! - [`cli`]: one function per subcommand, with [`cli::serving`] (`refit predict`, the serving
@@ -40,7 +42,8 @@
 //!   retrain without running the service), [`retrain::Retrainer::retrain_user`] (one retrain,
 //!   deterministically), [`metrics_text`](scheduler::Service::metrics_text) and
 //!   [`kafka_healthy`](scheduler::Service::kafka_healthy); [`outbox::events::EventReader`] (also
-//!   the demo's) and the event as read; the registry calls they race against the service
+//!   the demo's) and the event as read ([`domain::RetrainEvent`], its [`domain::VersionStatus`]);
+//!   the registry calls they race against the service
 //!   ([`registry::rollback`], [`registry::import`], [`registry::erasure::erase`],
 //!   [`registry::audit::purge`], [`registry::retention::prune_user`],
 //!   [`registry::retention::purge_expired`]); [`cli::serving::predict`] with a
@@ -59,6 +62,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod domain;
 mod faults;
 mod http;
 pub mod model;

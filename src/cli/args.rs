@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 
+use crate::domain::VersionStatus;
 use crate::registry::metadata::{self, VersionRef};
 
 /// Keeps per-user XGBoost models fresh: actuals in PostgreSQL → continued training → Redis
@@ -98,8 +99,8 @@ pub struct ListArgs {
     #[arg(long)]
     pub(crate) user: Option<String>,
     /// ready, rejected or failed.
-    #[arg(long)]
-    pub(crate) status: Option<String>,
+    #[arg(long, value_parser = stored_status)]
+    pub(crate) status: Option<VersionStatus>,
     /// Only versions created at or after this time (RFC 3339).
     #[arg(long)]
     pub(crate) since: Option<DateTime<Utc>>,
@@ -235,4 +236,10 @@ pub struct HistoryArgs {
     pub(crate) limit: i64,
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// `--status`, in the registry's spelling.
+fn stored_status(text: &str) -> Result<VersionStatus, String> {
+    VersionStatus::from_stored(text)
+        .ok_or_else(|| format!("unknown status {text:?}: ready, rejected or failed"))
 }

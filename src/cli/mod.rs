@@ -523,7 +523,7 @@ async fn models(config: &Config, pool: &PgPool, command: ModelsCommand) -> anyho
         ModelsCommand::List(a) => {
             let filter = Filter {
                 user: a.user,
-                status: a.status,
+                status: a.status.map(|s| s.stored().to_owned()),
                 since: a.since,
                 limit: a.limit,
                 tags: a.tags.into_iter().collect(),

@@ -5,17 +5,15 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use chrono::{DateTime, Utc};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::config::Config;
+use crate::domain::RetrainEvent;
 
 /// A producer whose deliveries fail this many times in a row is replaced by a new one.
 const REPLACE_AFTER_FAILURES: u32 = 3;
@@ -46,88 +44,6 @@ fn is_permanent(code: Option<RDKafkaErrorCode>) -> bool {
                 | RDKafkaErrorCode::InvalidRecord
         )
     )
-}
-
-/// The value of a `model-retrained` message.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RetrainEvent {
-    /// Unique per event: consumers dedupe on it (delivery is at least once).
-    pub event_id: Uuid,
-    pub user_id: String,
-    /// `success`, `failed` or `rejected`.
-    pub status: String,
-    /// What made the version: `retrain`, `compaction`, `promote`, `rollback` or `import`; or
-    /// `delete` when the user was erased (then followed by a tombstone for the user's key).
-    #[serde(default = "default_action")]
-    pub action: String,
-    /// The version this event is about (the new one, or the failed attempt).
-    pub model_version: Option<i32>,
-    /// The version that was active before.
-    pub previous_version: Option<i32>,
-    /// The version serving should use after this event.
-    pub active_version: Option<i32>,
-    pub rows_used: i64,
-    /// Rows set aside as unusable (see the `reason`s in `refit_consumed_actuals`).
-    pub rows_rejected: i64,
-    pub trees: Option<i64>,
-    /// Milliseconds per step: read, train, commit, invalidate, and `train_cpu` (the train step's
-    /// CPU time on its thread); empty for activations.
-    pub timings_ms: serde_json::Map<String, serde_json::Value>,
-    /// The validation gate's evidence (docs/model-retrained.schema.json).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub validation: Option<serde_json::Value>,
-    /// The serving version's error on the batch before training on it: mae, rmse, rows, version.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub live: Option<serde_json::Value>,
-    /// The policy step that made the version: step, rounds, eta, rows_trained, since_rebuild,
-    /// reinstated.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<serde_json::Value>,
-    /// Why a retrain failed or was rejected.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    pub retrain_id: Uuid,
-    /// When the newest actual of the batch became pending (its insert): the data the new model
-    /// has seen. Freshness is measured from here to the event being published.
-    pub data_until: Option<DateTime<Utc>>,
-    pub created_at: DateTime<Utc>,
-}
-
-impl RetrainEvent {
-    /// The event of a registry write that changes what serves without training — `promote`,
-    /// `rollback`, `import` (`active` is the version now serving) or `delete` (`active` is none).
-    pub(crate) fn registry_change(
-        user: &str,
-        action: &str,
-        previous: Option<i32>,
-        active: Option<i32>,
-        trees: Option<i64>,
-    ) -> Self {
-        RetrainEvent {
-            event_id: Uuid::new_v4(),
-            user_id: user.into(),
-            status: "success".into(),
-            action: action.into(),
-            model_version: active,
-            previous_version: previous,
-            active_version: active,
-            rows_used: 0,
-            rows_rejected: 0,
-            trees,
-            timings_ms: serde_json::Map::new(),
-            validation: None,
-            live: None,
-            policy: None,
-            reason: None,
-            retrain_id: Uuid::now_v7(),
-            data_until: None,
-            created_at: Utc::now(),
-        }
-    }
-}
-
-fn default_action() -> String {
-    "retrain".into()
 }
 
 /// Where the last delivery went.

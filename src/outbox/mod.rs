@@ -37,8 +37,9 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 use uuid::Uuid;
 
+use crate::domain::RetrainEvent;
 use crate::outbox::cache::Cache;
-use crate::outbox::events::{Events, RetrainEvent, Undeliverable};
+use crate::outbox::events::{Events, Undeliverable};
 use crate::store;
 use crate::store::outbox::OutboxEntry;
 use crate::store::outbox::OutboxKind;

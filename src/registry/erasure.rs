@@ -17,7 +17,7 @@ use sqlx::PgConnection;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::outbox::events::RetrainEvent;
+use crate::domain::RetrainEvent;
 use crate::registry::audit::{self, Interface};
 use crate::registry::RegistryError;
 use crate::store;

@@ -19,8 +19,8 @@ use serde_json::{json, Value};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
+use crate::domain::{self, NewVersion, RetrainEvent, VersionColumns};
 use crate::model::trainer;
-use crate::outbox::events::RetrainEvent;
 use crate::store;
 use crate::store::outbox::OutboxKind;
 use audit::{Interface, Write};
@@ -507,26 +507,20 @@ async fn insert_imported(
     .bind(user)
     .fetch_one(&mut *conn)
     .await?;
+    let columns = VersionColumns {
+        params: json!(model.params),
+        features: json!(model.features),
+        timings: json!({}),
+        metrics: json!({}),
+    };
+    let imported = domain::Imported {
+        bytes: model.bytes,
+        trees: model.info.trees,
+        boosted_rounds: model.info.boosted_rounds,
+    };
     store::versions::insert_version(
         conn,
-        &store::versions::NewVersion {
-            user_id: user,
-            version,
-            status: "ready",
-            parent_version: previous,
-            artifact: Some(model.bytes),
-            rows_used: 0,
-            rows_set_aside: 0,
-            trees: Some(model.info.trees),
-            boosted_rounds: Some(model.info.boosted_rounds),
-            params: &json!(model.params),
-            features: &json!(model.features),
-            timings_ms: &json!({}),
-            metrics: &json!({}),
-            error: None,
-            source: "import",
-            retrain_id: Uuid::now_v7(),
-        },
+        &NewVersion::imported(user, version, previous, imported, &columns),
     )
     .await?;
     Ok(version)

@@ -31,17 +31,18 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::config::Config;
+use crate::domain::{
+    Attempt, Failed, NewVersion, RetrainEvent, Trained, VersionColumns, VersionStatus,
+};
 use crate::model::cache::ModelCache;
 use crate::model::trainer::{self, Previous, StepInput, StepResult, TrainError};
 use crate::model::xgboost::Booster;
-use crate::outbox::events::RetrainEvent;
 use crate::outbox::{elapsed_ms, Committed, Outbox};
 use crate::registry::retention;
 use crate::store;
 use crate::store::actuals::Consumed;
 use crate::store::outbox::OutboxKind;
 use crate::store::versions::ModelHead;
-use crate::store::versions::NewVersion;
 use crate::telemetry::metrics::Metrics;
 use features::{ActualRow, Batch};
 use policy::{Lineage, Policy, Step};
@@ -154,7 +155,7 @@ impl Retrainer {
                 }),
         };
         if let Err(error) = &result {
-            self.metrics.retrains.with_label_values(&["failed"]).inc();
+            self.metrics.count_retrain(VersionStatus::Failed);
             warn!(
                 user_id,
                 error = format!("{error:#}"),
@@ -182,7 +183,7 @@ impl Retrainer {
             Ok(read) => read,
             Err(outcome) => return Ok(outcome),
         };
-        let attempt = Attempt::new(user_id, retrain_id, &head, read.data_until);
+        let attempt = start_attempt(user_id, retrain_id, &head, read.data_until);
         let mut timings = Map::new();
         timings.insert("read".into(), read.read_ms.into());
         let built = self
@@ -337,7 +338,7 @@ impl Retrainer {
     ) -> anyhow::Result<Built> {
         let (params, feature_order) = match self.model_settings(head) {
             Ok(settings) => settings,
-            Err(reason) => return Ok(Built::Failed(Failure::before_training(reason))),
+            Err(reason) => return Ok(Built::Failed(Failed::before_training(reason))),
         };
         let batch = self.prepare(attempt, rows, feature_order.as_deref());
         if batch.rows() == 0 {
@@ -349,7 +350,7 @@ impl Retrainer {
         let started = Instant::now();
         let inputs = match self.step_inputs(tx, attempt.user_id, head, &batch).await? {
             Ok(inputs) => inputs,
-            Err(reason) => return Ok(Built::Failed(Failure::of(reason, &params, &batch))),
+            Err(reason) => return Ok(Built::Failed(failed_on(reason, &params, &batch))),
         };
         let fetch_ms = elapsed_ms(started);
 
@@ -361,7 +362,7 @@ impl Retrainer {
         let result = match result {
             Ok(result) => result,
             Err(error) => {
-                let failure = Failure::of(error.to_string(), &params, &batch);
+                let failure = failed_on(error.to_string(), &params, &batch);
                 return Ok(Built::Failed(failure));
             }
         };
@@ -521,14 +522,13 @@ impl Retrainer {
 
     /// What the gate's verdict makes of a trained version: its status, the version serving uses
     /// after it, and the evidence stored and announced with it.
-    fn decide(&self, head: &ModelHead, c: &Commit, version: i32) -> Decision {
+    fn decide<'c>(&self, head: &ModelHead, c: &'c Commit, version: i32) -> Trained<'c> {
         let result = &c.result;
-        let rejected = !result.verdict.accepted();
+        let status = VersionStatus::of_verdict(result.verdict.accepted());
         let base_version = c.reinstated.or(head.active_version);
-        let active_after = if rejected {
-            base_version
-        } else {
-            Some(version)
+        let active_after = match status {
+            VersionStatus::Ready => Some(version),
+            _ => base_version,
         };
         let live = result.live.map(|l| {
             json!({"mae": l.mae, "rmse": l.rmse, "rows": l.rows, "version": head.active_version})
@@ -541,11 +541,18 @@ impl Retrainer {
             "since_rebuild": result.since_rebuild,
             "reinstated": c.reinstated,
         });
-        Decision {
-            rejected,
+        Trained {
+            status,
             reason: result.verdict.reason(&self.config.policy.gate),
             base_version,
             active_after,
+            rows_used: c.batch.rows(),
+            rows_set_aside: c.batch.set_aside.len(),
+            trees: result.trained.trees,
+            boosted_rounds: result.trained.boosted_rounds,
+            artifact: &result.trained.artifact,
+            source: result.step.source(),
+            action: result.step.action(),
             validation: self.validation_json(result),
             live,
             policy,
@@ -563,11 +570,12 @@ impl Retrainer {
         timings: Map<String, Value>,
     ) -> anyhow::Result<Outcome> {
         let (user_id, version) = (attempt.user_id, attempt.version);
-        let decision = self.decide(head, &c, version);
-        let event = decision.event(attempt, head, &c, timings.clone());
+        let trained = self.decide(head, &c, version);
+        let ready = trained.status == VersionStatus::Ready;
+        let event = RetrainEvent::trained(attempt, &trained, timings.clone());
         let invalidate = json!({"retrain_id": attempt.retrain_id});
         let announce = json!(event);
-        let serving_changes = decision.active_after != head.active_version;
+        let serving_changes = trained.active_after != head.active_version;
         let side_effects: &[(OutboxKind, &Value)] = if serving_changes {
             &[
                 (OutboxKind::Invalidate, &invalidate),
@@ -580,16 +588,18 @@ impl Retrainer {
         let started = Instant::now();
         if let Some(reinstated) = c.reinstated {
             store::versions::reinstate(&mut tx, user_id, reinstated, version).await?;
-            if decision.rejected {
+            if !ready {
                 store::versions::activate(&mut tx, user_id, reinstated).await?;
             }
         }
-        let columns = decision.columns(&c, timings);
+        let features = json!(c.batch.feature_names);
+        let columns =
+            VersionColumns::trained(&trained, c.params.clone(), features, Value::Object(timings));
         let committed = store::versions::commit_retrain(
             &mut tx,
-            &decision.record(attempt, &c, &columns),
+            &NewVersion::trained(attempt, &trained, &columns),
             &Consumed::new(&c.batch.used, &[], &c.batch.set_aside),
-            !decision.rejected,
+            ready,
             attempt.event_id,
             side_effects,
         )
@@ -597,10 +607,15 @@ impl Retrainer {
         tx.commit().await?;
         crate::faults::point("after_commit");
         let commit_ms = elapsed_ms(started);
+        let verdict = Verdict {
+            status: trained.status,
+            reason: trained.reason,
+            active_after: trained.active_after,
+        };
         let committed = CommittedVersion {
             version_row: committed.version_row,
             commit: c,
-            decision,
+            verdict,
             commit_ms,
         };
         self.after_version_commit(attempt, head, committed).await
@@ -617,23 +632,22 @@ impl Retrainer {
         let (user_id, version) = (attempt.user_id, attempt.version);
         let CommittedVersion {
             commit: c,
-            decision,
+            verdict,
             version_row,
             commit_ms,
         } = committed;
-        let Decision {
-            rejected,
+        let Verdict {
+            status,
             reason,
             active_after,
-            ..
-        } = decision;
+        } = verdict;
         if let Some(live) = c.result.live {
             self.metrics
                 .observe_live(live.mae, mean_abs(&c.batch.labels));
         }
         match c.result.trained.booster {
             // A rejected retrain changed the active model in memory: nothing to keep.
-            Some(booster) if !rejected => {
+            Some(booster) if status == VersionStatus::Ready => {
                 let bytes = c.result.trained.artifact.len();
                 self.models
                     .put(user_id, version, version_row, booster, bytes);
@@ -641,8 +655,8 @@ impl Retrainer {
             _ => {}
         }
         self.metrics.observe_step("commit", commit_ms);
-        let status = if rejected { "rejected" } else { "success" };
-        self.metrics.retrains.with_label_values(&[status]).inc();
+        self.metrics.count_retrain(status);
+        let status = status.reported();
         info!(
             step = "commit", retrain_id = %attempt.retrain_id, user_id, model_version = version, status,
             previous_version = head.active_version, active_version = active_after, rows_used = c.batch.rows(),
@@ -690,11 +704,11 @@ impl Retrainer {
         &self,
         mut tx: Tx<'_>,
         attempt: &Attempt<'_>,
-        failure: Failure,
+        failure: Failed,
         timings: Map<String, Value>,
     ) -> anyhow::Result<Outcome> {
         let (user_id, version) = (attempt.user_id, attempt.version);
-        self.metrics.retrains.with_label_values(&["failed"]).inc();
+        self.metrics.count_retrain(VersionStatus::Failed);
         warn!(
             step = "train", retrain_id = %attempt.retrain_id, user_id, model_version = version,
             active_version = attempt.active_version, reason = %failure.reason,
@@ -702,10 +716,11 @@ impl Retrainer {
         );
         let backoff =
             Duration::from_secs(1u64 << attempt.failures.clamp(0, 16)).min(MAX_FAILURE_BACKOFF);
-        let columns = failure.columns(&timings);
-        store::versions::insert_version(&mut tx, &failure.record(attempt, &columns)).await?;
+        let columns = VersionColumns::failed(&failure, Value::Object(timings.clone()));
+        let record = NewVersion::failed(attempt, &failure, &columns);
+        store::versions::insert_version(&mut tx, &record).await?;
         store::versions::record_failure(&mut tx, user_id, backoff).await?;
-        let event = failure.event(attempt, timings);
+        let event = RetrainEvent::failed(attempt, &failure, timings);
         store::outbox::enqueue_outbox(
             &mut tx,
             attempt.event_id,
@@ -751,6 +766,34 @@ fn log_trained(
     );
 }
 
+/// The attempt at the version after `head`'s last, on a batch enqueued until `data_until`.
+fn start_attempt<'a>(
+    user_id: &'a str,
+    retrain_id: Uuid,
+    head: &ModelHead,
+    data_until: Option<chrono::DateTime<Utc>>,
+) -> Attempt<'a> {
+    Attempt {
+        user_id,
+        retrain_id,
+        event_id: Uuid::new_v4(),
+        version: head.last_version + 1,
+        active_version: head.active_version,
+        failures: head.failures,
+        data_until,
+    }
+}
+
+/// A failure while training with `params` on `batch`.
+fn failed_on(reason: String, params: &BTreeMap<String, String>, batch: &Batch) -> Failed {
+    Failed {
+        reason,
+        params: json!(params),
+        features: json!(batch.feature_names),
+        rows_rejected: batch.set_aside.len(),
+    }
+}
+
 /// Where a step starts from, as the registry stores it.
 fn lineage(trees: Option<i32>, since_rebuild: u32) -> Lineage {
     Lineage {
@@ -767,39 +810,6 @@ struct ReadBatch {
     read_ms: f64,
 }
 
-/// What identifies one retrain attempt.
-struct Attempt<'a> {
-    user_id: &'a str,
-    retrain_id: Uuid,
-    event_id: Uuid,
-    /// The version number this attempt gets, whatever its outcome.
-    version: i32,
-    active_version: Option<i32>,
-    /// Consecutive failures before this attempt (for the back-off).
-    failures: i32,
-    data_until: Option<chrono::DateTime<Utc>>,
-}
-
-impl<'a> Attempt<'a> {
-    /// The attempt at the version after `head`'s last, on a batch enqueued until `data_until`.
-    fn new(
-        user_id: &'a str,
-        retrain_id: Uuid,
-        head: &ModelHead,
-        data_until: Option<chrono::DateTime<Utc>>,
-    ) -> Self {
-        Attempt {
-            user_id,
-            retrain_id,
-            event_id: Uuid::new_v4(),
-            version: head.last_version + 1,
-            active_version: head.active_version,
-            failures: head.failures,
-            data_until,
-        }
-    }
-}
-
 /// The retrain's transaction, holding the user's registry row lock.
 type Tx<'c> = sqlx::Transaction<'c, sqlx::Postgres>;
 
@@ -813,101 +823,7 @@ enum Built {
     /// Every row was unusable: set aside (consumed, uncommitted), no version made.
     AllSetAside { rows_set_aside: usize },
     /// The attempt failed: to be recorded.
-    Failed(Failure),
-}
-
-/// Why an attempt failed, with what it would have trained with (stored with the failed version).
-struct Failure {
-    reason: String,
-    params: Value,
-    features: Value,
-    rows_rejected: usize,
-}
-
-impl Failure {
-    /// A failure before the parameters and the batch's layout were known.
-    fn before_training(reason: String) -> Self {
-        Failure {
-            reason,
-            params: json!({}),
-            features: json!([]),
-            rows_rejected: 0,
-        }
-    }
-
-    /// A failure while training with `params` on `batch`.
-    fn of(reason: String, params: &BTreeMap<String, String>, batch: &Batch) -> Self {
-        Failure {
-            reason,
-            params: json!(params),
-            features: json!(batch.feature_names),
-            rows_rejected: batch.set_aside.len(),
-        }
-    }
-
-    /// The failed version's JSON columns.
-    fn columns(&self, timings: &Map<String, Value>) -> Columns {
-        Columns {
-            params: self.params.clone(),
-            features: self.features.clone(),
-            timings: Value::Object(timings.clone()),
-            metrics: json!({}),
-        }
-    }
-
-    /// The failed version's row: no artifact, nothing consumed, parented on the active version.
-    fn record<'a>(&'a self, attempt: &Attempt<'a>, columns: &'a Columns) -> NewVersion<'a> {
-        NewVersion {
-            user_id: attempt.user_id,
-            version: attempt.version,
-            status: "failed",
-            parent_version: attempt.active_version,
-            artifact: None,
-            rows_used: 0,
-            rows_set_aside: 0,
-            trees: None,
-            boosted_rounds: None,
-            params: &columns.params,
-            features: &columns.features,
-            timings_ms: &columns.timings,
-            metrics: &columns.metrics,
-            error: Some(&self.reason),
-            source: "retrain",
-            retrain_id: attempt.retrain_id,
-        }
-    }
-
-    /// The `failed` event: serving keeps the active version.
-    fn event(&self, attempt: &Attempt<'_>, timings: Map<String, Value>) -> RetrainEvent {
-        RetrainEvent {
-            event_id: attempt.event_id,
-            user_id: attempt.user_id.to_owned(),
-            status: "failed".into(),
-            action: "retrain".into(),
-            model_version: Some(attempt.version),
-            previous_version: attempt.active_version,
-            active_version: attempt.active_version,
-            rows_used: 0,
-            rows_rejected: self.rows_rejected as i64,
-            trees: None,
-            timings_ms: timings,
-            validation: None,
-            live: None,
-            policy: None,
-            reason: Some(self.reason.clone()),
-            retrain_id: attempt.retrain_id,
-            data_until: attempt.data_until,
-            created_at: Utc::now(),
-        }
-    }
-}
-
-/// A version row's JSON columns, owned while its [`NewVersion`] borrows them.
-struct Columns {
-    params: Value,
-    features: Value,
-    timings: Value,
-    metrics: Value,
+    Failed(Failed),
 }
 
 /// A trained version ready to commit.
@@ -920,107 +836,17 @@ struct Commit {
     params: Value,
 }
 
-/// What the validation gate's verdict makes of a trained version.
-struct Decision {
-    /// Stored as `rejected` (serving unchanged) rather than `ready`.
-    rejected: bool,
-    /// Why it was rejected.
+/// What the gate's verdict made of a committed version.
+struct Verdict {
+    status: VersionStatus,
     reason: Option<String>,
-    /// The version it was trained from.
-    base_version: Option<i32>,
-    /// The version serving uses after the commit.
     active_after: Option<i32>,
-    validation: Option<Value>,
-    live: Option<Value>,
-    policy: Value,
-}
-
-impl Decision {
-    fn status(&self) -> &'static str {
-        if self.rejected {
-            "rejected"
-        } else {
-            "success"
-        }
-    }
-
-    /// The trained version's JSON columns.
-    fn columns(&self, c: &Commit, timings: Map<String, Value>) -> Columns {
-        Columns {
-            params: c.params.clone(),
-            features: json!(c.batch.feature_names),
-            timings: Value::Object(timings),
-            metrics: json!({
-                "validation": self.validation,
-                "live": self.live,
-                "policy": self.policy,
-            }),
-        }
-    }
-
-    /// The trained version's row: `ready`, or `rejected` with the reason.
-    fn record<'a>(
-        &'a self,
-        attempt: &Attempt<'a>,
-        c: &'a Commit,
-        columns: &'a Columns,
-    ) -> NewVersion<'a> {
-        let trained = &c.result.trained;
-        NewVersion {
-            user_id: attempt.user_id,
-            version: attempt.version,
-            status: if self.rejected { "rejected" } else { "ready" },
-            parent_version: self.base_version,
-            artifact: Some(&trained.artifact),
-            rows_used: c.batch.rows() as i32,
-            rows_set_aside: c.batch.set_aside.len() as i32,
-            trees: Some(trained.trees),
-            boosted_rounds: Some(trained.boosted_rounds),
-            params: &columns.params,
-            features: &columns.features,
-            timings_ms: &columns.timings,
-            metrics: &columns.metrics,
-            error: self.reason.as_deref(),
-            source: c.result.step.source(),
-            retrain_id: attempt.retrain_id,
-        }
-    }
-
-    /// The `success` or `rejected` event.
-    fn event(
-        &self,
-        attempt: &Attempt<'_>,
-        head: &ModelHead,
-        c: &Commit,
-        timings: Map<String, Value>,
-    ) -> RetrainEvent {
-        RetrainEvent {
-            event_id: attempt.event_id,
-            user_id: attempt.user_id.to_owned(),
-            status: self.status().into(),
-            action: c.result.step.action().into(),
-            model_version: Some(attempt.version),
-            previous_version: head.active_version,
-            active_version: self.active_after,
-            rows_used: c.batch.rows() as i64,
-            rows_rejected: c.batch.set_aside.len() as i64,
-            trees: Some(c.result.trained.trees),
-            timings_ms: timings,
-            validation: self.validation.clone(),
-            live: self.live.clone(),
-            policy: Some(self.policy.clone()),
-            reason: self.reason.clone(),
-            retrain_id: attempt.retrain_id,
-            data_until: attempt.data_until,
-            created_at: Utc::now(),
-        }
-    }
 }
 
 /// A version just committed.
 struct CommittedVersion {
     commit: Commit,
-    decision: Decision,
+    verdict: Verdict,
     /// The new version row's identity.
     version_row: i64,
     commit_ms: f64,

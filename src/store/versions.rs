@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::actuals::Consumed;
 use super::outbox::OutboxKind;
+use crate::domain::NewVersion;
 
 /// Makes sure the user has a registry row to lock (outside the retrain transaction, so a second
 /// replica never waits on the first one's uncommitted insert).
@@ -169,26 +170,6 @@ pub(crate) async fn reinstate(
     .map(|_| ())
 }
 
-/// A version to store.
-pub(crate) struct NewVersion<'a> {
-    pub(crate) user_id: &'a str,
-    pub(crate) version: i32,
-    pub(crate) status: &'a str,
-    pub(crate) parent_version: Option<i32>,
-    pub(crate) artifact: Option<&'a [u8]>,
-    pub(crate) rows_used: i32,
-    pub(crate) rows_set_aside: i32,
-    pub(crate) trees: Option<i64>,
-    pub(crate) boosted_rounds: Option<i32>,
-    pub(crate) params: &'a Value,
-    pub(crate) features: &'a Value,
-    pub(crate) timings_ms: &'a Value,
-    pub(crate) metrics: &'a Value,
-    pub(crate) error: Option<&'a str>,
-    pub(crate) source: &'a str,
-    pub(crate) retrain_id: Uuid,
-}
-
 impl NewVersion<'_> {
     /// Binds the version's columns as `$1`–`$16` of an `INSERT INTO refit_model_versions` with
     /// the column list of [`insert_version`] (SQL stays literal: see the reliability suite).
@@ -199,7 +180,7 @@ impl NewVersion<'_> {
         query
             .bind(self.user_id)
             .bind(self.version)
-            .bind(self.status)
+            .bind(self.status.stored())
             .bind(self.parent_version)
             .bind(self.artifact)
             .bind(self.rows_used)

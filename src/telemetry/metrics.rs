@@ -10,6 +10,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::domain::VersionStatus;
 use crate::retrain::features::SetAsideReason;
 
 /// Buckets for step latencies and freshness, in seconds (0.5 ms .. 30 s).
@@ -31,9 +32,6 @@ pub(crate) const STEPS: [&str; 6] = [
     "invalidate",
     "announce",
 ];
-
-/// A retrain's outcome (`refit_retrains_total{status}`).
-pub(crate) const STATUSES: [&str; 3] = ["success", "failed", "rejected"];
 
 /// The kinds of outbox entries (`refit_outbox_backlog{kind}`, `refit_outbox_oldest_age_seconds`).
 pub(crate) const OUTBOX_KINDS: [&str; 2] = ["invalidate", "announce"];
@@ -158,13 +156,18 @@ impl Metrics {
         }
     }
 
+    /// Counts a retrain by its outcome (`refit_retrains_total{status}`).
+    pub(crate) fn count_retrain(&self, status: VersionStatus) {
+        self.retrains.with_label_values(&[status.reported()]).inc();
+    }
+
     /// Makes every label value visible from the start, so dashboards show zeros, not gaps.
     fn show_every_label_value(&self) {
         for step in STEPS {
             self.step_duration.with_label_values(&[step]);
         }
-        for status in STATUSES {
-            self.retrains.with_label_values(&[status]);
+        for status in VersionStatus::ALL {
+            self.retrains.with_label_values(&[status.reported()]);
         }
         for reason in SetAsideReason::ALL {
             self.set_aside.with_label_values(&[reason.as_str()]);
@@ -274,7 +277,10 @@ mod tests {
         let mut expected: Vec<String> = Vec::new();
         expected
             .extend(STEPS.map(|s| format!("refit_step_duration_seconds_count{{step=\"{s}\"}} 0")));
-        expected.extend(STATUSES.map(|s| format!("refit_retrains_total{{status=\"{s}\"}} 0")));
+        expected.extend(
+            VersionStatus::ALL
+                .map(|s| format!("refit_retrains_total{{status=\"{}\"}} 0", s.reported())),
+        );
         expected.extend(
             SetAsideReason::ALL
                 .map(|r| format!("refit_rows_set_aside_total{{reason=\"{}\"}} 0", r.as_str())),

@@ -60,7 +60,11 @@ async fn bad_rows_are_set_aside_with_reasons_and_the_rest_trains() {
     assert_eq!((used, aside), (45, 5));
     let event = &read_events(&reader, 1, WAIT)[0].event;
     assert_eq!(
-        (event.status.as_str(), event.rows_used, event.rows_rejected),
+        (
+            event.status.reported(),
+            event.rows_used,
+            event.rows_rejected
+        ),
         ("success", 45, 5)
     );
     let counted = metric(
@@ -131,7 +135,7 @@ async fn a_corrupt_artifact_fails_that_user_only_and_keeps_the_previous_version(
     let events = read_events(&reader, 3, WAIT);
     let failed = events
         .iter()
-        .find(|e| e.event.status == "failed")
+        .find(|e| e.event.status.reported() == "failed")
         .expect("a failed event");
     assert_eq!(failed.event.user_id, "frank");
     assert_eq!(failed.event.model_version, Some(2));

@@ -397,7 +397,7 @@ async fn a_rejected_version_leaves_serving_untouched() {
     let rejected = &events[1].event;
     assert_eq!(
         (
-            rejected.status.as_str(),
+            rejected.status.reported(),
             rejected.model_version,
             rejected.active_version
         ),

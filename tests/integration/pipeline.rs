@@ -61,7 +61,7 @@ async fn the_fiftieth_actual_triggers_exactly_one_retrain_invalidation_and_event
     let e = &events[0];
     assert_eq!(e.key, b"alice");
     assert_eq!(e.event.user_id, "alice");
-    assert_eq!(e.event.status, "success");
+    assert_eq!(e.event.status.reported(), "success");
     assert_eq!(e.event.model_version, Some(1));
     assert_eq!(e.event.previous_version, None);
     assert_eq!(e.event.rows_used, 50);

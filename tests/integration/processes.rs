@@ -218,6 +218,27 @@ async fn invalid_configuration_stops_startup_naming_variable_value_and_range() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("DATABASE_URL is required"));
 }
 
+/// The registry's status filter takes the registry's spelling and names it when given another
+/// (the event's `success` included), before connecting anywhere.
+#[test]
+fn an_unknown_status_filter_is_a_usage_error() {
+    for bad in ["bogus", "success"] {
+        let out = Command::new(BIN)
+            .args(["models", "list", "--status", bad])
+            .env_clear()
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "unknown status {bad:?}: ready, rejected or failed"
+            )),
+            "{bad}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn every_subcommand_has_help() {
     for sub in ["migrate", "run", "demo", "config"] {

@@ -394,7 +394,7 @@ async fn a_real_prometheus_evaluates_every_dashboard_query_and_the_alert_rules()
     let events = read_events(&env.reader(), 3, WAIT);
     let mut outcomes: Vec<_> = events
         .iter()
-        .map(|e| (e.event.user_id.as_str(), e.event.status.as_str()))
+        .map(|e| (e.event.user_id.as_str(), e.event.status.reported()))
         .collect();
     outcomes.sort();
     assert_eq!(

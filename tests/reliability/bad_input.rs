@@ -312,7 +312,7 @@ async fn foreign_artifact_fails_only_that_user(artifact: Vec<u8>, reason_has: &s
     .await
     .into_iter()
     .filter(|e| e.event.user_id == victim)
-    .map(|e| e.event.status)
+    .map(|e| e.event.status.reported().to_owned())
     .collect();
     assert!(statuses.contains("failed"), "{statuses:?}");
 }
