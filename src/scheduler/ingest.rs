@@ -77,16 +77,20 @@ pub async fn ingest(pool: &PgPool) -> sqlx::Result<Option<Ingested>> {
 /// the `cursor` snapshot did not see committed — its transaction id at or past the snapshot's
 /// xmax, or one of those it saw in progress — that this statement's snapshot sees committed,
 /// advances the cursor to this statement's snapshot, and notifies `refit_actuals` once per user
-/// with queued actuals.
+/// with queued actuals. The two kinds of arrival are two index scans joined by `UNION ALL` (they
+/// cannot overlap: the in-progress list holds ids below xmax); written as one `OR`, PostgreSQL
+/// walks the whole index whenever the list is not empty (tests/integration/explain.rs).
 async fn queue_arrivals(conn: &mut PgConnection, cursor: &str) -> sqlx::Result<Ingested> {
     let (queued, set_aside, users, advanced): (i64, i64, i64, String) = sqlx::query_as(
         "WITH arrived AS MATERIALIZED (
              SELECT a.id,
                     (SELECT r.user_id FROM prediction_requests r
                       WHERE r.request_id = a.request_id) AS user_id
-               FROM actual_rentals a
-              WHERE a.refit_xid >= pg_snapshot_xmax($1::pg_snapshot)
-                 OR a.refit_xid = ANY (ARRAY(SELECT pg_snapshot_xip($1::pg_snapshot)))
+               FROM (SELECT id, request_id FROM actual_rentals
+                      WHERE refit_xid >= pg_snapshot_xmax($1::pg_snapshot)
+                     UNION ALL
+                     SELECT id, request_id FROM actual_rentals
+                      WHERE refit_xid = ANY (ARRAY(SELECT pg_snapshot_xip($1::pg_snapshot)))) a
          ),
          set_aside AS (
              INSERT INTO refit_unconsumable_actuals (actual_id, user_id, reason, detail)
