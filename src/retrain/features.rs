@@ -8,7 +8,7 @@
 //! - the actual must be finite and fit in `f32` (XGBoost labels are `f32`).
 //! - a row that carries none of the model's features is set aside (it holds no information).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 use serde_json::{Map, Value};
@@ -143,7 +143,40 @@ impl Batch {
 
 /// Lays out `rows` in `feature_order`, or, for a model that has none yet, in the sorted names of
 /// the features that hold a number in at least one row.
+///
+/// With a feature order known, a row whose features are plain numbers is laid out as it is
+/// parsed ([`layout_plain`]); any other row takes the full check, which gives the reason.
 pub fn prepare(rows: &[ActualRow], feature_order: Option<&[String]>) -> Batch {
+    let Some(order) = feature_order else {
+        return prepare_checked(rows, None);
+    };
+    let columns: HashMap<&str, usize> = order
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (name.as_str(), i))
+        .collect();
+    let mut batch = Batch {
+        feature_names: order.to_vec(),
+        ..Batch::default()
+    };
+    for row in rows {
+        if layout_plain(row, &columns, &mut batch.values) {
+            batch.labels.push(row.actual_value as f32);
+            batch.used.push(row.actual_id);
+        } else {
+            let checked = prepare_checked(std::slice::from_ref(row), Some(order));
+            batch.values.extend(checked.values);
+            batch.labels.extend(checked.labels);
+            batch.used.extend(checked.used);
+            batch.set_aside.extend(checked.set_aside);
+        }
+    }
+    batch.set_aside.sort_by_key(|s| s.actual_id);
+    batch
+}
+
+/// Every row through the full check: parsed into a JSON value, then laid out.
+fn prepare_checked(rows: &[ActualRow], feature_order: Option<&[String]>) -> Batch {
     let mut set_aside = Vec::new();
     let mut parsed: Vec<(&ActualRow, Features)> = Vec::with_capacity(rows.len());
     for row in rows {
@@ -196,6 +229,58 @@ pub fn prepare(rows: &[ActualRow], feature_order: Option<&[String]>) -> Batch {
     set_aside.sort_by_key(|s| s.actual_id);
     batch.set_aside = set_aside;
     batch
+}
+
+/// Lays out a row that needs no check beyond parsing — a finite actual within `f32`, an object
+/// whose known features are numbers within `f32` or null, at least one of them a number — as it
+/// is parsed, without building a JSON value. Returns false, leaving `out` as it was, for any
+/// other row.
+fn layout_plain(row: &ActualRow, columns: &HashMap<&str, usize>, out: &mut Vec<f32>) -> bool {
+    if !row.actual_value.is_finite() || row.actual_value.abs() > f32::MAX as f64 {
+        return false;
+    }
+    let start = out.len();
+    out.resize(start + columns.len(), f32::NAN);
+    let line = &mut out[start..];
+    let mut parser = serde_json::Deserializer::from_str(&row.features);
+    let parsed = serde::Deserializer::deserialize_map(&mut parser, PlainLine { columns, line });
+    let known = line.iter().filter(|v| !v.is_nan()).count();
+    if parsed.is_err() || parser.end().is_err() || known == 0 {
+        out.truncate(start);
+        return false;
+    }
+    true
+}
+
+/// Parses a features object into one matrix line; fails on anything [`layout_plain`] leaves to
+/// the full check.
+struct PlainLine<'a, 'l> {
+    columns: &'a HashMap<&'a str, usize>,
+    line: &'l mut [f32],
+}
+
+impl<'de> serde::de::Visitor<'de> for PlainLine<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object of numbers")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<&'de str>()? {
+            let Some(&column) = self.columns.get(key) else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                continue;
+            };
+            let value = match map.next_value::<Option<f64>>()? {
+                None => f32::NAN,
+                Some(v) if v.is_finite() && v.abs() <= f32::MAX as f64 => v as f32,
+                Some(_) => return Err(serde::de::Error::custom("out of range")),
+            };
+            self.line[column] = value;
+        }
+        Ok(())
+    }
 }
 
 type RowError = (SetAsideReason, String);
@@ -436,5 +521,45 @@ mod tests {
         // A new model's features are the keys holding a number it can use.
         let fresh = prepare(&rows[..1], None);
         assert_eq!(fresh.feature_names, ["a"]);
+    }
+
+    /// The plain-row path lays out exactly what the full check does, row for row and in order,
+    /// and leaves every other row to it.
+    #[test]
+    fn plain_rows_are_laid_out_as_the_full_check_lays_them_out() {
+        let order: Vec<String> = ["a", "b", "c"].map(str::to_owned).to_vec();
+        let features = [
+            r#"{"a": 1, "b": 2.5, "c": -3}"#,
+            r#"{"c": 7, "a": null}"#,
+            r#"{"a": -0, "zz": [1, {"q": 1e400}], "b": 1e-50}"#,
+            r#"{"a": 1, "a": null}"#,
+            r#"{"a": null, "a": 4}"#,
+            r#"{"a": "x", "a": 4}"#,
+            r#"{"a": 4, "a": "x"}"#,
+            r#"{"b": 3.4028235e38}"#,
+            r#"{"b": 3.5e38}"#,
+            r#"{"b": 18446744073709551615}"#,
+            r#"{"\u0061": 5}"#,
+            r#"{"a": 1} trailing"#,
+            r#"{"a": true}"#,
+            r#"{}"#,
+            r#"[1]"#,
+            r#"{"zz": 1}"#,
+        ];
+        let mut rows: Vec<ActualRow> = features
+            .iter()
+            .enumerate()
+            .map(|(i, f)| row(100 - i as i64, i as f64, f))
+            .collect();
+        rows.push(row(1, f64::NAN, r#"{"a": 1}"#));
+        rows.push(row(2, 1e300, r#"{"a": 1}"#));
+        let fast = prepare(&rows, Some(&order));
+        let full = prepare_checked(&rows, Some(&order));
+        assert_eq!(fast.used, full.used);
+        assert_eq!(fast.labels, full.labels);
+        assert_eq!(fast.set_aside, full.set_aside);
+        let bits = |b: &Batch| b.values.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&fast), bits(&full));
+        assert!(fast.rows() >= 6 && !fast.set_aside.is_empty(), "{fast:?}");
     }
 }
