@@ -297,14 +297,9 @@ impl BenchDb {
     /// functions, and creates the phase's topic (3 partitions, as refit would).
     pub async fn create(s: &Settings, tag: &str) -> anyhow::Result<BenchDb> {
         let name = format!("{DB_PREFIX}{}_{}", s.run_id, tag);
-        let url = refit_testkit::create_database(&s.admin_url, &name)
-            .await
-            .context("PostgreSQL reachable (make services)")?;
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .connect(&url)
-            .await?;
-        refit::store::migrate(&pool).await?;
+        let options = PgPoolOptions::new().max_connections(8);
+        let (url, pool) =
+            refit_testkit::create_migrated_database(&s.admin_url, &name, options).await?;
         sqlx::raw_sql(DATA_FUNCTIONS).execute(&pool).await?;
         let topic = format!("refit-bench-{}-{}", s.run_id, tag.replace('_', "-"));
         create_topic(&s.brokers, &topic, 3).await?;

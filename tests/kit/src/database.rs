@@ -1,6 +1,8 @@
 //! A PostgreSQL database of its own, on the server of an admin URL: created empty (the caller
 //! migrates it) and dropped with `FORCE`, so open connections never keep it alive.
 
+use anyhow::Context;
+use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
 /// The URL of database `name` on the server of `admin_url`.
@@ -21,6 +23,21 @@ pub async fn create_database(admin_url: &str, name: &str) -> Result<String, sqlx
     admin.close().await;
     created?;
     Ok(database_url(admin_url, name))
+}
+
+/// Creates database `name` (see [`create_database`]) with refit's migrations applied; returns
+/// its URL and a pool of `options` on it.
+pub async fn create_migrated_database(
+    admin_url: &str,
+    name: &str,
+    options: PgPoolOptions,
+) -> anyhow::Result<(String, PgPool)> {
+    let url = create_database(admin_url, name)
+        .await
+        .context("PostgreSQL reachable (make services)")?;
+    let pool = options.connect(&url).await?;
+    refit::store::migrate(&pool).await?;
+    Ok((url, pool))
 }
 
 /// Drops database `name` if it exists, closing whatever is still connected to it.

@@ -26,7 +26,10 @@ mod test_env;
 pub use actuals::{
     ingest_all, insert_actual, insert_request_and_actual, rental_actual, rental_features,
 };
-pub use database::{create_database, database_url, drop_database, drop_databases_with_prefix};
+pub use database::{
+    create_database, create_migrated_database, database_url, drop_database,
+    drop_databases_with_prefix,
+};
 pub use process::{
     proc_cpu_seconds, proc_memory, signal, MemoryRecord, Output, ProcMemory, Process, CLOCK_TICKS,
 };

@@ -12,13 +12,14 @@ use refit::config::Config;
 use refit::outbox::events::{EventReader, ReadEvent};
 use refit::scheduler::Service;
 use serde_json::Value;
+use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    admin_url, brokers, create_database, drop_database, ingest_all, insert_request_and_actual,
-    redis_url,
+    admin_url, brokers, create_migrated_database, drop_database, ingest_all,
+    insert_request_and_actual, redis_url,
 };
 use crate::{rental_actual, rental_features};
 
@@ -62,11 +63,11 @@ impl TestEnv {
     pub async fn new() -> Self {
         init_logs();
         let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
-        let database_url = create_database(&admin_url(), &format!("refit_test_{id}"))
-            .await
-            .expect("PostgreSQL reachable (make services)");
-        let pool = PgPool::connect(&database_url).await.unwrap();
-        refit::store::migrate(&pool).await.unwrap();
+        let name = format!("refit_test_{id}");
+        let (database_url, pool) =
+            create_migrated_database(&admin_url(), &name, PgPoolOptions::new())
+                .await
+                .expect("a migrated database of the test's own");
         TestEnv {
             database_url,
             pool,
