@@ -238,6 +238,7 @@ impl Process {
             .unwrap_or_default()
     }
 
+    /// The child's process id.
     pub fn id(&self) -> u32 {
         self.child.id()
     }
@@ -254,6 +255,7 @@ impl Process {
             .rss_kib
     }
 
+    /// Lines that contain `needle`.
     pub fn count(&self, needle: &str) -> usize {
         self.count_matching(|l| l.contains(needle))
     }
@@ -268,6 +270,7 @@ impl Process {
             .count()
     }
 
+    /// Waits until a line contains `needle` (see [`Process::wait_for_lines`]).
     pub async fn wait_for_line(&self, needle: &str, timeout: Duration) {
         self.wait_for_lines(needle, 1, timeout).await;
     }
@@ -297,6 +300,7 @@ impl Process {
         self.exited = self.child.wait().ok();
     }
 
+    /// The exit status if the process has exited (reaped now), without waiting.
     pub fn try_exited(&mut self) -> Option<ExitStatus> {
         if self.exited.is_none() {
             self.exited = self.child.try_wait().unwrap();

@@ -18,6 +18,7 @@ pub fn admin_url() -> String {
     )
 }
 
+/// The Redis server's URL (`REDIS_URL`).
 pub fn redis_url() -> String {
     var_or("REDIS_URL", "redis://127.0.0.1:6379")
 }
