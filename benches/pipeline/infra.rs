@@ -3,9 +3,9 @@
 //! their logs and memory watched.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -18,6 +18,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
+use refit_testkit::{proc_cpu_seconds, proc_memory, var_or, MemoryRecord, Output, Process};
 use serde_json::Value;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -38,13 +39,6 @@ pub fn parse_ts(s: &str) -> Option<f64> {
     chrono::DateTime::parse_from_rfc3339(s)
         .ok()
         .map(|t| t.timestamp_micros() as f64 / 1e6)
-}
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name)
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| default.to_owned())
 }
 
 fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -95,7 +89,7 @@ pub struct Settings {
 
 /// A comma-separated list from the environment.
 fn env_list(name: &str, default: &str) -> Vec<String> {
-    env_or(name, default)
+    var_or(name, default)
         .split(',')
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
@@ -128,20 +122,20 @@ fn growth_runs(quick: bool) -> Vec<(String, usize)> {
 
 impl Settings {
     pub fn from_env() -> anyhow::Result<Self> {
-        let quick = env_or("BENCH_QUICK", "0") != "0";
+        let quick = var_or("BENCH_QUICK", "0") != "0";
         let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
         let out_dir = std::env::var("BENCH_OUT")
             .map(PathBuf::from)
             .unwrap_or_else(|_| root.join("target/bench").join(format!("{stamp}-{run_id}")));
-        let python = match env_or("BENCH_PYTHON", "").as_str() {
+        let python = match var_or("BENCH_PYTHON", "").as_str() {
             "" | "0" | "off" => None,
             p => Some(p.to_owned()),
         };
         Ok(Settings {
             quick,
-            admin_url: env_or("BENCH_DATABASE_URL", &refit_testkit::admin_url()),
+            admin_url: var_or("BENCH_DATABASE_URL", &refit_testkit::admin_url()),
             redis_url: refit_testkit::redis_url(),
             brokers: refit_testkit::brokers(),
             python,
@@ -158,7 +152,7 @@ impl Settings {
             fresh_users: env_num("BENCH_FRESH_USERS", 50),
             fresh_warm: env_num("BENCH_FRESH_WARM", 3),
             growth_runs: growth_runs(quick),
-            refit_extra_env: env_or("BENCH_REFIT_ENV", "")
+            refit_extra_env: var_or("BENCH_REFIT_ENV", "")
                 .split(';')
                 .filter_map(|kv| kv.split_once('='))
                 .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
@@ -172,7 +166,7 @@ impl Settings {
             ramp_refit: env_rates("BENCH_RAMP_REFIT", "50,100,150,200,250,300,350,400,500"),
             ramp_python: env_rates("BENCH_RAMP_PYTHON", "10,20,30,40,50,60,80,100,150,200"),
             repeat: env_num("BENCH_REPEAT", if quick { 1 } else { 3 }),
-            keep_databases: env_or("BENCH_KEEP_DBS", "0") != "0",
+            keep_databases: var_or("BENCH_KEEP_DBS", "0") != "0",
             out_dir,
             run_id,
         })
@@ -257,6 +251,9 @@ impl Progress {
 // Databases and generated data
 // ------------------------------------------------------------------------------------------------
 
+/// What the names of the bench's databases start with.
+pub const DB_PREFIX: &str = "refit_bench_";
+
 /// A database (and topic, and cache key prefix) of one phase.
 pub struct BenchDb {
     pub name: String,
@@ -299,15 +296,10 @@ impl BenchDb {
     /// Creates `refit_bench_<run>_<tag>`, migrates it with refit's migrations, adds the data
     /// functions, and creates the phase's topic (3 partitions, as refit would).
     pub async fn create(s: &Settings, tag: &str) -> anyhow::Result<BenchDb> {
-        let name = format!("refit_bench_{}_{}", s.run_id, tag);
-        let url = refit_testkit::create_database(&s.admin_url, &name)
-            .await
-            .context("PostgreSQL reachable (make services)")?;
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .connect(&url)
-            .await?;
-        refit::store::migrate(&pool).await?;
+        let name = format!("{DB_PREFIX}{}_{}", s.run_id, tag);
+        let options = PgPoolOptions::new().max_connections(8);
+        let (url, pool) =
+            refit_testkit::create_migrated_database(&s.admin_url, &name, options).await?;
         sqlx::raw_sql(DATA_FUNCTIONS).execute(&pool).await?;
         let topic = format!("refit-bench-{}-{}", s.run_id, tag.replace('_', "-"));
         create_topic(&s.brokers, &topic, 3).await?;
@@ -388,10 +380,7 @@ impl BenchDb {
         let committed = now_unix();
         if self.has_pending_queue {
             // Queued as a running refit's ingest queues them, and analyzed like the rest.
-            while refit::scheduler::ingest::ingest(&self.pool)
-                .await?
-                .is_none()
-            {}
+            refit_testkit::ingest_all(&self.pool).await;
             sqlx::query("ANALYZE refit_pending")
                 .execute(&self.pool)
                 .await?;
@@ -408,23 +397,6 @@ impl BenchDb {
     pub async fn scalar(&self, sql: &str) -> anyhow::Result<i64> {
         Ok(sqlx::query_scalar(sql).fetch_one(&self.pool).await?)
     }
-}
-
-/// Drops databases left by interrupted earlier runs.
-pub async fn drop_stale_databases(s: &Settings) -> anyhow::Result<()> {
-    let admin = PgPool::connect(&s.admin_url).await?;
-    let names: Vec<String> = sqlx::query_scalar(
-        "SELECT datname FROM pg_database WHERE datname LIKE 'refit\\_bench\\_%'",
-    )
-    .fetch_all(&admin)
-    .await?;
-    for name in names {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .execute(&admin)
-            .await;
-    }
-    admin.close().await;
-    Ok(())
 }
 
 pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<()> {
@@ -618,74 +590,19 @@ pub struct LogIndex {
     pub ready: bool,
 }
 
-/// Memory of a child, from /proc/<pid>/status.
-#[derive(Debug, Default, Clone)]
-pub struct Memory {
-    pub max_rss_kb: u64,
-    pub hwm_kb: u64,
-    /// (seconds since start, VmRSS kB), about one a second.
-    pub timeline: Vec<(f64, u64)>,
-}
-
+/// A child (refit, the Python reference) with its stdout indexed ([`LogIndex`]) and copied to its
+/// log file, and its memory watched.
 pub struct Proc {
     pub name: String,
-    child: Child,
+    process: Process,
     pub pid: u32,
     pub logs: Arc<Mutex<LogIndex>>,
-    pub memory: Arc<Mutex<Memory>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-    watching: Arc<AtomicBool>,
-}
-
-fn read_status(pid: u32) -> Option<(u64, u64)> {
-    refit_testkit::proc_memory(pid).map(|m| (m.rss_kib, m.hwm_kib))
-}
-
-/// A child's stdout into its log file, each line indexed as it passes.
-fn copy_stdout(stdout: std::process::ChildStdout, out_file: std::fs::File, logs: &Mutex<LogIndex>) {
-    let mut file = BufWriter::with_capacity(1 << 20, out_file);
-    for line in BufReader::new(stdout).lines() {
-        let Ok(line) = line else { break };
-        let _ = writeln!(file, "{line}");
-        index_line(logs, &line);
-    }
-    let _ = file.flush();
-}
-
-/// A child's stderr into its own file.
-fn copy_stderr(stderr: std::process::ChildStderr, err_file: std::fs::File) {
-    let mut file = BufWriter::new(err_file);
-    for line in BufReader::new(stderr).lines() {
-        let Ok(line) = line else { break };
-        let _ = writeln!(file, "{line}");
-    }
-    let _ = file.flush();
-}
-
-/// A child's RSS and VmHWM every 200 ms (a timeline sample a second) while `watching`.
-fn watch_memory(pid: u32, memory: &Mutex<Memory>, watching: &AtomicBool) {
-    let started = Instant::now();
-    let mut last_sample = -1.0;
-    while watching.load(Ordering::Relaxed) {
-        let Some((rss, hwm)) = read_status(pid) else {
-            break;
-        };
-        let mut m = memory.lock().unwrap();
-        m.max_rss_kb = m.max_rss_kb.max(rss);
-        m.hwm_kb = m.hwm_kb.max(hwm);
-        let t = started.elapsed().as_secs_f64();
-        if t - last_sample >= 1.0 {
-            m.timeline.push((t, rss));
-            last_sample = t;
-        }
-        drop(m);
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 impl Proc {
     /// Starts `program args` with exactly `env` (plus PATH and HOME), stdout parsed as JSON log
-    /// lines and copied to `log_path`, stderr copied to `log_path` + ".stderr".
+    /// lines and copied to `log_path`, stderr copied to `log_path` + ".stderr"; its RSS and
+    /// VmHWM sampled every 200 ms.
     pub fn spawn(
         name: &str,
         program: &str,
@@ -694,50 +611,27 @@ impl Proc {
         log_path: &Path,
     ) -> anyhow::Result<Proc> {
         let mut cmd = Command::new(program);
-        cmd.args(args)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(args).env_clear().stdin(Stdio::null());
         // MALLOC_ARENA_MAX: as the container image sets it (Dockerfile), for both implementations.
         for keep in ["PATH", "HOME", "LANG", "MALLOC_ARENA_MAX"] {
             if let Ok(v) = std::env::var(keep) {
                 cmd.env(keep, v);
             }
         }
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {program}"))?;
-        let pid = child.id();
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let logs = Arc::new(Mutex::new(LogIndex::default()));
-        let memory = Arc::new(Mutex::new(Memory::default()));
-        let watching = Arc::new(AtomicBool::new(true));
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let mut threads = Vec::new();
-        let out_file = std::fs::File::create(log_path)?;
-        threads.push(std::thread::spawn({
+        let output = Output::to_file(log_path).on_stdout_line({
             let logs = logs.clone();
-            move || copy_stdout(stdout, out_file, &logs)
-        }));
-        let err_file = std::fs::File::create(log_path.with_extension("stderr"))?;
-        threads.push(std::thread::spawn(move || copy_stderr(stderr, err_file)));
-        threads.push(std::thread::spawn({
-            let memory = memory.clone();
-            let watching = watching.clone();
-            move || watch_memory(pid, &memory, &watching)
-        }));
+            move |line| index_line(&logs, line)
+        });
+        let mut process = Process::spawn_with(&mut cmd, output)
+            .with_context(|| format!("cannot start {program}"))?;
+        process.watch_memory(Duration::from_millis(200));
         Ok(Proc {
             name: name.to_owned(),
-            child,
-            pid,
+            pid: process.id(),
+            process,
             logs,
-            memory,
-            threads,
-            watching,
         })
     }
 
@@ -745,7 +639,7 @@ impl Proc {
     pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         while !self.logs.lock().unwrap().ready {
-            if let Some(status) = self.child.try_wait()? {
+            if let Some(status) = self.process.try_exited() {
                 bail!("{} exited during start-up: {status}", self.name);
             }
             if Instant::now() > deadline {
@@ -758,38 +652,18 @@ impl Proc {
 
     /// VmHWM now (kB), read before the process ends.
     pub fn hwm_now(&self) -> u64 {
-        read_status(self.pid).map_or(0, |(_, hwm)| hwm)
+        proc_memory(self.pid).map_or(0, |m| m.hwm_kib)
     }
 
     /// SIGTERM, then waits (SIGKILL after `grace`). Returns the memory record.
-    pub fn stop(mut self, grace: Duration) -> anyhow::Result<Memory> {
-        if let Some((_, hwm)) = read_status(self.pid) {
-            let mut m = self.memory.lock().unwrap();
-            m.hwm_kb = m.hwm_kb.max(hwm);
+    pub async fn stop(mut self, grace: Duration) -> MemoryRecord {
+        if self.process.terminate(grace).await.is_none() {
+            eprintln!(
+                "[bench] {} did not stop within {grace:?}; killed it",
+                self.name
+            );
         }
-        let _ = refit_testkit::signal(self.pid, "TERM");
-        let deadline = Instant::now() + grace;
-        loop {
-            if self.child.try_wait()?.is_some() {
-                break;
-            }
-            if Instant::now() > deadline {
-                eprintln!(
-                    "[bench] {} did not stop within {grace:?}; killing it",
-                    self.name
-                );
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.watching.store(false, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-        let memory = self.memory.lock().unwrap().clone();
-        Ok(memory)
+        self.process.memory()
     }
 }
 
@@ -961,22 +835,6 @@ pub fn loadavg() -> f64 {
 // CPU accounting: where the two cores went during a measured interval
 // ------------------------------------------------------------------------------------------------
 
-/// CPU seconds (user + system) a process has used so far.
-pub fn proc_cpu_secs(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // Fields after the command name start at `state` (field 3): utime is field 14, stime 15.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / clock_ticks())
-}
-
-fn clock_ticks() -> f64 {
-    // USER_HZ is 100 on Linux x86-64 for every kernel this runs on.
-    100.0
-}
-
 /// Busy CPU seconds of the whole machine so far (all cores).
 pub fn machine_busy_secs() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -996,7 +854,7 @@ pub fn machine_busy_secs() -> f64 {
         .filter(|(i, _)| *i != 3 && *i != 4)
         .map(|(_, x)| x)
         .sum::<f64>();
-    busy / clock_ticks()
+    busy / refit_testkit::CLOCK_TICKS
 }
 
 /// A snapshot of the CPU used by one child, its PostgreSQL backends (by application_name) and the
@@ -1019,10 +877,10 @@ pub async fn cpu_snap(pool: &PgPool, child_pid: u32, application_name: &str) -> 
     .unwrap_or_default();
     CpuSnap {
         at: now_unix(),
-        child: proc_cpu_secs(child_pid).unwrap_or(f64::NAN),
+        child: proc_cpu_seconds(child_pid).unwrap_or(f64::NAN),
         backends: pids
             .into_iter()
-            .filter_map(|p| proc_cpu_secs(p as u32).map(|c| (p, c)))
+            .filter_map(|p| proc_cpu_seconds(p as u32).map(|c| (p, c)))
             .collect(),
         machine: machine_busy_secs(),
     }

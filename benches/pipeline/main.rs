@@ -79,7 +79,8 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         s.quick,
         s.phases.join(",")
     );
-    infra::drop_stale_databases(&s).await?;
+    // Databases left by interrupted earlier runs.
+    refit_testkit::drop_databases_with_prefix(&s.admin_url, infra::DB_PREFIX).await?;
     let env_names = infra::refit_env_names();
     let mut run = Run {
         results: run_header(&s, started, &env_names),

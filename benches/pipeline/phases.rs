@@ -13,6 +13,7 @@ use crate::results::{
     finite, Cpu, Freshness, Growth, GrowthRun, GrowthSummary, GrowthVersion, Logs, Memory,
     PythonSteps, RedisFloor, Round, StepSummaries, Throughput, ThroughputSteps, VersionBrief,
 };
+use refit_testkit::MemoryRecord;
 use sqlx::Row;
 
 use crate::infra::{
@@ -139,10 +140,10 @@ pub fn count_by<'a>(items: impl Iterator<Item = &'a str>) -> BTreeMap<String, us
     m
 }
 
-pub fn memory_of(m: &crate::infra::Memory) -> Memory {
+pub fn memory_of(m: &MemoryRecord) -> Memory {
     Memory {
-        vm_hwm_mb: (m.hwm_kb as f64 / 1024.0 * 10.0).round() / 10.0,
-        max_sampled_rss_mb: (m.max_rss_kb as f64 / 1024.0 * 10.0).round() / 10.0,
+        vm_hwm_mb: (m.hwm_kib as f64 / 1024.0 * 10.0).round() / 10.0,
+        max_sampled_rss_mb: (m.max_rss_kib as f64 / 1024.0 * 10.0).round() / 10.0,
         timeline_mb: m
             .timeline
             .iter()
@@ -235,7 +236,7 @@ pub async fn freshness(
         .map(|(u, p)| (*u, THRESHOLD * warm + p))
         .collect();
     let win = paced_window(s, &db, &refit, &collector, which, rate, &starts).await?;
-    let stopped = stop(refit, collector, port, which, Duration::from_secs(30))?;
+    let stopped = stop(refit, collector, port, which, Duration::from_secs(30)).await;
     let m = match_completions(&win.completions, &stopped.events, &stopped.logs);
     let (steps_ms, trees) = fresh_steps(which, &db, warm, &m, &stopped.logs).await?;
     let result = Freshness {
@@ -344,35 +345,35 @@ struct Stopped {
     hwm: u64,
     /// refit's /metrics (empty for the Python reference).
     metrics: String,
-    memory: crate::infra::Memory,
+    memory: MemoryRecord,
     events: Vec<Received>,
     logs: LogIndex,
 }
 
 /// Stops the implementation (within `grace`) and the topic's consumer.
-fn stop(
+async fn stop(
     proc: Proc,
     collector: Collector,
     port: u16,
     which: &Implementation<'_>,
     grace: Duration,
-) -> anyhow::Result<Stopped> {
+) -> Stopped {
     let hwm = proc.hwm_now();
     let metrics = match which {
         Implementation::Refit => http_get(port, "/metrics").unwrap_or_default(),
         Implementation::Python { .. } => String::new(),
     };
     let logs_of_proc = proc.logs.clone();
-    let memory = blocking(|| proc.stop(grace))?;
+    let memory = proc.stop(grace).await;
     let events = collector.stop();
     let logs = std::mem::take(&mut *logs_of_proc.lock().unwrap());
-    Ok(Stopped {
+    Stopped {
         hwm,
         metrics,
         memory,
         events,
         logs,
-    })
+    }
 }
 
 /// The implementation started on a database of its own, and a consumer of its topic.
@@ -716,7 +717,7 @@ pub async fn throughput(s: &Settings, which: Implementation<'_>) -> anyhow::Resu
         memory,
         events,
         logs,
-    } = stop(proc, collector, port, &which, Duration::from_secs(60))?;
+    } = stop(proc, collector, port, &which, Duration::from_secs(60)).await;
     add_acks(&mut rounds, &events, &logs);
     let statuses = count_by(
         events
@@ -991,7 +992,7 @@ pub async fn growth(
     }
     let hwm = refit.hwm_now();
     let logs_of_refit = refit.logs.clone();
-    let memory = blocking(|| refit.stop(Duration::from_secs(120)))?;
+    let memory = refit.stop(Duration::from_secs(120)).await;
     let logs = std::mem::take(&mut *logs_of_refit.lock().unwrap());
     let rows = versions(&db, "").await?;
     let table = growth_table(&rows, &logs);

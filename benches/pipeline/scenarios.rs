@@ -378,7 +378,7 @@ pub async fn steps(
     let progress = Progress::new(&format!("steps, {trees} trees, {name}"), batches);
     let end_to_end = one_at_a_time(&db, &collector, name, batches, progress).await?;
     let logs_of_proc = proc.logs.clone();
-    let memory = blocking(|| proc.stop(Duration::from_secs(30)))?;
+    let memory = proc.stop(Duration::from_secs(30)).await;
     let events = collector.stop();
     let logs = std::mem::take(&mut *logs_of_proc.lock().unwrap());
     let events: Vec<Received> = events.into_iter().skip(skip).collect();
@@ -395,7 +395,7 @@ pub async fn steps(
         steps,
         end_to_end: Summary::rounded(&end_to_end),
         statuses,
-        vm_hwm_mb: memory.hwm_kb as f64 / 1024.0,
+        vm_hwm_mb: memory.hwm_kib as f64 / 1024.0,
     })
 }
 
@@ -478,7 +478,7 @@ pub async fn ramp(
             }
         })
         .fold(0.0, f64::max);
-    let memory = blocking(|| proc.stop(Duration::from_secs(60)))?;
+    let memory = proc.stop(Duration::from_secs(60)).await;
     collector.stop();
     db.drop().await;
     Ok(RampRun {
@@ -487,7 +487,7 @@ pub async fn ramp(
         warm_up_seconds: s.ramp_warm_seconds,
         steps: results,
         sustained_per_s: sustained,
-        vm_hwm_mb: memory.hwm_kb as f64 / 1024.0,
+        vm_hwm_mb: memory.hwm_kib as f64 / 1024.0,
     })
 }
 

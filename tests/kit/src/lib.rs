@@ -2,13 +2,15 @@
 //! (tests/reliability) and the benchmark driver (benches/pipeline) share, written once.
 //!
 //! - `services`: where the shared servers are (`REFIT_TEST_DATABASE_URL`, `REDIS_URL`,
-//!   `KAFKA_BROKERS`), the Python with xgboost, free loopback ports;
+//!   `KAFKA_BROKERS`), the Python with xgboost, free loopback ports, settings from the
+//!   environment;
 //! - `database`: a PostgreSQL database of a test's (or a bench phase's) own, created and dropped
-//!   from the admin URL;
+//!   from the admin URL, and the leftovers of interrupted runs dropped by prefix;
 //! - `actuals`: inserting a prediction request with its actual, and the deterministic
 //!   rental-like rows the suites train on;
-//! - `process`: a child process (the refit binary) with its output lines captured, waited for,
-//!   signalled and killed, and its memory read from /proc;
+//! - `process`: a child process (the refit binary) with its output lines captured (or logged to a
+//!   file, or handed to a hook), waited for, signalled, stopped and killed, and its memory and
+//!   CPU read from /proc, once or (memory) watched while it runs;
 //! - `test_env`: [`TestEnv`], a test's own database, topic and Redis prefix with refit's
 //!   `Service` built in-process, and the checks of the events it announces.
 //!
@@ -24,9 +26,14 @@ mod test_env;
 pub use actuals::{
     ingest_all, insert_actual, insert_request_and_actual, rental_actual, rental_features,
 };
-pub use database::{create_database, database_url, drop_database};
-pub use process::{proc_memory, signal, ProcMemory, Process};
-pub use services::{admin_url, brokers, free_port, python, redis_url};
+pub use database::{
+    create_database, create_migrated_database, database_url, drop_database,
+    drop_databases_with_prefix,
+};
+pub use process::{
+    proc_cpu_seconds, proc_memory, signal, MemoryRecord, Output, ProcMemory, Process, CLOCK_TICKS,
+};
+pub use services::{admin_url, brokers, free_port, python, redis_url, var_or};
 pub use test_env::{
     assert_valid_event, drain_events, eventually, init_logs, metric, read_events, Running, TestEnv,
     DEFAULT_POLICY,

@@ -1,8 +1,8 @@
 //! Where the shared servers are (as `make services` starts them and exports their addresses),
 //! and free loopback ports for servers a test or a bench starts itself.
 
-/// `name`'s value, or `default` where it is unset or blank.
-fn var_or(name: &str, default: &str) -> String {
+/// Environment variable `name`'s value, or `default` where it is unset or blank.
+pub fn var_or(name: &str, default: &str) -> String {
     std::env::var(name)
         .ok()
         .filter(|v| !v.trim().is_empty())
@@ -18,6 +18,7 @@ pub fn admin_url() -> String {
     )
 }
 
+/// The Redis server's URL (`REDIS_URL`).
 pub fn redis_url() -> String {
     var_or("REDIS_URL", "redis://127.0.0.1:6379")
 }

@@ -12,13 +12,14 @@ use refit::config::Config;
 use refit::outbox::events::{EventReader, ReadEvent};
 use refit::scheduler::Service;
 use serde_json::Value;
+use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
-    admin_url, brokers, create_database, drop_database, ingest_all, insert_request_and_actual,
-    redis_url,
+    admin_url, brokers, create_migrated_database, drop_database, ingest_all,
+    insert_request_and_actual, redis_url,
 };
 use crate::{rental_actual, rental_features};
 
@@ -51,22 +52,28 @@ pub fn init_logs() {
 
 /// An isolated environment: database, topic and cache key prefix of its own.
 pub struct TestEnv {
+    /// The URL of the environment's own database.
     pub database_url: String,
+    /// A pool on that database.
     pub pool: PgPool,
+    /// The environment's own events topic.
     pub topic: String,
+    /// The environment's own prefix of serving-cache keys.
     pub key_prefix: String,
+    /// A client of the shared Redis.
     pub redis: redis::Client,
 }
 
 impl TestEnv {
+    /// A new environment: a migrated database, a topic name and a key prefix of its own.
     pub async fn new() -> Self {
         init_logs();
         let id = Uuid::new_v4().simple().to_string()[..12].to_owned();
-        let database_url = create_database(&admin_url(), &format!("refit_test_{id}"))
-            .await
-            .expect("PostgreSQL reachable (make services)");
-        let pool = PgPool::connect(&database_url).await.unwrap();
-        refit::store::migrate(&pool).await.unwrap();
+        let name = format!("refit_test_{id}");
+        let (database_url, pool) =
+            create_migrated_database(&admin_url(), &name, PgPoolOptions::new())
+                .await
+                .expect("a migrated database of the test's own");
         TestEnv {
             database_url,
             pool,
@@ -112,6 +119,7 @@ impl TestEnv {
         vars
     }
 
+    /// refit's `Config` from [`TestEnv::vars`].
     pub fn config(&self, extra: &[(&str, &str)]) -> Config {
         Config::from_sources(None, &self.vars(extra)).unwrap()
     }
@@ -139,10 +147,12 @@ impl TestEnv {
         }
     }
 
+    /// A reader of the environment's topic from its beginning.
     pub fn reader(&self) -> EventReader {
         EventReader::new(&brokers(), &self.topic, true).unwrap()
     }
 
+    /// A connection to the shared Redis.
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
         self.redis.get_multiplexed_async_connection().await.unwrap()
     }
@@ -158,6 +168,7 @@ impl TestEnv {
             .unwrap();
     }
 
+    /// Whether the serving cache has an entry for `user`.
     pub async fn cached(&self, user: &str) -> bool {
         let mut r = self.redis().await;
         redis::cmd("EXISTS")
@@ -193,10 +204,12 @@ impl TestEnv {
         self.pool.acquire().await.unwrap()
     }
 
+    /// The `count(*)` (or any one integer) that `sql` selects.
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
     }
 
+    /// How many actuals of `user` are queued for a retrain.
     pub async fn pending(&self, user: &str) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM refit_pending WHERE user_id = $1")
             .bind(user)
@@ -215,6 +228,7 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// `user`'s active version (the one served), if any.
     pub async fn active_version(&self, user: &str) -> Option<i32> {
         sqlx::query_scalar("SELECT active_version FROM refit_models WHERE user_id = $1")
             .bind(user)
@@ -244,12 +258,16 @@ impl TestEnv {
 
 /// A service running in the background of a test.
 pub struct Running {
+    /// The service.
     pub service: Arc<Service>,
+    /// Cancelling it shuts the service down.
     pub token: CancellationToken,
+    /// The task running it.
     pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Running {
+    /// Shuts the service down and waits until it has (panics if it failed).
     pub async fn stop(self) {
         self.token.cancel();
         self.handle.await.unwrap().unwrap();
