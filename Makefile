@@ -84,5 +84,6 @@ upstream-cost: services release ## what refit costs the upstream's insert throug
 # The benchmark driver (benches/pipeline) runs the release refit binary as a child process and the
 # Python reference (scripts/bench-python.py) from the venv scripts/bench-tools.sh makes.
 bench: services ## the performance targets, side by side with Python, and upstream-cost (BENCH_QUICK=1: smaller sizes); BENCHMARKS.md
+	scripts/pg-statements.sh
 	BENCH_PYTHON="$$(scripts/bench-tools.sh)" MALLOC_ARENA_MAX=2 cargo bench --locked --bench pipeline
 	$(MAKE) upstream-cost
