@@ -17,6 +17,7 @@
 //! `REFIT_STALE_MIN_ROWS` actuals.
 
 pub mod features;
+mod lines;
 pub mod policy;
 
 use std::collections::BTreeMap;
@@ -429,12 +430,9 @@ impl Retrainer {
         };
         let active_lineage = active.as_ref().map(|(_, l)| *l);
         let wanted = self.recent_rows(active_lineage, rejected.map(|(_, l)| l), batch.rows());
-        let mut rows = match wanted {
-            0 => Vec::new(),
-            n => store::actuals::recent_actuals(tx, user_id, n).await?,
-        };
-        rows.reverse();
-        let recent = features::prepare(&rows, Some(&batch.feature_names));
+        let recent = self
+            .window(tx, user_id, wanted, &batch.feature_names)
+            .await?;
         let rejected_rows = match rejected {
             Some((version, _)) => {
                 let rows = store::actuals::actuals_of_version(tx, user_id, version).await?;
@@ -456,6 +454,31 @@ impl Retrainer {
             rejected_rows,
             live_history,
         }))
+    }
+
+    /// The user's `rows` most recent trained actuals, oldest first, in `order`: from the rows
+    /// stored when they were trained on, or, when one is missing or in another order, from the
+    /// upstream tables.
+    async fn window(
+        &self,
+        tx: &mut Tx<'_>,
+        user_id: &str,
+        rows: i64,
+        order: &[String],
+    ) -> sqlx::Result<Batch> {
+        if rows == 0 {
+            return Ok(Batch {
+                feature_names: order.to_vec(),
+                ..Batch::default()
+            });
+        }
+        let stored = store::actuals::recent_lines(tx, user_id, rows).await?;
+        if let Some(window) = lines::decode(&stored, order) {
+            return Ok(window);
+        }
+        let mut rows = store::actuals::recent_actuals(tx, user_id, rows).await?;
+        rows.reverse();
+        Ok(features::prepare(&rows, Some(order)))
     }
 
     /// The active model with its lineage (`None` for a user without one): kept loaded from the
@@ -598,7 +621,8 @@ impl Retrainer {
         let committed = store::versions::commit_retrain(
             &mut tx,
             &NewVersion::trained(attempt, &trained, &columns),
-            &Consumed::new(&c.batch.used, &[], &c.batch.set_aside),
+            &Consumed::new(&c.batch.used, &[], &c.batch.set_aside)
+                .with_lines(lines::encode(&c.batch)),
             ready,
             attempt.event_id,
             side_effects,

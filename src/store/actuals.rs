@@ -177,6 +177,8 @@ pub(crate) struct Consumed<'a> {
     pub(super) outcomes: Vec<&'static str>,
     pub(super) reasons: Vec<Option<&'a str>>,
     pub(super) details: Vec<Option<&'a str>>,
+    /// Each trained actual's matrix row (`refit_consumed_actuals.line`), none for the others.
+    pub(super) lines: Vec<Option<Vec<u8>>>,
 }
 
 impl<'a> Consumed<'a> {
@@ -188,6 +190,7 @@ impl<'a> Consumed<'a> {
             outcomes: Vec::with_capacity(n),
             reasons: Vec::with_capacity(n),
             details: Vec::with_capacity(n),
+            lines: vec![None; n],
         };
         for (outcome, list) in [("trained", trained), ("held_out", held_out)] {
             for id in list {
@@ -203,6 +206,15 @@ impl<'a> Consumed<'a> {
             );
         }
         c
+    }
+
+    /// Stores the trained actuals' rows (`lines`, one per trained actual, in order) with them.
+    pub(crate) fn with_lines(mut self, lines: Vec<Vec<u8>>) -> Self {
+        debug_assert!(lines.len() <= self.ids.len());
+        for (slot, line) in self.lines.iter_mut().zip(lines) {
+            *slot = Some(line);
+        }
+        self
     }
 
     fn push(
@@ -242,9 +254,10 @@ pub(crate) async fn consume(
 ) -> sqlx::Result<()> {
     let removed: i64 = sqlx::query_scalar(
         "WITH consumed AS (
-             INSERT INTO refit_consumed_actuals (actual_id, user_id, version, outcome, reason, detail)
-             SELECT id, $1, CASE WHEN outcome = 'set_aside' THEN NULL ELSE $2 END, outcome, reason, detail
-               FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[]) AS t(id, outcome, reason, detail)
+             INSERT INTO refit_consumed_actuals (actual_id, user_id, version, outcome, reason, detail, line)
+             SELECT id, $1, CASE WHEN outcome = 'set_aside' THEN NULL ELSE $2 END, outcome, reason, detail, line
+               FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::bytea[])
+                    AS t(id, outcome, reason, detail, line)
          ), removed AS (
              DELETE FROM refit_pending p USING unnest($3::bigint[]) AS c(id)
               WHERE p.actual_id = c.id RETURNING 1
@@ -257,6 +270,7 @@ pub(crate) async fn consume(
     .bind(&consumed.outcomes)
     .bind(&consumed.reasons)
     .bind(&consumed.details)
+    .bind(&consumed.lines)
     .fetch_one(&mut *conn)
     .await?;
     consumed.check(user_id, removed)
@@ -284,6 +298,28 @@ pub(crate) async fn recent_actuals(
     .bind(user_id)
     .bind(limit)
     .map(|row: sqlx::postgres::PgRow| actual_row(&row))
+    .fetch_all(conn)
+    .await
+}
+
+/// The user's window as [`recent_actuals`] selects it, newest first, as the rows refit stored
+/// when it trained on them (`line`, none for actuals consumed before lines were stored).
+pub(crate) async fn recent_lines(
+    conn: &mut PgConnection,
+    user_id: &str,
+    limit: i64,
+) -> sqlx::Result<Vec<(i64, Option<Vec<u8>>)>> {
+    sqlx::query_as(
+        "SELECT c.actual_id, c.line
+           FROM refit_consumed_actuals c
+          WHERE c.user_id = $1 AND c.outcome IN ('trained', 'held_out')
+            AND c.version <> ALL (ARRAY(SELECT version FROM refit_model_versions
+                                         WHERE user_id = $1 AND status <> 'ready'))
+          ORDER BY c.actual_id DESC
+          LIMIT $2",
+    )
+    .bind(user_id)
+    .bind(limit)
     .fetch_all(conn)
     .await
 }

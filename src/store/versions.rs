@@ -307,9 +307,10 @@ pub(crate) async fn commit_retrain(
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
              RETURNING xmin::text::bigint AS row
          ), consumed AS (
-             INSERT INTO refit_consumed_actuals (actual_id, user_id, version, outcome, reason, detail)
-             SELECT id, $1, CASE WHEN outcome = 'set_aside' THEN NULL ELSE $2 END, outcome, reason, detail
-               FROM unnest($17::bigint[], $18::text[], $19::text[], $20::text[]) AS t(id, outcome, reason, detail)
+             INSERT INTO refit_consumed_actuals (actual_id, user_id, version, outcome, reason, detail, line)
+             SELECT id, $1, CASE WHEN outcome = 'set_aside' THEN NULL ELSE $2 END, outcome, reason, detail, line
+               FROM unnest($17::bigint[], $18::text[], $19::text[], $20::text[], $25::bytea[])
+                    AS t(id, outcome, reason, detail, line)
          ), removed AS (
              DELETE FROM refit_pending p USING unnest($17::bigint[]) AS c(id)
               WHERE p.actual_id = c.id RETURNING 1
@@ -335,6 +336,7 @@ pub(crate) async fn commit_retrain(
         .bind(event_id)
         .bind(&kinds)
         .bind(&payloads)
+        .bind(&consumed.lines)
         .fetch_one(&mut *conn)
         .await?;
     consumed.check(v.user_id, row.get(1))?;

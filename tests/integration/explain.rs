@@ -128,6 +128,13 @@ fn statements() -> Vec<Statement> {
             q.bind(USER).bind(4000_i64)
         }),
         statement(
+            "retrain: window as trained",
+            DB_RS,
+            "recent_lines",
+            0,
+            |q| q.bind(USER).bind(4000_i64),
+        ),
+        statement(
             "retrain: a rejected version's actuals",
             DB_RS,
             "actuals_of_version",
@@ -146,7 +153,7 @@ fn statements() -> Vec<Statement> {
             DB_RS,
             "consume",
             0,
-            |q| bind_consumed(q.bind(USER).bind(None::<i32>)),
+            |q| bind_consumed(q.bind(USER).bind(None::<i32>)).bind(vec![None::<Vec<u8>>; 50]),
         ),
         statement("retrain: activate", DB_RS, "activate", 0, |q| {
             q.bind(USER).bind(99_i32)
@@ -280,6 +287,7 @@ fn bind_commit(q: Query<'_>) -> Query<'_> {
         .bind(Uuid::new_v4())
         .bind(vec!["invalidate", "announce"])
         .bind(vec![json.clone(), json])
+        .bind(vec![Some(vec![0_u8; 32]); 50])
 }
 
 /// 50 consumed actuals as the column arrays `consume` and `commit_retrain` bind.

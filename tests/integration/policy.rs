@@ -304,3 +304,75 @@ async fn a_stale_user_is_retrained_below_the_threshold() {
     assert_eq!(outcome, Outcome::NotDue { pending: 5 });
     running.stop().await;
 }
+
+/// The window a retrain scores and rebuilds on is read from the rows refit stored when it
+/// trained on them; with those rows missing (actuals consumed before they were stored) it is
+/// read from the upstream tables. Either way the models are the same, byte for byte: two users
+/// get the same batches, one keeps its stored rows, the other loses them before every retrain
+/// (the fifth retrain is a rebuild on the window).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_from_stored_rows_trains_the_models_the_upstream_rows_train() {
+    let env = TestEnv::new().await;
+    let service = env.service(&DEFAULT_POLICY).await;
+    for k in 0..6 {
+        for user in ["stored", "joined"] {
+            insert_batch(&env, user, k, |_, y| y).await;
+        }
+        sqlx::query("UPDATE refit_consumed_actuals SET line = NULL WHERE user_id = 'joined'")
+            .execute(&env.pool)
+            .await
+            .unwrap();
+        for user in ["stored", "joined"] {
+            let outcome = service.retrainer.retrain_user(user, 50).await.unwrap();
+            assert!(
+                matches!(outcome, Outcome::Trained { .. }),
+                "{user} {k}: {outcome:?}"
+            );
+        }
+    }
+    let models: Vec<(i32, String, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT version, metrics->'policy'->>'step', artifact FROM refit_model_versions
+          WHERE user_id = $1 ORDER BY version",
+    )
+    .bind("stored")
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let joined: Vec<(i32, String, Option<Vec<u8>>)> = sqlx::query_as(
+        "SELECT version, metrics->'policy'->>'step', artifact FROM refit_model_versions
+          WHERE user_id = $1 ORDER BY version",
+    )
+    .bind("joined")
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let steps: Vec<&str> = models.iter().map(|(_, s, _)| s.as_str()).collect();
+    assert!(
+        steps.contains(&"rebuild"),
+        "a rebuild read the window: {steps:?}"
+    );
+    let differing: Vec<i32> = models
+        .iter()
+        .zip(&joined)
+        .filter(|(a, b)| a != b)
+        .map(|(a, _)| a.0)
+        .collect();
+    assert!(
+        models.len() == joined.len() && differing.is_empty(),
+        "versions whose step or artifact differ: {differing:?}"
+    );
+    let lines: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT user_id, count(line), count(*) FROM refit_consumed_actuals
+          GROUP BY user_id ORDER BY user_id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        lines,
+        [("joined".into(), 50, 300), ("stored".into(), 300, 300)],
+        "every trained row stored, but the ones set to NULL"
+    );
+    drop(service);
+    env.drop_database().await;
+}

@@ -1,0 +1,1 @@
+ALTER TABLE refit_consumed_actuals DROP COLUMN line;
