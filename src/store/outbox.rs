@@ -72,7 +72,7 @@ pub(crate) struct OutboxEntry {
     pub(crate) waiting: bool,
 }
 
-pub const LOCK_OUTBOXES: &str =
+pub(crate) const LOCK_OUTBOXES: &str =
     "WITH settings AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))
          SELECT u FROM settings, unnest($1::text[]) AS u
           WHERE pg_try_advisory_xact_lock(hashtextextended('refit_outbox:' || $2 || ':' || u, 0))";
