@@ -61,16 +61,7 @@ pub(crate) async fn record(
     interface: Interface,
     write: Write<'_>,
 ) -> sqlx::Result<()> {
-    store::audit::record(
-        conn,
-        write.user,
-        interface.as_str(),
-        write.action,
-        write.target,
-        write.old,
-        write.new,
-    )
-    .await
+    store::audit::record(conn, interface.as_str(), write).await
 }
 
 /// Replaces the user's audit rows with the one record an erasure leaves: no user id, its SHA-256,

@@ -119,7 +119,9 @@ pub(crate) async fn list(
     pool: &PgPool,
     filter: &Filter,
 ) -> Result<Vec<VersionSummary>, RegistryError> {
-    Ok(store::registry::list(pool, filter).await?)
+    let limit = filter.limit.unwrap_or(MAX_LIST_LIMIT);
+    let offset = filter.offset.unwrap_or(0).max(0);
+    Ok(store::registry::list(pool, filter, limit, offset).await?)
 }
 
 /// One version, or the active one when `version` is `None`.

@@ -47,7 +47,7 @@ pub async fn ingest(pool: &PgPool) -> sqlx::Result<Option<Ingested>> {
 }
 
 /// Whether actuals newer than every transaction `cursor` knew of have committed. (Those
-/// `cursor` saw in progress are not looked for here: see [`tick`].)
+/// `cursor` saw in progress are not looked for here: see [`Watch::tick`].)
 async fn arrived(pool: &PgPool, cursor: &str) -> sqlx::Result<bool> {
     ingest_store::arrived(pool, cursor).await
 }

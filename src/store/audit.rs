@@ -6,28 +6,24 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
 use super::query::{query, query_as};
-use crate::registry::audit::AuditEntry;
+use crate::registry::audit::{AuditEntry, Write};
 
-/// Records one write of `user` (in the caller's transaction).
+/// Records one write (in the caller's transaction) that came through `interface`.
 pub(crate) async fn record(
     conn: &mut PgConnection,
-    user: &str,
     interface: &str,
-    action: &str,
-    target: Value,
-    old: Option<Value>,
-    new: Option<Value>,
+    write: Write<'_>,
 ) -> sqlx::Result<()> {
     query(
         "INSERT INTO refit_audit (user_id, interface, action, target, old_value, new_value)
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
-    .bind(user)
+    .bind(write.user)
     .bind(interface)
-    .bind(action)
-    .bind(target)
-    .bind(old)
-    .bind(new)
+    .bind(write.action)
+    .bind(write.target)
+    .bind(write.old)
+    .bind(write.new)
     .execute(conn)
     .await
     .map(|_| ())

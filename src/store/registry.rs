@@ -10,7 +10,7 @@ use sqlx::{FromRow, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::query::{query, query_as, query_scalar};
-use crate::registry::{Filter, VersionSummary, MAX_LIST_LIMIT};
+use crate::registry::{Filter, VersionSummary};
 
 /// The tags refit derives from a version (`v`): its source, policy step and, unless it is ready,
 /// why it failed or was rejected.
@@ -79,15 +79,21 @@ const LIST: &str = concat!(
       LIMIT $4 OFFSET $6"
 );
 
-/// Versions matching `filter`, newest first.
-pub(crate) async fn list(pool: &PgPool, filter: &Filter) -> sqlx::Result<Vec<VersionSummary>> {
+/// Versions matching `filter`'s user, status, time and tags, newest first: `limit` of them
+/// after skipping `offset`.
+pub(crate) async fn list(
+    pool: &PgPool,
+    filter: &Filter,
+    limit: i64,
+    offset: i64,
+) -> sqlx::Result<Vec<VersionSummary>> {
     query(LIST)
         .bind(&filter.user)
         .bind(&filter.status)
         .bind(filter.since)
-        .bind(filter.limit.unwrap_or(MAX_LIST_LIMIT))
+        .bind(limit)
         .bind(sqlx::types::Json(&filter.tags))
-        .bind(filter.offset.unwrap_or(0).max(0))
+        .bind(offset)
         .fetch_all(pool)
         .await?
         .iter()

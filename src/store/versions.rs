@@ -1,6 +1,7 @@
 //! The registry rows a retrain reads and writes: the user's head (`refit_models`, whose row lock
 //! serialises a user's retrains across replicas) and its versions (`refit_model_versions`),
-//! including the one statement that commits a retrain.
+//! including the one statement that commits a retrain; the active version and model as the
+//! registry and serving read them, and the row lock the registry's writes take.
 
 use std::time::Duration;
 
