@@ -10,8 +10,8 @@
 //! - [`model`]: [`model::trainer`] (continued training, exactly as Python's
 //!   `xgb.train(xgb_model=...)`), the boosters kept between retrains, imported models checked,
 //!   and the safe wrapper over the XGBoost C API (the only `unsafe` code);
-//! - [`store`]: PostgreSQL — connections, migrations, and the SQL of the pending queue, the
-//!   version rows a retrain writes and the outbox rows;
+//! - [`store`]: PostgreSQL — connections, migrations, and all of refit's SQL, one file per owner
+//!   of the rows, every statement through `store::query` (SQL as `&'static str`);
 //! - [`outbox`]: after the commit, the cache invalidation ([`outbox::cache`], Redis) and the
 //!   event ([`outbox::events`], Kafka), retried by the sweeper;
 //! - [`registry`]: list/show/export/import/promote/rollback/prune versions (CLI and HTTP);
@@ -50,6 +50,8 @@
 //!   [`outbox::cache::Cache`]; and, to check models against their data,
 //!   [`retrain::features::prepare`], [`model::trainer::predict`], [`model::trainer::score`],
 //!   [`model::trainer::inspect`] and [`retrain::policy::Errors`];
+//!   and the SQL of every statement run per retrain, ingest or sweep ([`store::statements`],
+//!   hidden from the docs), which tests/integration/explain.rs EXPLAINs on filled tables;
 //! - for the benchmarks (benches/pipeline): [`model::trainer::train`] with its input, including a
 //!   model already in memory ([`model::trainer::Previous::load`]), and refit's default XGBoost
 //!   parameters ([`config::Training`]).

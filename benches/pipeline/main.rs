@@ -40,6 +40,8 @@
 //! - infra.rs: settings, databases, the topic's consumer, child processes, CPU accounting;
 //! - stats.rs: percentiles and number formatting;
 //! - report/: summary.md, the BENCHMARKS.md section and the chart, from the typed results only.
+// Tests and benches set up and inspect the database directly, outside refit's typed store.
+#![allow(clippy::disallowed_methods)]
 
 mod infra;
 mod phases;

@@ -13,9 +13,9 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::outbox::events::EventReader;
+use crate::store;
 
 /// One generated prediction request with the rentals that actually happened.
 #[derive(Debug, Clone)]
@@ -86,22 +86,7 @@ impl RentalGenerator {
 
 /// Inserts a prediction request and its actual (each in its own transaction, as upstream does).
 pub(crate) async fn insert_rental(pool: &PgPool, rental: &Rental) -> sqlx::Result<i64> {
-    let request_id = Uuid::new_v4();
-    sqlx::query(
-        "INSERT INTO prediction_requests (request_id, user_id, features) VALUES ($1, $2, $3)",
-    )
-    .bind(request_id)
-    .bind(&rental.user_id)
-    .bind(&rental.features)
-    .execute(pool)
-    .await?;
-    sqlx::query_scalar(
-        "INSERT INTO actual_rentals (request_id, actual_value) VALUES ($1, $2) RETURNING id",
-    )
-    .bind(request_id)
-    .bind(rental.actual)
-    .fetch_one(pool)
-    .await
+    store::demo::insert_rental(pool, &rental.user_id, &rental.features, rental.actual).await
 }
 
 /// Creates the database named in `url` if it does not exist (connecting to `postgres` to do so).
@@ -113,18 +98,7 @@ pub(crate) async fn create_database(url: &str) -> anyhow::Result<()> {
         .context("DATABASE_URL is not a PostgreSQL URL")?;
     let name = options.get_database().unwrap_or("postgres").to_owned();
     let mut admin = options.clone().database("postgres").connect().await?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&name)
-            .fetch_one(&mut admin)
-            .await?;
-    if !exists {
-        // Identifiers cannot be bound; quote it as PostgreSQL does.
-        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-        sqlx::query(&format!("CREATE DATABASE {quoted}"))
-            .execute(&mut admin)
-            .await?;
-    }
+    store::demo::create_database(&mut admin, &name).await?;
     admin.close().await?;
     Ok(())
 }

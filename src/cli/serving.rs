@@ -18,6 +18,7 @@ use sqlx::PgPool;
 use crate::model::trainer;
 use crate::outbox::cache::{Cache, CachedModel};
 use crate::retrain::features::{self, ActualRow};
+use crate::store;
 
 /// One prediction and where its model came from.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -98,47 +99,31 @@ async fn load(
 }
 
 async fn active_version(pool: &PgPool, user: &str) -> sqlx::Result<Option<i32>> {
-    Ok(sqlx::query_scalar::<_, Option<i32>>(
-        "SELECT active_version FROM refit_models WHERE user_id = $1",
-    )
-    .bind(user)
-    .fetch_optional(pool)
-    .await?
-    .flatten())
+    Ok(store::versions::active_version(pool, user).await?.flatten())
 }
 
 /// One version's model, from PostgreSQL.
 async fn version_model(pool: &PgPool, user: &str, version: i32) -> anyhow::Result<CachedModel> {
-    let row: Option<(Option<Vec<u8>>, serde_json::Value)> = sqlx::query_as(
-        "SELECT artifact, features FROM refit_model_versions WHERE user_id = $1 AND version = $2",
-    )
-    .bind(user)
-    .bind(version)
-    .fetch_optional(pool)
-    .await?;
-    let (artifact, features) =
-        row.with_context(|| format!("user {user:?} has no version {version}"))?;
-    Ok(CachedModel {
-        version,
-        features: serde_json::from_value(features)?,
-        artifact: artifact.with_context(|| format!("version {version} has no artifact"))?,
-    })
+    let model = store::versions::version_model(pool, user, version)
+        .await?
+        .with_context(|| format!("user {user:?} has no version {version}"))?;
+    cached(model)
 }
 
 async fn active_model(pool: &PgPool, user: &str) -> anyhow::Result<CachedModel> {
-    let row: Option<(i32, Vec<u8>, serde_json::Value)> = sqlx::query_as(
-        "SELECT v.version, v.artifact, v.features
-           FROM refit_models m JOIN refit_model_versions v ON v.user_id = m.user_id AND v.version = m.active_version
-          WHERE m.user_id = $1",
-    )
-    .bind(user)
-    .fetch_optional(pool)
-    .await?;
-    let (version, artifact, features) =
-        row.with_context(|| format!("user {user:?} has no active model"))?;
+    let model = store::versions::active_model(pool, user)
+        .await?
+        .with_context(|| format!("user {user:?} has no active model"))?;
+    cached(model)
+}
+
+fn cached(model: store::versions::ServedModel) -> anyhow::Result<CachedModel> {
+    let version = model.version;
     Ok(CachedModel {
         version,
-        features: serde_json::from_value(features)?,
-        artifact,
+        features: serde_json::from_value(model.features)?,
+        artifact: model
+            .artifact
+            .with_context(|| format!("version {version} has no artifact"))?,
     })
 }

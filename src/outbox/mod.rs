@@ -549,17 +549,12 @@ impl Outbox {
 
     /// Updates the backlog gauges: entries not yet done, and the age of the oldest, per kind.
     pub(crate) async fn refresh_backlog(&self) -> anyhow::Result<()> {
-        let backlog: Vec<(String, i64, f64)> = sqlx::query_as(
-            "SELECT kind, count(*), extract(epoch FROM now() - min(created_at))::float8
-               FROM refit_outbox WHERE done_at IS NULL GROUP BY kind",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let backlog = store::outbox::outbox_backlog(&self.pool).await?;
         for kind in [OutboxKind::Invalidate, OutboxKind::Announce] {
             let (n, age) = backlog
                 .iter()
-                .find(|(k, _, _)| k == kind.as_str())
-                .map_or((0, 0.0), |(_, n, age)| (*n, age.max(0.0)));
+                .find(|b| b.kind == kind.as_str())
+                .map_or((0, 0.0), |b| (b.entries, b.oldest_age.max(0.0)));
             let label = [kind.as_str()];
             self.metrics.outbox_backlog.with_label_values(&label).set(n);
             self.metrics
@@ -596,7 +591,7 @@ type Published = (Option<RetrainEvent>, crate::outbox::events::Delivery, f64);
 async fn connection_lost(tx: &mut Transaction<'static, Postgres>) {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        if sqlx::query("SELECT 1").execute(&mut **tx).await.is_err() {
+        if !store::outbox::ping(tx).await {
             return;
         }
     }

@@ -9,7 +9,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
+
+use crate::store;
 
 /// Where a registry write came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,7 +30,7 @@ impl Interface {
 }
 
 /// One registry write, as recorded.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, sqlx::FromRow)]
 pub(crate) struct AuditEntry {
     pub(crate) id: i64,
     /// `None` on the record an erasure leaves.
@@ -37,7 +39,9 @@ pub(crate) struct AuditEntry {
     pub(crate) action: String,
     /// Which version or alias was written (`{}` for the model as a whole).
     pub(crate) target: Value,
+    #[sqlx(rename = "old_value")]
     pub(crate) old: Option<Value>,
+    #[sqlx(rename = "new_value")]
     pub(crate) new: Option<Value>,
     pub(crate) at: DateTime<Utc>,
 }
@@ -57,19 +61,7 @@ pub(crate) async fn record(
     interface: Interface,
     write: Write<'_>,
 ) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO refit_audit (user_id, interface, action, target, old_value, new_value)
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(write.user)
-    .bind(interface.as_str())
-    .bind(write.action)
-    .bind(write.target)
-    .bind(write.old)
-    .bind(write.new)
-    .execute(conn)
-    .await
-    .map(|_| ())
+    store::audit::record(conn, interface.as_str(), write).await
 }
 
 /// Replaces the user's audit rows with the one record an erasure leaves: no user id, its SHA-256,
@@ -80,17 +72,7 @@ pub(crate) async fn record_erasure(
     user: &str,
     deleted: &Value,
 ) -> sqlx::Result<()> {
-    sqlx::query(
-        "WITH forgotten AS (DELETE FROM refit_audit WHERE user_id = $1)
-         INSERT INTO refit_audit (user_hash, interface, action, old_value)
-         VALUES (encode(sha256(convert_to($1, 'UTF8')), 'hex'), $2, 'delete', $3)",
-    )
-    .bind(user)
-    .bind(interface.as_str())
-    .bind(deleted)
-    .execute(conn)
-    .await
-    .map(|_| ())
+    store::audit::record_erasure(conn, user, interface.as_str(), deleted).await
 }
 
 /// The user's registry writes, newest first (an erasure's record included).
@@ -99,28 +81,7 @@ pub(crate) async fn history(
     user: &str,
     limit: i64,
 ) -> sqlx::Result<Vec<AuditEntry>> {
-    sqlx::query(
-        "SELECT id, user_id, interface, action, target, old_value, new_value, at
-           FROM refit_audit
-          WHERE user_id = $1
-             OR user_hash = encode(sha256(convert_to($1, 'UTF8')), 'hex')
-          ORDER BY id DESC
-          LIMIT $2",
-    )
-    .bind(user)
-    .bind(limit)
-    .map(|row: sqlx::postgres::PgRow| AuditEntry {
-        id: row.get(0),
-        user_id: row.get(1),
-        interface: row.get(2),
-        action: row.get(3),
-        target: row.get(4),
-        old: row.get(5),
-        new: row.get(6),
-        at: row.get(7),
-    })
-    .fetch_all(pool)
-    .await
+    store::audit::history(pool, user, limit).await
 }
 
 /// Most audit rows one [`purge`] deletes: a backlog goes in short statements.
@@ -129,13 +90,5 @@ const PURGE_BATCH: i64 = 5000;
 /// Forgets audit rows older than `age`, at most [`PURGE_BATCH`] of them, picked by index and
 /// deleted by primary key; returns how many.
 pub async fn purge(pool: &PgPool, age: Duration) -> sqlx::Result<u64> {
-    sqlx::query(
-        "DELETE FROM refit_audit WHERE id = ANY (ARRAY(
-             SELECT id FROM refit_audit WHERE at < now() - make_interval(secs => $1) LIMIT $2))",
-    )
-    .bind(age.as_secs_f64())
-    .bind(PURGE_BATCH)
-    .execute(pool)
-    .await
-    .map(|r| r.rows_affected())
+    store::audit::purge(pool, age, PURGE_BATCH).await
 }

@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{json, Value};
-use sqlx::PgConnection;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::domain::RetrainEvent;
@@ -52,12 +51,9 @@ pub async fn erase(
     wait: Duration,
 ) -> Result<Erasure, RegistryError> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
-        .bind(format!("{}ms", wait.as_millis().max(1)))
-        .execute(&mut *tx)
-        .await?;
+    store::versions::set_lock_timeout(&mut tx, &format!("{}ms", wait.as_millis().max(1))).await?;
     let head = lock(&mut tx, user).await?;
-    let deleted = delete_rows(&mut tx, user).await?;
+    let deleted = store::erasure::delete_user_rows(&mut tx, user).await?;
     if head.is_none() && deleted == Deleted::default() {
         return Err(RegistryError::UnknownUser(user.into()));
     }
@@ -76,12 +72,7 @@ pub async fn erase(
 
 /// Locks the user's registry row: `None` without one, else the active version.
 async fn lock(conn: &mut PgConnection, user: &str) -> Result<Option<Option<i32>>, RegistryError> {
-    let locked =
-        sqlx::query_scalar("SELECT active_version FROM refit_models WHERE user_id = $1 FOR UPDATE")
-            .bind(user)
-            .fetch_optional(conn)
-            .await;
-    match locked {
+    match store::versions::lock_user(conn, user).await {
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
             Err(RegistryError::Conflict(format!(
                 "a retrain of user {user:?} is in flight; try again when it is done"
@@ -89,26 +80,6 @@ async fn lock(conn: &mut PgConnection, user: &str) -> Result<Option<Option<i32>>
         }
         other => Ok(other?),
     }
-}
-
-/// Deletes the user's rows from every refit table but the audit trail.
-async fn delete_rows(conn: &mut PgConnection, user: &str) -> sqlx::Result<Deleted> {
-    sqlx::query_as(
-        "WITH aliases AS (DELETE FROM refit_aliases WHERE user_id = $1 RETURNING 1),
-              versions AS (DELETE FROM refit_model_versions WHERE user_id = $1 RETURNING 1),
-              pending AS (DELETE FROM refit_pending WHERE user_id = $1 RETURNING 1),
-              consumed AS (DELETE FROM refit_consumed_actuals WHERE user_id = $1 RETURNING 1),
-              unconsumable AS (DELETE FROM refit_unconsumable_actuals WHERE user_id = $1),
-              outbox AS (DELETE FROM refit_outbox WHERE user_id = $1),
-              models AS (DELETE FROM refit_models WHERE user_id = $1)
-         SELECT (SELECT count(*) FROM versions) AS versions,
-                (SELECT count(*) FROM aliases) AS aliases,
-                (SELECT count(*) FROM pending) AS pending,
-                (SELECT count(*) FROM consumed) AS consumed",
-    )
-    .bind(user)
-    .fetch_one(conn)
-    .await
 }
 
 /// Records the invalidation, the `delete` event and the tombstone in the outbox.

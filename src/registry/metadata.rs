@@ -8,11 +8,13 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 
 use crate::registry::audit::{self, Interface, Write};
 use crate::registry::RegistryError;
+use crate::store;
+use crate::store::metadata::AliasTarget;
 
 /// The prefix of refit's own tags.
 pub(crate) const SYSTEM_PREFIX: &str = "refit.";
@@ -175,7 +177,7 @@ pub(crate) async fn update(
     if tags.len() > MAX_TAGS {
         return Err(RegistryError::Invalid(format!("more than {MAX_TAGS} tags")));
     }
-    store(&mut tx, user, version, description.as_deref(), &tags).await?;
+    store::metadata::describe(&mut tx, user, version, description.as_deref(), &tags).await?;
     let new = json!({"description": description, "tags": tags});
     let target = version.map_or(json!({}), |v| json!({"version": v}));
     let write = Write {
@@ -201,27 +203,7 @@ async fn current(
     user: &str,
     version: Option<i32>,
 ) -> Result<(Option<String>, BTreeMap<String, String>), RegistryError> {
-    type Stored = (Option<String>, sqlx::types::Json<BTreeMap<String, String>>);
-    let row: Option<Stored> = match version {
-        None => {
-            sqlx::query_as(
-                "SELECT description, tags FROM refit_models WHERE user_id = $1 FOR UPDATE",
-            )
-            .bind(user)
-            .fetch_optional(&mut *conn)
-            .await?
-        }
-        Some(v) => {
-            sqlx::query_as(
-                "SELECT description, tags FROM refit_model_versions
-                  WHERE user_id = $1 AND version = $2 FOR UPDATE",
-            )
-            .bind(user)
-            .bind(v)
-            .fetch_optional(&mut *conn)
-            .await?
-        }
-    };
+    let row = store::metadata::lock_described(conn, user, version).await?;
     let not_found = || match version {
         None => RegistryError::UnknownUser(user.into()),
         Some(version) => RegistryError::UnknownVersion {
@@ -229,43 +211,7 @@ async fn current(
             version,
         },
     };
-    row.map(|(d, t)| (d, t.0)).ok_or_else(not_found)
-}
-
-async fn store(
-    conn: &mut PgConnection,
-    user: &str,
-    version: Option<i32>,
-    description: Option<&str>,
-    tags: &BTreeMap<String, String>,
-) -> sqlx::Result<()> {
-    let tags = sqlx::types::Json(tags);
-    match version {
-        None => {
-            sqlx::query(
-                "UPDATE refit_models SET description = $2, tags = $3, updated_at = now()
-                  WHERE user_id = $1",
-            )
-            .bind(user)
-            .bind(description)
-            .bind(tags)
-            .execute(conn)
-            .await?
-        }
-        Some(v) => {
-            sqlx::query(
-                "UPDATE refit_model_versions SET description = $3, tags = $4
-                  WHERE user_id = $1 AND version = $2",
-            )
-            .bind(user)
-            .bind(v)
-            .bind(description)
-            .bind(tags)
-            .execute(conn)
-            .await?
-        }
-    };
-    Ok(())
+    row.map(|r| (r.description, r.tags.0)).ok_or_else(not_found)
 }
 
 /// An alias after a change: the version it points at now (`None`: removed) and before.
@@ -288,22 +234,17 @@ pub(crate) async fn set_alias(
 ) -> Result<AliasChange, RegistryError> {
     check_alias(alias).map_err(RegistryError::Invalid)?;
     let mut tx = pool.begin().await?;
-    let status: Option<(String, bool)> = sqlx::query_as(
-        "SELECT status, artifact IS NOT NULL FROM refit_model_versions
-          WHERE user_id = $1 AND version = $2 FOR KEY SHARE",
-    )
-    .bind(user)
-    .bind(version)
-    .fetch_optional(&mut *tx)
-    .await?;
-    match status {
+    match store::metadata::lock_alias_target(&mut tx, user, version).await? {
         None => {
             return Err(RegistryError::UnknownVersion {
                 user: user.into(),
                 version,
             })
         }
-        Some((status, false)) => {
+        Some(AliasTarget {
+            status,
+            has_artifact: false,
+        }) => {
             return Err(RegistryError::NoArtifact {
                 user: user.into(),
                 version,
@@ -312,22 +253,7 @@ pub(crate) async fn set_alias(
         }
         Some(_) => {}
     }
-    let previous: Option<i32> = sqlx::query_scalar(
-        "SELECT version FROM refit_aliases WHERE user_id = $1 AND alias = $2 FOR UPDATE",
-    )
-    .bind(user)
-    .bind(alias)
-    .fetch_optional(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO refit_aliases (user_id, alias, version) VALUES ($1, $2, $3)
-         ON CONFLICT (user_id, alias) DO UPDATE SET version = EXCLUDED.version, updated_at = now()",
-    )
-    .bind(user)
-    .bind(alias)
-    .bind(version)
-    .execute(&mut *tx)
-    .await?;
+    let previous = store::metadata::set_alias(&mut tx, user, alias, version).await?;
     finish_alias(tx, interface, user, alias, previous, Some(version)).await
 }
 
@@ -340,13 +266,7 @@ pub(crate) async fn remove_alias(
 ) -> Result<AliasChange, RegistryError> {
     check_alias(alias).map_err(RegistryError::Invalid)?;
     let mut tx = pool.begin().await?;
-    let previous: Option<i32> = sqlx::query_scalar(
-        "DELETE FROM refit_aliases WHERE user_id = $1 AND alias = $2 RETURNING version",
-    )
-    .bind(user)
-    .bind(alias)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let previous = store::metadata::remove_alias(&mut tx, user, alias).await?;
     if previous.is_none() {
         return Err(RegistryError::UnknownAlias {
             user: user.into(),
@@ -387,10 +307,7 @@ pub(crate) async fn alias_target(
     user: &str,
     alias: &str,
 ) -> Result<i32, RegistryError> {
-    sqlx::query_scalar("SELECT version FROM refit_aliases WHERE user_id = $1 AND alias = $2")
-        .bind(user)
-        .bind(alias)
-        .fetch_optional(pool)
+    store::metadata::alias_target(pool, user, alias)
         .await?
         .ok_or_else(|| RegistryError::UnknownAlias {
             user: user.into(),
@@ -411,18 +328,10 @@ pub(crate) async fn model_meta(
     pool: &PgPool,
     user: &str,
 ) -> Result<Option<ModelMeta>, RegistryError> {
-    let row: Option<(Option<String>, Value, Value)> = sqlx::query_as(
-        "SELECT m.description, m.tags,
-                coalesce((SELECT jsonb_object_agg(a.alias, a.version) FROM refit_aliases a
-                           WHERE a.user_id = m.user_id), '{}')
-           FROM refit_models m WHERE m.user_id = $1",
-    )
-    .bind(user)
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|(description, tags, aliases)| ModelMeta {
-        description,
-        tags: serde_json::from_value(tags).unwrap_or_default(),
-        aliases: serde_json::from_value(aliases).unwrap_or_default(),
+    let row = store::metadata::model_meta(pool, user).await?;
+    Ok(row.map(|r| ModelMeta {
+        description: r.description,
+        tags: serde_json::from_value(r.tags).unwrap_or_default(),
+        aliases: serde_json::from_value(r.aliases).unwrap_or_default(),
     }))
 }

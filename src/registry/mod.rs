@@ -16,13 +16,14 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::domain::{self, NewVersion, RetrainEvent, VersionColumns};
 use crate::model::trainer;
 use crate::store;
 use crate::store::outbox::OutboxKind;
+use crate::store::registry::{Activatable, StatusArtifact};
 use audit::{Interface, Write};
 use metadata::{ModelMeta, VersionRef};
 
@@ -113,77 +114,14 @@ pub struct Filter {
     pub offset: Option<i64>,
 }
 
-/// The tags refit derives from a version (`v`): its source, policy step and, unless it is ready,
-/// why it failed or was rejected.
-macro_rules! system_tags {
-    () => {
-        "jsonb_strip_nulls(jsonb_build_object(
-            'refit.source', v.source, 'refit.step', v.metrics->'policy'->>'step',
-            'refit.reason', CASE WHEN v.status <> 'ready' THEN v.error END))"
-    };
-}
-const SYSTEM_TAGS: &str = system_tags!();
-
-const SUMMARY_COLUMNS: &str = concat!(
-    "v.user_id, v.version, v.status, (m.active_version = v.version) IS TRUE,
-    v.parent_version, v.rows_used, v.rows_set_aside, v.trees, v.source, v.created_at, v.error,
-    (v.metrics->'live'->>'mae')::float8, v.metrics->'policy'->>'step', v.description, v.tags, ",
-    system_tags!(),
-    ", ARRAY(SELECT a.alias FROM refit_aliases a
-             WHERE a.user_id = v.user_id AND a.version = v.version ORDER BY a.alias)"
-);
-
-fn summary(row: &sqlx::postgres::PgRow) -> VersionSummary {
-    VersionSummary {
-        user_id: row.get(0),
-        version: row.get(1),
-        status: row.get(2),
-        active: row.get(3),
-        parent_version: row.get(4),
-        rows_used: row.get(5),
-        rows_set_aside: row.get(6),
-        trees: row.get(7),
-        source: row.get(8),
-        created_at: row.get(9),
-        error: row.get(10),
-        live_mae: row.get(11),
-        step: row.get(12),
-        description: row.get(13),
-        tags: string_map(row.get(14)),
-        system_tags: string_map(row.get(15)),
-        aliases: row.get(16),
-    }
-}
-
-/// A JSON object of strings (tags) as a map; anything else is empty.
-fn string_map(value: Value) -> BTreeMap<String, String> {
-    serde_json::from_value(value).unwrap_or_default()
-}
-
 /// Versions matching `filter`, newest first.
 pub(crate) async fn list(
     pool: &PgPool,
     filter: &Filter,
 ) -> Result<Vec<VersionSummary>, RegistryError> {
-    let sql = format!(
-        "SELECT {SUMMARY_COLUMNS} FROM refit_model_versions v JOIN refit_models m USING (user_id)
-          WHERE ($1::text IS NULL OR v.user_id = $1)
-            AND ($2::text IS NULL OR v.status = $2)
-            AND ($3::timestamptz IS NULL OR v.created_at >= $3)
-            AND (m.tags || v.tags || {SYSTEM_TAGS}) @> $5
-          ORDER BY v.created_at DESC, v.user_id, v.version DESC
-          LIMIT $4 OFFSET $6"
-    );
-    let rows = sqlx::query(&sql)
-        .bind(&filter.user)
-        .bind(&filter.status)
-        .bind(filter.since)
-        .bind(filter.limit.unwrap_or(MAX_LIST_LIMIT))
-        .bind(sqlx::types::Json(&filter.tags))
-        .bind(filter.offset.unwrap_or(0).max(0))
-        .fetch_all(pool)
-        .await?;
-    Ok(rows.iter().map(summary).collect())
+    let limit = filter.limit.unwrap_or(MAX_LIST_LIMIT);
+    let offset = filter.offset.unwrap_or(0).max(0);
+    Ok(store::registry::list(pool, filter, limit, offset).await?)
 }
 
 /// One version, or the active one when `version` is `None`.
@@ -196,30 +134,21 @@ pub(crate) async fn show(
     let model = metadata::model_meta(pool, user)
         .await?
         .ok_or_else(|| RegistryError::UnknownUser(user.into()))?;
-    let sql = format!(
-        "SELECT {SUMMARY_COLUMNS}, v.boosted_rounds, octet_length(v.artifact), v.params, v.features,
-                v.timings_ms, v.metrics, v.retrain_id
-           FROM refit_model_versions v JOIN refit_models m USING (user_id)
-          WHERE v.user_id = $1 AND v.version = $2"
-    );
-    let row = sqlx::query(&sql)
-        .bind(user)
-        .bind(version)
-        .fetch_optional(pool)
+    let (summary, columns) = store::registry::show(pool, user, version)
         .await?
         .ok_or_else(|| RegistryError::UnknownVersion {
             user: user.into(),
             version,
         })?;
     Ok(VersionDetail {
-        summary: summary(&row),
-        boosted_rounds: row.get(17),
-        artifact_bytes: row.get(18),
-        params: row.get(19),
-        features: row.get(20),
-        timings_ms: row.get(21),
-        metrics: row.get(22),
-        retrain_id: row.get(23),
+        summary,
+        boosted_rounds: columns.boosted_rounds,
+        artifact_bytes: columns.artifact_bytes,
+        params: columns.params,
+        features: columns.features,
+        timings_ms: columns.timings_ms,
+        metrics: columns.metrics,
+        retrain_id: columns.retrain_id,
         model,
     })
 }
@@ -235,12 +164,7 @@ pub(crate) async fn resolve(
         Some(VersionRef::Alias(alias)) => return metadata::alias_target(pool, user, alias).await,
         Some(VersionRef::Active) | None => {}
     }
-    let active: Option<Option<i32>> =
-        sqlx::query_scalar("SELECT active_version FROM refit_models WHERE user_id = $1")
-            .bind(user)
-            .fetch_optional(pool)
-            .await?;
-    match active {
+    match store::versions::active_version(pool, user).await? {
         None => Err(RegistryError::UnknownUser(user.into())),
         Some(None) => Err(RegistryError::Conflict(format!(
             "user {user:?} has no active version"
@@ -257,24 +181,23 @@ pub(crate) async fn artifact(
     version: Option<&VersionRef>,
 ) -> Result<(i32, Vec<u8>), RegistryError> {
     let version = resolve(pool, user, version).await?;
-    let row: Option<(String, Option<Vec<u8>>)> = sqlx::query_as(
-        "SELECT status, artifact FROM refit_model_versions WHERE user_id = $1 AND version = $2",
-    )
-    .bind(user)
-    .bind(version)
-    .fetch_optional(pool)
-    .await?;
-    match row {
+    match store::registry::status_and_artifact(pool, user, version).await? {
         None => Err(RegistryError::UnknownVersion {
             user: user.into(),
             version,
         }),
-        Some((status, None)) => Err(RegistryError::NoArtifact {
+        Some(StatusArtifact {
+            status,
+            artifact: None,
+        }) => Err(RegistryError::NoArtifact {
             user: user.into(),
             version,
             status,
         }),
-        Some((_, Some(bytes))) => Ok((version, bytes)),
+        Some(StatusArtifact {
+            artifact: Some(bytes),
+            ..
+        }) => Ok((version, bytes)),
     }
 }
 
@@ -325,17 +248,16 @@ async fn activate_locked(
     action: &str,
     interface: Interface,
 ) -> Result<Activation, RegistryError> {
-    let row: Option<(String, bool, Option<i32>)> = sqlx::query_as(
-        "SELECT status, artifact IS NOT NULL, trees FROM refit_model_versions WHERE user_id = $1 AND version = $2",
-    )
-    .bind(user)
-    .bind(version)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let (status, has_artifact, trees) = row.ok_or_else(|| RegistryError::UnknownVersion {
-        user: user.into(),
-        version,
-    })?;
+    let Activatable {
+        status,
+        has_artifact,
+        trees,
+    } = store::registry::activatable(tx, user, version)
+        .await?
+        .ok_or_else(|| RegistryError::UnknownVersion {
+            user: user.into(),
+            version,
+        })?;
     if !has_artifact {
         return Err(RegistryError::NoArtifact {
             user: user.into(),
@@ -348,13 +270,7 @@ async fn activate_locked(
             "version {version} is already active"
         )));
     }
-    sqlx::query(
-        "UPDATE refit_model_versions SET status = 'ready' WHERE user_id = $1 AND version = $2",
-    )
-    .bind(user)
-    .bind(version)
-    .execute(&mut *tx)
-    .await?;
+    store::registry::mark_ready(tx, user, version).await?;
     let activation = record_activation(tx, user, previous, version, trees, action).await?;
     audit::record(tx, interface, activation.audit()).await?;
     Ok(activation)
@@ -378,19 +294,13 @@ pub async fn rollback(
                 "user {user:?} has no active version"
             )))
         }
-        (None, Some(active)) => sqlx::query_scalar::<_, Option<i32>>(
-            "SELECT max(version) FROM refit_model_versions
-              WHERE user_id = $1 AND version < $2 AND status = 'ready' AND artifact IS NOT NULL",
-        )
-        .bind(user)
-        .bind(active)
-        .fetch_one(&mut *tx)
-        .await?
-        .ok_or_else(|| {
-            RegistryError::Conflict(format!(
-                "user {user:?} has no ready version before {active}"
-            ))
-        })?,
+        (None, Some(active)) => store::registry::ready_before(&mut tx, user, active)
+            .await?
+            .ok_or_else(|| {
+                RegistryError::Conflict(format!(
+                    "user {user:?} has no ready version before {active}"
+                ))
+            })?,
     };
     let activation =
         activate_locked(&mut tx, user, previous, target, "rollback", interface).await?;
@@ -501,12 +411,7 @@ async fn insert_imported(
     previous: Option<i32>,
     model: &Imported<'_>,
 ) -> Result<i32, RegistryError> {
-    let version: i32 = sqlx::query_scalar(
-        "SELECT coalesce(max(version), 0) + 1 FROM refit_model_versions WHERE user_id = $1",
-    )
-    .bind(user)
-    .fetch_one(&mut *conn)
-    .await?;
+    let version = store::registry::next_version(conn, user).await?;
     let columns = VersionColumns {
         params: json!(model.params),
         features: json!(model.features),
@@ -538,34 +443,7 @@ pub(crate) async fn prune(
     if keep < 1 {
         return Err(RegistryError::Invalid("--keep must be at least 1".into()));
     }
-    let deleted: i64 = sqlx::query_scalar(
-        "WITH deleted AS (
-             DELETE FROM refit_model_versions v
-              USING (SELECT user_id, version,
-                            row_number() OVER (PARTITION BY user_id ORDER BY version DESC) AS rank
-                       FROM refit_model_versions
-                      WHERE $1::text IS NULL OR user_id = $1) ranked, refit_models m
-              WHERE v.user_id = ranked.user_id AND v.version = ranked.version
-                AND m.user_id = v.user_id
-                AND ranked.rank > $2
-                AND m.active_version IS DISTINCT FROM v.version
-                AND NOT EXISTS (SELECT 1 FROM refit_aliases a
-                                 WHERE a.user_id = v.user_id AND a.version = v.version)
-             RETURNING v.user_id, v.version
-         ), audited AS (
-             INSERT INTO refit_audit (user_id, interface, action, target, old_value, new_value)
-             SELECT user_id, $3, 'prune', jsonb_build_object('keep', $2),
-                    jsonb_build_object('versions', jsonb_agg(version ORDER BY version)),
-                    jsonb_build_object('versions', '[]'::jsonb)
-               FROM deleted GROUP BY user_id
-         )
-         SELECT count(*) FROM deleted",
-    )
-    .bind(user)
-    .bind(keep)
-    .bind(interface.as_str())
-    .fetch_one(pool)
-    .await?;
+    let deleted = store::registry::prune(pool, user, keep, interface.as_str()).await?;
     Ok(deleted as u64)
 }
 
@@ -574,12 +452,9 @@ async fn lock_user(
     conn: &mut sqlx::PgConnection,
     user: &str,
 ) -> Result<Option<i32>, RegistryError> {
-    let row: Option<Option<i32>> =
-        sqlx::query_scalar("SELECT active_version FROM refit_models WHERE user_id = $1 FOR UPDATE")
-            .bind(user)
-            .fetch_optional(&mut *conn)
-            .await?;
-    row.ok_or_else(|| RegistryError::UnknownUser(user.into()))
+    store::versions::lock_user(conn, user)
+        .await?
+        .ok_or_else(|| RegistryError::UnknownUser(user.into()))
 }
 
 /// Activates `version` and records the invalidation and the event in the outbox.

@@ -25,6 +25,7 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool};
 
 use crate::config::{Dur, Int, Switch};
+use crate::store::retention;
 
 /// Prune a user after every this many versions.
 pub(crate) const EVERY: i32 = 10;
@@ -77,19 +78,13 @@ pub async fn prune_user(
     r: &Retention,
 ) -> sqlx::Result<Option<Pruned>> {
     let mut tx = pool.begin().await?;
-    let locked: Option<Option<i32>> = sqlx::query_scalar(
-        "SELECT active_version FROM refit_models WHERE user_id = $1 FOR UPDATE SKIP LOCKED",
-    )
-    .bind(user_id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(active) = locked else {
+    let Some(active) = retention::lock_to_prune(&mut tx, user_id).await? else {
         return Ok(None);
     };
     let pruned = Pruned {
         versions: delete_versions(&mut tx, user_id, active, r.keep_versions).await?,
-        artifacts: drop_artifacts(&mut tx, user_id, active, r.keep_artifacts).await?,
-        consumed_rows: trim_consumed(&mut tx, user_id, r.keep_rows).await?,
+        artifacts: retention::drop_artifacts(&mut tx, user_id, active, r.keep_artifacts).await?,
+        consumed_rows: retention::trim_consumed(&mut tx, user_id, r.keep_rows, BATCH * 50).await?,
     };
     tx.commit().await?;
     Ok(Some(pruned))
@@ -103,119 +98,19 @@ async fn delete_versions(
     active: Option<i32>,
     keep: i64,
 ) -> sqlx::Result<u64> {
-    let doomed: Vec<i32> = sqlx::query_scalar(
-        "SELECT version FROM refit_model_versions
-          WHERE user_id = $1
-            AND version < least($2, coalesce((SELECT version FROM refit_model_versions
-                                               WHERE user_id = $1
-                                               ORDER BY version DESC OFFSET $3 - 1 LIMIT 1), 0))
-            AND NOT EXISTS (SELECT 1 FROM refit_aliases a
-                             WHERE a.user_id = $1 AND a.version = refit_model_versions.version)
-          ORDER BY version LIMIT $4",
-    )
-    .bind(user_id)
-    .bind(active)
-    .bind(keep)
-    .bind(BATCH)
-    .fetch_all(&mut *conn)
-    .await?;
+    let doomed = retention::doomed_versions(conn, user_id, active, keep, BATCH).await?;
     if doomed.is_empty() {
         return Ok(0);
     }
-    sqlx::query("DELETE FROM refit_consumed_actuals WHERE user_id = $1 AND version = ANY($2)")
-        .bind(user_id)
-        .bind(&doomed)
-        .execute(&mut *conn)
-        .await?;
-    let deleted =
-        sqlx::query("DELETE FROM refit_model_versions WHERE user_id = $1 AND version = ANY($2)")
-            .bind(user_id)
-            .bind(&doomed)
-            .execute(&mut *conn)
-            .await?;
-    Ok(deleted.rows_affected())
-}
-
-/// Drops the artifacts of versions older than the active one and the newest `keep` ready ones.
-async fn drop_artifacts(
-    conn: &mut PgConnection,
-    user_id: &str,
-    active: Option<i32>,
-    keep: i64,
-) -> sqlx::Result<u64> {
-    let dropped = sqlx::query(
-        "UPDATE refit_model_versions SET artifact = NULL
-          WHERE user_id = $1 AND artifact IS NOT NULL
-            AND version < least($2, coalesce((SELECT version FROM refit_model_versions
-                                               WHERE user_id = $1 AND status = 'ready'
-                                               ORDER BY version DESC OFFSET $3 - 1 LIMIT 1), 0))
-            AND NOT EXISTS (SELECT 1 FROM refit_aliases a
-                             WHERE a.user_id = $1 AND a.version = refit_model_versions.version)",
-    )
-    .bind(user_id)
-    .bind(active)
-    .bind(keep)
-    .execute(&mut *conn)
-    .await?;
-    Ok(dropped.rows_affected())
-}
-
-/// Deletes trained rows older than the newest `keep` that a ready version trained on — the
-/// window `store::actuals::recent_actuals` reads stays whole.
-async fn trim_consumed(conn: &mut PgConnection, user_id: &str, keep: i64) -> sqlx::Result<u64> {
-    // The batch is picked by the user's index and deleted by primary key (a join with the batch
-    // let the planner scan the whole table: tests/integration/explain.rs).
-    let trimmed = sqlx::query(
-        "WITH cutoff AS (
-             SELECT c.actual_id FROM refit_consumed_actuals c
-              WHERE c.user_id = $1 AND c.outcome <> 'set_aside'
-                AND c.version <> ALL (ARRAY(SELECT version FROM refit_model_versions
-                                             WHERE user_id = $1 AND status <> 'ready'))
-              ORDER BY c.actual_id DESC OFFSET $2 - 1 LIMIT 1
-         )
-         DELETE FROM refit_consumed_actuals WHERE actual_id = ANY (ARRAY(
-             SELECT actual_id FROM refit_consumed_actuals
-              WHERE user_id = $1 AND outcome <> 'set_aside'
-                AND actual_id < (SELECT actual_id FROM cutoff)
-              ORDER BY actual_id DESC LIMIT $3))",
-    )
-    .bind(user_id)
-    .bind(keep)
-    .bind(BATCH * 50)
-    .execute(&mut *conn)
-    .await?;
-    Ok(trimmed.rows_affected())
+    retention::delete_versions(conn, user_id, &doomed).await
 }
 
 /// Deletes delivered outbox entries, dead letters and set-aside actuals past their retention, at
-/// most `BATCH` × 50 of each per call; returns how many rows went. The batch is picked by index
-/// and deleted by primary key (`= ANY (ARRAY(...))`: `IN (...)` let the planner hash-join a
-/// scan of the whole table against a large batch).
+/// most `BATCH` × 50 of each per call; returns how many rows went.
 pub async fn purge_expired(pool: &PgPool, r: &Retention) -> sqlx::Result<u64> {
     // Delivered entries are only here when kept (`outbox_after` > 0); dead letters always are.
-    let outbox = sqlx::query(
-        "DELETE FROM refit_outbox WHERE id = ANY (ARRAY(
-             SELECT id FROM refit_outbox
-              WHERE done_at IS NOT NULL
-                AND done_at < now() - make_interval(secs => CASE WHEN dead_letter IS NULL
-                                                                 THEN $1 ELSE $2 END)
-                AND done_at < now() - make_interval(secs => least($1, $2))
-              LIMIT $3))",
-    )
-    .bind(r.outbox_after.as_secs_f64())
-    .bind(r.set_aside_after.as_secs_f64())
-    .bind(BATCH * 50)
-    .execute(pool)
-    .await?;
-    let set_aside = sqlx::query(
-        "DELETE FROM refit_consumed_actuals WHERE actual_id = ANY (ARRAY(
-             SELECT actual_id FROM refit_consumed_actuals
-              WHERE outcome = 'set_aside' AND consumed_at < now() - make_interval(secs => $1)
-              LIMIT $2))",
-    )
-    .bind(r.set_aside_after.as_secs_f64())
-    .bind(BATCH * 50)
-    .execute(pool)
-    .await?;
-    Ok(outbox.rows_affected() + set_aside.rows_affected())
+    let outbox =
+        retention::purge_outbox(pool, r.outbox_after, r.set_aside_after, BATCH * 50).await?;
+    let set_aside = retention::purge_set_aside(pool, r.set_aside_after, BATCH * 50).await?;
+    Ok(outbox + set_aside)
 }

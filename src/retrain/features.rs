@@ -65,7 +65,7 @@ impl fmt::Display for SetAsideReason {
 }
 
 /// One pending actual joined with its prediction request.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ActualRow {
     pub actual_id: i64,
     pub actual_value: f64,

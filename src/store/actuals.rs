@@ -5,12 +5,14 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
+
+use super::query::{query_as, query_scalar};
 
 use crate::retrain::features::{ActualRow, SetAside};
 
 /// A user with at least `threshold` pending actuals, or with stale ones.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub(crate) struct DueUser {
     pub(crate) user_id: String,
     pub(crate) pending: i64,
@@ -26,15 +28,7 @@ pub(crate) struct Staleness {
     pub(crate) min_rows: i64,
 }
 
-/// Users with `>= threshold` pending actuals, or stale ones, that are not backing off after a
-/// failure, in the order their oldest pending actual arrived.
-pub(crate) async fn due_users(
-    pool: &PgPool,
-    threshold: i64,
-    staleness: Option<Staleness>,
-) -> sqlx::Result<Vec<DueUser>> {
-    sqlx::query(
-        "SELECT p.user_id, count(*) AS pending,
+pub const DUE_USERS: &str = "SELECT p.user_id, count(*) AS pending,
                 count(*) < $1 AS stale
            FROM refit_pending p
            LEFT JOIN refit_models m ON m.user_id = p.user_id
@@ -43,22 +37,25 @@ pub(crate) async fn due_users(
             AND (count(*) >= $1
                  OR ($2::float8 IS NOT NULL AND count(*) >= $3
                      AND min(p.enqueued_at) <= now() - make_interval(secs => $2)))
-          ORDER BY min(p.actual_id)",
-    )
-    .bind(threshold)
-    .bind(staleness.map(|s| s.after.as_secs_f64()))
-    .bind(staleness.map_or(1, |s| s.min_rows))
-    .map(|row: sqlx::postgres::PgRow| DueUser {
-        user_id: row.get(0),
-        pending: row.get(1),
-        stale: row.get(2),
-    })
-    .fetch_all(pool)
-    .await
+          ORDER BY min(p.actual_id)";
+
+/// Users with `>= threshold` pending actuals, or stale ones, that are not backing off after a
+/// failure, in the order their oldest pending actual arrived.
+pub(crate) async fn due_users(
+    pool: &PgPool,
+    threshold: i64,
+    staleness: Option<Staleness>,
+) -> sqlx::Result<Vec<DueUser>> {
+    query_as(DUE_USERS)
+        .bind(threshold)
+        .bind(staleness.map(|s| s.after.as_secs_f64()))
+        .bind(staleness.map_or(1, |s| s.min_rows))
+        .fetch_all(pool)
+        .await
 }
 
 /// What the scheduler knows of one user it asked about.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub(crate) struct PendingCount {
     pub(crate) user_id: String,
     pub(crate) pending: i64,
@@ -66,35 +63,27 @@ pub(crate) struct PendingCount {
     pub(crate) backing_off: bool,
 }
 
+pub const PENDING_COUNTS: &str = "SELECT p.user_id, count(*) AS pending,
+                coalesce(bool_or(m.retry_after > now()), false) AS backing_off
+           FROM refit_pending p
+           LEFT JOIN refit_models m ON m.user_id = p.user_id
+          WHERE p.user_id = ANY($1)
+          GROUP BY p.user_id";
+
 /// Pending actuals of each of `users` (users with none are left out): an index range scan per
 /// user, for the users notifications name.
 pub(crate) async fn pending_counts(
     pool: &PgPool,
     users: &[String],
 ) -> sqlx::Result<Vec<PendingCount>> {
-    sqlx::query(
-        "SELECT p.user_id, count(*),
-                coalesce(bool_or(m.retry_after > now()), false)
-           FROM refit_pending p
-           LEFT JOIN refit_models m ON m.user_id = p.user_id
-          WHERE p.user_id = ANY($1)
-          GROUP BY p.user_id",
-    )
-    .bind(users)
-    .map(|row: sqlx::postgres::PgRow| PendingCount {
-        user_id: row.get(0),
-        pending: row.get(1),
-        backing_off: row.get(2),
-    })
-    .fetch_all(pool)
-    .await
+    query_as(PENDING_COUNTS).bind(users).fetch_all(pool).await
 }
+
+pub const PENDING_TOTAL: &str = "SELECT count(*) FROM refit_pending";
 
 /// All pending actuals (for the gauge).
 pub(crate) async fn pending_total(pool: &PgPool) -> sqlx::Result<i64> {
-    sqlx::query_scalar("SELECT count(*) FROM refit_pending")
-        .fetch_one(pool)
-        .await
+    query_scalar(PENDING_TOTAL).fetch_one(pool).await
 }
 
 /// Longest user id refit takes, in bytes: the trigger sets longer ones' actuals aside
@@ -105,16 +94,7 @@ pub(crate) const MAX_USER_ID_BYTES: usize = 1000;
 /// `refit_unconsumable_actuals_total`).
 pub(crate) const UNCONSUMABLE_REASONS: [&str; 1] = ["already_consumed"];
 
-/// Moves the user's pending actuals whose id was consumed before — deleted upstream and inserted
-/// again with the same id — out of the queue into `refit_unconsumable_actuals`, with the reason:
-/// consuming them again would violate `refit_consumed_actuals`' primary key and fail every
-/// retrain of the user. Returns their ids.
-pub(crate) async fn set_aside_consumed_again(
-    conn: &mut PgConnection,
-    user_id: &str,
-) -> sqlx::Result<Vec<i64>> {
-    sqlx::query_scalar(
-        "WITH again AS (
+pub const SET_ASIDE_CONSUMED_AGAIN: &str = "WITH again AS (
              DELETE FROM refit_pending p USING refit_consumed_actuals c
               WHERE p.user_id = $1 AND c.actual_id = p.actual_id
              RETURNING p.actual_id, c.user_id AS consumed_for, c.version, c.outcome
@@ -124,18 +104,38 @@ pub(crate) async fn set_aside_consumed_again(
                 format('actual id %s was consumed before (%s, user %s, version %s); deleted and inserted again upstream?',
                        actual_id, outcome, consumed_for, coalesce(version::text, 'none'))
            FROM again
-         RETURNING actual_id",
-    )
-    .bind(user_id)
-    .fetch_all(conn)
-    .await
+         RETURNING actual_id";
+
+/// Moves the user's pending actuals whose id was consumed before — deleted upstream and inserted
+/// again with the same id — out of the queue into `refit_unconsumable_actuals`, with the reason:
+/// consuming them again would violate `refit_consumed_actuals`' primary key and fail every
+/// retrain of the user. Returns their ids.
+pub(crate) async fn set_aside_consumed_again(
+    conn: &mut PgConnection,
+    user_id: &str,
+) -> sqlx::Result<Vec<i64>> {
+    query_scalar(SET_ASIDE_CONSUMED_AGAIN)
+        .bind(user_id)
+        .fetch_all(conn)
+        .await
 }
 
 /// A pending actual with its request's features, and when it became pending.
+#[derive(sqlx::FromRow)]
 pub(crate) struct PendingActual {
+    #[sqlx(flatten)]
     pub(crate) row: ActualRow,
     pub(crate) enqueued_at: DateTime<Utc>,
 }
+
+pub const READ_PENDING: &str =
+    "SELECT p.actual_id, a.actual_value, r.features::text AS features, p.enqueued_at
+           FROM refit_pending p
+           JOIN actual_rentals a ON a.id = p.actual_id
+           JOIN prediction_requests r ON r.request_id = a.request_id
+          WHERE p.user_id = $1
+          ORDER BY p.actual_id
+          LIMIT $2";
 
 /// The user's oldest `limit` pending actuals joined with their requests' features.
 pub(crate) async fn read_pending(
@@ -143,32 +143,11 @@ pub(crate) async fn read_pending(
     user_id: &str,
     limit: i64,
 ) -> sqlx::Result<Vec<PendingActual>> {
-    sqlx::query(
-        "SELECT p.actual_id, a.actual_value, r.features::text, p.enqueued_at
-           FROM refit_pending p
-           JOIN actual_rentals a ON a.id = p.actual_id
-           JOIN prediction_requests r ON r.request_id = a.request_id
-          WHERE p.user_id = $1
-          ORDER BY p.actual_id
-          LIMIT $2",
-    )
-    .bind(user_id)
-    .bind(limit)
-    .map(|row: sqlx::postgres::PgRow| PendingActual {
-        row: actual_row(&row),
-        enqueued_at: row.get(3),
-    })
-    .fetch_all(conn)
-    .await
-}
-
-/// An actual read as its first three columns: id, value, the request's features as text.
-fn actual_row(row: &sqlx::postgres::PgRow) -> ActualRow {
-    ActualRow {
-        actual_id: row.get(0),
-        actual_value: row.get(1),
-        features: row.get(2),
-    }
+    query_as(READ_PENDING)
+        .bind(user_id)
+        .bind(limit)
+        .fetch_all(conn)
+        .await
 }
 
 /// The actuals one retrain consumes, as the column arrays the consuming statements bind.
@@ -243,6 +222,17 @@ impl<'a> Consumed<'a> {
     }
 }
 
+pub const CONSUME: &str = "WITH consumed AS (
+             INSERT INTO refit_consumed_actuals (actual_id, user_id, version, outcome, reason, detail, line)
+             SELECT id, $1, CASE WHEN outcome = 'set_aside' THEN NULL ELSE $2 END, outcome, reason, detail, line
+               FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::bytea[])
+                    AS t(id, outcome, reason, detail, line)
+         ), removed AS (
+             DELETE FROM refit_pending p USING unnest($3::bigint[]) AS c(id)
+              WHERE p.actual_id = c.id RETURNING 1
+         )
+         SELECT count(*) FROM removed";
+
 /// Marks actuals consumed — trained or held out by `version`, or set aside with their reasons —
 /// and removes them from the pending queue, in one statement. The primary key of
 /// `refit_consumed_actuals` refuses any actual consumed before.
@@ -252,29 +242,28 @@ pub(crate) async fn consume(
     version: Option<i32>,
     consumed: &Consumed<'_>,
 ) -> sqlx::Result<()> {
-    let removed: i64 = sqlx::query_scalar(
-        "WITH consumed AS (
-             INSERT INTO refit_consumed_actuals (actual_id, user_id, version, outcome, reason, detail, line)
-             SELECT id, $1, CASE WHEN outcome = 'set_aside' THEN NULL ELSE $2 END, outcome, reason, detail, line
-               FROM unnest($3::bigint[], $4::text[], $5::text[], $6::text[], $7::bytea[])
-                    AS t(id, outcome, reason, detail, line)
-         ), removed AS (
-             DELETE FROM refit_pending p USING unnest($3::bigint[]) AS c(id)
-              WHERE p.actual_id = c.id RETURNING 1
-         )
-         SELECT count(*) FROM removed",
-    )
-    .bind(user_id)
-    .bind(version)
-    .bind(&consumed.ids)
-    .bind(&consumed.outcomes)
-    .bind(&consumed.reasons)
-    .bind(&consumed.details)
-    .bind(&consumed.lines)
-    .fetch_one(&mut *conn)
-    .await?;
+    let removed: i64 = query_scalar(CONSUME)
+        .bind(user_id)
+        .bind(version)
+        .bind(&consumed.ids)
+        .bind(&consumed.outcomes)
+        .bind(&consumed.reasons)
+        .bind(&consumed.details)
+        .bind(&consumed.lines)
+        .fetch_one(&mut *conn)
+        .await?;
     consumed.check(user_id, removed)
 }
+
+pub const RECENT_ACTUALS: &str = "SELECT c.actual_id, a.actual_value, r.features::text AS features
+           FROM refit_consumed_actuals c
+           JOIN actual_rentals a ON a.id = c.actual_id
+           JOIN prediction_requests r ON r.request_id = a.request_id
+          WHERE c.user_id = $1 AND c.outcome IN ('trained', 'held_out')
+            AND c.version <> ALL (ARRAY(SELECT version FROM refit_model_versions
+                                         WHERE user_id = $1 AND status <> 'ready'))
+          ORDER BY c.actual_id DESC
+          LIMIT $2";
 
 /// The user's most recently consumed actuals that a ready version trained on, newest first: the
 /// window the gate scores on and a rebuild trains on. Rows of rejected versions are left out
@@ -284,23 +273,20 @@ pub(crate) async fn recent_actuals(
     user_id: &str,
     limit: i64,
 ) -> sqlx::Result<Vec<ActualRow>> {
-    sqlx::query(
-        "SELECT c.actual_id, a.actual_value, r.features::text
+    query_as(RECENT_ACTUALS)
+        .bind(user_id)
+        .bind(limit)
+        .fetch_all(conn)
+        .await
+}
+
+pub const RECENT_LINES: &str = "SELECT c.actual_id, c.line
            FROM refit_consumed_actuals c
-           JOIN actual_rentals a ON a.id = c.actual_id
-           JOIN prediction_requests r ON r.request_id = a.request_id
           WHERE c.user_id = $1 AND c.outcome IN ('trained', 'held_out')
             AND c.version <> ALL (ARRAY(SELECT version FROM refit_model_versions
                                          WHERE user_id = $1 AND status <> 'ready'))
           ORDER BY c.actual_id DESC
-          LIMIT $2",
-    )
-    .bind(user_id)
-    .bind(limit)
-    .map(|row: sqlx::postgres::PgRow| actual_row(&row))
-    .fetch_all(conn)
-    .await
-}
+          LIMIT $2";
 
 /// The user's window as [`recent_actuals`] selects it, newest first, as the rows refit stored
 /// when it trained on them (`line`, none for actuals consumed before lines were stored).
@@ -309,20 +295,20 @@ pub(crate) async fn recent_lines(
     user_id: &str,
     limit: i64,
 ) -> sqlx::Result<Vec<(i64, Option<Vec<u8>>)>> {
-    sqlx::query_as(
-        "SELECT c.actual_id, c.line
-           FROM refit_consumed_actuals c
-          WHERE c.user_id = $1 AND c.outcome IN ('trained', 'held_out')
-            AND c.version <> ALL (ARRAY(SELECT version FROM refit_model_versions
-                                         WHERE user_id = $1 AND status <> 'ready'))
-          ORDER BY c.actual_id DESC
-          LIMIT $2",
-    )
-    .bind(user_id)
-    .bind(limit)
-    .fetch_all(conn)
-    .await
+    query_as(RECENT_LINES)
+        .bind(user_id)
+        .bind(limit)
+        .fetch_all(conn)
+        .await
 }
+
+pub const ACTUALS_OF_VERSION: &str =
+    "SELECT c.actual_id, a.actual_value, r.features::text AS features
+           FROM refit_consumed_actuals c
+           JOIN actual_rentals a ON a.id = c.actual_id
+           JOIN prediction_requests r ON r.request_id = a.request_id
+          WHERE c.user_id = $1 AND c.version = $2 AND c.outcome IN ('trained', 'held_out')
+          ORDER BY c.actual_id";
 
 /// The actuals `version` trained on, oldest first (a rejected version's batch, for its
 /// reinstatement).
@@ -331,17 +317,9 @@ pub(crate) async fn actuals_of_version(
     user_id: &str,
     version: i32,
 ) -> sqlx::Result<Vec<ActualRow>> {
-    sqlx::query(
-        "SELECT c.actual_id, a.actual_value, r.features::text
-           FROM refit_consumed_actuals c
-           JOIN actual_rentals a ON a.id = c.actual_id
-           JOIN prediction_requests r ON r.request_id = a.request_id
-          WHERE c.user_id = $1 AND c.version = $2 AND c.outcome IN ('trained', 'held_out')
-          ORDER BY c.actual_id",
-    )
-    .bind(user_id)
-    .bind(version)
-    .map(|row: sqlx::postgres::PgRow| actual_row(&row))
-    .fetch_all(conn)
-    .await
+    query_as(ACTUALS_OF_VERSION)
+        .bind(user_id)
+        .bind(version)
+        .fetch_all(conn)
+        .await
 }

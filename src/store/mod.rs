@@ -1,20 +1,59 @@
-//! PostgreSQL: connections, migrations, and the SQL of the tables a retrain touches, one file
-//! per owner — [`actuals`] (the pending queue and consumed actuals), [`versions`] (the user's head
-//! and versions, the retrain's commit), [`outbox`] (side effects to carry out). The registry's
-//! hand-made writes live with the registry (src/registry/). Every statement takes its values as
-//! bound parameters, never by string formatting.
+//! PostgreSQL: connections, migrations, and every SQL statement refit runs, one file per owner
+//! of the rows — [`actuals`] (the pending queue and consumed actuals), [`ingest`] (the ingest's
+//! cursor and queueing), [`versions`] (the user's head and versions, the retrain's commit, what
+//! serving reads), [`outbox`] (side effects to carry out), [`registry`] and [`metadata`]
+//! (versions, descriptions, tags and aliases by hand), [`audit`], [`erasure`], [`retention`],
+//! and [`demo`] (the generated upstream rows of `refit demo`). The modules outside hold the
+//! logic and call these typed functions; rows are read by column name.
+//!
+//! Every statement goes through [`query`], which takes SQL only as `&'static str`: values are
+//! bound parameters, never formatted into SQL (clippy refuses sqlx's own entry points elsewhere).
+//! The store decides nothing: what to write, and when, is its callers' business.
 //!
 //! Concurrency model:
 //! - a user's retrain holds that user's `refit_models` row lock (`FOR UPDATE SKIP LOCKED`) for the
 //!   whole read–train–commit transaction, so across all replicas one retrain per user runs at a
 //!   time and a replica that finds the row locked simply moves on;
-//! - pending actuals are queued by the ingest (src/scheduler/ingest.rs), exactly once, in whatever order the
-//!   upstream's transactions commit;
+//! - pending actuals are queued by the ingest (src/scheduler/ingest.rs), exactly once, in
+//!   whatever order the upstream's transactions commit;
 //! - a user's outbox is delivered under a transaction-scoped advisory lock, in id order.
 
 pub(crate) mod actuals;
+pub(crate) mod audit;
+pub(crate) mod demo;
+pub(crate) mod erasure;
+pub(crate) mod ingest;
+pub(crate) mod metadata;
 pub(crate) mod outbox;
+pub(crate) mod query;
+pub(crate) mod registry;
+pub(crate) mod retention;
 pub mod versions;
+
+/// The statements refit runs per retrain, per ingest or per sweep, for
+/// tests/integration/explain.rs, which EXPLAINs each one on filled tables: the test names the
+/// statements themselves, so it follows them wherever they are used. Not an API.
+#[doc(hidden)]
+pub mod statements {
+    pub use super::actuals::{
+        ACTUALS_OF_VERSION, CONSUME, DUE_USERS, PENDING_COUNTS, PENDING_TOTAL, READ_PENDING,
+        RECENT_ACTUALS, RECENT_LINES, SET_ASIDE_CONSUMED_AGAIN,
+    };
+    pub use super::audit::PURGE_AUDIT;
+    pub use super::ingest::{ARRIVED, LOCK_CURSOR, QUEUE_ARRIVALS};
+    pub use super::outbox::{
+        OUTBOX_BACKLOG, OUTBOX_DEAD_LETTER, OUTBOX_DONE, OUTBOX_DUE_USERS, OUTBOX_FAILED,
+        READ_OUTBOXES,
+    };
+    pub use super::retention::{
+        DELETE_CONSUMED_OF_VERSIONS, DELETE_VERSIONS, DOOMED_VERSIONS, DROP_ARTIFACTS,
+        LOCK_TO_PRUNE, PURGE_OUTBOX, PURGE_SET_ASIDE, TRIM_CONSUMED,
+    };
+    pub use super::versions::{
+        ACTIVATE, ARTIFACT, BACK_OFF, COMMIT_RETRAIN, LIVE_HISTORY, LOCK_MODEL, MODEL_ROW_EXISTS,
+        RECORD_FAILURE, REINSTATE,
+    };
+}
 
 use std::time::Duration;
 
@@ -101,7 +140,7 @@ fn session_settings(limits: &SessionLimits) -> Vec<(&'static str, String)> {
 /// A migration may rewrite a large table: it runs without the session's statement timeout.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     let mut conn = pool.acquire().await?;
-    sqlx::query("SET statement_timeout = 0")
+    query::query("SET statement_timeout = 0")
         .execute(&mut *conn)
         .await?;
     let applied = MIGRATOR
@@ -109,7 +148,7 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
         .await
         .context("applying migrations");
     // The connection goes back to the pool: give it its limit back.
-    sqlx::query("RESET statement_timeout")
+    query::query("RESET statement_timeout")
         .execute(&mut *conn)
         .await?;
     applied
@@ -117,14 +156,14 @@ pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
 
 /// Fails with a clear message when the database lacks refit's schema.
 pub async fn check_migrated(pool: &PgPool) -> anyhow::Result<()> {
-    let applied: i64 = sqlx::query_scalar(
+    let applied: i64 = query::query_scalar(
         "SELECT count(*) FROM pg_catalog.pg_tables WHERE tablename = '_sqlx_migrations'",
     )
     .fetch_one(pool)
     .await?;
     let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     let current: Option<i64> = if applied > 0 {
-        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+        query::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
             .fetch_one(pool)
             .await?
     } else {

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
+
+use super::query::{query, query_as, query_scalar};
 use uuid::Uuid;
 
 /// Kinds of outbox entries, in the order they are carried out for one retrain.
@@ -30,6 +32,12 @@ impl OutboxKind {
     }
 }
 
+pub(crate) const ENQUEUE_OUTBOX: &str =
+    "INSERT INTO refit_outbox (event_id, user_id, kind, payload)
+         SELECT $1, $2, kind, payload
+           FROM unnest($3::text[], $4::jsonb[]) WITH ORDINALITY AS t(kind, payload, n)
+          ORDER BY n";
+
 /// Records side effects of one event (in order: an invalidation, then the announcement) in one
 /// statement.
 pub(crate) async fn enqueue_outbox(
@@ -40,19 +48,14 @@ pub(crate) async fn enqueue_outbox(
 ) -> sqlx::Result<()> {
     let kinds: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
     let payloads: Vec<&Value> = entries.iter().map(|(_, p)| *p).collect();
-    sqlx::query(
-        "INSERT INTO refit_outbox (event_id, user_id, kind, payload)
-         SELECT $1, $2, kind, payload
-           FROM unnest($3::text[], $4::jsonb[]) WITH ORDINALITY AS t(kind, payload, n)
-          ORDER BY n",
-    )
-    .bind(event_id)
-    .bind(user_id)
-    .bind(&kinds)
-    .bind(&payloads)
-    .execute(conn)
-    .await
-    .map(|_| ())
+    query(ENQUEUE_OUTBOX)
+        .bind(event_id)
+        .bind(user_id)
+        .bind(&kinds)
+        .bind(&payloads)
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
 
 /// One undone outbox entry.
@@ -69,6 +72,21 @@ pub(crate) struct OutboxEntry {
     pub(crate) waiting: bool,
 }
 
+pub(crate) const LOCK_OUTBOXES: &str =
+    "WITH settings AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))
+         SELECT u FROM settings, unnest($1::text[]) AS u
+          WHERE pg_try_advisory_xact_lock(hashtextextended('refit_outbox:' || $2 || ':' || u, 0))";
+
+pub const READ_OUTBOXES: &str = "SELECT o.id, o.event_id, o.user_id, o.kind, o.payload, o.attempts,
+                o.next_attempt_at <= now() AS due,
+                EXISTS (SELECT 1 FROM refit_outbox i
+                         WHERE i.user_id = o.user_id AND i.event_id = o.event_id
+                           AND i.kind = 'invalidate' AND i.done_at IS NULL
+                           AND o.kind = 'announce') AS waiting
+           FROM refit_outbox o
+          WHERE o.user_id = ANY($1) AND o.kind = $2 AND o.done_at IS NULL
+          ORDER BY o.id";
+
 /// Takes the outbox lock of one kind of each of `users` that no other task holds (for this
 /// transaction), and returns those users' undone entries of that kind in id order. An
 /// announcement is `waiting` while its own event's invalidation is undone.
@@ -80,48 +98,43 @@ pub(crate) async fn lock_outboxes(
     users: &[String],
     kind: OutboxKind,
 ) -> sqlx::Result<(Vec<String>, Vec<OutboxEntry>)> {
-    let locked: Vec<String> = sqlx::query_scalar(
-        "WITH settings AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true))
-         SELECT u FROM settings, unnest($1::text[]) AS u
-          WHERE pg_try_advisory_xact_lock(hashtextextended('refit_outbox:' || $2 || ':' || u, 0))",
-    )
-    .bind(users)
-    .bind(kind.as_str())
-    .fetch_all(&mut **tx)
-    .await?;
+    let locked: Vec<String> = query_scalar(LOCK_OUTBOXES)
+        .bind(users)
+        .bind(kind.as_str())
+        .fetch_all(&mut **tx)
+        .await?;
     if locked.is_empty() {
         return Ok((locked, Vec::new()));
     }
-    let entries = sqlx::query(
-        "SELECT o.id, o.event_id, o.user_id, o.kind, o.payload, o.attempts, o.next_attempt_at <= now(),
-                EXISTS (SELECT 1 FROM refit_outbox i
-                         WHERE i.user_id = o.user_id AND i.event_id = o.event_id
-                           AND i.kind = 'invalidate' AND i.done_at IS NULL
-                           AND o.kind = 'announce')
-           FROM refit_outbox o
-          WHERE o.user_id = ANY($1) AND o.kind = $2 AND o.done_at IS NULL
-          ORDER BY o.id",
-    )
-    .bind(&locked)
-    .bind(kind.as_str())
-    .fetch_all(&mut **tx)
-    .await?
-    .into_iter()
-    .filter_map(|row| {
-        Some(OutboxEntry {
-            id: row.get(0),
-            event_id: row.get(1),
-            user_id: row.get(2),
-            kind: OutboxKind::parse(row.get::<&str, _>(3))?,
-            payload: row.get(4),
-            attempts: row.get(5),
-            due: row.get(6),
-            waiting: row.get(7),
+    let entries = query(READ_OUTBOXES)
+        .bind(&locked)
+        .bind(kind.as_str())
+        .fetch_all(&mut **tx)
+        .await?
+        .into_iter()
+        .filter_map(|row| {
+            Some(OutboxEntry {
+                id: row.get("id"),
+                event_id: row.get("event_id"),
+                user_id: row.get("user_id"),
+                kind: OutboxKind::parse(row.get::<&str, _>("kind"))?,
+                payload: row.get("payload"),
+                attempts: row.get("attempts"),
+                due: row.get("due"),
+                waiting: row.get("waiting"),
+            })
         })
-    })
-    .collect();
+        .collect();
     Ok((locked, entries))
 }
+
+pub const OUTBOX_DONE: &str = "WITH deleted AS (
+             DELETE FROM refit_outbox o USING unnest($1::bigint[]) AS d(id)
+              WHERE o.id = d.id AND (NOT $2 OR o.payload ? 'erase')
+         )
+         UPDATE refit_outbox o SET done_at = clock_timestamp(), attempts = o.attempts + 1
+           FROM unnest($1::bigint[]) AS d(id)
+          WHERE $2 AND o.id = d.id AND NOT o.payload ? 'erase'";
 
 /// Marks entries delivered. Nothing reads a delivered entry again (an announcement waits only for
 /// an undone invalidation), so they are deleted, unless `keep` (`REFIT_OUTBOX_RETENTION_SECS` > 0:
@@ -134,21 +147,18 @@ pub(crate) async fn outbox_done(
 ) -> sqlx::Result<()> {
     // done_at is when the entry was marked, after its side effect (not the transaction's start,
     // which can precede another task's marking of the invalidation this entry waited for).
-    sqlx::query(
-        "WITH deleted AS (
-             DELETE FROM refit_outbox o USING unnest($1::bigint[]) AS d(id)
-              WHERE o.id = d.id AND (NOT $2 OR o.payload ? 'erase')
-         )
-         UPDATE refit_outbox o SET done_at = clock_timestamp(), attempts = o.attempts + 1
-           FROM unnest($1::bigint[]) AS d(id)
-          WHERE $2 AND o.id = d.id AND NOT o.payload ? 'erase'",
-    )
-    .bind(ids)
-    .bind(keep)
-    .execute(conn)
-    .await
-    .map(|_| ())
+    query(OUTBOX_DONE)
+        .bind(ids)
+        .bind(keep)
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
+
+pub const OUTBOX_FAILED: &str = "UPDATE refit_outbox
+            SET attempts = attempts + 1, last_error = $2,
+                next_attempt_at = now() + make_interval(secs => $3)
+          WHERE id = $1";
 
 pub(crate) async fn outbox_failed(
     conn: &mut PgConnection,
@@ -156,19 +166,19 @@ pub(crate) async fn outbox_failed(
     error: &str,
     retry_in: Duration,
 ) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE refit_outbox
-            SET attempts = attempts + 1, last_error = $2,
-                next_attempt_at = now() + make_interval(secs => $3)
-          WHERE id = $1",
-    )
-    .bind(id)
-    .bind(error)
-    .bind(retry_in.as_secs_f64())
-    .execute(conn)
-    .await
-    .map(|_| ())
+    query(OUTBOX_FAILED)
+        .bind(id)
+        .bind(error)
+        .bind(retry_in.as_secs_f64())
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
+
+pub const OUTBOX_DEAD_LETTER: &str = "UPDATE refit_outbox
+            SET attempts = attempts + 1, last_error = $2, dead_letter = $2,
+                done_at = clock_timestamp()
+          WHERE id = $1";
 
 /// Resolves an entry that can never be delivered: done, `dead_letter` saying why.
 pub(crate) async fn outbox_dead_letter(
@@ -176,18 +186,20 @@ pub(crate) async fn outbox_dead_letter(
     id: i64,
     error: &str,
 ) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE refit_outbox
-            SET attempts = attempts + 1, last_error = $2, dead_letter = $2,
-                done_at = clock_timestamp()
-          WHERE id = $1",
-    )
-    .bind(id)
-    .bind(error)
-    .execute(conn)
-    .await
-    .map(|_| ())
+    query(OUTBOX_DEAD_LETTER)
+        .bind(id)
+        .bind(error)
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
+
+pub const OUTBOX_DUE_USERS: &str = "SELECT user_id FROM refit_outbox
+          WHERE done_at IS NULL AND next_attempt_at <= now()
+            AND (attempts > 0 OR created_at <= now() - make_interval(secs => $2))
+          GROUP BY user_id
+          ORDER BY min(id)
+          LIMIT $1";
 
 /// Users with a due undone outbox entry, oldest first. Entries never tried are left alone for
 /// `grace` after they were written: the process that committed them is delivering them.
@@ -196,16 +208,31 @@ pub(crate) async fn outbox_due_users(
     limit: i64,
     grace: Duration,
 ) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar(
-        "SELECT user_id FROM refit_outbox
-          WHERE done_at IS NULL AND next_attempt_at <= now()
-            AND (attempts > 0 OR created_at <= now() - make_interval(secs => $2))
-          GROUP BY user_id
-          ORDER BY min(id)
-          LIMIT $1",
-    )
-    .bind(limit)
-    .bind(grace.as_secs_f64())
-    .fetch_all(pool)
-    .await
+    query_scalar(OUTBOX_DUE_USERS)
+        .bind(limit)
+        .bind(grace.as_secs_f64())
+        .fetch_all(pool)
+        .await
+}
+
+/// Undone entries of one kind: how many, and the age of the oldest (seconds).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct Backlog {
+    pub(crate) kind: String,
+    pub(crate) entries: i64,
+    pub(crate) oldest_age: f64,
+}
+
+pub const OUTBOX_BACKLOG: &str =
+    "SELECT kind, count(*) AS entries, extract(epoch FROM now() - min(created_at))::float8 AS oldest_age
+       FROM refit_outbox WHERE done_at IS NULL GROUP BY kind";
+
+/// The undone entries of each kind that has any (for the backlog gauges).
+pub(crate) async fn outbox_backlog(pool: &PgPool) -> sqlx::Result<Vec<Backlog>> {
+    query_as(OUTBOX_BACKLOG).fetch_all(pool).await
+}
+
+/// Whether the connection still answers.
+pub(crate) async fn ping(conn: &mut PgConnection) -> bool {
+    query("SELECT 1").execute(conn).await.is_ok()
 }

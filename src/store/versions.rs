@@ -1,30 +1,38 @@
 //! The registry rows a retrain reads and writes: the user's head (`refit_models`, whose row lock
 //! serialises a user's retrains across replicas) and its versions (`refit_model_versions`),
-//! including the one statement that commits a retrain.
+//! including the one statement that commits a retrain; the active version and model as the
+//! registry and serving read them, and the row lock the registry's writes take.
 
 use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool, Postgres, Row};
+
+use super::query::{query, query_as, query_scalar};
 use uuid::Uuid;
 
 use super::actuals::Consumed;
 use super::outbox::OutboxKind;
 use crate::domain::NewVersion;
 
+pub(crate) const ENSURE_MODEL_ROW: &str =
+    "INSERT INTO refit_models (user_id) VALUES ($1) ON CONFLICT DO NOTHING";
+
 /// Makes sure the user has a registry row to lock (outside the retrain transaction, so a second
 /// replica never waits on the first one's uncommitted insert).
 pub async fn ensure_model_row(pool: &PgPool, user_id: &str) -> sqlx::Result<()> {
-    sqlx::query("INSERT INTO refit_models (user_id) VALUES ($1) ON CONFLICT DO NOTHING")
+    query(ENSURE_MODEL_ROW)
         .bind(user_id)
         .execute(pool)
         .await
         .map(|_| ())
 }
 
+pub const MODEL_ROW_EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM refit_models WHERE user_id = $1)";
+
 /// Whether the user has a registry row.
 pub(crate) async fn model_row_exists(conn: &mut PgConnection, user_id: &str) -> sqlx::Result<bool> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM refit_models WHERE user_id = $1)")
+    query_scalar(MODEL_ROW_EXISTS)
         .bind(user_id)
         .fetch_one(conn)
         .await
@@ -59,23 +67,79 @@ pub(crate) struct RejectedHead {
     pub(crate) since_rebuild: u32,
 }
 
-/// Locks the user's registry row for this transaction; `None` when another retrain holds it.
-/// Artifacts are not read here: see [`artifact`].
-pub(crate) async fn lock_model(
+/// The user's active version: `None` without a registry row, `Some(None)` without an active
+/// version.
+pub(crate) async fn active_version(
+    pool: &PgPool,
+    user_id: &str,
+) -> sqlx::Result<Option<Option<i32>>> {
+    query_scalar("SELECT active_version FROM refit_models WHERE user_id = $1")
+        .bind(user_id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Locks the user's registry row, waiting for a retrain in flight (or up to `lock_timeout`);
+/// returns the active version as [`active_version`] does.
+pub(crate) async fn lock_user(
     conn: &mut PgConnection,
     user_id: &str,
-) -> sqlx::Result<Option<ModelHead>> {
-    sqlx::query(
-        "SELECT m.active_version,
-                v.xmin::text::bigint,
-                coalesce(n.version, 0),
+) -> sqlx::Result<Option<Option<i32>>> {
+    query_scalar("SELECT active_version FROM refit_models WHERE user_id = $1 FOR UPDATE")
+        .bind(user_id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// A version's model as serving loads it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct ServedModel {
+    pub(crate) version: i32,
+    pub(crate) artifact: Option<Vec<u8>>,
+    pub(crate) features: Value,
+}
+
+/// One version's model (`None`: no such version).
+pub(crate) async fn version_model(
+    pool: &PgPool,
+    user_id: &str,
+    version: i32,
+) -> sqlx::Result<Option<ServedModel>> {
+    query_as(
+        "SELECT version, artifact, features FROM refit_model_versions
+          WHERE user_id = $1 AND version = $2",
+    )
+    .bind(user_id)
+    .bind(version)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The active version's model (`None`: no active version).
+pub(crate) async fn active_model(
+    pool: &PgPool,
+    user_id: &str,
+) -> sqlx::Result<Option<ServedModel>> {
+    query_as(
+        "SELECT v.version, v.artifact, v.features
+           FROM refit_models m JOIN refit_model_versions v ON v.user_id = m.user_id AND v.version = m.active_version
+          WHERE m.user_id = $1",
+    )
+    .bind(user_id)
+    .fetch_optional(pool)
+    .await
+}
+
+pub const LOCK_MODEL: &str = "SELECT m.active_version,
+                v.xmin::text::bigint AS active_row,
+                coalesce(n.version, 0) AS last_version,
                 m.failures,
-                coalesce(m.retry_after > now(), false),
+                coalesce(m.retry_after > now(), false) AS backing_off,
                 v.params, v.features, v.trees,
-                coalesce((v.metrics->'policy'->>'since_rebuild')::int, 0),
-                n.status = 'rejected' AND n.parent_version = m.active_version,
-                n.trees,
-                coalesce((n.metrics->'policy'->>'since_rebuild')::int, 0)
+                coalesce((v.metrics->'policy'->>'since_rebuild')::int, 0) AS since_rebuild,
+                n.status = 'rejected' AND n.parent_version = m.active_version AS rejected,
+                n.trees AS rejected_trees,
+                coalesce((n.metrics->'policy'->>'since_rebuild')::int, 0) AS rejected_since_rebuild
            FROM refit_models m
            LEFT JOIN refit_model_versions v
                   ON v.user_id = m.user_id AND v.version = m.active_version
@@ -85,32 +149,61 @@ pub(crate) async fn lock_model(
                  WHERE user_id = m.user_id
                  ORDER BY version DESC LIMIT 1) n ON true
           WHERE m.user_id = $1
-            FOR UPDATE OF m SKIP LOCKED",
-    )
-    .bind(user_id)
-    .map(|row: sqlx::postgres::PgRow| {
-        let last_version: i32 = row.get(2);
-        let rejected: Option<bool> = row.get(9);
+            FOR UPDATE OF m SKIP LOCKED";
+
+/// Locks the user's registry row for this transaction; `None` when another retrain holds it.
+/// Artifacts are not read here: see [`artifact`].
+pub(crate) async fn lock_model(
+    conn: &mut PgConnection,
+    user_id: &str,
+) -> sqlx::Result<Option<ModelHead>> {
+    let row: Option<HeadRow> = query_as(LOCK_MODEL)
+        .bind(user_id)
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(HeadRow::head))
+}
+
+/// The columns of [`LOCK_MODEL`].
+#[derive(sqlx::FromRow)]
+struct HeadRow {
+    active_version: Option<i32>,
+    active_row: Option<i64>,
+    last_version: i32,
+    failures: i32,
+    backing_off: bool,
+    params: Option<Value>,
+    features: Option<Value>,
+    trees: Option<i32>,
+    since_rebuild: i32,
+    rejected: Option<bool>,
+    rejected_trees: Option<i32>,
+    rejected_since_rebuild: i32,
+}
+
+impl HeadRow {
+    fn head(self) -> ModelHead {
         ModelHead {
-            active_version: row.get(0),
-            active_row: row.get(1),
-            last_version,
-            failures: row.get(3),
-            backing_off: row.get(4),
-            params: row.get(5),
-            features: row.get(6),
-            trees: row.get(7),
-            since_rebuild: row.get::<i32, _>(8).max(0) as u32,
-            rejected: rejected.unwrap_or(false).then(|| RejectedHead {
-                version: last_version,
-                trees: row.get(10),
-                since_rebuild: row.get::<i32, _>(11).max(0) as u32,
+            active_version: self.active_version,
+            active_row: self.active_row,
+            last_version: self.last_version,
+            failures: self.failures,
+            backing_off: self.backing_off,
+            params: self.params,
+            features: self.features,
+            trees: self.trees,
+            since_rebuild: self.since_rebuild.max(0) as u32,
+            rejected: self.rejected.unwrap_or(false).then(|| RejectedHead {
+                version: self.last_version,
+                trees: self.rejected_trees,
+                since_rebuild: self.rejected_since_rebuild.max(0) as u32,
             }),
         }
-    })
-    .fetch_optional(conn)
-    .await
+    }
 }
+
+pub const ARTIFACT: &str =
+    "SELECT artifact FROM refit_model_versions WHERE user_id = $1 AND version = $2";
 
 /// The stored artifact of one version (`None` when it has none).
 pub(crate) async fn artifact(
@@ -118,15 +211,19 @@ pub(crate) async fn artifact(
     user_id: &str,
     version: i32,
 ) -> sqlx::Result<Option<Vec<u8>>> {
-    sqlx::query_scalar(
-        "SELECT artifact FROM refit_model_versions WHERE user_id = $1 AND version = $2",
-    )
-    .bind(user_id)
-    .bind(version)
-    .fetch_optional(conn)
-    .await
-    .map(Option::flatten)
+    query_scalar(ARTIFACT)
+        .bind(user_id)
+        .bind(version)
+        .fetch_optional(conn)
+        .await
+        .map(Option::flatten)
 }
+
+pub const LIVE_HISTORY: &str = "SELECT (metrics->'live'->>$3)::float8
+           FROM refit_model_versions
+          WHERE user_id = $1 AND status = 'ready' AND metrics->'live'->>$3 IS NOT NULL
+          ORDER BY version DESC
+          LIMIT $2";
 
 /// Live errors (`metric`: mae or rmse) of the user's newest ready versions, newest first: the
 /// gate's typical error.
@@ -135,19 +232,18 @@ pub(crate) async fn live_history(
     user_id: &str,
     metric: &str,
 ) -> sqlx::Result<Vec<f64>> {
-    sqlx::query_scalar(
-        "SELECT (metrics->'live'->>$3)::float8
-           FROM refit_model_versions
-          WHERE user_id = $1 AND status = 'ready' AND metrics->'live'->>$3 IS NOT NULL
-          ORDER BY version DESC
-          LIMIT $2",
-    )
-    .bind(user_id)
-    .bind(crate::retrain::policy::LIVE_HISTORY as i64)
-    .bind(metric)
-    .fetch_all(conn)
-    .await
+    query_scalar(LIVE_HISTORY)
+        .bind(user_id)
+        .bind(crate::retrain::policy::LIVE_HISTORY as i64)
+        .bind(metric)
+        .fetch_all(conn)
+        .await
 }
+
+pub const REINSTATE: &str = "UPDATE refit_model_versions
+            SET status = 'ready',
+                metrics = metrics || jsonb_build_object('reinstated_by', $3::int)
+          WHERE user_id = $1 AND version = $2 AND status = 'rejected'";
 
 /// Makes a rejected version ready again (the gate reinstated it), noting which retrain did.
 pub(crate) async fn reinstate(
@@ -156,23 +252,18 @@ pub(crate) async fn reinstate(
     version: i32,
     by_version: i32,
 ) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE refit_model_versions
-            SET status = 'ready',
-                metrics = metrics || jsonb_build_object('reinstated_by', $3::int)
-          WHERE user_id = $1 AND version = $2 AND status = 'rejected'",
-    )
-    .bind(user_id)
-    .bind(version)
-    .bind(by_version)
-    .execute(conn)
-    .await
-    .map(|_| ())
+    query(REINSTATE)
+        .bind(user_id)
+        .bind(version)
+        .bind(by_version)
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
 
 impl NewVersion<'_> {
     /// Binds the version's columns as `$1`–`$16` of an `INSERT INTO refit_model_versions` with
-    /// the column list of [`insert_version`] (SQL stays literal: see the reliability suite).
+    /// the column list of [`INSERT_VERSION`] (and of [`COMMIT_RETRAIN`]).
     fn bind<'q>(
         &'q self,
         query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
@@ -197,20 +288,24 @@ impl NewVersion<'_> {
     }
 }
 
+pub(crate) const INSERT_VERSION: &str = "INSERT INTO refit_model_versions
+            (user_id, version, status, parent_version, artifact, rows_used, rows_set_aside,
+             trees, boosted_rounds, params, features, timings_ms, error, source, retrain_id, metrics)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+
 pub(crate) async fn insert_version(
     conn: &mut PgConnection,
     v: &NewVersion<'_>,
 ) -> sqlx::Result<()> {
-    v.bind(sqlx::query(
-        "INSERT INTO refit_model_versions
-            (user_id, version, status, parent_version, artifact, rows_used, rows_set_aside,
-             trees, boosted_rounds, params, features, timings_ms, error, source, retrain_id, metrics)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-    ))
+    v.bind(query(INSERT_VERSION))
         .execute(conn)
         .await
         .map(|_| ())
 }
+
+pub const ACTIVATE: &str = "UPDATE refit_models
+            SET active_version = $2, failures = 0, retry_after = NULL, updated_at = now()
+          WHERE user_id = $1";
 
 /// Moves the user's active version and clears any failure back-off.
 pub(crate) async fn activate(
@@ -218,17 +313,19 @@ pub(crate) async fn activate(
     user_id: &str,
     version: i32,
 ) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE refit_models
-            SET active_version = $2, failures = 0, retry_after = NULL, updated_at = now()
-          WHERE user_id = $1",
-    )
-    .bind(user_id)
-    .bind(version)
-    .execute(conn)
-    .await
-    .map(|_| ())
+    query(ACTIVATE)
+        .bind(user_id)
+        .bind(version)
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
+
+pub const RECORD_FAILURE: &str = "UPDATE refit_models
+            SET failures = failures + 1,
+                retry_after = now() + make_interval(secs => $2),
+                updated_at = now()
+          WHERE user_id = $1";
 
 /// Records a failed retrain: the user backs off for `backoff` before the next attempt.
 pub(crate) async fn record_failure(
@@ -236,19 +333,19 @@ pub(crate) async fn record_failure(
     user_id: &str,
     backoff: Duration,
 ) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE refit_models
-            SET failures = failures + 1,
-                retry_after = now() + make_interval(secs => $2),
-                updated_at = now()
-          WHERE user_id = $1",
-    )
-    .bind(user_id)
-    .bind(backoff.as_secs_f64())
-    .execute(conn)
-    .await
-    .map(|_| ())
+    query(RECORD_FAILURE)
+        .bind(user_id)
+        .bind(backoff.as_secs_f64())
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
+
+pub const BACK_OFF: &str = "UPDATE refit_models
+            SET failures = failures + 1,
+                retry_after = now() + make_interval(secs => least(power(2, least(failures, 16)), $2)),
+                updated_at = now()
+          WHERE user_id = $1";
 
 /// Backs a user off after a retrain that ended in an error (not a training failure, which
 /// [`record_failure`] records in the retrain's own transaction): `2^failures` seconds, at most
@@ -261,22 +358,23 @@ pub(crate) async fn back_off(
     lock_wait: Duration,
 ) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT set_config('lock_timeout', $1, true)")
-        .bind(lock_wait.as_millis().to_string())
+    set_lock_timeout(&mut tx, &lock_wait.as_millis().to_string()).await?;
+    query(BACK_OFF)
+        .bind(user_id)
+        .bind(max.as_secs_f64())
         .execute(&mut *tx)
         .await?;
-    sqlx::query(
-        "UPDATE refit_models
-            SET failures = failures + 1,
-                retry_after = now() + make_interval(secs => least(power(2, least(failures, 16)), $2)),
-                updated_at = now()
-          WHERE user_id = $1",
-    )
-    .bind(user_id)
-    .bind(max.as_secs_f64())
-    .execute(&mut *tx)
-    .await?;
     tx.commit().await
+}
+
+/// Sets `lock_timeout` (PostgreSQL's syntax: `100`, `100ms`, `2s`) for the rest of the
+/// transaction.
+pub(crate) async fn set_lock_timeout(conn: &mut PgConnection, timeout: &str) -> sqlx::Result<()> {
+    query("SELECT set_config('lock_timeout', $1, true)")
+        .bind(timeout)
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
 
 /// What [`commit_retrain`] wrote.
@@ -286,21 +384,7 @@ pub(crate) struct CommittedRetrain {
     pub(crate) version_row: i64,
 }
 
-/// The whole write of a successful (or rejected) retrain in one statement: the new version, the
-/// consumed actuals out of the pending queue, the version activated when `activate`, and the
-/// side effects in the outbox. The caller commits.
-pub(crate) async fn commit_retrain(
-    conn: &mut PgConnection,
-    v: &NewVersion<'_>,
-    consumed: &Consumed<'_>,
-    activate: bool,
-    event_id: Uuid,
-    outbox: &[(OutboxKind, &Value)],
-) -> sqlx::Result<CommittedRetrain> {
-    let kinds: Vec<&str> = outbox.iter().map(|(k, _)| k.as_str()).collect();
-    let payloads: Vec<&Value> = outbox.iter().map(|(_, p)| *p).collect();
-    let query = sqlx::query(
-        "WITH version AS (
+pub const COMMIT_RETRAIN: &str = "WITH version AS (
              INSERT INTO refit_model_versions
                  (user_id, version, status, parent_version, artifact, rows_used, rows_set_aside,
                   trees, boosted_rounds, params, features, timings_ms, error, source, retrain_id, metrics)
@@ -324,10 +408,23 @@ pub(crate) async fn commit_retrain(
                FROM unnest($23::text[], $24::jsonb[]) WITH ORDINALITY AS t(kind, payload, n)
               ORDER BY n
          )
-         SELECT (SELECT row FROM version), (SELECT count(*) FROM removed)",
-    );
+         SELECT (SELECT row FROM version) AS version_row, (SELECT count(*) FROM removed) AS removed";
+
+/// The whole write of a successful (or rejected) retrain in one statement: the new version, the
+/// consumed actuals out of the pending queue, the version activated when `activate`, and the
+/// side effects in the outbox. The caller commits.
+pub(crate) async fn commit_retrain(
+    conn: &mut PgConnection,
+    v: &NewVersion<'_>,
+    consumed: &Consumed<'_>,
+    activate: bool,
+    event_id: Uuid,
+    outbox: &[(OutboxKind, &Value)],
+) -> sqlx::Result<CommittedRetrain> {
+    let kinds: Vec<&str> = outbox.iter().map(|(k, _)| k.as_str()).collect();
+    let payloads: Vec<&Value> = outbox.iter().map(|(_, p)| *p).collect();
     let row = v
-        .bind(query)
+        .bind(query(COMMIT_RETRAIN))
         .bind(&consumed.ids)
         .bind(&consumed.outcomes)
         .bind(&consumed.reasons)
@@ -339,8 +436,8 @@ pub(crate) async fn commit_retrain(
         .bind(&consumed.lines)
         .fetch_one(&mut *conn)
         .await?;
-    consumed.check(v.user_id, row.get(1))?;
+    consumed.check(v.user_id, row.try_get("removed")?)?;
     Ok(CommittedRetrain {
-        version_row: row.get(0),
+        version_row: row.try_get("version_row")?,
     })
 }

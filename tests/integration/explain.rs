@@ -1,6 +1,6 @@
 //! Every statement refit runs per retrain or per sweep reads by index at scale: the tables are
-//! filled (explain_fill.sql), and each statement — its text taken from refit's source, so the
-//! check follows the code — is EXPLAINed with representative values, planned for them as refit's
+//! filled (explain_fill.sql), and each statement — the very constant refit runs
+//! (`refit::store::statements`), so the check follows the code — is EXPLAINed with representative values, planned for them as refit's
 //! sessions plan (`plan_cache_mode = force_custom_plan`; below [`PLANNER_ROWS`] also
 //! `enable_seqscan = off`: is there an index for it?). No plan may scan a table of 10,000 rows
 //! or more whole, except the scheduler's two full passes over the pending queue (and, for one,
@@ -14,18 +14,9 @@ use sqlx::postgres::PgArguments;
 use sqlx::{Connection, PgConnection, Postgres, Row};
 use uuid::Uuid;
 
-use crate::support::*;
+use refit::store::statements::*;
 
-/// The store's files: a statement is looked for in all of them.
-const DB_RS: &[&str] = &[
-    include_str!("../../src/store/actuals.rs"),
-    include_str!("../../src/store/versions.rs"),
-    include_str!("../../src/store/outbox.rs"),
-];
-const OUTBOX_RS: &[&str] = &[include_str!("../../src/outbox/mod.rs")];
-const RETENTION_RS: &[&str] = &[include_str!("../../src/registry/retention.rs")];
-const AUDIT_RS: &[&str] = &[include_str!("../../src/registry/audit.rs")];
-const INGEST_RS: &[&str] = &[include_str!("../../src/scheduler/ingest.rs")];
+use crate::support::*;
 
 /// The ingest cursor after the fill (every filled actual already ingested, two transactions
 /// still in progress), as the ingest statements bind it.
@@ -47,30 +38,19 @@ type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 /// Binds a statement's parameters.
 type Binder = for<'q> fn(Query<'q>) -> Query<'q>;
 
-/// One statement to check: what runs it, where its text is, how to bind it, and the tables it
-/// may scan whole.
+/// One statement to check: what runs it, its text, how to bind it, and the tables it may scan
+/// whole.
 struct Statement {
     name: &'static str,
-    source: &'static [&'static str],
-    function: &'static str,
-    /// Which of the function's SQL literals (0 = the first).
-    nth: usize,
+    sql: &'static str,
     bind: Binder,
     full_scans_allowed: &'static [&'static str],
 }
 
-const fn statement(
-    name: &'static str,
-    source: &'static [&'static str],
-    function: &'static str,
-    nth: usize,
-    bind: Binder,
-) -> Statement {
+const fn statement(name: &'static str, sql: &'static str, bind: Binder) -> Statement {
     Statement {
         name,
-        source,
-        function,
-        nth,
+        sql,
         bind,
         full_scans_allowed: &[],
     }
@@ -79,186 +59,110 @@ const fn statement(
 /// The statements of a retrain, of the outbox's delivery and sweep, of a prune and of the purges.
 fn statements() -> Vec<Statement> {
     vec![
-        statement(
-            "scheduler: pending counts",
-            DB_RS,
-            "pending_counts",
-            0,
-            |q| q.bind(vec![USER.to_owned()]),
-        ),
+        statement("scheduler: pending counts", PENDING_COUNTS, |q| {
+            q.bind(vec![USER.to_owned()])
+        }),
         Statement {
             // Every pending actual with its user's registry row: at most every 30 s.
             full_scans_allowed: &["refit_pending", "refit_models"],
-            ..statement(
-                "scheduler: due users (full pass)",
-                DB_RS,
-                "due_users",
-                0,
-                |q| q.bind(50_i64).bind(None::<f64>).bind(1_i64),
-            )
+            ..statement("scheduler: due users (full pass)", DUE_USERS, |q| {
+                q.bind(50_i64).bind(None::<f64>).bind(1_i64)
+            })
         },
         Statement {
             full_scans_allowed: &["refit_pending"],
-            ..statement("scheduler: pending gauge", DB_RS, "pending_total", 0, |q| q)
+            ..statement("scheduler: pending gauge", PENDING_TOTAL, |q| q)
         },
-        statement("retrain: lock the user", DB_RS, "lock_model", 0, |q| {
+        statement("retrain: lock the user", LOCK_MODEL, |q| q.bind(USER)),
+        statement("retrain: registry row exists", MODEL_ROW_EXISTS, |q| {
             q.bind(USER)
         }),
         statement(
-            "retrain: registry row exists",
-            DB_RS,
-            "model_row_exists",
-            0,
-            |q| q.bind(USER),
-        ),
-        statement(
             "retrain: set aside actuals consumed again",
-            DB_RS,
-            "set_aside_consumed_again",
-            0,
+            SET_ASIDE_CONSUMED_AGAIN,
             |q| q.bind(USER),
         ),
-        statement("retrain: pending read", DB_RS, "read_pending", 0, |q| {
+        statement("retrain: pending read", READ_PENDING, |q| {
             q.bind(USER).bind(50_i64)
         }),
-        statement("retrain: artifact", DB_RS, "artifact", 0, |q| {
-            q.bind(USER).bind(99_i32)
+        statement("retrain: artifact", ARTIFACT, |q| q.bind(USER).bind(99_i32)),
+        statement("retrain: recent actuals", RECENT_ACTUALS, |q| {
+            q.bind(USER).bind(4000_i64)
         }),
-        statement("retrain: recent actuals", DB_RS, "recent_actuals", 0, |q| {
+        statement("retrain: window as trained", RECENT_LINES, |q| {
             q.bind(USER).bind(4000_i64)
         }),
         statement(
-            "retrain: window as trained",
-            DB_RS,
-            "recent_lines",
-            0,
-            |q| q.bind(USER).bind(4000_i64),
-        ),
-        statement(
             "retrain: a rejected version's actuals",
-            DB_RS,
-            "actuals_of_version",
-            0,
+            ACTUALS_OF_VERSION,
             |q| q.bind(USER).bind(99_i32),
         ),
-        statement("retrain: live history", DB_RS, "live_history", 0, |q| {
+        statement("retrain: live history", LIVE_HISTORY, |q| {
             q.bind(USER).bind(20_i64).bind("rmse")
         }),
-        statement("retrain: reinstate", DB_RS, "reinstate", 0, |q| {
+        statement("retrain: reinstate", REINSTATE, |q| {
             q.bind(USER).bind(98_i32).bind(101_i32)
         }),
-        statement("retrain: commit", DB_RS, "commit_retrain", 0, bind_commit),
-        statement(
-            "retrain: consume (nothing trained)",
-            DB_RS,
-            "consume",
-            0,
-            |q| bind_consumed(q.bind(USER).bind(None::<i32>)).bind(vec![None::<Vec<u8>>; 50]),
-        ),
-        statement("retrain: activate", DB_RS, "activate", 0, |q| {
-            q.bind(USER).bind(99_i32)
+        statement("retrain: commit", COMMIT_RETRAIN, bind_commit),
+        statement("retrain: consume (nothing trained)", CONSUME, |q| {
+            bind_consumed(q.bind(USER).bind(None::<i32>)).bind(vec![None::<Vec<u8>>; 50])
         }),
-        statement(
-            "retrain: record a failure",
-            DB_RS,
-            "record_failure",
-            0,
-            |q| q.bind(USER).bind(2.0_f64),
-        ),
-        statement("retrain: back off", DB_RS, "back_off", 1, |q| {
+        statement("retrain: activate", ACTIVATE, |q| q.bind(USER).bind(99_i32)),
+        statement("retrain: record a failure", RECORD_FAILURE, |q| {
+            q.bind(USER).bind(2.0_f64)
+        }),
+        statement("retrain: back off", BACK_OFF, |q| {
             q.bind(USER).bind(300.0_f64)
         }),
-        statement("outbox: lock and read", DB_RS, "lock_outboxes", 1, |q| {
+        statement("outbox: lock and read", READ_OUTBOXES, |q| {
             q.bind(vec![USER.to_owned()]).bind("announce")
         }),
-        statement("outbox: done (deleted)", DB_RS, "outbox_done", 0, |q| {
+        statement("outbox: done (deleted)", OUTBOX_DONE, |q| {
             q.bind(vec![1_i64, 2]).bind(false)
         }),
-        statement("outbox: done (kept)", DB_RS, "outbox_done", 0, |q| {
+        statement("outbox: done (kept)", OUTBOX_DONE, |q| {
             q.bind(vec![1_i64, 2]).bind(true)
         }),
-        statement("outbox: failed", DB_RS, "outbox_failed", 0, |q| {
+        statement("outbox: failed", OUTBOX_FAILED, |q| {
             q.bind(1_i64).bind("broker down").bind(0.2_f64)
         }),
-        statement("outbox: dead letter", DB_RS, "outbox_dead_letter", 0, |q| {
+        statement("outbox: dead letter", OUTBOX_DEAD_LETTER, |q| {
             q.bind(1_i64).bind("too large")
         }),
-        statement(
-            "sweep: users with due entries",
-            DB_RS,
-            "outbox_due_users",
-            0,
-            |q| q.bind(1000_i64).bind(1.0_f64),
-        ),
-        statement(
-            "sweep: backlog gauge",
-            OUTBOX_RS,
-            "refresh_backlog",
-            0,
-            |q| q,
-        ),
-        statement("prune: lock the user", RETENTION_RS, "prune_user", 0, |q| {
-            q.bind(USER)
+        statement("sweep: users with due entries", OUTBOX_DUE_USERS, |q| {
+            q.bind(1000_i64).bind(1.0_f64)
         }),
-        statement(
-            "prune: versions to delete",
-            RETENTION_RS,
-            "delete_versions",
-            0,
-            |q| q.bind(USER).bind(Some(100_i32)).bind(50_i64).bind(100_i64),
-        ),
+        statement("sweep: backlog gauge", OUTBOX_BACKLOG, |q| q),
+        statement("prune: lock the user", LOCK_TO_PRUNE, |q| q.bind(USER)),
+        statement("prune: versions to delete", DOOMED_VERSIONS, |q| {
+            q.bind(USER).bind(Some(100_i32)).bind(50_i64).bind(100_i64)
+        }),
         statement(
             "prune: their consumed rows",
-            RETENTION_RS,
-            "delete_versions",
-            1,
+            DELETE_CONSUMED_OF_VERSIONS,
             |q| q.bind(USER).bind(vec![1_i32, 2, 3]),
         ),
-        statement(
-            "prune: the versions",
-            RETENTION_RS,
-            "delete_versions",
-            2,
-            |q| q.bind(USER).bind(vec![1_i32, 2, 3]),
-        ),
-        statement("prune: artifacts", RETENTION_RS, "drop_artifacts", 0, |q| {
+        statement("prune: the versions", DELETE_VERSIONS, |q| {
+            q.bind(USER).bind(vec![1_i32, 2, 3])
+        }),
+        statement("prune: artifacts", DROP_ARTIFACTS, |q| {
             q.bind(USER).bind(Some(100_i32)).bind(5_i64)
         }),
-        statement(
-            "prune: consumed rows",
-            RETENTION_RS,
-            "trim_consumed",
-            0,
-            |q| q.bind(USER).bind(4000_i64).bind(5000_i64),
-        ),
-        statement("purge: outbox", RETENTION_RS, "purge_expired", 0, |q| {
+        statement("prune: consumed rows", TRIM_CONSUMED, |q| {
+            q.bind(USER).bind(4000_i64).bind(5000_i64)
+        }),
+        statement("purge: outbox", PURGE_OUTBOX, |q| {
             q.bind(3600.0_f64).bind(7.0 * 86400.0_f64).bind(5000_i64)
         }),
-        statement(
-            "purge: set-aside actuals",
-            RETENTION_RS,
-            "purge_expired",
-            1,
-            |q| q.bind(7.0 * 86400.0_f64).bind(5000_i64),
-        ),
-        statement("purge: audit trail", AUDIT_RS, "purge", 0, |q| {
+        statement("purge: set-aside actuals", PURGE_SET_ASIDE, |q| {
+            q.bind(7.0 * 86400.0_f64).bind(5000_i64)
+        }),
+        statement("purge: audit trail", PURGE_AUDIT, |q| {
             q.bind(365.0 * 86400.0_f64).bind(5000_i64)
         }),
-        statement(
-            "ingest: anything arrived",
-            INGEST_RS,
-            "arrived",
-            0,
-            bind_cursor,
-        ),
-        statement("ingest: lock the cursor", INGEST_RS, "ingest", 0, |q| q),
-        statement(
-            "ingest: queue arrivals",
-            INGEST_RS,
-            "queue_arrivals",
-            0,
-            bind_cursor,
-        ),
+        statement("ingest: anything arrived", ARRIVED, bind_cursor),
+        statement("ingest: lock the cursor", LOCK_CURSOR, |q| q),
+        statement("ingest: queue arrivals", QUEUE_ARRIVALS, bind_cursor),
     ]
 }
 
@@ -296,34 +200,6 @@ fn bind_consumed(q: Query<'_>) -> Query<'_> {
         .bind(vec!["trained"; 50])
         .bind(vec![None::<String>; 50])
         .bind(vec![None::<String>; 50])
-}
-
-/// The `nth` SQL string literal in the body of `function` in one of `sources`.
-fn sql(sources: &'static [&'static str], function: &str, nth: usize) -> &'static str {
-    let (source, start) = sources
-        .iter()
-        .find_map(|source| {
-            [format!("fn {function}("), format!("fn {function}<")]
-                .iter()
-                .find_map(|f| source.find(f.as_str()))
-                .map(|start| (*source, start))
-        })
-        .unwrap_or_else(|| panic!("no fn {function} in the source"));
-    let body = &source[start + 3..];
-    let body = &body[..body.find(" fn ").unwrap_or(body.len())];
-    let literals = body.split('"').skip(1).step_by(2);
-    let is_sql = |s: &&str| {
-        let head = s.trim_start().to_ascii_uppercase();
-        ["SELECT", "WITH", "INSERT", "UPDATE", "DELETE"]
-            .iter()
-            .any(|k| head.starts_with(k))
-    };
-    let found = literals
-        .filter(is_sql)
-        .nth(nth)
-        .unwrap_or_else(|| panic!("fn {function} has no SQL literal number {nth}"));
-    assert!(!found.contains('\\'), "escapes in {function}'s SQL");
-    found
 }
 
 /// Tables a plan reads whole: `Seq Scan on <table>`, or an index scan with no `Index Cond` (it
@@ -373,7 +249,7 @@ async fn big_tables(conn: &mut PgConnection) -> Vec<(String, i64)> {
 
 /// The plan of one statement for its representative values, one line a node.
 async fn explain(conn: &mut PgConnection, s: &Statement) -> Vec<String> {
-    let text = format!("EXPLAIN {}", sql(s.source, s.function, s.nth));
+    let text = format!("EXPLAIN {}", s.sql);
     (s.bind)(sqlx::query(&text))
         .fetch_all(&mut *conn)
         .await

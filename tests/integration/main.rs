@@ -1,5 +1,7 @@
 //! Integration tests against the real PostgreSQL, Redis and Kafka-compatible broker
 //! (`make services` starts them). All compile into this one binary.
+// Tests and benches set up and inspect the database directly, outside refit's typed store.
+#![allow(clippy::disallowed_methods)]
 
 mod bad_input;
 mod bike;

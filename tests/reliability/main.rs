@@ -3,6 +3,8 @@
 //! binary from the integration suite; run it with
 //! `cargo test --features fault-injection --test reliability` (fast slice, part of `make test`)
 //! and `CHAOS=1 … -- --ignored` for the long soak runs (`make chaos`). See RELIABILITY.md.
+// Tests and benches set up and inspect the database directly, outside refit's typed store.
+#![allow(clippy::disallowed_methods)]
 
 mod bad_input;
 mod chaos;

@@ -1,0 +1,108 @@
+//! The ingest's statements (src/scheduler/ingest.rs explains the bookkeeping): the cursor
+//! (`refit_ingest_cursor`) and the inserts into `refit_pending` of what the upstream committed.
+
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+
+use super::query::{query_as, query_scalar};
+
+/// What one ingest did.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Ingested {
+    /// Actuals queued for training.
+    pub queued: i64,
+    /// Actuals set aside in `refit_unconsumable_actuals` (user id over 1000 bytes).
+    pub set_aside: i64,
+    /// Users notified (those with queued actuals).
+    pub users: i64,
+    /// The cursor after the ingest (`pg_snapshot` text).
+    pub cursor: String,
+}
+
+/// Begins an ingest's transaction. The ingest statement must take its snapshot after the cursor
+/// is locked, to see every actual the previous ingest saw: a statement of its own, under READ
+/// COMMITTED (where FOR UPDATE also returns the cursor as the previous ingest committed it). Its
+/// plan must not depend on statistics (autovacuum may be off, actual_rentals grows by the
+/// second): the new actuals are read through the refit_xid index, always (and without JIT, which
+/// the disabled scans' costs would trigger: 100 ms a statement). It commits without waiting for
+/// the WAL flush: a retrain that consumes what it queued flushes it with its own commit, and a
+/// crash that loses it loses its cursor too, so the next ingest redoes it.
+pub(crate) async fn begin(pool: &PgPool) -> sqlx::Result<Transaction<'static, Postgres>> {
+    pool.begin_with(
+        "BEGIN ISOLATION LEVEL READ COMMITTED;
+         SET LOCAL enable_seqscan = off;
+         SET LOCAL jit = off;
+         SET LOCAL synchronous_commit = off",
+    )
+    .await
+}
+
+pub const LOCK_CURSOR: &str =
+    "SELECT snapshot::text FROM refit_ingest_cursor FOR UPDATE SKIP LOCKED";
+
+/// Locks the cursor and returns it; `None` when another replica is ingesting.
+pub(crate) async fn lock_cursor(conn: &mut PgConnection) -> sqlx::Result<Option<String>> {
+    query_scalar(LOCK_CURSOR).fetch_optional(conn).await
+}
+
+pub const QUEUE_ARRIVALS: &str = "WITH arrived AS MATERIALIZED (
+             SELECT a.id,
+                    (SELECT r.user_id FROM prediction_requests r
+                      WHERE r.request_id = a.request_id) AS user_id
+               FROM (SELECT id, request_id FROM actual_rentals
+                      WHERE refit_xid >= pg_snapshot_xmax($1::pg_snapshot)
+                     UNION ALL
+                     SELECT id, request_id FROM actual_rentals
+                      WHERE refit_xid = ANY (ARRAY(SELECT pg_snapshot_xip($1::pg_snapshot)))) a
+         ),
+         set_aside AS (
+             INSERT INTO refit_unconsumable_actuals (actual_id, user_id, reason, detail)
+             SELECT id, user_id, 'user_id_too_long',
+                    'the user id is ' || octet_length(user_id) || ' bytes; refit takes at most 1000'
+               FROM arrived
+              WHERE octet_length(user_id) > 1000
+             RETURNING 1
+         ),
+         queued AS (
+             INSERT INTO refit_pending (actual_id, user_id)
+             SELECT id, user_id FROM arrived WHERE octet_length(user_id) <= 1000
+             ON CONFLICT DO NOTHING
+             RETURNING actual_id, user_id
+         ),
+         advanced AS (
+             UPDATE refit_ingest_cursor SET snapshot = pg_current_snapshot(), advanced_at = now()
+             RETURNING snapshot::text
+         ),
+         notified AS (
+             SELECT pg_notify('refit_actuals', n || ':' || first || ':' || user_id)
+               FROM (SELECT user_id, count(*) AS n, min(actual_id) AS first
+                       FROM queued
+                      GROUP BY user_id
+                      ORDER BY min(actual_id)) per_user
+         )
+         SELECT (SELECT count(*) FROM queued) AS queued,
+                (SELECT count(*) FROM set_aside) AS set_aside,
+                (SELECT count(*) FROM notified) AS users,
+                (SELECT snapshot FROM advanced) AS cursor";
+
+/// The ingest statement: queues (or, for a user id over 1000 bytes, sets aside) every actual
+/// the `cursor` snapshot did not see committed — its transaction id at or past the snapshot's
+/// xmax, or one of those it saw in progress — that this statement's snapshot sees committed,
+/// advances the cursor to this statement's snapshot, and notifies `refit_actuals` once per user
+/// with queued actuals. The two kinds of arrival are two index scans joined by `UNION ALL` (they
+/// cannot overlap: the in-progress list holds ids below xmax); written as one `OR`, PostgreSQL
+/// walks the whole index whenever the list is not empty (tests/integration/explain.rs).
+pub(crate) async fn queue_arrivals(
+    conn: &mut PgConnection,
+    cursor: &str,
+) -> sqlx::Result<Ingested> {
+    query_as(QUEUE_ARRIVALS).bind(cursor).fetch_one(conn).await
+}
+
+pub const ARRIVED: &str = "SELECT coalesce((SELECT max(refit_xid) FROM actual_rentals)
+                         >= pg_snapshot_xmax($1::pg_snapshot), false)";
+
+/// Whether actuals newer than every transaction `cursor` knew of have committed: the newest
+/// visible `refit_xid`, read from the end of its index whatever the statistics say.
+pub(crate) async fn arrived(pool: &PgPool, cursor: &str) -> sqlx::Result<bool> {
+    query_scalar(ARRIVED).bind(cursor).fetch_one(pool).await
+}
