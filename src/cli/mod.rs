@@ -106,6 +106,7 @@ pub async fn show(
     let detail = registry::show(pool, user, version).await?;
     emit(json, &detail, |d| {
         let s = &d.summary;
+        let c = &d.details;
         println!("user:            {}", s.user_id);
         println!(
             "version:         {}{}",
@@ -129,12 +130,12 @@ pub async fn show(
         );
         println!(
             "artifact bytes:  {}",
-            d.artifact_bytes.map_or("-".into(), |b| b.to_string())
+            c.artifact_bytes.map_or("-".into(), |b| b.to_string())
         );
-        println!("features:        {}", d.features);
-        println!("params:          {}", d.params);
-        println!("timings (ms):    {}", d.timings_ms);
-        println!("metrics:         {}", d.metrics);
+        println!("features:        {}", c.features);
+        println!("params:          {}", c.params);
+        println!("timings (ms):    {}", c.timings_ms);
+        println!("metrics:         {}", c.metrics);
         if let Some(error) = &s.error {
             println!("error:           {error}");
         }

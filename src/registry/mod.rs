@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -86,13 +86,8 @@ pub(crate) struct VersionSummary {
 pub(crate) struct VersionDetail {
     #[serde(flatten)]
     pub(crate) summary: VersionSummary,
-    pub(crate) boosted_rounds: Option<i32>,
-    pub(crate) artifact_bytes: Option<i32>,
-    pub(crate) params: Value,
-    pub(crate) features: Value,
-    pub(crate) timings_ms: Value,
-    pub(crate) metrics: Value,
-    pub(crate) retrain_id: Option<Uuid>,
+    #[serde(flatten)]
+    pub(crate) details: store::registry::VersionDetails,
     /// The user's model as a whole: its description, tags and aliases.
     pub(crate) model: ModelMeta,
 }
@@ -142,13 +137,7 @@ pub(crate) async fn show(
         })?;
     Ok(VersionDetail {
         summary,
-        boosted_rounds: columns.boosted_rounds,
-        artifact_bytes: columns.artifact_bytes,
-        params: columns.params,
-        features: columns.features,
-        timings_ms: columns.timings_ms,
-        metrics: columns.metrics,
-        retrain_id: columns.retrain_id,
+        details: columns,
         model,
     })
 }

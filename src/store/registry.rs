@@ -102,8 +102,8 @@ pub(crate) async fn list(
 }
 
 /// What a version's details add to its summary.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub(crate) struct VersionColumns {
+#[derive(Debug, Clone, sqlx::FromRow, serde::Serialize)]
+pub(crate) struct VersionDetails {
     pub(crate) boosted_rounds: Option<i32>,
     pub(crate) artifact_bytes: Option<i32>,
     pub(crate) params: Value,
@@ -127,7 +127,7 @@ pub(crate) async fn show(
     pool: &PgPool,
     user: &str,
     version: i32,
-) -> sqlx::Result<Option<(VersionSummary, VersionColumns)>> {
+) -> sqlx::Result<Option<(VersionSummary, VersionDetails)>> {
     let Some(row) = query(SHOW)
         .bind(user)
         .bind(version)
@@ -136,7 +136,7 @@ pub(crate) async fn show(
     else {
         return Ok(None);
     };
-    Ok(Some((summary(&row)?, VersionColumns::from_row(&row)?)))
+    Ok(Some((summary(&row)?, VersionDetails::from_row(&row)?)))
 }
 
 /// A version's status and artifact.
