@@ -305,6 +305,18 @@ async fn a_stale_user_is_retrained_below_the_threshold() {
     running.stop().await;
 }
 
+/// Each version of `user`: number, policy step, artifact.
+async fn versions_made(env: &TestEnv, user: &str) -> Vec<(i32, String, Option<Vec<u8>>)> {
+    sqlx::query_as(
+        "SELECT version, metrics->'policy'->>'step', artifact FROM refit_model_versions
+          WHERE user_id = $1 ORDER BY version",
+    )
+    .bind(user)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap()
+}
+
 /// The window a retrain scores and rebuilds on is read from the rows refit stored when it
 /// trained on them; with those rows missing (actuals consumed before they were stored) it is
 /// read from the upstream tables. Either way the models are the same, byte for byte: two users
@@ -330,22 +342,8 @@ async fn a_window_from_stored_rows_trains_the_models_the_upstream_rows_train() {
             );
         }
     }
-    let models: Vec<(i32, String, Option<Vec<u8>>)> = sqlx::query_as(
-        "SELECT version, metrics->'policy'->>'step', artifact FROM refit_model_versions
-          WHERE user_id = $1 ORDER BY version",
-    )
-    .bind("stored")
-    .fetch_all(&env.pool)
-    .await
-    .unwrap();
-    let joined: Vec<(i32, String, Option<Vec<u8>>)> = sqlx::query_as(
-        "SELECT version, metrics->'policy'->>'step', artifact FROM refit_model_versions
-          WHERE user_id = $1 ORDER BY version",
-    )
-    .bind("joined")
-    .fetch_all(&env.pool)
-    .await
-    .unwrap();
+    let models = versions_made(&env, "stored").await;
+    let joined = versions_made(&env, "joined").await;
     let steps: Vec<&str> = models.iter().map(|(_, s, _)| s.as_str()).collect();
     assert!(
         steps.contains(&"rebuild"),
