@@ -27,10 +27,6 @@ use crate::store::ingest as ingest_store;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// While the cursor saw transactions in progress, the loop ingests at least every this many
-/// turns (their actuals, once committed, are not seen by [`arrived`]).
-const LATE_CHECK_EVERY: u32 = 10;
-
 pub use crate::store::ingest::Ingested;
 
 /// Queues every actual committed since the last ingest (see the module docs). `None`: another
@@ -44,20 +40,6 @@ pub async fn ingest(pool: &PgPool) -> sqlx::Result<Option<Ingested>> {
     let done = ingest_store::queue_arrivals(&mut tx, &cursor).await?;
     tx.commit().await?;
     Ok(Some(done))
-}
-
-/// Whether actuals newer than every transaction `cursor` knew of have committed. (Those
-/// `cursor` saw in progress are not looked for here: see [`Watch::tick`].)
-async fn arrived(pool: &PgPool, cursor: &str) -> sqlx::Result<bool> {
-    ingest_store::arrived(pool, cursor).await
-}
-
-/// Whether the `pg_snapshot` text `xmin:xmax:xip,...` saw transactions in progress.
-fn saw_in_progress(snapshot: &str) -> bool {
-    snapshot
-        .split(':')
-        .nth(2)
-        .is_some_and(|xip| !xip.is_empty())
 }
 
 /// Ingests every `interval` until `stop`, or less often when a cheap check says there is
@@ -87,28 +69,24 @@ pub(crate) async fn run(pool: PgPool, interval: Duration, stop: CancellationToke
 }
 
 /// When the loop ingests. After an ingest that found something, it ingests again right away
-/// (more is likely). Otherwise it ingests when [`arrived`] sees a newer transaction's actual, and
-/// every [`LATE_CHECK_EVERY`] turns while the cursor saw transactions in progress (one of them
-/// may have committed actuals since). Another replica's ingest only makes the cursor kept here
-/// older: a needless ingest, never a missed actual.
+/// (more is likely). Otherwise it ingests when a read-only probe
+/// ([`ingest_store::arrived`]) sees an actual the cursor did not: from a transaction newer than
+/// every one it knew of, or from one it saw in progress that has committed since. Another
+/// replica's ingest only makes the cursor kept here older: a needless ingest, never a missed
+/// actual.
 #[derive(Debug, Default)]
 struct Watch {
     /// The cursor after this replica's last ingest; `None`: ingest without checking.
     cursor: Option<String>,
-    /// Turns since the last ingest.
-    idle: u32,
 }
 
 impl Watch {
     async fn tick(&mut self, pool: &PgPool) -> sqlx::Result<()> {
         if let Some(cursor) = &self.cursor {
-            self.idle += 1;
-            let late_check = saw_in_progress(cursor) && self.idle >= LATE_CHECK_EVERY;
-            if !late_check && !arrived(pool, cursor).await? {
+            if !ingest_store::arrived(pool, cursor).await? {
                 return Ok(());
             }
         }
-        self.idle = 0;
         let Some(done) = ingest(pool).await? else {
             self.cursor = None; // another replica is ingesting: more may be coming
             return Ok(());
@@ -130,17 +108,5 @@ impl Watch {
         }
         self.cursor = (!found).then_some(done.cursor);
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::saw_in_progress;
-
-    #[test]
-    fn a_snapshot_saw_transactions_in_progress_when_its_list_is_not_empty() {
-        assert!(!saw_in_progress("100:100:"));
-        assert!(saw_in_progress("100:105:100,103"));
-        assert!(!saw_in_progress("not a snapshot"));
     }
 }

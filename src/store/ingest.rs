@@ -52,7 +52,7 @@ pub const QUEUE_ARRIVALS: &str = "WITH arrived AS MATERIALIZED (
                       WHERE refit_xid >= pg_snapshot_xmax($1::pg_snapshot)
                      UNION ALL
                      SELECT id, request_id FROM actual_rentals
-                      WHERE refit_xid = ANY (ARRAY(SELECT pg_snapshot_xip($1::pg_snapshot)))) a
+                      WHERE refit_xid = ANY ($2::text[]::xid8[])) a
          ),
          set_aside AS (
              INSERT INTO refit_unconsumable_actuals (actual_id, user_id, reason, detail)
@@ -95,14 +95,45 @@ pub(crate) async fn queue_arrivals(
     conn: &mut PgConnection,
     cursor: &str,
 ) -> sqlx::Result<Ingested> {
-    query_as(QUEUE_ARRIVALS).bind(cursor).fetch_one(conn).await
+    query_as(QUEUE_ARRIVALS)
+        .bind(cursor)
+        .bind(in_progress(cursor))
+        .fetch_one(conn)
+        .await
 }
 
 pub const ARRIVED: &str = "SELECT coalesce((SELECT max(refit_xid) FROM actual_rentals)
-                         >= pg_snapshot_xmax($1::pg_snapshot), false)";
+                                   >= pg_snapshot_xmax($1::pg_snapshot), false)
+                          OR EXISTS (SELECT 1 FROM actual_rentals
+                                      WHERE refit_xid = ANY ($2::text[]::xid8[]))";
 
-/// Whether actuals newer than every transaction `cursor` knew of have committed: the newest
-/// visible `refit_xid`, read from the end of its index whatever the statistics say.
+/// Whether actuals `cursor` did not see have committed since: a transaction newer than every
+/// one it knew of (the newest visible `refit_xid`, read from the end of its index whatever the
+/// statistics say), or one it saw in progress (one index probe each; the list is bound as
+/// values, so the planner counts them rather than guessing).
 pub(crate) async fn arrived(pool: &PgPool, cursor: &str) -> sqlx::Result<bool> {
-    query_scalar(ARRIVED).bind(cursor).fetch_one(pool).await
+    query_scalar(ARRIVED)
+        .bind(cursor)
+        .bind(in_progress(cursor))
+        .fetch_one(pool)
+        .await
+}
+
+/// The transactions the `pg_snapshot` text `xmin:xmax:xip,...` saw in progress.
+pub(crate) fn in_progress(snapshot: &str) -> Vec<&str> {
+    snapshot.split(':').nth(2).map_or(Vec::new(), |xip| {
+        xip.split(',').filter(|x| !x.is_empty()).collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_progress;
+
+    #[test]
+    fn a_snapshots_in_progress_list_is_read_from_its_text() {
+        assert!(in_progress("100:100:").is_empty());
+        assert_eq!(in_progress("100:105:100,103"), ["100", "103"]);
+        assert!(in_progress("not a snapshot").is_empty());
+    }
 }

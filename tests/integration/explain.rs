@@ -22,8 +22,13 @@ use crate::support::*;
 /// still in progress), as the ingest statements bind it.
 static CURSOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
-fn bind_cursor(q: Query<'_>) -> Query<'_> {
-    q.bind(CURSOR.get().expect("filled").clone())
+fn bind_cursor_and_in_progress(q: Query<'_>) -> Query<'_> {
+    let cursor = CURSOR.get().expect("filled").clone();
+    let in_progress: Vec<String> = cursor
+        .split(':')
+        .nth(2)
+        .map_or(Vec::new(), |x| x.split(',').map(str::to_owned).collect());
+    q.bind(cursor).bind(in_progress)
 }
 
 /// From this many rows on, the plans are the planner's own choice; below, sequential scans are
@@ -160,9 +165,17 @@ fn statements() -> Vec<Statement> {
         statement("purge: audit trail", PURGE_AUDIT, |q| {
             q.bind(365.0 * 86400.0_f64).bind(5000_i64)
         }),
-        statement("ingest: anything arrived", ARRIVED, bind_cursor),
+        statement(
+            "ingest: anything arrived",
+            ARRIVED,
+            bind_cursor_and_in_progress,
+        ),
         statement("ingest: lock the cursor", LOCK_CURSOR, |q| q),
-        statement("ingest: queue arrivals", QUEUE_ARRIVALS, bind_cursor),
+        statement(
+            "ingest: queue arrivals",
+            QUEUE_ARRIVALS,
+            bind_cursor_and_in_progress,
+        ),
     ]
 }
 
