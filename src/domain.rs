@@ -328,7 +328,8 @@ pub struct RetrainEvent {
     pub rows_rejected: i64,
     pub trees: Option<i64>,
     /// Milliseconds per step: read, train, commit, invalidate, and `train_cpu` (the train step's
-    /// CPU time on its thread); empty for activations.
+    /// CPU time on its thread); empty for activations. `commit` and `invalidate` are measured
+    /// after the event was stored: the fast path adds them, the sweeper has none to add.
     pub timings_ms: Map<String, Value>,
     /// The validation gate's evidence (docs/model-retrained.schema.json).
     #[serde(default, skip_serializing_if = "Option::is_none")]
