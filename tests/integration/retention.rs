@@ -259,3 +259,34 @@ async fn kept_outbox_entries_dead_letters_and_old_set_aside_records_expire() {
         0
     );
 }
+
+/// Artifacts are stored compressed with lz4 where the server has it (migration 11): a trained
+/// model big enough to be compressed at all is, and with lz4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_are_compressed_with_lz4_where_the_server_has_it() {
+    let env = TestEnv::new().await;
+    let service = env.service(&DEFAULT_POLICY).await;
+    for i in 0..50 {
+        insert_actual(&env.pool, "lena", &rental_features(i), rental_actual(i)).await;
+    }
+    let outcome = service.retrainer.retrain_user("lena", 50).await.unwrap();
+    assert!(matches!(outcome, Outcome::Trained { .. }), "{outcome:?}");
+    let (lz4, compression, bytes): (bool, Option<String>, i32) = sqlx::query_as(
+        "SELECT current_setting('server_version_num')::int >= 140000
+                AND EXISTS (SELECT 1 FROM pg_settings
+                             WHERE name = 'default_toast_compression' AND 'lz4' = ANY (enumvals)),
+                pg_column_compression(artifact), octet_length(artifact)
+           FROM refit_model_versions WHERE user_id = 'lena'",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert!(
+        bytes > 8_000,
+        "a model of {bytes} bytes may not be compressed at all"
+    );
+    let expected = if lz4 { "lz4" } else { "pglz" };
+    assert_eq!(compression.as_deref(), Some(expected));
+    drop(service);
+    env.drop_database().await;
+}
