@@ -311,6 +311,39 @@ pub struct Throughput {
     pub python_model_load: String,
 }
 
+impl Throughput {
+    /// How the report names it: "refit", "Python" (the reference) or "Python peer, n processes".
+    pub fn label(&self) -> String {
+        python_label(
+            &self.implementation,
+            self.processes,
+            &self.python_model_load,
+        )
+    }
+}
+
+impl Freshness {
+    /// How the report names it (as [`Throughput::label`]).
+    pub fn label(&self) -> String {
+        python_label(
+            &self.implementation,
+            self.processes,
+            &self.python_model_load,
+        )
+    }
+}
+
+fn python_label(implementation: &str, processes: usize, model_load: &str) -> String {
+    match (implementation, model_load) {
+        ("python", "bytes") => format!(
+            "Python peer, {processes} process{}",
+            if processes == 1 { "" } else { "es" }
+        ),
+        ("python", _) => "Python".to_owned(),
+        (other, _) => other.to_owned(),
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Round {
     pub round: usize,
