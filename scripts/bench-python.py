@@ -21,6 +21,13 @@ and buffered rows are lost on a crash. refit does neither.
 It stores models in its own table `py_model_versions` (created if missing) and adds an index on
 actual_rentals ("timestamp", id) so the watermark poll is an index range scan.
 
+By default it is that one process over every user, loading each model into a Booster and passing
+the Booster to xgb.train. The bench's peer run (BENCHMARKS.md) starts it as n processes instead,
+`--shard i/n` each (one per core): process i polls and retrains only the users whose
+`hashtext(user_id)` falls in shard i, with its own watermark and buffers, so shards never share a
+user; and `--model-load bytes` passes the stored artifact straight to
+`xgb.train(xgb_model=bytearray(...))`, which parses it once (see load_previous).
+
 Every event carries the per-step timings in milliseconds. On SIGTERM/SIGINT it finishes the
 retrain in hand, flushes the producer and prints one JSON summary line on stdout.
 """
@@ -66,7 +73,33 @@ def main():
     ap.add_argument("--nthread", type=int, default=1)
     ap.add_argument("--poll-interval-ms", type=int, default=100)
     ap.add_argument("--page", type=int, default=10000, help="rows per poll query")
+    ap.add_argument(
+        "--shard",
+        default="0/1",
+        help="i/n: poll and retrain only the users of shard i of n (hashtext(user_id)); default all",
+    )
+    ap.add_argument(
+        "--model-load",
+        choices=["booster", "bytes"],
+        default="booster",
+        help="booster: Booster(model_file=bytes) passed to xgb.train (the straightforward way, two "
+        "parses); bytes: the stored bytes passed straight to xgb.train (one parse)",
+    )
+    ap.add_argument(
+        "--application-name",
+        default=None,
+        help="PostgreSQL application_name (default refit-bench-python, with -<i>of<n> when sharded)",
+    )
     args = ap.parse_args()
+    try:
+        shard, shards = (int(x) for x in args.shard.split("/"))
+    except ValueError:
+        ap.error("--shard takes i/n, e.g. 0/2")
+    if shards < 1 or not 0 <= shard < shards:
+        ap.error("--shard i/n needs 0 <= i < n")
+    app = args.application_name or (
+        "refit-bench-python" if shards == 1 else f"refit-bench-python-{shard}of{shards}"
+    )
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -74,8 +107,11 @@ def main():
     params = {k: v for k, v in json.loads(args.params).items()}
     params["nthread"] = args.nthread
 
-    db = psycopg.connect(args.database_url, application_name="refit-bench-python")
+    db = psycopg.connect(args.database_url, application_name=app)
     with db.cursor() as cur:
+        # Shards start together: one at a time through the IF NOT EXISTS DDL (two concurrent
+        # CREATE TABLE IF NOT EXISTS can both try to create it).
+        cur.execute("SELECT pg_advisory_xact_lock(hashtext('refit-bench-python-ddl'))")
         cur.execute(
             """CREATE TABLE IF NOT EXISTS py_model_versions (
                    user_id text NOT NULL, version integer NOT NULL, artifact bytea NOT NULL,
@@ -89,7 +125,7 @@ def main():
     producer = Producer(
         {
             "bootstrap.servers": args.brokers,
-            "client.id": "refit-bench-python",
+            "client.id": app,
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 1,
@@ -104,10 +140,13 @@ def main():
     retrains = 0
     delivery_errors = []
     announce_ms = []  # produce + wait for the ack; not in the event, which is sent before it ends
-    poll_query = """
+    # A shard's users: a stable function of user_id, computed by PostgreSQL so that only this
+    # shard's rows come back (the same range of the watermark index is read by every shard).
+    in_shard = "" if shards == 1 else f"AND mod(hashtext(r.user_id) & 2147483647, {shards}) = {shard}"
+    poll_query = f"""
         SELECT a.id, a."timestamp", r.user_id, r.features::text, a.actual_value
           FROM actual_rentals a JOIN prediction_requests r USING (request_id)
-         WHERE (a."timestamp", a.id) > (%s, %s)
+         WHERE (a."timestamp", a.id) > (%s, %s) {in_shard}
          ORDER BY a."timestamp", a.id
          LIMIT %s"""
 
@@ -148,6 +187,8 @@ def main():
         json.dumps(
             {
                 "summary": True,
+                "shard": f"{shard}/{shards}",
+                "model_load": args.model_load,
                 "retrains": retrains,
                 "delivery_errors": len(delivery_errors),
                 "announce_ms": percentiles(announce_ms),
@@ -166,6 +207,23 @@ def percentiles(values):
     v = sorted(values)
     at = lambda q: v[min(len(v) - 1, max(0, math.ceil(q * len(v)) - 1))]
     return {"n": len(v), "p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": v[-1]}
+
+
+def load_previous(how, artifact):
+    """What xgb.train(xgb_model=...) continues from.
+
+    In xgboost 3.x, xgb.train builds its Booster with Booster(params, [dtrain], model_file=xgb_model):
+    - given a Booster, it snapshots that Booster (XGBoosterSerializeToBuffer, the whole model and
+      its configuration) and parses the snapshot again (XGBoosterUnserializeFromBuffer): with
+      Booster(model_file=bytes) first, the model is parsed twice and serialised once in between;
+    - given a bytearray, it calls load_model(bytearray) → XGBoosterLoadModelFromBuffer once, into
+      the Booster that then trains. So the stored UBJSON goes straight in: one parse.
+    load_model reads the buffer through ctypes' from_buffer, which needs a writable buffer: psycopg
+    returns bytea as bytes, and bytearray(...) is a copy of it (a memcpy, not a parse).
+    """
+    if how == "bytes":
+        return bytearray(artifact)
+    return xgb.Booster(model_file=bytearray(artifact))
 
 
 def retrain(args, params, db, cache, producer, user_id, batch, poll_ms, delivery_errors):
@@ -198,7 +256,7 @@ def retrain(args, params, db, cache, producer, user_id, batch, poll_ms, delivery
     dtrain = xgb.DMatrix(x, label=y, feature_names=names)
     t_load = time.perf_counter()
     if head is not None:
-        previous = xgb.Booster(model_file=bytearray(head[1]))
+        previous = load_previous(args.model_load, head[1])
     t_boost = time.perf_counter()
     booster = xgb.train(params, dtrain, num_boost_round=args.rounds, xgb_model=previous)
     t_save = time.perf_counter()
@@ -206,8 +264,11 @@ def retrain(args, params, db, cache, producer, user_id, batch, poll_ms, delivery
     t2 = time.perf_counter()
     trees = booster.num_boosted_rounds()
     timings["train"] = ms(t1, t2)
-    timings["load"] = ms(t_load, t_boost)
-    timings["boost"] = ms(t_boost, t_save)
+    if args.model_load == "booster":
+        timings["load"] = ms(t_load, t_boost)
+    # With --model-load bytes the one parse happens inside xgb.train: "boost" includes it, and
+    # there is no separate "load".
+    timings["boost"] = ms(t_boost if args.model_load == "booster" else t_load, t_save)
     timings["save"] = ms(t_save, t2)
 
     # commit

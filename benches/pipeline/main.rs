@@ -207,7 +207,7 @@ async fn steps(run: &mut Run<'_>) -> anyhow::Result<()> {
                 .with_context(|| format!("steps, {trees} trees, refit"))?;
             let python = match &s.python {
                 Some(python) => Some(
-                    scenarios::steps(s, trees, repeat, Implementation::Python { python })
+                    scenarios::steps(s, trees, repeat, Implementation::python(python))
                         .await
                         .with_context(|| format!("steps, {trees} trees, Python"))?,
                 ),
@@ -242,7 +242,10 @@ async fn freshness(run: &mut Run<'_>) -> anyhow::Result<()> {
                 .push(fresh);
             run.save();
             if let Some(python) = &s.python {
-                let which = Implementation::Python { python };
+                let which = Implementation::Python {
+                    python,
+                    peer: fresh_python_peer()?,
+                };
                 let mut fresh = phases::freshness(s, rate, &which)
                     .await
                     .with_context(|| format!("freshness at {rate}/s, Python"))?;
@@ -268,7 +271,7 @@ async fn ramp(run: &mut Run<'_>) -> anyhow::Result<()> {
     });
     run.save();
     if let Some(python) = &s.python {
-        let python = scenarios::ramp(s, Implementation::Python { python }, &s.ramp_python)
+        let python = scenarios::ramp(s, Implementation::python(python), &s.ramp_python)
             .await
             .context("ramp, Python")?;
         if let Some(ramp) = &mut run.results.ramp {
@@ -289,21 +292,62 @@ async fn throughput(run: &mut Run<'_>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The Python reference's drain (or why not).
+/// The Python side's drains, one per entry of BENCH_PYTHON_SHARDS (or why not); the last is the
+/// one the report compares with, the others are kept beside it.
 async fn python_throughput(run: &mut Run<'_>) -> anyhow::Result<()> {
-    let python = match &run.s.python {
-        Some(python) => PythonThroughput::Ran(Box::new(
-            phases::throughput(run.s, Implementation::Python { python })
-                .await
-                .context("Python throughput")?,
-        )),
-        None => PythonThroughput::Skipped {
+    let Some(python) = &run.s.python else {
+        run.results.throughput_python = Some(PythonThroughput::Skipped {
             skipped: "BENCH_PYTHON not set (scripts/bench-tools.sh prints it)".into(),
-        },
+        });
+        run.save();
+        return Ok(());
     };
-    run.results.throughput_python = Some(python);
-    run.save();
+    let peers = python_shards(
+        "BENCH_PYTHON_SHARDS",
+        &std::env::var("BENCH_PYTHON_SHARDS").unwrap_or_else(|_| "2".into()),
+    )?;
+    for (i, peer) in peers.iter().enumerate() {
+        let which = Implementation::Python {
+            python,
+            peer: *peer,
+        };
+        let tp = phases::throughput(run.s, which)
+            .await
+            .with_context(|| format!("Python throughput ({peer:?} shards)"))?;
+        if i + 1 < peers.len() {
+            run.results.throughput_python_other_runs.push(tp);
+        } else {
+            run.results.throughput_python = Some(PythonThroughput::Ran(Box::new(tp)));
+        }
+        run.save();
+    }
     Ok(())
+}
+
+/// BENCH_PYTHON_SHARDS (the `python` drain; default `2`): comma-separated runs, each a number
+/// of processes: `0` the straightforward reference (one process, Booster load), n ≥ 1 the peer
+/// run (n processes sharded by user, model bytes straight to `xgb.train`).
+fn python_shards(knob: &str, value: &str) -> anyhow::Result<Vec<Option<usize>>> {
+    let runs = value
+        .split(',')
+        .map(|v| match v.trim().parse::<usize>() {
+            Ok(0) => Ok(None),
+            Ok(n) => Ok(Some(n)),
+            Err(_) => anyhow::bail!("{knob}: {v:?} is not a number of processes"),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(!runs.is_empty(), "{knob} is empty");
+    Ok(runs)
+}
+
+/// BENCH_FRESH_PYTHON_SHARDS (freshness; default `0`, the straightforward reference): one value,
+/// as in BENCH_PYTHON_SHARDS.
+fn fresh_python_peer() -> anyhow::Result<Option<usize>> {
+    let value = std::env::var("BENCH_FRESH_PYTHON_SHARDS").unwrap_or_else(|_| "0".into());
+    match python_shards("BENCH_FRESH_PYTHON_SHARDS", &value)?.as_slice() {
+        [one] => Ok(*one),
+        _ => anyhow::bail!("BENCH_FRESH_PYTHON_SHARDS takes one value"),
+    }
 }
 
 /// Growth: every BENCH_GROWTH run.

@@ -18,7 +18,7 @@ use sqlx::Row;
 
 use crate::infra::{
     cpu_delta, cpu_snap, free_port, http_get, loadavg, now_unix, refit_env, BenchDb, Collector,
-    LogIndex, Proc, Progress, Received, Settings, REFIT_BIN,
+    CpuSnap, LogIndex, Proc, Progress, Received, Settings, REFIT_BIN,
 };
 use crate::stats::{median, Summary};
 
@@ -268,6 +268,8 @@ pub async fn freshness(
         cpu: win.cpu,
         metrics_retrains_total: retrain_metrics(&stopped.metrics),
         repeat: 0,
+        processes: which.processes(),
+        python_model_load: which.python_model_load().to_owned(),
     };
     db.drop().await;
     Ok(result)
@@ -288,13 +290,13 @@ struct Window {
 async fn paced_window(
     s: &Settings,
     db: &BenchDb,
-    proc: &Proc,
+    procs: &Procs,
     collector: &Collector,
     which: &Implementation<'_>,
     rate: f64,
     starts: &[(i32, i32)],
 ) -> anyhow::Result<Window> {
-    let (name, app) = (which.name(), which.application_name());
+    let name = which.name();
     let before = collector.count();
     let inserts_per_sec = rate * THRESHOLD as f64;
     let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
@@ -309,7 +311,7 @@ async fn paced_window(
         "freshness {rate}/s, {name}: {inserts_per_sec} actuals/s for {} s",
         s.fresh_seconds
     ));
-    let cpu_start = cpu_snap(&db.pool, proc.pid, app).await;
+    let cpu_start = procs.cpu_snap(&db.pool).await;
     let wall_start = now_unix();
     let progress = Progress::new(
         &format!("freshness {rate}/s, {name}"),
@@ -321,8 +323,8 @@ async fn paced_window(
     let load_after = loadavg();
     let expected = before + completions.len();
     let arrived = blocking(|| collector.wait_for(expected, Duration::from_secs(60)));
-    let cpu_end = cpu_snap(&db.pool, proc.pid, app).await;
-    let cpu = cpu_delta(&cpu_start, &cpu_end, completions.len());
+    let cpu_end = procs.cpu_snap(&db.pool).await;
+    let cpu = cpu_delta_of(&cpu_start, &cpu_end, completions.len());
     if arrived.is_none() {
         log(format!(
             "freshness {rate}/s, {name}: only {} of {expected} events arrived",
@@ -352,21 +354,19 @@ struct Stopped {
 
 /// Stops the implementation (within `grace`) and the topic's consumer.
 async fn stop(
-    proc: Proc,
+    procs: Procs,
     collector: Collector,
     port: u16,
     which: &Implementation<'_>,
     grace: Duration,
 ) -> Stopped {
-    let hwm = proc.hwm_now();
+    let hwm = procs.hwm_now();
     let metrics = match which {
         Implementation::Refit => http_get(port, "/metrics").unwrap_or_default(),
         Implementation::Python { .. } => String::new(),
     };
-    let logs_of_proc = proc.logs.clone();
-    let memory = proc.stop(grace).await;
+    let (memory, logs) = procs.stop(grace).await;
     let events = collector.stop();
-    let logs = std::mem::take(&mut *logs_of_proc.lock().unwrap());
     Stopped {
         hwm,
         metrics,
@@ -382,21 +382,22 @@ async fn fresh_start(
     rate: f64,
     which: &Implementation<'_>,
     port: u16,
-) -> anyhow::Result<(BenchDb, Proc, Collector)> {
+) -> anyhow::Result<(BenchDb, Procs, Collector)> {
     let name = which.name();
     let tag = format!(
         "fresh{}{}",
         (rate * 10.0).round() as i64,
         match which {
             Implementation::Refit => "",
-            Implementation::Python { .. } => "_python",
+            Implementation::Python { peer: None, .. } => "_python",
+            Implementation::Python { peer: Some(_), .. } => "_pypeer",
         }
     );
     let log_path = s.out_dir.join(format!("{name}-{tag}.log"));
-    let (db, mut refit) = crate::scenarios::start(s, &tag, which, port, &[], &log_path).await?;
+    let (db, mut procs) = crate::scenarios::start_procs(s, &tag, which, port, &log_path).await?;
     let collector = Collector::start(&s.brokers, &db.topic)?;
-    blocking(|| refit.wait_ready(Duration::from_secs(60)))?;
-    Ok((db, refit, collector))
+    blocking(|| procs.wait_ready(Duration::from_secs(60)))?;
+    Ok((db, procs, collector))
 }
 
 /// `warm` retrains of each of `w` users before anything is measured.
@@ -674,10 +675,40 @@ async fn fresh_steps(
 /// Which implementation a phase drives.
 pub enum Implementation<'a> {
     Refit,
-    Python { python: &'a str },
+    /// `peer: None`: the straightforward reference (scripts/bench-python.py as it is by default:
+    /// one process, the model loaded into a Booster that is passed to `xgb.train`).
+    /// `peer: Some(n)`: the peer run, n processes sharded by user (`--shard i/n`), each passing
+    /// the stored model bytes straight to `xgb.train` (`--model-load bytes`). Only the freshness
+    /// and drain phases run the peer; scenario 1 and the ramp run the reference.
+    Python {
+        python: &'a str,
+        peer: Option<usize>,
+    },
 }
 
 impl Implementation<'_> {
+    /// The straightforward Python reference.
+    pub fn python(python: &str) -> Implementation<'_> {
+        Implementation::Python { python, peer: None }
+    }
+
+    /// How many processes it runs as.
+    pub fn processes(&self) -> usize {
+        match self {
+            Implementation::Python { peer: Some(n), .. } => (*n).max(1),
+            _ => 1,
+        }
+    }
+
+    /// How the Python side loads a model ("booster" or "bytes"); empty for refit.
+    pub fn python_model_load(&self) -> &'static str {
+        match self {
+            Implementation::Refit => "",
+            Implementation::Python { peer: None, .. } => "booster",
+            Implementation::Python { peer: Some(_), .. } => "bytes",
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Implementation::Refit => "refit",
@@ -685,7 +716,8 @@ impl Implementation<'_> {
         }
     }
 
-    /// The `application_name` of its PostgreSQL connections (for CPU accounting).
+    /// The `application_name` of its PostgreSQL connections (for CPU accounting); of shard
+    /// `shard` of the peer run, [`python_shard_application_name`].
     pub fn application_name(&self) -> &'static str {
         match self {
             Implementation::Refit => "refit",
@@ -694,22 +726,140 @@ impl Implementation<'_> {
     }
 }
 
+/// The `application_name` of shard `shard` of `shards` of the Python peer run (passed to it, and
+/// how the bench finds its PostgreSQL backends).
+pub fn python_shard_application_name(shard: usize, shards: usize) -> String {
+    format!("refit-bench-python-{shard}of{shards}")
+}
+
+/// The processes of an implementation, each with the `application_name` of its PostgreSQL
+/// connections: refit's one, the Python reference's one, or the peer run's shards.
+pub struct Procs(pub Vec<(Proc, String)>);
+
+impl Procs {
+    pub fn one(proc: Proc, application_name: &str) -> Procs {
+        Procs(vec![(proc, application_name.to_owned())])
+    }
+
+    /// Waits until every process says it is ready.
+    pub fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        for (proc, _) in &mut self.0 {
+            proc.wait_ready(timeout)?;
+        }
+        Ok(())
+    }
+
+    /// VmHWM now (kB), summed over the processes.
+    fn hwm_now(&self) -> u64 {
+        self.0.iter().map(|(p, _)| p.hwm_now()).sum()
+    }
+
+    /// The CPU of each process and its PostgreSQL backends.
+    async fn cpu_snap(&self, pool: &sqlx::PgPool) -> Vec<CpuSnap> {
+        let mut snaps = Vec::with_capacity(self.0.len());
+        for (proc, app) in &self.0 {
+            snaps.push(cpu_snap(pool, proc.pid, app).await);
+        }
+        snaps
+    }
+
+    /// Stops them all (within `grace` each, in parallel): their memory (summed: peaks and
+    /// samples added up, so a bound on the processes' combined footprint) and their logs merged.
+    async fn stop(self, grace: Duration) -> (MemoryRecord, LogIndex) {
+        let stopping: Vec<_> = self
+            .0
+            .into_iter()
+            .map(|(proc, _)| {
+                tokio::spawn(async move {
+                    let logs = proc.logs.clone();
+                    let memory = proc.stop(grace).await;
+                    // Taken once stopped: with what it printed on the way out (Python's summary).
+                    let logs = std::mem::take(&mut *logs.lock().unwrap());
+                    (memory, logs)
+                })
+            })
+            .collect();
+        let mut memory: Option<MemoryRecord> = None;
+        let mut logs = LogIndex::default();
+        for s in stopping {
+            let (m, l) = s.await.expect("stopping a child");
+            logs.steps.extend(l.steps);
+            logs.warnings += l.warnings;
+            logs.errors += l.errors;
+            logs.notable.extend(l.notable);
+            logs.other.extend(l.other);
+            memory = Some(match memory {
+                None => m,
+                Some(mut sum) => {
+                    sum.hwm_kib += m.hwm_kib;
+                    sum.max_rss_kib += m.max_rss_kib;
+                    for (a, b) in sum.timeline.iter_mut().zip(&m.timeline) {
+                        a.1 += b.1;
+                    }
+                    sum
+                }
+            });
+        }
+        (memory.unwrap_or_default(), logs)
+    }
+}
+
+/// CPU between two snapshots of the same processes, summed: each process's and its PostgreSQL
+/// backends' CPU added up (per retrain: of all of them), the rest of the machine what is left.
+fn cpu_delta_of(a: &[CpuSnap], b: &[CpuSnap], retrains: usize) -> Cpu {
+    let parts: Vec<Cpu> = a
+        .iter()
+        .zip(b)
+        .map(|(a, b)| cpu_delta(a, b, retrains))
+        .collect();
+    let mut sum = parts[0].clone();
+    for p in &parts[1..] {
+        sum.process_cpu_s += p.process_cpu_s;
+        sum.its_postgres_backends_cpu_s += p.its_postgres_backends_cpu_s;
+        sum.process_cores += p.process_cores;
+        sum.its_postgres_cores += p.its_postgres_cores;
+        sum.process_cpu_ms_per_retrain += p.process_cpu_ms_per_retrain;
+        sum.postgres_cpu_ms_per_retrain += p.postgres_cpu_ms_per_retrain;
+    }
+    sum.rest_of_machine_cores =
+        (sum.machine_busy_cpu_s - sum.process_cpu_s - sum.its_postgres_backends_cpu_s) / sum.wall_s;
+    sum
+}
+
 /// Two rounds over `users` users: 50 actuals each, bulk-loaded in one transaction while the
 /// implementation runs; the round's rate is users / (last event read − load committed).
 pub async fn throughput(s: &Settings, which: Implementation<'_>) -> anyhow::Result<Throughput> {
+    // BENCH_PYTHON_SHARDS may ask for the same Python run twice: each gets a database, topic and
+    // log of its own (the first keeps the names it always had).
+    static DRAINS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let nth = match which {
+        Implementation::Refit => String::new(),
+        Implementation::Python { .. } => {
+            match DRAINS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
+                0 => String::new(),
+                k => format!("_{k}"),
+            }
+        }
+    };
     let (tag, name) = match which {
-        Implementation::Refit => ("tp_refit", "refit"),
-        Implementation::Python { .. } => ("tp_python", "python"),
+        Implementation::Refit => ("tp_refit".to_owned(), "refit"),
+        Implementation::Python { peer: None, .. } => (format!("tp_python{nth}"), "python"),
+        Implementation::Python { peer: Some(n), .. } => (format!("tp_pypeer{n}{nth}"), "python"),
     };
     let port = free_port();
-    let log_path = s.out_dir.join(format!("{name}-throughput.log"));
-    let (db, mut proc) = crate::scenarios::start(s, tag, &which, port, &[], &log_path).await?;
+    let log_path = s.out_dir.join(match which {
+        Implementation::Python { peer: Some(n), .. } => {
+            format!("python-throughput-peer{n}{nth}.log")
+        }
+        _ => format!("{name}-throughput{nth}.log"),
+    });
+    let (db, mut procs) = crate::scenarios::start_procs(s, &tag, &which, port, &log_path).await?;
     let collector = Collector::start(&s.brokers, &db.topic)?;
-    blocking(|| proc.wait_ready(Duration::from_secs(60)))?;
+    blocking(|| procs.wait_ready(Duration::from_secs(60)))?;
     let users = s.users;
     let mut rounds = Vec::new();
     for round in 0..2 {
-        rounds.push(drain_round(&db, &proc, &collector, &which, users, round).await?);
+        rounds.push(drain_round(&db, &procs, &collector, &which, users, round).await?);
     }
     let Stopped {
         hwm,
@@ -717,7 +867,7 @@ pub async fn throughput(s: &Settings, which: Implementation<'_>) -> anyhow::Resu
         memory,
         events,
         logs,
-    } = stop(proc, collector, port, &which, Duration::from_secs(60)).await;
+    } = stop(procs, collector, port, &which, Duration::from_secs(60)).await;
     add_acks(&mut rounds, &events, &logs);
     let statuses = count_by(
         events
@@ -734,6 +884,8 @@ pub async fn throughput(s: &Settings, which: Implementation<'_>) -> anyhow::Resu
         vm_hwm_mb_before_stop: hwm as f64 / 1024.0,
         logs: logs_of(&logs),
         metrics_retrains_total: retrain_metrics(&metrics),
+        processes: which.processes(),
+        python_model_load: which.python_model_load().to_owned(),
     };
     db.drop().await;
     Ok(result)
@@ -755,7 +907,7 @@ fn windows_5s(times: &[f64], from: f64, to: f64) -> Vec<f64> {
 /// bulk-loaded at once, then drained; up to the events read.
 async fn drain_round(
     db: &BenchDb,
-    proc: &Proc,
+    procs: &Procs,
     collector: &Collector,
     which: &Implementation<'_>,
     users: usize,
@@ -780,13 +932,12 @@ async fn drain_round(
         round + 1,
         committed - load_started
     ));
-    let app = which.application_name();
-    let cpu_start = cpu_snap(&db.pool, proc.pid, app).await;
+    let cpu_start = procs.cpu_snap(&db.pool).await;
     let target = users * (round + 1);
     let label = format!("{name} drain, round {}", round + 1);
     let last =
         blocking(|| collector.wait_with_progress(&label, users * round, target, round_timeout));
-    let cpu = cpu_delta(&cpu_start, &cpu_snap(&db.pool, proc.pid, app).await, users);
+    let cpu = cpu_delta_of(&cpu_start, &procs.cpu_snap(&db.pool).await, users);
     let events = collector.snapshot();
     let round_events = &events[(users * round).min(events.len())..target.min(events.len())];
     let load = Load {
@@ -887,15 +1038,23 @@ async fn drain_steps(
     let of_version =
         |v: i64| -> Vec<&Received> { events.iter().filter(|e| e.version() == v).collect() };
     if let Implementation::Python { .. } = which {
-        let per_round = |v: i64| python_drain_steps(&of_version(v));
+        let per_round = |v: i64| python_drain_steps(&of_version(v), logs);
+        let mut summaries: Vec<Value> = logs
+            .other
+            .iter()
+            .filter(|v| v["summary"].as_bool() == Some(true))
+            .cloned()
+            .collect();
+        // The peer run: one summary line per shard.
+        let summary = match summaries.len() {
+            0 => None,
+            1 => summaries.pop(),
+            _ => Some(json!({ "shards": summaries })),
+        };
         return Ok(ThroughputSteps::Python {
             round1: per_round(1),
             round2: per_round(2),
-            summary: logs
-                .other
-                .iter()
-                .find(|v| v["summary"].as_bool() == Some(true))
-                .cloned(),
+            summary,
         });
     }
     let all = versions(db, "").await?;
@@ -911,11 +1070,18 @@ async fn drain_steps(
 }
 
 /// The reference's per-step timings, under its own names, from its events.
-fn python_drain_steps(evs: &[&Received]) -> PythonSteps {
+fn python_drain_steps(evs: &[&Received], logs: &LogIndex) -> PythonSteps {
     let step = |name: &str| {
         let vals: Vec<f64> = evs.iter().filter_map(|e| e.timing(name)).collect();
         Summary::rounded(&vals)
     };
+    let announce: Vec<f64> = evs
+        .iter()
+        .filter_map(|e| {
+            let id = e.value["retrain_id"].as_str()?;
+            logs.steps.get(id)?.get("announce")?.duration_ms
+        })
+        .collect();
     PythonSteps {
         read: step("read"),
         train: step("train"),
@@ -924,6 +1090,7 @@ fn python_drain_steps(evs: &[&Received]) -> PythonSteps {
         save: step("save"),
         commit: step("commit"),
         invalidate: step("invalidate"),
+        announce: Some(Summary::rounded(&announce)),
     }
 }
 

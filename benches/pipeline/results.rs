@@ -30,6 +30,10 @@ fn nan() -> f64 {
     f64::NAN
 }
 
+fn one() -> usize {
+    1
+}
+
 /// A measured number, None when it could not be measured (written as `null`).
 pub fn finite(x: f64) -> Option<f64> {
     x.is_finite().then_some(x)
@@ -68,8 +72,12 @@ pub struct Results {
     pub ramp: Option<Ramp>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub throughput_refit: Option<Throughput>,
+    /// The Python drain the report compares with: the last of BENCH_PYTHON_SHARDS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub throughput_python: Option<PythonThroughput>,
+    /// The other Python drains BENCH_PYTHON_SHARDS asked for, in its order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub throughput_python_other_runs: Vec<Throughput>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub growth: Option<Vec<Growth>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -230,6 +238,13 @@ pub struct Freshness {
     pub metrics_retrains_total: Vec<String>,
     #[serde(default)]
     pub repeat: usize,
+    /// Processes the implementation ran as: the Python peer run's shards; 1 otherwise.
+    #[serde(default = "one")]
+    pub processes: usize,
+    /// How the Python side loaded a model: "booster" (the reference) or "bytes" (the peer run);
+    /// empty for refit (and in results from before it was recorded).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub python_model_load: String,
 }
 
 /// Scenario 3, both implementations.
@@ -287,6 +302,46 @@ pub struct Throughput {
     pub vm_hwm_mb_before_stop: f64,
     pub logs: Logs,
     pub metrics_retrains_total: Vec<String>,
+    /// Processes the implementation ran as: the Python peer run's shards; 1 otherwise.
+    #[serde(default = "one")]
+    pub processes: usize,
+    /// How the Python side loaded a model: "booster" (the reference) or "bytes" (the peer run);
+    /// empty for refit (and in results from before it was recorded).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub python_model_load: String,
+}
+
+impl Throughput {
+    /// How the report names it: "refit", "Python" (the reference) or "Python peer, n processes".
+    pub fn label(&self) -> String {
+        python_label(
+            &self.implementation,
+            self.processes,
+            &self.python_model_load,
+        )
+    }
+}
+
+impl Freshness {
+    /// How the report names it (as [`Throughput::label`]).
+    pub fn label(&self) -> String {
+        python_label(
+            &self.implementation,
+            self.processes,
+            &self.python_model_load,
+        )
+    }
+}
+
+fn python_label(implementation: &str, processes: usize, model_load: &str) -> String {
+    match (implementation, model_load) {
+        ("python", "bytes") => format!(
+            "Python peer, {processes} process{}",
+            if processes == 1 { "" } else { "es" }
+        ),
+        ("python", _) => "Python".to_owned(),
+        (other, _) => other.to_owned(),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -343,6 +398,10 @@ pub struct PythonSteps {
     pub save: Summary,
     pub commit: Summary,
     pub invalidate: Summary,
+    /// Produce → broker ack, from its log lines (absent in results from before it was recorded:
+    /// the report then reads the summary line's, both rounds together).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce: Option<Summary>,
 }
 
 /// One growth run (one REFIT_MAX_TREES): run, or why not.

@@ -19,7 +19,8 @@ use crate::infra::{
     Progress, Received, Settings, REFIT_BIN,
 };
 use crate::phases::{
-    blocking, count_by, log, refit_default_params, refit_steps, versions, Implementation, THRESHOLD,
+    blocking, count_by, log, python_shard_application_name, refit_default_params, refit_steps,
+    versions, Implementation, Procs, THRESHOLD,
 };
 use crate::results::{Floor, FloorModel, FloorParts, RampRun, RampStep, StepSummaries, StepsRun};
 use crate::stats::Summary;
@@ -194,52 +195,91 @@ pub async fn start(
             &refit_env(s, &db, http_port, refit_extra),
             log_path,
         )?,
-        Implementation::Python { python } => {
+        Implementation::Python { python, .. } => {
             db.has_pending_queue = false;
-            python_proc(s, &db, python, log_path)?
+            python_proc(s, &db, python, log_path, None)?
         }
     };
     Ok((db, proc))
 }
 
-/// The Python reference against `db`, with refit's defaults.
+/// [`start`] for the phases that can run the Python peer: the implementation's processes —
+/// refit's one, the reference's one, or the peer run's n shards (`python-…-shard<i>.log` each).
+pub async fn start_procs(
+    s: &Settings,
+    tag: &str,
+    which: &Implementation<'_>,
+    http_port: u16,
+    log_path: &std::path::Path,
+) -> anyhow::Result<(BenchDb, Procs)> {
+    let Implementation::Python {
+        python,
+        peer: Some(shards),
+    } = which
+    else {
+        let (db, proc) = start(s, tag, which, http_port, &[], log_path).await?;
+        return Ok((db, Procs::one(proc, which.application_name())));
+    };
+    let mut db = BenchDb::create(s, tag).await?;
+    db.has_pending_queue = false;
+    let shards = (*shards).max(1);
+    let mut procs = Vec::with_capacity(shards);
+    for shard in 0..shards {
+        let app = python_shard_application_name(shard, shards);
+        let log = log_path.with_extension(format!("shard{shard}.log"));
+        let proc = python_proc(s, &db, python, &log, Some((shard, shards, &app)))?;
+        procs.push((proc, app));
+    }
+    Ok((db, Procs(procs)))
+}
+
+/// The Python reference against `db`, with refit's defaults; with `shard` (i, n,
+/// application_name), shard i of n of the peer run, passing the stored model bytes straight to
+/// `xgb.train`.
 pub fn python_proc(
     s: &Settings,
     db: &BenchDb,
     python: &str,
     log_path: &std::path::Path,
+    shard: Option<(usize, usize, &str)>,
 ) -> anyhow::Result<Proc> {
     let script = s.python_script.to_string_lossy().into_owned();
     let params = refit_default_params().to_string();
-    Proc::spawn(
-        "python",
-        python,
-        &[
-            &script,
-            "--database-url",
-            &db.url,
-            "--redis-url",
-            &s.redis_url,
-            "--brokers",
-            &s.brokers,
-            "--topic",
-            &db.topic,
-            "--key-prefix",
-            &db.key_prefix,
-            "--threshold",
-            "50",
-            "--rounds",
-            "10",
-            "--params",
-            &params,
-            "--nthread",
-            "1",
-            "--poll-interval-ms",
-            "100",
-        ],
-        &[],
-        log_path,
-    )
+    let shard_args = shard.map(|(i, n, app)| {
+        [
+            "--shard".to_owned(),
+            format!("{i}/{n}"),
+            "--model-load".to_owned(),
+            "bytes".to_owned(),
+            "--application-name".to_owned(),
+            app.to_owned(),
+        ]
+    });
+    let mut args = vec![
+        &script,
+        "--database-url",
+        &db.url,
+        "--redis-url",
+        &s.redis_url,
+        "--brokers",
+        &s.brokers,
+        "--topic",
+        &db.topic,
+        "--key-prefix",
+        &db.key_prefix,
+        "--threshold",
+        "50",
+        "--rounds",
+        "10",
+        "--params",
+        &params,
+        "--nthread",
+        "1",
+        "--poll-interval-ms",
+        "100",
+    ];
+    args.extend(shard_args.iter().flatten().map(String::as_str));
+    Proc::spawn("python", python, &args, &[], log_path)
 }
 
 /// Per-step numbers of the Python reference, from its events (and its ack log lines), under the

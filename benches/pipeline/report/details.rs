@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 
 use crate::results::{
-    Floor, FloorModel, FloorParts, Freshness, Growth, GrowthRun, GrowthVersion, PythonThroughput,
-    RampRun, Results, Round, StepSummaries, Summary, Throughput, ThroughputSteps,
+    Cpu, Floor, FloorModel, FloorParts, Freshness, Growth, GrowthRun, GrowthVersion,
+    PythonThroughput, RampRun, Results, Round, StepSummaries, Summary, Throughput, ThroughputSteps,
 };
 use crate::stats::f;
 
@@ -224,7 +224,7 @@ fn freshness_intro(o: &mut String, runs: &[&Freshness], py_runs: &[&Freshness]) 
         first.users, first.warm_retrains_per_user, first.actuals_inserted, js(&first.actuals_per_s_target),
         f(median_of(runs, |run| run.actuals_per_s_achieved)),
         js(&first.max_insert_lag_ms), first.batches_completed, runs.len(),
-        if py_runs.is_empty() { String::new() } else { format!(" and {} of the Python reference on the same rows", py_runs.len()) },
+        if py_runs.is_empty() { String::new() } else { format!(" and {} of {} on the same rows", py_runs.len(), python_name(py_runs[0])) },
         if runs.len() > 1 { " with [min–max]" } else { "" });
 }
 
@@ -282,7 +282,8 @@ fn freshness_cpu(o: &mut String, runs: &[&Freshness], py_runs: &[&Freshness]) {
         cpu(runs, |r| r.refit_memory.vm_hwm_mb),
         js(&first.statuses), first.refit_logs.warnings, first.refit_logs.errors);
     if !py_runs.is_empty() {
-        let _ = writeln!(o, "The Python reference: {} cores ({} CPU ms per retrain), its PostgreSQL backends {} cores ({} ms per retrain); statuses of its first run {}.",
+        let _ = writeln!(o, "{}: {} cores ({} CPU ms per retrain), its PostgreSQL backends {} cores ({} ms per retrain); statuses of its first run {}.",
+            upper_first(&python_name(py_runs[0])),
             cpu(py_runs, |r| r.cpu.process_cores), cpu(py_runs, |r| r.cpu.process_cpu_ms_per_retrain), cpu(py_runs, |r| r.cpu.its_postgres_cores), cpu(py_runs, |r| r.cpu.postgres_cpu_ms_per_retrain), js(&py_runs[0].statuses));
     }
 }
@@ -315,6 +316,9 @@ pub(crate) fn per_step(o: &mut String, r: &Results) {
     {
         steps_row(o, "refit, saturated, fresh models (round 1)", &[round1]);
     }
+    for py in r.throughput_python_other_runs.iter() {
+        python_drain_rows(o, py);
+    }
     if let Some(PythonThroughput::Ran(py)) = &r.throughput_python {
         python_drain_rows(o, py);
     }
@@ -345,7 +349,8 @@ fn python_step_rows(o: &mut String, r: &Results) {
     let python = r.freshness_python.as_deref().unwrap_or_default();
     for (rate, runs) in by_rate(python, |f| f.rate_batches_per_s) {
         let label = format!(
-            "Python, paced, {} batches/s{}",
+            "{}, paced, {} batches/s{}",
+            runs[0].label(),
             rate_txt(rate),
             repeats_note(runs.len())
         );
@@ -367,7 +372,7 @@ fn python_drain_rows(o: &mut String, py: &Throughput) {
     else {
         return;
     };
-    let announce = summary
+    let both_rounds = summary
         .as_ref()
         .and_then(|s| s["announce_ms"].as_object())
         .map(|a| {
@@ -376,12 +381,23 @@ fn python_drain_rows(o: &mut String, py: &Throughput) {
         })
         .unwrap_or("–".into());
     for (st, label) in [(round2, "continued (round 2)"), (round1, "fresh (round 1)")] {
+        let announce = match &st.announce {
+            Some(a) if a.n > 0 => pp(Some(a)),
+            _ => both_rounds.clone(),
+        };
+        // The peer run parses the model inside xgb.train: its boost includes the load.
+        let load = if py.python_model_load == "bytes" {
+            "in boost".to_owned()
+        } else {
+            pp(Some(&st.load))
+        };
         let _ = writeln!(
             o,
-            "| Python, {label} | {} | {} | {} | {} | {} | {} | {} | {announce} |",
+            "| {}, {label} | {} | {} | {} | {} | {} | {} | {} | {announce} |",
+            py.label(),
             pp(Some(&st.read)),
             pp(Some(&st.train)),
-            pp(Some(&st.load)),
+            load,
             pp(Some(&st.boost)),
             pp(Some(&st.save)),
             pp(Some(&st.commit)),
@@ -405,9 +421,18 @@ pub(crate) fn throughput(o: &mut String, r: &Results) {
         Some(PythonThroughput::Ran(py)) => Some(&**py),
         _ => None,
     };
-    for (name, t) in [("refit", r.throughput_refit.as_ref()), ("Python", python)] {
-        for round in t.into_iter().flat_map(|t| &t.rounds) {
-            round_row(o, name, round, t.map_or(f64::NAN, |t| t.memory.vm_hwm_mb));
+    let runs = r
+        .throughput_refit
+        .iter()
+        .chain(&r.throughput_python_other_runs);
+    for t in runs.chain(python) {
+        let name = if t.implementation == "refit" {
+            "refit".to_owned()
+        } else {
+            t.label()
+        };
+        for round in &t.rounds {
+            round_row(o, &name, round, t.memory.vm_hwm_mb);
         }
     }
     if let Some(tp) = &r.throughput_refit {
@@ -425,14 +450,150 @@ pub(crate) fn throughput(o: &mut String, r: &Results) {
             tp.logs.errors
         );
     }
-    if let Some(ThroughputSteps::Python {
-        summary: Some(s), ..
-    }) = python.map(|p| &p.steps_ms)
-    {
-        if s.is_object() {
-            let _ = writeln!(o, "Python summary: {s}.");
+    for py in r.throughput_python_other_runs.iter().chain(python) {
+        if let ThroughputSteps::Python {
+            summary: Some(s), ..
+        } = &py.steps_ms
+        {
+            if s.is_object() {
+                let _ = writeln!(o, "{} summary: {s}.", py.label());
+            }
         }
     }
+}
+
+/// "the Python reference", or "the Python peer run (n processes …)".
+fn python_name(run: &Freshness) -> String {
+    match run.python_model_load.as_str() {
+        "bytes" => format!(
+            "the Python peer run ({} process{} sharded by user, model bytes straight to `xgb.train`)",
+            run.processes,
+            if run.processes == 1 { "" } else { "es" }
+        ),
+        _ => "the Python reference".to_owned(),
+    }
+}
+
+fn upper_first(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map_or_else(String::new, |first| first.to_uppercase().chain(c).collect())
+}
+
+// ---- CPU per retrain, side by side ---------------------------------------------------------------
+
+/// CPU per retrain of each implementation's process(es) and of their PostgreSQL backends (by
+/// application_name), wherever both were measured: the drain's rounds, freshness per rate, the
+/// highest ramp step each kept up with.
+pub(crate) fn cpu_side_by_side(o: &mut String, r: &Results) {
+    let mut rows = Vec::new();
+    let python = match &r.throughput_python {
+        Some(PythonThroughput::Ran(py)) => Some(&**py),
+        _ => None,
+    };
+    if let Some(refit) = &r.throughput_refit {
+        for py in r.throughput_python_other_runs.iter().chain(python) {
+            for (a, b) in refit.rounds.iter().zip(&py.rounds) {
+                let place = format!(
+                    "drain, {} users, round {} ({})",
+                    refit.users, a.round, a.kind
+                );
+                rows.push((place, &a.cpu, py.label(), py.processes, &b.cpu));
+            }
+        }
+    }
+    let cpu_rows = cpu_rows_paced(r);
+    if rows.is_empty() && cpu_rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(o, "\n### CPU per retrain, side by side\n");
+    let _ = writeln!(o, "CPU ms per retrain of each implementation's process(es) and of its PostgreSQL backends (found by `application_name`; for the Python peer run both shards' processes and backends, added up), from `/proc`. refit does more per retrain than the Python side (pending queue, consumed rows, outbox, validation gate).\n");
+    let _ = writeln!(o, "| Where | refit: process / PostgreSQL / **total** | Python side | Processes | Python: process / PostgreSQL / **total** | Python ÷ refit (total) |");
+    let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- |");
+    let row = |o: &mut String, place: &str, a: &Cpu3, label: &str, n: usize, b: &Cpu3| {
+        let _ = writeln!(
+            o,
+            "| {place} | {} / {} / **{}** | {label} | {n} | {} / {} / **{}** | {} |",
+            f(a.0),
+            f(a.1),
+            f(a.2),
+            f(b.0),
+            f(b.1),
+            f(b.2),
+            f(b.2 / a.2)
+        );
+    };
+    for (place, a, label, n, b) in rows {
+        row(o, &place, &cpu3(a), &label, n, &cpu3(b));
+    }
+    for (place, a, label, n, b) in cpu_rows {
+        row(o, &place, &a, &label, n, &b);
+    }
+}
+
+/// Process, PostgreSQL and total CPU ms per retrain.
+type Cpu3 = (f64, f64, f64);
+
+fn cpu3(c: &Cpu) -> Cpu3 {
+    let (a, b) = (c.process_cpu_ms_per_retrain, c.postgres_cpu_ms_per_retrain);
+    (a, b, a + b)
+}
+
+/// Freshness (medians over the runs at each rate) and the ramp's highest step kept up.
+fn cpu_rows_paced(r: &Results) -> Vec<(String, Cpu3, String, usize, Cpu3)> {
+    let mut rows = Vec::new();
+    let python = by_rate(r.freshness_python.as_deref().unwrap_or_default(), |f| {
+        f.rate_batches_per_s
+    });
+    let median3 = |runs: &[&Freshness]| -> Cpu3 {
+        let a = median_of(runs, |r| r.cpu.process_cpu_ms_per_retrain);
+        let b = median_of(runs, |r| r.cpu.postgres_cpu_ms_per_retrain);
+        (
+            a,
+            b,
+            median_of(runs, |r| {
+                r.cpu.process_cpu_ms_per_retrain + r.cpu.postgres_cpu_ms_per_retrain
+            }),
+        )
+    };
+    for (rate, runs) in by_rate(r.freshness.as_deref().unwrap_or_default(), |f| {
+        f.rate_batches_per_s
+    }) {
+        if let Some((_, py_runs)) = python.iter().find(|(r, _)| *r == rate) {
+            rows.push((
+                format!(
+                    "freshness, {} batches/s{}",
+                    rate_txt(rate),
+                    if runs.len() > 1 {
+                        format!(", median of {} runs", runs.len())
+                    } else {
+                        String::new()
+                    }
+                ),
+                median3(&runs),
+                py_runs[0].label(),
+                py_runs[0].processes,
+                median3(py_runs),
+            ));
+        }
+    }
+    if let Some(ramp) = &r.ramp {
+        let top = |run: &RampRun| run.steps.iter().rfind(|s| s.kept_up).cloned();
+        if let (Some(a), Some(b)) = (top(&ramp.refit), ramp.python.as_ref().and_then(top)) {
+            rows.push((
+                format!(
+                    "ramp, highest step kept up: refit {} /s, Python {} /s",
+                    f(a.rate),
+                    f(b.rate)
+                ),
+                cpu3(&a.cpu),
+                "Python".to_owned(),
+                1,
+                cpu3(&b.cpu),
+            ));
+        }
+    }
+    rows
 }
 
 fn round_row(o: &mut String, name: &str, round: &Round, vm_hwm_mb: f64) {

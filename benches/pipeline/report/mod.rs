@@ -26,6 +26,7 @@ pub fn summarize(r: &Results) -> String {
     let mut o = String::new();
     header(&mut o, r);
     targets::table(&mut o, r);
+    details::cpu_side_by_side(&mut o, r);
     let _ = writeln!(o);
     details::scenario_one(&mut o, r);
     details::floor(&mut o, r);

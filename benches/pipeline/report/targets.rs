@@ -83,8 +83,8 @@ fn freshness_targets(o: &mut String, r: &Results) {
             let (py50, py99) = (fresh_pct(py_runs, P50).0, fresh_pct(py_runs, P99).0);
             let _ = writeln!(
                 o,
-                "| (ratio, scenario 2) | freshness at {} batches/s, p50 / p99: refit {} / {} ms vs Python {} / {} ms | {}× / {}× faster | – |",
-                rate_txt(rate), f(p50), f(p99), f(py50), f(py99), f(py50 / p50), f(py99 / p99)
+                "| (ratio, scenario 2) | freshness at {} batches/s, p50 / p99: refit {} / {} ms vs {} {} / {} ms | {}× / {}× faster | – |",
+                rate_txt(rate), f(p50), f(p99), py_runs[0].label(), f(py50), f(py99), f(py50 / p50), f(py99 / p99)
             );
         }
     }
@@ -186,7 +186,15 @@ fn throughput_targets(o: &mut String, r: &Results, tp: &Throughput) {
             ] {
                 let (a, b) = (round_rate(tp, round), round_rate(py, round));
                 let ratio = a / b;
-                let _ = writeln!(o, "| ≥ 5× Python | {users} users, {label}: refit {} /s vs Python {} /s | {}× | {} |", f(a), f(b), f(ratio), verdict(ratio >= 5.0));
+                let _ = writeln!(
+                    o,
+                    "| ≥ 5× Python | {users} users, {label}: refit {} /s vs {} {} /s | {}× | {} |",
+                    f(a),
+                    py.label(),
+                    f(b),
+                    f(ratio),
+                    verdict(ratio >= 5.0)
+                );
             }
         }
         skipped if r.ramp.as_ref().is_none_or(|ramp| ramp.python.is_none()) => {
