@@ -499,6 +499,9 @@ pub struct SteadyRound {
     pub load_ms: Summary,
     pub boost_ms: Summary,
     pub save_ms: Summary,
+    /// The whole train step (refit's log: features, gate predictions, load, boost, save).
+    #[serde(default)]
+    pub train_step_ms: Summary,
     /// Retrains whose model was kept in memory (load 0).
     pub models_cached: usize,
     pub trees: Summary,
@@ -524,6 +527,9 @@ pub struct SteadyTotals {
     pub wal_bytes_per_retrain: f64,
     #[serde(with = "nan", default = "nan")]
     pub xgboost_ms_per_retrain: f64,
+    /// The whole train step per retrain (mean).
+    #[serde(with = "nan", default = "nan")]
+    pub train_step_ms_per_retrain: f64,
     /// (refit + its backends' CPU) / XGBoost ms, per retrain.
     #[serde(with = "nan", default = "nan")]
     pub cpu_to_xgboost: f64,

@@ -659,6 +659,7 @@ fn round_of(i: usize, m: &Measured, versions: &[Made], logs: &LogIndex) -> Stead
     let mine: Vec<&Made> = versions.iter().filter(|v| v.version == m.version).collect();
     let (mut load, mut boost, mut save, mut total, mut acks) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let mut step = vec![];
     let mut cached = 0;
     for v in &mine {
         let Some(steps) = logs.steps.get(&v.retrain_id) else {
@@ -675,6 +676,7 @@ fn round_of(i: usize, m: &Measured, versions: &[Made], logs: &LogIndex) -> Stead
             boost.push(b);
             save.push(s);
             total.push(l + b + s);
+            step.extend(t.duration_ms);
         }
         if let Some(a) = steps.get("announce") {
             acks.push(a.at);
@@ -701,6 +703,7 @@ fn round_of(i: usize, m: &Measured, versions: &[Made], logs: &LogIndex) -> Stead
         load_ms: Summary::rounded(&load),
         boost_ms: Summary::rounded(&boost),
         save_ms: Summary::rounded(&save),
+        train_step_ms: Summary::rounded(&step),
         models_cached: cached,
         trees: Summary::rounded(
             &mine
@@ -724,9 +727,11 @@ fn totals(rounds: &[SteadyRound]) -> SteadyTotals {
         }
     });
     let xgb_n: usize = rounds.iter().map(|r| r.xgboost_ms.n).sum();
-    let xgboost = per(
-        sum(&|r| r.xgboost_ms.mean * r.xgboost_ms.n as f64),
-        xgb_n,
+    let xgboost = per(sum(&|r| r.xgboost_ms.mean * r.xgboost_ms.n as f64), xgb_n);
+    let step_n: usize = rounds.iter().map(|r| r.train_step_ms.n).sum();
+    let train_step = per(
+        sum(&|r| r.train_step_ms.mean * r.train_step_ms.n as f64),
+        step_n,
     );
     let refit = per(sum(&|r| r.cpu.process_cpu_s) * 1e3, retrains);
     let postgres = per(sum(&|r| r.cpu.its_postgres_backends_cpu_s) * 1e3, retrains);
@@ -749,6 +754,7 @@ fn totals(rounds: &[SteadyRound]) -> SteadyTotals {
         machine_cpu_ms_per_retrain: per(sum(&|r| r.cpu.machine_busy_cpu_s) * 1e3, retrains),
         wal_bytes_per_retrain: per(sum(&|r| r.wal_bytes), retrains),
         xgboost_ms_per_retrain: xgboost,
+        train_step_ms_per_retrain: train_step,
         cpu_to_xgboost: (refit + postgres) / xgboost,
         versions_by_step: by_step,
         versions_by_status: by_status,

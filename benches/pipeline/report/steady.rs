@@ -14,10 +14,10 @@ pub(crate) fn steady(o: &mut String, r: &Results) {
     };
     let _ = writeln!(o, "\n### Steady state: cost per retrain\n");
     intro(o, st);
-    let _ = writeln!(o, "| Round | Version | Retrains | Steps | Statuses | **Retrains/s** (acked) | Retrains/s (read) | CPU ms per retrain: refit / its PostgreSQL / machine | XGBoost ms per retrain (load + boost + save) p50 / mean | Load / boost / save mean (ms) | Models kept in memory | Trees p50 | WAL bytes per retrain | Load average before / after |");
+    let _ = writeln!(o, "| Round | Version | Retrains | Steps | Statuses | **Retrains/s** (acked) | Retrains/s (read) | CPU ms per retrain: refit / its PostgreSQL / machine | XGBoost ms per retrain (load + boost + save) p50 / mean | Load / boost / save mean (ms) | Whole train step mean (ms) | Models kept in memory | Trees p50 | WAL bytes per retrain | Load average before / after |");
     let _ = writeln!(
         o,
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
     );
     for round in &st.rounds {
         round_row(o, round);
@@ -25,7 +25,7 @@ pub(crate) fn steady(o: &mut String, r: &Results) {
     let t = &st.overall;
     let _ = writeln!(
         o,
-        "| **all** | | {} | {} | {} | **{}** | | **{} / {} / {}** | **{}** (mean) | | | | **{}** | |",
+        "| **all** | | {} | {} | {} | **{}** | | **{} / {} / {}** | **{}** (mean) | | {} | | | **{}** | |",
         t.retrains,
         js(&t.versions_by_step),
         js(&t.versions_by_status),
@@ -34,18 +34,21 @@ pub(crate) fn steady(o: &mut String, r: &Results) {
         f(t.postgres_cpu_ms_per_retrain),
         f(t.machine_cpu_ms_per_retrain),
         f(t.xgboost_ms_per_retrain),
+        f(t.train_step_ms_per_retrain),
         f(t.wal_bytes_per_retrain),
     );
     let _ = writeln!(
         o,
         "\nCPU per retrain of refit and its PostgreSQL backends: **{} ms, {}× the XGBoost work** \
          the policy does per retrain ({} ms: load + boost + save, single-threaded, from the \
-         train log line; the gate's predictions are outside it). WAL is the cluster's \
+         train log line; the whole train step, with the features and the gate's predictions, \
+         took {} ms). WAL is the cluster's \
          (`pg_current_wal_lsn()` over the measured rounds): anything else writing to the \
          server counts too.",
         f(t.refit_cpu_ms_per_retrain + t.postgres_cpu_ms_per_retrain),
         f(t.cpu_to_xgboost),
         f(t.xgboost_ms_per_retrain),
+        f(t.train_step_ms_per_retrain),
     );
     statements(o, &st.pg_stat_statements);
     if let Some(logs) = &st.logs {
@@ -90,7 +93,7 @@ fn round_row(o: &mut String, r: &SteadyRound) {
     let c = &r.cpu;
     let _ = writeln!(
         o,
-        "| {} | {} | {}{} | {} | {} | **{}** | {} | {} / {} / {} | {} / {} | {} / {} / {} | {} | {} | {} | {} / {} |",
+        "| {} | {} | {}{} | {} | {} | **{}** | {} | {} / {} / {} | {} / {} | {} / {} / {} | {} | {} | {} | {} | {} / {} |",
         r.round,
         r.version,
         r.retrains,
@@ -107,6 +110,7 @@ fn round_row(o: &mut String, r: &SteadyRound) {
         f(r.load_ms.mean),
         f(r.boost_ms.mean),
         f(r.save_ms.mean),
+        f(r.train_step_ms.mean),
         r.models_cached,
         f(r.trees.p50),
         f(r.wal_bytes_per_retrain),
@@ -121,7 +125,10 @@ fn statements(o: &mut String, stats: &StatementStats) {
             let _ = writeln!(o, "\n`pg_stat_statements`: {why}.");
         }
         StatementStats::Top(top) => {
-            let _ = writeln!(o, "\n`pg_stat_statements` over the measured rounds (this database), by total time:\n");
+            let _ = writeln!(
+                o,
+                "\n`pg_stat_statements` over the measured rounds (this database), by total time:\n"
+            );
             let _ = writeln!(o, "| Statement | Calls | Total ms | Mean ms | Rows | Shared blocks hit / read / dirtied / written |");
             let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- |");
             for s in top {
