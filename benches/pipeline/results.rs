@@ -525,6 +525,9 @@ pub struct SteadyTotals {
     pub machine_cpu_ms_per_retrain: f64,
     #[serde(with = "nan", default = "nan")]
     pub wal_bytes_per_retrain: f64,
+    /// The cluster's WAL rate over 5 s before the rounds, refit idle (other databases' writes).
+    #[serde(with = "nan", default = "nan")]
+    pub idle_wal_bytes_per_s: f64,
     #[serde(with = "nan", default = "nan")]
     pub xgboost_ms_per_retrain: f64,
     /// The whole train step per retrain (mean).

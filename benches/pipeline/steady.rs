@@ -253,45 +253,33 @@ async fn seed(
     .bind(&rmse)
     .execute(&db.pool)
     .await?;
+    // The three tables are independent here (no foreign-key checks): filled concurrently.
     let rows = "generate_series(1, $2) AS k, generate_series(1, $1) AS u";
-    timed(
-        db,
-        "prediction_requests",
-        &format!(
-            "INSERT INTO prediction_requests (request_id, user_id, features, created_at)
-             SELECT bench_request_id(u, k), bench_user(u), bench_features(u, k),
-                    now() - interval '1 day'
-               FROM {rows}"
-        ),
-        k,
-    )
-    .await?;
+    let requests = format!(
+        "INSERT INTO prediction_requests (request_id, user_id, features, created_at)
+         SELECT bench_request_id(u, k), bench_user(u), bench_features(u, k),
+                now() - interval '1 day'
+           FROM {rows}"
+    );
     // Ids in arrival order (request index, then user), as the bulk loads number them.
-    timed(
-        db,
-        "actual_rentals",
-        &format!(
-            "INSERT INTO actual_rentals (id, request_id, actual_value, \"timestamp\", refit_xid)
-             SELECT (k - 1)::bigint * $1 + u, bench_request_id(u, k), bench_actual(u, k),
-                    now() - interval '1 day' + ((k - 1)::bigint * $1 + u) * interval '1 microsecond',
-                    NULL
-               FROM {rows}"
-        ),
-        k,
-    )
-    .await?;
-    timed(
-        db,
-        "refit_consumed_actuals",
-        &format!(
-            "INSERT INTO refit_consumed_actuals (actual_id, user_id, version, outcome, consumed_at)
-             SELECT (k - 1)::bigint * $1 + u, bench_user(u), (k - 1) / 50 + 1, 'trained',
-                    now() - interval '1 day'
-               FROM {rows}"
-        ),
-        k,
-    )
-    .await?;
+    let actuals = format!(
+        "INSERT INTO actual_rentals (id, request_id, actual_value, \"timestamp\", refit_xid)
+         SELECT (k - 1)::bigint * $1 + u, bench_request_id(u, k), bench_actual(u, k),
+                now() - interval '1 day' + ((k - 1)::bigint * $1 + u) * interval '1 microsecond',
+                NULL
+           FROM {rows}"
+    );
+    let consumed = format!(
+        "INSERT INTO refit_consumed_actuals (actual_id, user_id, version, outcome, consumed_at)
+         SELECT (k - 1)::bigint * $1 + u, bench_user(u), (k - 1) / 50 + 1, 'trained',
+                now() - interval '1 day'
+           FROM {rows}"
+    );
+    tokio::try_join!(
+        timed(db, "prediction_requests", &requests, k),
+        timed(db, "actual_rentals", &actuals, k),
+        timed(db, "refit_consumed_actuals", &consumed, k),
+    )?;
     sqlx::query("SELECT setval(pg_get_serial_sequence('actual_rentals', 'id'), $1::bigint * $2)")
         .bind(k.users)
         .bind(k.history)
@@ -523,6 +511,12 @@ pub async fn steady(s: &Settings) -> anyhow::Result<Steady> {
     )?;
     let collector = Collector::start(&s.brokers, &db.topic)?;
     blocking(|| refit.wait_ready(Duration::from_secs(60)))?;
+    // The WAL is the cluster's: its rate with refit idle, before the rounds, for comparison.
+    let idle_lsn = wal_lsn(&db).await?;
+    let idle_started = now_unix();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle_wal_bytes_per_s =
+        wal_diff(&db, &idle_lsn, &wal_lsn(&db).await?).await / (now_unix() - idle_started);
     let statements = statements_start(&db).await;
     let users: Vec<i32> = (1..=k.users).collect();
     let n = users.len();
@@ -581,7 +575,8 @@ pub async fn steady(s: &Settings) -> anyhow::Result<Steady> {
         .enumerate()
         .map(|(i, m)| round_of(i, m, &versions, &logs))
         .collect();
-    let overall = totals(&rounds);
+    let mut overall = totals(&rounds);
+    overall.idle_wal_bytes_per_s = idle_wal_bytes_per_s;
     log(format!(
         "steady: {} retrains, {:.1}/s; CPU ms per retrain refit {:.2} + PostgreSQL {:.2} \
          (machine {:.2}) vs XGBoost {:.2}; WAL {:.0} B per retrain",
@@ -753,6 +748,7 @@ fn totals(rounds: &[SteadyRound]) -> SteadyTotals {
         postgres_cpu_ms_per_retrain: postgres,
         machine_cpu_ms_per_retrain: per(sum(&|r| r.cpu.machine_busy_cpu_s) * 1e3, retrains),
         wal_bytes_per_retrain: per(sum(&|r| r.wal_bytes), retrains),
+        idle_wal_bytes_per_s: f64::NAN,
         xgboost_ms_per_retrain: xgboost,
         train_step_ms_per_retrain: train_step,
         cpu_to_xgboost: (refit + postgres) / xgboost,

@@ -44,11 +44,12 @@ pub(crate) fn steady(o: &mut String, r: &Results) {
          train log line; the whole train step, with the features and the gate's predictions, \
          took {} ms). WAL is the cluster's \
          (`pg_current_wal_lsn()` over the measured rounds): anything else writing to the \
-         server counts too.",
+         server counts too (with refit idle, just before the rounds: {} bytes/s).",
         f(t.refit_cpu_ms_per_retrain + t.postgres_cpu_ms_per_retrain),
         f(t.cpu_to_xgboost),
         f(t.xgboost_ms_per_retrain),
         f(t.train_step_ms_per_retrain),
+        f(t.idle_wal_bytes_per_s),
     );
     statements(o, &st.pg_stat_statements);
     if let Some(logs) = &st.logs {
