@@ -122,7 +122,8 @@ fn results_read_back_as_written() {
     );
 }
 
-/// A recorded run's results (a quick run's, with Python, repeats and a skipped growth run added)
+/// A recorded run's results (a quick run's, with Python, repeats and a skipped growth run added;
+/// the steady section from a 200-user steady run, rendered by its own renderer)
 /// and the summary the JSON-walking renderer this module replaced made of them.
 #[test]
 fn the_summary_of_a_recorded_run_is_as_before() {
