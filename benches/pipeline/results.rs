@@ -439,6 +439,9 @@ pub struct Steady {
     pub overall: SteadyTotals,
     /// The top statements by total time over the measured rounds, or why there are none.
     pub pg_stat_statements: StatementStats,
+    /// `pg_stat_user_tables` over the measured rounds (what was scanned and written, per table;
+    /// a coarse breakdown that needs no extension).
+    pub table_stats: Vec<TableStat>,
     pub memory: Option<Memory>,
     pub logs: Option<Logs>,
     pub metrics_retrains_total: Vec<String>,
@@ -566,4 +569,18 @@ pub struct StatementStat {
     pub shared_blks_read: i64,
     pub shared_blks_dirtied: i64,
     pub shared_blks_written: i64,
+}
+
+/// The change of one table's `pg_stat_user_tables` counters over the measured rounds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TableStat {
+    pub table: String,
+    pub seq_scan: i64,
+    pub seq_tup_read: i64,
+    pub idx_scan: i64,
+    pub idx_tup_fetch: i64,
+    pub n_tup_ins: i64,
+    pub n_tup_upd: i64,
+    pub n_tup_del: i64,
 }

@@ -37,7 +37,7 @@ use crate::infra::{
 use crate::phases::{blocking, count_by, log, memory_of, THRESHOLD};
 use crate::results::{
     finite, Counts, Cpu, Logs, StatementStat, StatementStats, Steady, SteadyRound, SteadySeed,
-    SteadyTotals, Summary,
+    SteadyTotals, Summary, TableStat,
 };
 use crate::scenarios::{bench_row, default_params};
 use refit::model::trainer::{predict, train, Previous, TrainInput, TrainMode};
@@ -467,6 +467,57 @@ async fn statements_top(db: &BenchDb) -> StatementStats {
     }
 }
 
+/// `pg_stat_user_tables` of this database now.
+async fn table_stats(db: &BenchDb) -> Vec<TableStat> {
+    sqlx::query(
+        "SELECT relname::text, coalesce(seq_scan, 0), coalesce(seq_tup_read, 0),
+                coalesce(idx_scan, 0), coalesce(idx_tup_fetch, 0), n_tup_ins, n_tup_upd, n_tup_del
+           FROM pg_stat_user_tables",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap_or_default()
+    .into_iter()
+    .map(|r| TableStat {
+        table: r.get(0),
+        seq_scan: r.get(1),
+        seq_tup_read: r.get(2),
+        idx_scan: r.get(3),
+        idx_tup_fetch: r.get(4),
+        n_tup_ins: r.get(5),
+        n_tup_upd: r.get(6),
+        n_tup_del: r.get(7),
+    })
+    .collect()
+}
+
+/// `after` − `before`, tables with any activity, most rows read first.
+fn table_delta(before: &[TableStat], after: &[TableStat]) -> Vec<TableStat> {
+    let mut delta: Vec<TableStat> = after
+        .iter()
+        .map(|a| {
+            let b = before
+                .iter()
+                .find(|b| b.table == a.table)
+                .cloned()
+                .unwrap_or_default();
+            TableStat {
+                table: a.table.clone(),
+                seq_scan: a.seq_scan - b.seq_scan,
+                seq_tup_read: a.seq_tup_read - b.seq_tup_read,
+                idx_scan: a.idx_scan - b.idx_scan,
+                idx_tup_fetch: a.idx_tup_fetch - b.idx_tup_fetch,
+                n_tup_ins: a.n_tup_ins - b.n_tup_ins,
+                n_tup_upd: a.n_tup_upd - b.n_tup_upd,
+                n_tup_del: a.n_tup_del - b.n_tup_del,
+            }
+        })
+        .filter(|d| d.seq_scan + d.idx_scan + d.n_tup_ins + d.n_tup_upd + d.n_tup_del > 0)
+        .collect();
+    delta.sort_by_key(|d| std::cmp::Reverse(d.seq_tup_read + d.idx_tup_fetch));
+    delta
+}
+
 /// What a round measured while refit ran; the rest comes from its versions and log.
 struct Measured {
     version: i32,
@@ -518,6 +569,7 @@ pub async fn steady(s: &Settings) -> anyhow::Result<Steady> {
     let idle_wal_bytes_per_s =
         wal_diff(&db, &idle_lsn, &wal_lsn(&db).await?).await / (now_unix() - idle_started);
     let statements = statements_start(&db).await;
+    let tables_before = table_stats(&db).await;
     let users: Vec<i32> = (1..=k.users).collect();
     let n = users.len();
     let before = collector.count();
@@ -560,6 +612,9 @@ pub async fn steady(s: &Settings) -> anyhow::Result<Steady> {
             break;
         }
     }
+    // Backends report their counters within a second of going idle.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let table_stats = table_delta(&tables_before, &table_stats(&db).await);
     let pg_stat_statements = match statements {
         Ok(()) => statements_top(&db).await,
         Err(why) => StatementStats::Skipped(why),
@@ -596,6 +651,7 @@ pub async fn steady(s: &Settings) -> anyhow::Result<Steady> {
         rounds,
         overall,
         pg_stat_statements,
+        table_stats,
         memory: Some(memory_of(&memory)),
         logs: Some(Logs {
             warnings: logs.warnings,

@@ -52,6 +52,7 @@ pub(crate) fn steady(o: &mut String, r: &Results) {
         f(t.idle_wal_bytes_per_s),
     );
     statements(o, &st.pg_stat_statements);
+    tables(o, st);
     if let Some(logs) = &st.logs {
         let _ = writeln!(
             o,
@@ -149,5 +150,35 @@ fn statements(o: &mut String, stats: &StatementStats) {
                 );
             }
         }
+    }
+}
+
+/// `pg_stat_user_tables` over the measured rounds, per retrain.
+fn tables(o: &mut String, st: &Steady) {
+    let retrains = st.overall.retrains.max(1) as f64;
+    if st.table_stats.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "\n`pg_stat_user_tables` over the measured rounds, per retrain (the bulk loads' own \
+         inserts included):\n"
+    );
+    let _ = writeln!(o, "| Table | Seq scans | Rows read by seq scans | Index scans | Rows fetched by index | Inserted / updated / deleted |");
+    let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- |");
+    for t in &st.table_stats {
+        let per = |x: i64| f(x as f64 / retrains);
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} / {} / {} |",
+            t.table,
+            per(t.seq_scan),
+            per(t.seq_tup_read),
+            per(t.idx_scan),
+            per(t.idx_tup_fetch),
+            per(t.n_tup_ins),
+            per(t.n_tup_upd),
+            per(t.n_tup_del),
+        );
     }
 }
