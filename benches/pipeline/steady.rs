@@ -9,7 +9,8 @@
 //!   and its policy step in `metrics->'policy'` (rebuild every REFIT_REBUILD_EVERY, continues in
 //!   between); the newest is active and is a rebuild (REFIT_COMPACTION_ROUNDS trees,
 //!   since_rebuild 0), so the measured rounds make continue, continue, continue, rebuild;
-//! - every history actual in `refit_consumed_actuals` as `trained` by the version of its batch.
+//! - every history actual in `refit_consumed_actuals` as `trained` by the version of its batch,
+//!   with the matrix row it trained as (`line`), as refit stores it.
 //!
 //! The active models are trained here with refit's trainer, one per scale class of the generated
 //! data (user % 10), on the class's first user's history (REFIT_COMPACTION_ROUNDS rounds at
@@ -180,6 +181,23 @@ fn seed_models(k: &Knobs, p: &Policy) -> anyhow::Result<Vec<SeedModel>> {
     Ok(models)
 }
 
+/// The fingerprint of a feature order as refit stores it in each line (src/retrain/lines.rs:
+/// FNV-1a over the names, each ended by a 0 byte).
+fn fingerprint(names: &[String]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in names.iter().flat_map(|n| n.bytes().chain([0])) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// A float4 as 4 little-endian bytes (`float4send` is big-endian).
+const LE4: &str = "CREATE FUNCTION bench_le4(x float4) RETURNS bytea IMMUTABLE LANGUAGE sql
+  AS $$ SELECT set_byte(set_byte(set_byte(set_byte(b, 0, get_byte(b, 3)), 1, get_byte(b, 2)),
+                                 2, get_byte(b, 1)), 3, get_byte(b, 0))
+          FROM (SELECT float4send(x) AS b) t $$";
+
 /// Runs `sql` (with `users`, `history` bound as $1, $2), logging how long it took.
 async fn timed(db: &BenchDb, what: &str, sql: &str, k: &Knobs) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -225,6 +243,7 @@ async fn seed(
         .await
         .map_err(|e| anyhow::anyhow!("importing the seed model: {e}"))?;
     }
+    sqlx::raw_sql(LE4).execute(&db.pool).await?;
     sqlx::raw_sql(
         "CREATE TABLE bench_steady_seed AS
              SELECT substring(user_id FROM 6)::int % 10 AS class, artifact, params, features
@@ -269,11 +288,30 @@ async fn seed(
                 NULL
            FROM {rows}"
     );
+    // Each trained actual with the matrix row it trained as (`line`, as refit stores it: the
+    // feature order's fingerprint, the label and the features in that order, f32 little-endian),
+    // so the window is read from refit's own table as in production.
+    let order = models
+        .first()
+        .map(|m| m.features.clone())
+        .unwrap_or_default();
     let consumed = format!(
-        "INSERT INTO refit_consumed_actuals (actual_id, user_id, version, outcome, consumed_at)
+        "INSERT INTO refit_consumed_actuals
+             (actual_id, user_id, version, outcome, consumed_at, line)
          SELECT (k - 1)::bigint * $1 + u, bench_user(u), (k - 1) / 50 + 1, 'trained',
-                now() - interval '1 day'
-           FROM {rows}"
+                now() - interval '1 day',
+                '\\x{}'::bytea || bench_le4(bench_actual(u, k)::float4)
+                    || (SELECT string_agg(bench_le4(coalesce((f ->> n)::float8, 'NaN')::float4),
+                                          ''::bytea ORDER BY i)
+                          FROM bench_features(u, k) AS f,
+                               unnest('{{{}}}'::text[]) WITH ORDINALITY AS t(n, i))
+           FROM {rows}",
+        fingerprint(&order)
+            .to_le_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+        order.join(","),
     );
     tokio::try_join!(
         timed(db, "prediction_requests", &requests, k),
