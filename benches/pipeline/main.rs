@@ -17,7 +17,10 @@
 //!   models, then continued training): the drain's capacity; `python`: the same for the reference
 //!   (~10 min at 10,000 users, not in the default list);
 //! - `growth`: BENCH_GROWTH runs (REFIT_MAX_TREES:retrains) of one user's consecutive retrains;
-//!   train time, artifact size and trees per version.
+//!   train time, artifact size and trees per version;
+//! - `steady` (not a default phase): cost per retrain at steady state — BENCH_STEADY_USERS users
+//!   seeded with steady-state models, a full window of trained actuals and a live-error history,
+//!   then BENCH_STEADY_ROUNDS rounds of 50 actuals each: CPU, WAL and XGBoost's share per retrain.
 //!
 //! BENCH_REPEAT (3; 1 with BENCH_QUICK) repeats floor, steps and freshness; the report gives
 //! medians with the [min–max] spread. Every phase shows a progress bar on stderr.
@@ -35,6 +38,7 @@
 //! - results.rs: the typed results (what results.json holds, what the report and
 //!   scripts/bench-chart.py read);
 //! - phases.rs: scenario 2 (freshness), the throughput drain, growth, the Redis floor;
+//! - steady.rs: the steady-state phase (its seed in SQL, cost per retrain);
 //! - scenarios.rs: scenario 1 (per-step cost), scenario 3 (the ramp), the C API floor, and the
 //!   seeded models they start from;
 //! - infra.rs: settings, databases, the topic's consumer, child processes, CPU accounting;
@@ -49,6 +53,7 @@ mod report;
 mod results;
 mod scenarios;
 mod stats;
+mod steady;
 
 use anyhow::Context;
 
@@ -102,6 +107,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
             "ramp" => ramp(&mut run).await?,
             "throughput" => throughput(&mut run).await?,
             "python" => python_throughput(&mut run).await?,
+            "steady" => steady(&mut run).await?,
             _ => growth(&mut run, &env_names).await?,
         }
         let minutes = minutes_since(phase_started);
@@ -123,7 +129,7 @@ async fn run(s: Settings) -> anyhow::Result<()> {
 }
 
 /// The phases, in the order they run (BENCH_PHASES picks among them).
-const PHASES: [&str; 7] = [
+const PHASES: [&str; 8] = [
     "floor",
     "steps",
     "freshness",
@@ -131,6 +137,7 @@ const PHASES: [&str; 7] = [
     "throughput",
     "python",
     "growth",
+    "steady",
 ];
 
 /// A run in progress: its settings and what it has measured so far.
@@ -360,6 +367,14 @@ async fn growth(run: &mut Run<'_>, env_names: &[String]) -> anyhow::Result<()> {
         run.results.growth.get_or_insert_with(Vec::new).push(growth);
         run.save();
     }
+    Ok(())
+}
+
+/// The steady-state phase (not a default phase).
+async fn steady(run: &mut Run<'_>) -> anyhow::Result<()> {
+    let steady = steady::steady(run.s).await.context("steady")?;
+    run.results.steady = Some(steady);
+    run.save();
     Ok(())
 }
 

@@ -80,6 +80,9 @@ pub struct Results {
     pub throughput_python_other_runs: Vec<Throughput>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub growth: Option<Vec<Growth>>,
+    /// The `steady` phase (not a default phase): cost per retrain at steady state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steady: Option<Steady>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub finished: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -476,4 +479,167 @@ pub struct GrowthVersion {
     pub load_ms: Option<f64>,
     pub boost_ms: Option<f64>,
     pub save_ms: Option<f64>,
+}
+
+/// The `steady` phase: cost per retrain once every user has a steady-state model, a full window of
+/// trained actuals and a live-error history (benches/pipeline/steady.rs).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Steady {
+    pub users: usize,
+    /// Trained actuals seeded per user (BENCH_STEADY_HISTORY).
+    pub history_rows_per_user: i64,
+    /// What was seeded, and how long it took.
+    pub seed: SteadySeed,
+    /// The policy settings refit ran with (`refit config`).
+    pub policy: BTreeMap<String, String>,
+    pub rounds: Vec<SteadyRound>,
+    /// All measured rounds together.
+    pub overall: SteadyTotals,
+    /// The top statements by total time over the measured rounds, or why there are none.
+    pub pg_stat_statements: StatementStats,
+    /// `pg_stat_user_tables` over the measured rounds (what was scanned and written, per table;
+    /// a coarse breakdown that needs no extension).
+    pub table_stats: Vec<TableStat>,
+    pub memory: Option<Memory>,
+    pub logs: Option<Logs>,
+    pub metrics_retrains_total: Vec<String>,
+}
+
+/// What the `steady` phase seeded before refit started.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SteadySeed {
+    /// Versions per user (history / 50); the newest is the active one.
+    pub versions_per_user: i32,
+    pub active_version: i32,
+    /// The active version's step and trees (a rebuild: since_rebuild 0).
+    pub active_step: String,
+    pub active_trees: i64,
+    /// Seed models: one per scale class of the generated data (user % 10).
+    pub models: usize,
+    #[serde(with = "nan", default = "nan")]
+    pub artifact_kb_mean: f64,
+    /// The seed models' RMSE on 50-row batches after the history (the seeded live errors).
+    #[serde(with = "nan", default = "nan")]
+    pub live_rmse_mean: f64,
+    /// Rows per table after seeding.
+    pub rows: BTreeMap<String, i64>,
+    #[serde(with = "nan", default = "nan")]
+    pub seconds: f64,
+    #[serde(with = "nan", default = "nan")]
+    pub database_mb: f64,
+}
+
+/// One measured round of the `steady` phase: 50 actuals per user, bulk-loaded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SteadyRound {
+    pub round: usize,
+    /// The version each user's retrain makes.
+    pub version: i32,
+    pub load_seconds: f64,
+    pub retrains: usize,
+    pub complete: bool,
+    #[serde(with = "nan", default = "nan")]
+    pub seconds_commit_to_last_event: f64,
+    #[serde(with = "nan", default = "nan")]
+    pub retrains_per_s_read: f64,
+    /// Up to the broker's acknowledgement of the round's last event (refit's log).
+    #[serde(with = "nan", default = "nan")]
+    pub retrains_per_s: f64,
+    pub versions_by_step: Counts,
+    pub versions_by_status: Counts,
+    pub cpu: Cpu,
+    #[serde(with = "nan", default = "nan")]
+    pub machine_cpu_ms_per_retrain: f64,
+    #[serde(with = "nan", default = "nan")]
+    pub wal_bytes: f64,
+    #[serde(with = "nan", default = "nan")]
+    pub wal_bytes_per_retrain: f64,
+    /// load + boost + save of the train step (refit's log), per retrain.
+    pub xgboost_ms: Summary,
+    pub load_ms: Summary,
+    pub boost_ms: Summary,
+    pub save_ms: Summary,
+    /// The whole train step (refit's log: features, gate predictions, load, boost, save).
+    #[serde(default)]
+    pub train_step_ms: Summary,
+    /// Retrains whose model was kept in memory (load 0).
+    pub models_cached: usize,
+    pub trees: Summary,
+    pub loadavg_before_after: [Option<f64>; 2],
+}
+
+/// The measured rounds of the `steady` phase together (per retrain: totals / retrains).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SteadyTotals {
+    pub retrains: usize,
+    #[serde(with = "nan", default = "nan")]
+    pub seconds: f64,
+    #[serde(with = "nan", default = "nan")]
+    pub retrains_per_s: f64,
+    #[serde(with = "nan", default = "nan")]
+    pub refit_cpu_ms_per_retrain: f64,
+    #[serde(with = "nan", default = "nan")]
+    pub postgres_cpu_ms_per_retrain: f64,
+    #[serde(with = "nan", default = "nan")]
+    pub machine_cpu_ms_per_retrain: f64,
+    #[serde(with = "nan", default = "nan")]
+    pub wal_bytes_per_retrain: f64,
+    /// The cluster's WAL rate over 5 s before the rounds, refit idle (other databases' writes).
+    #[serde(with = "nan", default = "nan")]
+    pub idle_wal_bytes_per_s: f64,
+    #[serde(with = "nan", default = "nan")]
+    pub xgboost_ms_per_retrain: f64,
+    /// The whole train step per retrain (mean).
+    #[serde(with = "nan", default = "nan")]
+    pub train_step_ms_per_retrain: f64,
+    /// (refit + its backends' CPU) / XGBoost ms, per retrain.
+    #[serde(with = "nan", default = "nan")]
+    pub cpu_to_xgboost: f64,
+    pub versions_by_step: Counts,
+    pub versions_by_status: Counts,
+}
+
+/// `pg_stat_statements` over the measured rounds, or why not.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StatementStats {
+    Skipped(String),
+    Top(Vec<StatementStat>),
+}
+
+impl Default for StatementStats {
+    fn default() -> Self {
+        StatementStats::Skipped("not measured".into())
+    }
+}
+
+/// One statement of `pg_stat_statements` (this phase's database only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatementStat {
+    pub query: String,
+    pub calls: i64,
+    pub total_ms: f64,
+    pub mean_ms: f64,
+    pub rows: i64,
+    pub shared_blks_hit: i64,
+    pub shared_blks_read: i64,
+    pub shared_blks_dirtied: i64,
+    pub shared_blks_written: i64,
+}
+
+/// The change of one table's `pg_stat_user_tables` counters over the measured rounds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TableStat {
+    pub table: String,
+    pub seq_scan: i64,
+    pub seq_tup_read: i64,
+    pub idx_scan: i64,
+    pub idx_tup_fetch: i64,
+    pub n_tup_ins: i64,
+    pub n_tup_upd: i64,
+    pub n_tup_del: i64,
 }

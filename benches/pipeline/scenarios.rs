@@ -32,7 +32,7 @@ const FIRST_K: i32 = 1001;
 
 /// User `u`'s `k`-th request and its actual, as the database's `bench_features` /
 /// `bench_actual` generate them (infra.rs), for training outside the database.
-fn bench_row(u: i32, k: i32) -> ActualRow {
+pub(crate) fn bench_row(u: i32, k: i32) -> ActualRow {
     let hour = (k * 5) % 24;
     let temperature = ((8.0 + 0.9 * f64::from((k * 7 + u) % 23)) * 10.0).round() / 10.0;
     let humidity = 40 + (k * 13 + u) % 50;
@@ -57,7 +57,7 @@ fn bench_row(u: i32, k: i32) -> ActualRow {
     }
 }
 
-fn default_params() -> std::collections::BTreeMap<String, String> {
+pub(crate) fn default_params() -> std::collections::BTreeMap<String, String> {
     refit::config::Config::from_sources(
         None,
         &[(

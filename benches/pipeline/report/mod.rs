@@ -7,10 +7,12 @@
 //! - targets.rs: the targets table (one function per group of rows);
 //! - details.rs: the detail sections (scenario 1, the floor, scenario 3, freshness, per-step cost,
 //!   throughput, growth);
+//! - steady.rs: the steady-state phase's section (cost per retrain against XGBoost's work);
 //! - tests.rs: rendering checks, run by `cargo test --bench pipeline_report`
 //!   (benches/pipeline_report.rs; this bench has no test harness).
 
 pub(crate) mod details;
+pub(crate) mod steady;
 pub(crate) mod targets;
 
 use std::fmt::Write as _;
@@ -35,6 +37,7 @@ pub fn summarize(r: &Results) -> String {
     details::per_step(&mut o, r);
     details::throughput(&mut o, r);
     details::growth(&mut o, r);
+    steady::steady(&mut o, r);
     o
 }
 

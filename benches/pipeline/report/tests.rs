@@ -122,7 +122,8 @@ fn results_read_back_as_written() {
     );
 }
 
-/// A recorded run's results (a quick run's, with Python, repeats and a skipped growth run added)
+/// A recorded run's results (a quick run's, with Python, repeats and a skipped growth run added;
+/// the steady section from a 200-user steady run, rendered by its own renderer)
 /// and the summary the JSON-walking renderer this module replaced made of them.
 #[test]
 fn the_summary_of_a_recorded_run_is_as_before() {
@@ -133,4 +134,72 @@ fn the_summary_of_a_recorded_run_is_as_before() {
         assert_eq!(a, b, "line {}", i + 1);
     }
     assert_eq!(rendered, expected);
+}
+
+#[test]
+fn steady_section_states_cpu_against_xgboost() {
+    let cpu = Cpu {
+        wall_s: 10.0,
+        process_cpu_s: 2.0,
+        its_postgres_backends_cpu_s: 1.0,
+        machine_busy_cpu_s: 6.0,
+        process_cores: 0.2,
+        its_postgres_cores: 0.1,
+        rest_of_machine_cores: 0.3,
+        process_cpu_ms_per_retrain: 2.0,
+        postgres_cpu_ms_per_retrain: 1.0,
+    };
+    let round = SteadyRound {
+        round: 1,
+        version: 81,
+        load_seconds: 1.0,
+        retrains: 1000,
+        complete: true,
+        seconds_commit_to_last_event: 5.0,
+        retrains_per_s_read: 200.0,
+        retrains_per_s: 201.0,
+        versions_by_step: Counts::from([("continue".to_owned(), 1000)]),
+        versions_by_status: Counts::from([("ready".to_owned(), 1000)]),
+        cpu,
+        machine_cpu_ms_per_retrain: 6.0,
+        wal_bytes: 5e7,
+        wal_bytes_per_retrain: 5e4,
+        xgboost_ms: summary(1.5, 3.0),
+        load_ms: summary(1.0, 2.0),
+        boost_ms: summary(0.3, 0.5),
+        save_ms: summary(0.2, 0.5),
+        train_step_ms: summary(4.0, 8.0),
+        models_cached: 0,
+        trees: summary(36.0, 36.0),
+        loadavg_before_after: [Some(1.0), Some(2.0)],
+    };
+    let r = Results {
+        steady: Some(Steady {
+            users: 1000,
+            history_rows_per_user: 4000,
+            rounds: vec![round],
+            overall: SteadyTotals {
+                retrains: 1000,
+                refit_cpu_ms_per_retrain: 2.0,
+                postgres_cpu_ms_per_retrain: 1.0,
+                xgboost_ms_per_retrain: 1.5,
+                cpu_to_xgboost: 2.0,
+                ..SteadyTotals::default()
+            },
+            pg_stat_statements: StatementStats::Skipped(
+                "not loaded (shared_preload_libraries)".into(),
+            ),
+            ..Steady::default()
+        }),
+        ..Results::default()
+    };
+    let o = crate::report::summarize(&r);
+    assert!(o.contains("### Steady state: cost per retrain"));
+    assert!(o.contains(
+        "| 1 | 81 | 1000 | {\"continue\":1000} | {\"ready\":1000} | **201** | 200 | 2.00 / 1.00 / 6.00 |"
+    ));
+    assert!(o.contains("**3.00 ms, 2.00× the XGBoost work**"));
+    assert!(o.contains("`pg_stat_statements`: not loaded (shared_preload_libraries)."));
+    let back: Results = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+    assert_eq!(crate::report::summarize(&back), o);
 }
