@@ -46,7 +46,7 @@ use crate::store::outbox::OutboxKind;
 use crate::store::versions::ModelHead;
 use crate::telemetry::metrics::Metrics;
 use features::{ActualRow, Batch};
-use policy::{Lineage, Policy, Step};
+use policy::{Lineage, Policy};
 
 /// The longest a user backs off after repeated failed retrains.
 pub(crate) const MAX_FAILURE_BACKOFF: Duration = Duration::from_secs(300);
@@ -429,7 +429,10 @@ impl Retrainer {
             None => None,
         };
         let active_lineage = active.as_ref().map(|(_, l)| *l);
-        let wanted = self.recent_rows(active_lineage, rejected.map(|(_, l)| l), batch.rows());
+        let wanted =
+            self.config
+                .policy
+                .rows_to_read(active_lineage, rejected.map(|(_, l)| l), batch.rows());
         let recent = self
             .window(tx, user_id, wanted, &batch.feature_names)
             .await?;
@@ -502,24 +505,6 @@ impl Retrainer {
                 None => Err(format!("the active version {version} has no artifact")),
             },
         )
-    }
-
-    /// How many recent trained actuals the step may need: enough for whichever base it starts
-    /// from (the active version, or the rejected one; a reinstatement rebuilds).
-    fn recent_rows(&self, active: Option<Lineage>, rejected: Option<Lineage>, rows: usize) -> i64 {
-        let policy = &self.config.policy;
-        let mut steps: Vec<Step> = [active, rejected]
-            .iter()
-            .map(|base| policy.plan(base.unwrap_or_default()))
-            .collect();
-        if let Some(l) = rejected {
-            steps.push(policy::after_reinstatement(policy.plan(l)));
-        }
-        steps
-            .into_iter()
-            .map(|step| policy.recent_rows(step, rows))
-            .max()
-            .unwrap_or(0)
     }
 
     /// The validation gate's evidence as stored with the version and sent in the event.

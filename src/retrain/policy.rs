@@ -189,6 +189,27 @@ impl Policy {
         (eta > 0.0).then_some(eta)
     }
 
+    /// Trained actuals a retrain reads besides its batch of `batch_rows`: enough for the step
+    /// from the active model (`None`: the user's first model) and, when a rejected version may be
+    /// reinstated, for the steps from it.
+    pub(crate) fn rows_to_read(
+        &self,
+        active: Option<Lineage>,
+        rejected: Option<Lineage>,
+        batch_rows: usize,
+    ) -> i64 {
+        let mut steps = vec![self.plan(active.unwrap_or_default())];
+        if let Some(l) = rejected {
+            steps.push(self.plan(l));
+            steps.push(after_reinstatement(self.plan(l)));
+        }
+        steps
+            .into_iter()
+            .map(|step| self.recent_rows(step, batch_rows))
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Trained actuals to read besides the batch: the gate's window, and a rebuild's.
     pub(crate) fn recent_rows(&self, step: Step, batch_rows: usize) -> i64 {
         let gate = if self.gate.enabled {
@@ -389,6 +410,29 @@ mod tests {
         assert!((w[1000] - 0.5).abs() < 1e-6, "{}", w[1000]);
         assert!((w[0] - 0.25).abs() < 1e-6, "{}", w[0]);
         assert!(w.windows(2).all(|p| p[0] < p[1]), "older rows weigh less");
+    }
+
+    /// A continue step reads the gate's window only; the whole window only when some step it
+    /// may take rebuilds (a first model, a rebuild, a reinstatement).
+    #[test]
+    fn a_continue_reads_the_gates_window_and_a_rebuild_the_whole_window() {
+        let p = policy();
+        let continuing = Lineage {
+            trees: Some(100),
+            since_rebuild: 1,
+        };
+        assert_eq!(p.rows_to_read(Some(continuing), None, 50), 250);
+        assert_eq!(p.rows_to_read(None, None, 50), 1950, "first model");
+        let due = Lineage {
+            trees: Some(100),
+            since_rebuild: p.rebuild_every - 1,
+        };
+        assert_eq!(p.rows_to_read(Some(due), None, 50), 1950, "rebuild due");
+        assert_eq!(
+            p.rows_to_read(Some(continuing), Some(continuing), 50),
+            1950,
+            "a reinstatement rebuilds"
+        );
     }
 
     fn policy() -> Policy {
