@@ -81,6 +81,7 @@ def start_refit(args, url):
     env = dict(os.environ, DATABASE_URL=url, REFIT_RETRAIN_THRESHOLD="1000000",
                REFIT_HTTP_ADDR="off", REFIT_TOPIC=f"refit-upstream-{os.getpid()}",
                REFIT_LOG_FORMAT="json", RUST_LOG="warn")
+    env.update(kv.split("=", 1) for kv in args.refit_env)
     return subprocess.Popen([args.refit, "run"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -184,11 +185,17 @@ def main():
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--md", default="BENCHMARKS.md")
+    ap.add_argument("--md", default="BENCHMARKS.md",
+                    help="the document whose upstream section is rewritten ('-': print it)")
+    ap.add_argument("--refit-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="a setting for `refit run` (repeatable), e.g. REFIT_INGEST_INTERVAL_MS=10")
     args = ap.parse_args()
     tps, cores = measure(args)
     with psycopg.connect(args.admin_url) as c:
         server = c.execute("SHOW server_version").fetchone()[0].split()[0]
+    if args.md == "-":
+        print(section(tps, cores, args, server))
+        return
     doc = Path(args.md)
     text = doc.read_text()
     head, rest = text.split(BEGIN, 1)

@@ -17,7 +17,7 @@
 //! - the sections themselves: [`Database`], [`SessionLimits`], [`Redis`], [`Kafka`],
 //!   [`Scheduling`], [`Training`], [`Http`], [`Telemetry`], and [`Config`], which holds them all.
 //!   The retraining policy ([`Policy`], [`Gate`]) and [`Retention`] are sections too, declared
-//!   next to the code that uses them (src/policy.rs, src/retention.rs).
+//!   next to the code that uses them (src/retrain/policy.rs, src/registry/retention.rs).
 //!
 //! [`VARIABLES`] is assembled from the sections' own lists; a test checks that parsing reads
 //! exactly those variables, in that order, and that README's table lists the same names.

@@ -35,7 +35,7 @@ pub enum Previous<'a> {
     None,
     /// The active version's stored UBJSON artifact.
     Artifact(&'a [u8]),
-    /// The active version, already in memory (see `model_cache::ModelCache`).
+    /// The active version, already in memory (see `model::cache::ModelCache`).
     Loaded(Booster),
 }
 

@@ -57,6 +57,8 @@ pub struct Service {
     /// The HTTP API's own small pool (REFIT_HTTP_DB_POOL_SIZE): registry reads cannot take the
     /// connections retrains need.
     pub(crate) http_pool: PgPool,
+    /// The ingest's one session, planning once per statement ([`store::ingest::SESSION`]).
+    ingest_pool: PgPool,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) events: Arc<Events>,
     pub(crate) outbox: Arc<Outbox>,
@@ -77,6 +79,7 @@ impl Service {
         let pool_size = store::service_pool_size(config.scheduling.max_concurrent_retrains);
         let pool = store::connect(&config.database.url, &config.session, pool_size).await?;
         store::check_migrated(&pool).await?;
+        let ingest_pool = store::ingest::connect(&config.database.url, &config.session).await?;
         let http_pool = store::connect_as(
             "refit-http",
             &config.database.url,
@@ -117,6 +120,7 @@ impl Service {
             http_addr,
             config,
             pool,
+            ingest_pool,
             http_pool,
             metrics,
             events,
@@ -187,7 +191,7 @@ impl Service {
         let mut tasks = JoinSet::new();
         tasks.spawn(listen(self.pool.clone(), to_scheduler, stop.clone()));
         tasks.spawn(ingest::run(
-            self.pool.clone(),
+            self.ingest_pool.clone(),
             scheduling.ingest_interval,
             stop.clone(),
         ));

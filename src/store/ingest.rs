@@ -4,6 +4,7 @@
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use super::query::{query_as, query_scalar};
+use crate::config::{Secret, SessionLimits};
 
 /// What one ingest did.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -18,22 +19,33 @@ pub struct Ingested {
     pub cursor: String,
 }
 
+/// How the ingest's session plans and commits. Its statements' plans must not depend on
+/// statistics (autovacuum may be off, actual_rentals grows by the second): the new actuals are
+/// read through the refit_xid index, always (and without JIT, which the disabled scans' costs
+/// would trigger: 100 ms a statement). So, unlike refit's other sessions, it plans each statement
+/// once per session (a generic plan): planning the queueing statement for its arguments took
+/// 1.5 ms, more than running it, hundreds of times a second while the upstream writes. It commits
+/// without waiting for the WAL flush: a retrain that consumes what it queued flushes it with its
+/// own commit, and a crash that loses it loses its cursor too, so the next ingest redoes it.
+pub const SESSION: &[(&str, &str)] = &[
+    ("plan_cache_mode", "force_generic_plan"),
+    ("enable_seqscan", "off"),
+    ("jit", "off"),
+    ("synchronous_commit", "off"),
+];
+
+/// The ingest's one session (named `refit`, like the service's others), set up as [`SESSION`]
+/// says.
+pub(crate) async fn connect(url: &Secret, limits: &SessionLimits) -> anyhow::Result<PgPool> {
+    super::connect_planning("refit", url, limits, 1, SESSION).await
+}
+
 /// Begins an ingest's transaction. The ingest statement must take its snapshot after the cursor
 /// is locked, to see every actual the previous ingest saw: a statement of its own, under READ
-/// COMMITTED (where FOR UPDATE also returns the cursor as the previous ingest committed it). Its
-/// plan must not depend on statistics (autovacuum may be off, actual_rentals grows by the
-/// second): the new actuals are read through the refit_xid index, always (and without JIT, which
-/// the disabled scans' costs would trigger: 100 ms a statement). It commits without waiting for
-/// the WAL flush: a retrain that consumes what it queued flushes it with its own commit, and a
-/// crash that loses it loses its cursor too, so the next ingest redoes it.
+/// COMMITTED (where FOR UPDATE also returns the cursor as the previous ingest committed it).
 pub(crate) async fn begin(pool: &PgPool) -> sqlx::Result<Transaction<'static, Postgres>> {
-    pool.begin_with(
-        "BEGIN ISOLATION LEVEL READ COMMITTED;
-         SET LOCAL enable_seqscan = off;
-         SET LOCAL jit = off;
-         SET LOCAL synchronous_commit = off",
-    )
-    .await
+    pool.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+        .await
 }
 
 pub const LOCK_CURSOR: &str =

@@ -40,7 +40,7 @@ pub mod statements {
         RECENT_ACTUALS, RECENT_LINES, SET_ASIDE_CONSUMED_AGAIN,
     };
     pub use super::audit::PURGE_AUDIT;
-    pub use super::ingest::{ARRIVED, LOCK_CURSOR, QUEUE_ARRIVALS};
+    pub use super::ingest::{ARRIVED, LOCK_CURSOR, QUEUE_ARRIVALS, SESSION as INGEST_SESSION};
     pub use super::outbox::{
         OUTBOX_BACKLOG, OUTBOX_DEAD_LETTER, OUTBOX_DONE, OUTBOX_DUE_USERS, OUTBOX_FAILED,
         READ_OUTBOXES,
@@ -86,16 +86,30 @@ pub(crate) async fn connect_as(
     limits: &SessionLimits,
     connections: u32,
 ) -> anyhow::Result<PgPool> {
+    connect_planning(application_name, url, limits, connections, CUSTOM_PLANS).await
+}
+
+/// How refit's sessions plan: every statement for its arguments. refit's tables start empty and
+/// grow and shrink by the minute; a generic plan cached while one was small (prepared statements
+/// live as long as the connection) went on scanning it whole once it was large — seen in
+/// `make bench` for the outbox done-marks and the retrain's commit (BENCHMARKS.md).
+const CUSTOM_PLANS: &[(&str, &str)] = &[("plan_cache_mode", "force_custom_plan")];
+
+/// [`connect_as`] with the planner settings `planning` (see [`CUSTOM_PLANS`], and
+/// [`ingest::connect`] for the exception).
+async fn connect_planning(
+    application_name: &str,
+    url: &Secret,
+    limits: &SessionLimits,
+    connections: u32,
+    planning: &[(&str, &str)],
+) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = url
         .expose()
         .parse::<PgConnectOptions>()
         .with_context(|| format!("DATABASE_URL {url} is not a valid PostgreSQL URL"))?
         .application_name(application_name)
-        // Every statement is planned for its arguments. refit's tables start empty and grow and
-        // shrink by the minute; a generic plan cached while one was small (prepared statements
-        // live as long as the connection) went on scanning it whole once it was large — seen in
-        // `make bench` for the outbox done-marks and the retrain's commit (BENCHMARKS.md).
-        .options([("plan_cache_mode", "force_custom_plan")])
+        .options(planning.iter().copied())
         .options(session_settings(limits))
         .log_statements(tracing::log::LevelFilter::Trace)
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2));

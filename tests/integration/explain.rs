@@ -272,6 +272,49 @@ async fn explain(conn: &mut PgConnection, s: &Statement) -> Vec<String> {
         .collect()
 }
 
+/// The plan the statement's prepared form keeps (`plan_cache_mode = force_generic_plan` is set):
+/// `EXPLAIN EXECUTE` of it, with the representative values bound as its arguments.
+async fn explain_generic(conn: &mut PgConnection, s: &Statement) -> Vec<String> {
+    sqlx::raw_sql(&format!("PREPARE generic AS {}", s.sql))
+        .execute(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("PREPARE of {}: {e}", s.name));
+    // EXECUTE takes its arguments as literals: the server quotes the bound values.
+    let n = parameters(s.sql);
+    let literals = match n {
+        0 => String::new(),
+        n => format!("({})", vec!["%L"; n].join(", ")),
+    };
+    let args: String = (1..=n).map(|i| format!(", ${i}")).collect();
+    let quote = format!("SELECT format('EXPLAIN EXECUTE generic{literals}'{args})");
+    let text: String = (s.bind)(sqlx::query(&quote))
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+        .get(0);
+    let plan = sqlx::query(&text)
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("EXPLAIN EXECUTE of {}: {e}", s.name));
+    sqlx::query("DEALLOCATE generic")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    plan.iter().map(|row| row.get::<String, _>(0)).collect()
+}
+
+/// How many parameters a statement takes: its highest `$n`.
+fn parameters(sql: &str) -> usize {
+    sql.split('$')
+        .skip(1)
+        .filter_map(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// A session on the environment's database, filled for `rows` and planning as the check needs.
 async fn filled(env: &TestEnv, rows: i64) -> PgConnection {
     let mut conn = PgConnection::connect(&env.database_url).await.unwrap();
@@ -337,6 +380,29 @@ async fn every_statement_of_a_retrain_or_a_sweep_reads_by_index_at_scale() {
             .collect();
         if !whole.is_empty() {
             scanning.push(format!("{} scans {whole:?}", s.name));
+        }
+    }
+    // The ingest's own session plans once per statement (a generic plan, for any cursor).
+    for (name, value) in INGEST_SESSION {
+        sqlx::query("SELECT set_config($1, $2, false)")
+            .bind(name)
+            .bind(value)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    for s in statements()
+        .iter()
+        .filter(|s| s.name.starts_with("ingest:"))
+    {
+        let plan = explain_generic(&mut conn, s).await;
+        println!("\n{} (generic plan):\n  {}", s.name, plan.join("\n  "));
+        let whole: Vec<String> = full_scans(&plan)
+            .into_iter()
+            .filter(|t| big.iter().any(|(b, _)| b == t))
+            .collect();
+        if !whole.is_empty() {
+            scanning.push(format!("{} (generic plan) scans {whole:?}", s.name));
         }
     }
     conn.close().await.unwrap();
