@@ -369,7 +369,12 @@ section! {
         /// How often the ingest looks for newly committed actuals (src/scheduler/ingest.rs).
         pub(crate) ingest_interval: Duration = "REFIT_INGEST_INTERVAL_MS",
             Dur::millis(2, 1, 60_000),
-            "how often new actuals are looked for in actual_rentals";
+            "how often new actuals are looked for in actual_rentals (larger: bigger batches, less CPU)";
+        /// The longest pause between the ingest's looks while nothing arrives: after each look
+        /// that finds nothing the pause doubles, from `ingest_interval` up to this.
+        pub(crate) ingest_idle_interval: Duration = "REFIT_INGEST_IDLE_INTERVAL_MS",
+            Dur::millis(20, 1, 60_000),
+            "longest pause between looks while nothing arrives (the pause doubles up to it)";
         /// Retrains running at once in this process.
         pub(crate) max_concurrent_retrains: usize = "REFIT_MAX_CONCURRENT_RETRAINS",
             Int::new(4, 1, 1024),
@@ -798,6 +803,7 @@ REFIT_HTTP_ADDR=0.0.0.0:8080
 REFIT_HTTP_DB_POOL_SIZE=2
 REFIT_IDLE_IN_TRANSACTION_TIMEOUT_MS=45000
 REFIT_IMPORT_MAX_BYTES=67108864
+REFIT_INGEST_IDLE_INTERVAL_MS=20
 REFIT_INGEST_INTERVAL_MS=2
 REFIT_KAFKA_PROPERTIES=
 REFIT_KEEP_ARTIFACTS=5

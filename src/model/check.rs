@@ -586,78 +586,58 @@ mod tests {
         serde_json::to_vec(&model).unwrap()
     }
 
+    /// Edits of a valid model that must be refused: JSON pointer (`TREE/`: the first tree), the
+    /// value written there (JSON), and what the refusal must say.
+    const HOSTILE_EDITS: [(&str, &str, &str); 15] = [
+        ("TREE/left_children/0", "999", "out of range"),
+        ("TREE/left_children/0", "0", "out of range"),
+        ("TREE/right_children/0", "1", "reached twice"),
+        ("TREE/split_indices/0", "3", "splits on feature 3"),
+        ("TREE/split_type/0", "1", "categorical"),
+        // Found by the fuzz test below with the checks off: XGBoost reads the index as
+        // unsigned (feature 4294967295) and the prediction crashed the process (SIGSEGV).
+        ("TREE/split_indices/0", "-1", "splits on feature -1"),
+        ("TREE/parents/1", "2", "parent is 2"),
+        ("TREE/tree_param/num_nodes", "\"4000000000\"", "more than"),
+        (
+            "/learner/learner_model_param/num_feature",
+            "\"1\"",
+            "more than the model's 1",
+        ),
+        ("TREE/tree_param/size_leaf_vector", "\"3\"", "vector leaves"),
+        (
+            "/learner/learner_model_param/num_feature",
+            "\"2\"",
+            "more than the model's 2",
+        ),
+        (
+            "/learner/learner_model_param/num_feature",
+            "\"9999999999\"",
+            "more than",
+        ),
+        (
+            "/learner/gradient_booster/model/gbtree_model_param/num_trees",
+            "\"7\"",
+            "num_trees is 7",
+        ),
+        (
+            "/learner/gradient_booster/name",
+            "\"gblinear\"",
+            "only tree models",
+        ),
+        (
+            "/learner/gradient_booster/model/tree_info/1",
+            "5",
+            "tree_info",
+        ),
+    ];
+
     #[test]
     fn hostile_structures_are_refused_with_what_is_wrong() {
         let (model, _) = valid_model();
-        let tree = "/learner/gradient_booster/model/trees/0";
-        let cases = [
-            (
-                format!("{tree}/left_children/0"),
-                json!(999),
-                "out of range",
-            ),
-            (format!("{tree}/left_children/0"), json!(0), "out of range"),
-            (
-                format!("{tree}/right_children/0"),
-                json!(1),
-                "reached twice",
-            ),
-            (
-                format!("{tree}/split_indices/0"),
-                json!(3),
-                "splits on feature 3",
-            ),
-            (format!("{tree}/split_type/0"), json!(1), "categorical"),
-            // Found by the fuzz test below with the checks off: XGBoost reads the index as
-            // unsigned (feature 4294967295) and the prediction crashed the process (SIGSEGV).
-            (
-                format!("{tree}/split_indices/0"),
-                json!(-1),
-                "splits on feature -1",
-            ),
-            (format!("{tree}/parents/1"), json!(2), "parent is 2"),
-            (
-                format!("{tree}/tree_param/num_nodes"),
-                json!("4000000000"),
-                "more than",
-            ),
-            (
-                "/learner/learner_model_param/num_feature".into(),
-                json!("1"),
-                "more than the model's 1",
-            ),
-            (
-                format!("{tree}/tree_param/size_leaf_vector"),
-                json!("3"),
-                "vector leaves",
-            ),
-            (
-                "/learner/learner_model_param/num_feature".into(),
-                json!("2"),
-                "more than the model's 2",
-            ),
-            (
-                "/learner/learner_model_param/num_feature".into(),
-                json!("9999999999"),
-                "more than",
-            ),
-            (
-                "/learner/gradient_booster/model/gbtree_model_param/num_trees".into(),
-                json!("7"),
-                "num_trees is 7",
-            ),
-            (
-                "/learner/gradient_booster/name".into(),
-                json!("gblinear"),
-                "only tree models",
-            ),
-            (
-                "/learner/gradient_booster/model/tree_info/1".into(),
-                json!(5),
-                "tree_info",
-            ),
-        ];
-        for (pointer, value, expected) in cases {
+        for (pointer, value, expected) in HOSTILE_EDITS {
+            let pointer = pointer.replace("TREE/", "/learner/gradient_booster/model/trees/0/");
+            let value: Value = serde_json::from_str(value).unwrap();
             let error = check_model(&edited(&model, &pointer, value.clone()))
                 .expect_err(&format!("{pointer} = {value} refused"));
             assert!(error.contains(expected), "{pointer} = {value}: {error}");

@@ -3,7 +3,7 @@
 //!
 //! Nothing of refit runs in the upstream's transaction: each actual only records the transaction
 //! that inserted it (`actual_rentals.refit_xid`, a column default). Every
-//! `REFIT_INGEST_INTERVAL_MS`, one replica at a time (the cursor's row lock) queues,
+//! `REFIT_INGEST_INTERVAL_MS` (less often while nothing arrives: [`Pace`]), one replica at a time (the cursor's row lock) queues,
 //! in one statement, every actual whose transaction the cursor snapshot (`refit_ingest_cursor`,
 //! that of the last ingest) had not seen committed and the statement's own snapshot sees
 //! committed, and stores that snapshot as the cursor. A transaction still running when one ingest
@@ -42,21 +42,22 @@ pub async fn ingest(pool: &PgPool) -> sqlx::Result<Option<Ingested>> {
     Ok(Some(done))
 }
 
-/// Ingests every `interval` until `stop`, or less often when a cheap check says there is
-/// nothing to take (see [`Watch`]). Failures are logged and retried after a growing pause.
-pub(crate) async fn run(pool: PgPool, interval: Duration, stop: CancellationToken) {
+/// Ingests until `stop`, pausing as [`Pace`] says between looks; a look is a cheap probe
+/// unless the last ingest found something (see [`Watch`]). Failures are logged and retried after
+/// a growing pause.
+pub(crate) async fn run(pool: PgPool, mut pace: Pace, stop: CancellationToken) {
     let mut watch = Watch::default();
     let mut backoff = FIRST_BACKOFF;
     loop {
         let pause = match watch.tick(&pool).await {
-            Ok(()) => {
+            Ok(arrived) => {
                 backoff = FIRST_BACKOFF;
-                interval
+                pace.after(arrived)
             }
             Err(e) => {
                 warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "ingest failed");
                 watch = Watch::default();
-                let pause = backoff.max(interval);
+                let pause = backoff.max(pace.busy);
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 pause
             }
@@ -65,6 +66,38 @@ pub(crate) async fn run(pool: PgPool, interval: Duration, stop: CancellationToke
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
         }
+    }
+}
+
+/// The pause between the ingest's looks: `busy` (REFIT_INGEST_INTERVAL_MS) after a look that
+/// found actuals, doubling after each look that found none, up to `idle`
+/// (REFIT_INGEST_IDLE_INTERVAL_MS). Each look costs a wake-up of refit and of its PostgreSQL
+/// session (about 0.35 ms of CPU each on the bench machine): looking every 2 ms while nothing
+/// arrives kept 0.17 cores busy; a stream of actuals keeps the pause at `busy`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pace {
+    busy: Duration,
+    idle: Duration,
+    current: Duration,
+}
+
+impl Pace {
+    pub(crate) fn new(busy: Duration, idle: Duration) -> Self {
+        Pace {
+            busy,
+            idle: idle.max(busy),
+            current: busy,
+        }
+    }
+
+    /// The pause after a look that found actuals (`arrived`) or none.
+    fn after(&mut self, arrived: bool) -> Duration {
+        self.current = if arrived {
+            self.busy
+        } else {
+            (self.current * 2).min(self.idle)
+        };
+        self.current
     }
 }
 
@@ -81,15 +114,17 @@ struct Watch {
 }
 
 impl Watch {
-    async fn tick(&mut self, pool: &PgPool) -> sqlx::Result<()> {
+    /// One look: probes, and ingests if the probe (or the last ingest) says there is something.
+    /// Whether actuals arrived.
+    async fn tick(&mut self, pool: &PgPool) -> sqlx::Result<bool> {
         if let Some(cursor) = &self.cursor {
             if !ingest_store::arrived(pool, cursor).await? {
-                return Ok(());
+                return Ok(false);
             }
         }
         let Some(done) = ingest(pool).await? else {
             self.cursor = None; // another replica is ingesting: more may be coming
-            return Ok(());
+            return Ok(true);
         };
         let found = done.queued + done.set_aside > 0;
         if found {
@@ -107,6 +142,31 @@ impl Watch {
             );
         }
         self.cursor = (!found).then_some(done.cursor);
-        Ok(())
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::Pace;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn the_pause_doubles_while_nothing_arrives_and_drops_back_when_something_does() {
+        let mut pace = Pace::new(2 * MS, 20 * MS);
+        let quiet: Vec<Duration> = (0..6).map(|_| pace.after(false)).collect();
+        assert_eq!(quiet, [4 * MS, 8 * MS, 16 * MS, 20 * MS, 20 * MS, 20 * MS]);
+        assert_eq!(pace.after(true), 2 * MS);
+        assert_eq!(pace.after(false), 4 * MS);
+    }
+
+    #[test]
+    fn an_idle_interval_below_the_busy_one_keeps_the_busy_one() {
+        let mut pace = Pace::new(50 * MS, 20 * MS);
+        assert_eq!(pace.after(false), 50 * MS);
+        assert_eq!(pace.after(true), 50 * MS);
     }
 }

@@ -192,7 +192,7 @@ impl Service {
         tasks.spawn(listen(self.pool.clone(), to_scheduler, stop.clone()));
         tasks.spawn(ingest::run(
             self.ingest_pool.clone(),
-            scheduling.ingest_interval,
+            ingest::Pace::new(scheduling.ingest_interval, scheduling.ingest_idle_interval),
             stop.clone(),
         ));
         tasks.spawn(sweep(
