@@ -69,17 +69,23 @@ pub(crate) async fn run(pool: PgPool, mut pace: Pace, stop: CancellationToken) {
     }
 }
 
-/// The pause between the ingest's looks: `busy` (REFIT_INGEST_INTERVAL_MS) after a look that
-/// found actuals, doubling after each look that found none, up to `idle`
-/// (REFIT_INGEST_IDLE_INTERVAL_MS). Each look costs a wake-up of refit and of its PostgreSQL
-/// session (about 0.35 ms of CPU each on the bench machine): looking every 2 ms while nothing
-/// arrives kept 0.17 cores busy; a stream of actuals keeps the pause at `busy`.
+/// The pause between the ingest's looks: `busy` (REFIT_INGEST_INTERVAL_MS) while actuals keep
+/// arriving; after [`QUIET_LOOKS`] looks in a row that found none it doubles with each further
+/// one, up to `idle` (REFIT_INGEST_IDLE_INTERVAL_MS). Each look costs a wake-up of refit and of
+/// its PostgreSQL session (about 0.35 ms of CPU each on the bench machine): looking every 2 ms
+/// while nothing arrives kept 0.17 cores busy.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Pace {
     busy: Duration,
     idle: Duration,
     current: Duration,
+    /// Looks in a row that found nothing.
+    quiet: u32,
 }
+
+/// Empty looks in a row before the pause grows: a stream of actuals with gaps of a few
+/// intervals (200 a second, one every 5 ms) keeps the busy pace, and its freshness.
+const QUIET_LOOKS: u32 = 8;
 
 impl Pace {
     pub(crate) fn new(busy: Duration, idle: Duration) -> Self {
@@ -87,16 +93,21 @@ impl Pace {
             busy,
             idle: idle.max(busy),
             current: busy,
+            quiet: 0,
         }
     }
 
     /// The pause after a look that found actuals (`arrived`) or none.
     fn after(&mut self, arrived: bool) -> Duration {
-        self.current = if arrived {
-            self.busy
+        if arrived {
+            self.quiet = 0;
+            self.current = self.busy;
         } else {
-            (self.current * 2).min(self.idle)
-        };
+            self.quiet = self.quiet.saturating_add(1);
+            if self.quiet > QUIET_LOOKS {
+                self.current = (self.current * 2).min(self.idle);
+            }
+        }
         self.current
     }
 }
@@ -150,23 +161,31 @@ impl Watch {
 mod tests {
     use std::time::Duration;
 
-    use super::Pace;
+    use super::{Pace, QUIET_LOOKS};
 
     const MS: Duration = Duration::from_millis(1);
 
     #[test]
-    fn the_pause_doubles_while_nothing_arrives_and_drops_back_when_something_does() {
+    fn the_pause_doubles_once_nothing_has_arrived_for_a_while_and_drops_back_when_something_does() {
         let mut pace = Pace::new(2 * MS, 20 * MS);
-        let quiet: Vec<Duration> = (0..6).map(|_| pace.after(false)).collect();
-        assert_eq!(quiet, [4 * MS, 8 * MS, 16 * MS, 20 * MS, 20 * MS, 20 * MS]);
+        let quiet: Vec<Duration> = (0..QUIET_LOOKS).map(|_| pace.after(false)).collect();
+        assert_eq!(quiet, vec![2 * MS; QUIET_LOOKS as usize], "a short gap");
+        let idle: Vec<Duration> = (0..5).map(|_| pace.after(false)).collect();
+        assert_eq!(idle, [4 * MS, 8 * MS, 16 * MS, 20 * MS, 20 * MS]);
         assert_eq!(pace.after(true), 2 * MS);
-        assert_eq!(pace.after(false), 4 * MS);
+        assert_eq!(
+            pace.after(false),
+            2 * MS,
+            "the count of empty looks starts again"
+        );
     }
 
     #[test]
     fn an_idle_interval_below_the_busy_one_keeps_the_busy_one() {
         let mut pace = Pace::new(50 * MS, 20 * MS);
-        assert_eq!(pace.after(false), 50 * MS);
+        for _ in 0..=QUIET_LOOKS {
+            assert_eq!(pace.after(false), 50 * MS);
+        }
         assert_eq!(pace.after(true), 50 * MS);
     }
 }
