@@ -78,7 +78,6 @@ pub(crate) async fn run(pool: PgPool, mut pace: Pace, stop: CancellationToken) {
 pub(crate) struct Pace {
     busy: Duration,
     idle: Duration,
-    current: Duration,
     /// Looks in a row that found nothing.
     quiet: u32,
 }
@@ -92,23 +91,21 @@ impl Pace {
         Pace {
             busy,
             idle: idle.max(busy),
-            current: busy,
             quiet: 0,
         }
     }
 
     /// The pause after a look that found actuals (`arrived`) or none.
     fn after(&mut self, arrived: bool) -> Duration {
-        if arrived {
-            self.quiet = 0;
-            self.current = self.busy;
+        self.quiet = if arrived {
+            0
         } else {
-            self.quiet = self.quiet.saturating_add(1);
-            if self.quiet > QUIET_LOOKS {
-                self.current = (self.current * 2).min(self.idle);
-            }
-        }
-        self.current
+            self.quiet.saturating_add(1)
+        };
+        let doublings = self.quiet.saturating_sub(QUIET_LOOKS).min(31);
+        self.busy
+            .checked_mul(1 << doublings)
+            .map_or(self.idle, |pause| pause.min(self.idle))
     }
 }
 

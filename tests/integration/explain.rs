@@ -243,6 +243,15 @@ fn full_scans(plan: &[String]) -> Vec<String> {
     tables
 }
 
+/// The tables of at least [`BIG`] rows (`big`) that `plan` reads whole and `s` may not.
+fn forbidden_scans(plan: &[String], big: &[(String, i64)], s: &Statement) -> Vec<String> {
+    full_scans(plan)
+        .into_iter()
+        .filter(|t| big.iter().any(|(b, _)| b == t))
+        .filter(|t| !s.full_scans_allowed.contains(&t.as_str()))
+        .collect()
+}
+
 /// Fewest rows of a table a full scan is a finding on: the planner rightly reads a table of a few
 /// pages whole (aliases, or the registry rows of the suite's 400 users).
 const BIG: i64 = 10_000;
@@ -373,11 +382,7 @@ async fn every_statement_of_a_retrain_or_a_sweep_reads_by_index_at_scale() {
     for s in statements() {
         let plan = explain(&mut conn, &s).await;
         println!("\n{}:\n  {}", s.name, plan.join("\n  "));
-        let whole: Vec<String> = full_scans(&plan)
-            .into_iter()
-            .filter(|t| big.iter().any(|(b, _)| b == t))
-            .filter(|t| !s.full_scans_allowed.contains(&t.as_str()))
-            .collect();
+        let whole = forbidden_scans(&plan, &big, &s);
         if !whole.is_empty() {
             scanning.push(format!("{} scans {whole:?}", s.name));
         }
@@ -397,10 +402,7 @@ async fn every_statement_of_a_retrain_or_a_sweep_reads_by_index_at_scale() {
     {
         let plan = explain_generic(&mut conn, s).await;
         println!("\n{} (generic plan):\n  {}", s.name, plan.join("\n  "));
-        let whole: Vec<String> = full_scans(&plan)
-            .into_iter()
-            .filter(|t| big.iter().any(|(b, _)| b == t))
-            .collect();
+        let whole = forbidden_scans(&plan, &big, s);
         if !whole.is_empty() {
             scanning.push(format!("{} (generic plan) scans {whole:?}", s.name));
         }
