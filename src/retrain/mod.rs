@@ -233,7 +233,8 @@ impl Retrainer {
     }
 
     /// Sets aside what can never be consumed, then reads the pending batch (timed and logged) if
-    /// the user is due; `Err` is [`Outcome::NotDue`] (committing what was set aside, if any).
+    /// the user is due; `Err` is [`Outcome::NotDue`] (committing what was set aside or forgotten,
+    /// if any).
     async fn read_batch<'c>(
         &self,
         mut tx: Tx<'c>,
@@ -246,10 +247,15 @@ impl Retrainer {
             .set_aside_unconsumable(&mut tx, user_id, retrain_id)
             .await?;
         let threshold = self.config.scheduling.retrain_threshold;
-        let pending_rows = store::actuals::read_pending(&mut tx, user_id, threshold).await?;
+        let (pending_rows, forgotten) =
+            store::actuals::read_pending(&mut tx, user_id, threshold).await?;
+        if forgotten > 0 {
+            info!(step = "read", %retrain_id, user_id, actuals = forgotten,
+                "pending actuals forgotten: deleted upstream, or their id now another user's");
+        }
         let oldest = pending_rows.iter().map(|p| p.enqueued_at).min();
         if (pending_rows.len() as i64) < threshold && !self.stale(pending_rows.len(), oldest) {
-            if unconsumable > 0 {
+            if unconsumable > 0 || forgotten > 0 {
                 tx.commit().await?;
             }
             return Ok(Err(Outcome::NotDue {

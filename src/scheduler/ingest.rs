@@ -3,8 +3,8 @@
 //!
 //! Nothing of refit runs in the upstream's transaction: each actual only records the transaction
 //! that inserted it (`actual_rentals.refit_xid`, a column default). Every
-//! `REFIT_INGEST_INTERVAL_MS` (less often while nothing arrives: [`Pace`]), one replica at a time (the cursor's row lock) queues,
-//! in one statement, every actual whose transaction the cursor snapshot (`refit_ingest_cursor`,
+//! `REFIT_INGEST_INTERVAL_MS` (less often while nothing arrives: [`Pace`]), one replica at a
+//! time (the cursor's row lock) queues, in one statement and round trip, every actual whose transaction the cursor snapshot (`refit_ingest_cursor`,
 //! that of the last ingest) had not seen committed and the statement's own snapshot sees
 //! committed, and stores that snapshot as the cursor. A transaction still running when one ingest
 //! looks is taken by the first ingest after it commits, and by no later one (migration
@@ -29,17 +29,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub use crate::store::ingest::Ingested;
 
-/// Queues every actual committed since the last ingest (see the module docs). `None`: another
-/// replica is ingesting right now.
+/// Queues every actual committed since the last ingest (see the module docs), in one statement
+/// and round trip. `None`: another replica is ingesting right now, or has just ingested.
 pub async fn ingest(pool: &PgPool) -> sqlx::Result<Option<Ingested>> {
-    let mut tx = ingest_store::begin(pool).await?;
-    let Some(cursor) = ingest_store::lock_cursor(&mut tx).await? else {
-        tx.rollback().await?;
-        return Ok(None);
-    };
-    let done = ingest_store::queue_arrivals(&mut tx, &cursor).await?;
-    tx.commit().await?;
-    Ok(Some(done))
+    ingest_store::queue_arrivals(pool).await
 }
 
 /// Ingests until `stop`, pausing as [`Pace`] says between looks; a look is a cheap probe

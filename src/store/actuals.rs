@@ -7,12 +7,12 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use super::query::{query_as, query_scalar};
+use super::query::{query, query_as, query_scalar};
 
 use crate::retrain::features::{ActualRow, SetAside};
 
 /// A user with at least `threshold` pending actuals, or with stale ones.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DueUser {
     pub(crate) user_id: String,
     pub(crate) pending: i64,
@@ -28,30 +28,72 @@ pub(crate) struct Staleness {
     pub(crate) min_rows: i64,
 }
 
-pub const DUE_USERS: &str = "SELECT p.user_id, count(*) AS pending,
-                count(*) < $1 AS stale
-           FROM refit_pending p
-           LEFT JOIN refit_models m ON m.user_id = p.user_id
-          GROUP BY p.user_id
-         HAVING bool_and(m.retry_after IS NULL OR m.retry_after <= now())
-            AND (count(*) >= $1
-                 OR ($2::float8 IS NOT NULL AND count(*) >= $3
-                     AND min(p.enqueued_at) <= now() - make_interval(secs => $2)))
-          ORDER BY min(p.actual_id)";
+pub const DUE_USERS: &str = "WITH per_user AS (
+             SELECT user_id, count(*) AS pending, min(actual_id) AS first,
+                    min(enqueued_at) AS oldest
+               FROM refit_pending
+              GROUP BY user_id
+         ), due AS (
+             SELECT u.user_id, u.pending, u.pending < $1 AS stale, u.first
+               FROM per_user u
+               LEFT JOIN refit_models m ON m.user_id = u.user_id
+              WHERE (m.retry_after IS NULL OR m.retry_after <= now())
+                AND (u.pending >= $1
+                     OR ($2::float8 IS NOT NULL AND u.pending >= $3
+                         AND u.oldest <= now() - make_interval(secs => $2)))
+         )
+         SELECT (SELECT coalesce(sum(pending), 0) FROM per_user)::bigint AS total,
+                coalesce(array_agg(user_id ORDER BY first), '{}') AS users,
+                coalesce(array_agg(pending ORDER BY first), '{}') AS pending,
+                coalesce(array_agg(stale ORDER BY first), '{}') AS stale
+           FROM due";
+
+/// What the scheduler's full scan found: the due users and every pending actual's count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Scan {
+    pub(crate) due: Vec<DueUser>,
+    /// Pending actuals of all users (the `refit_pending_actuals` gauge).
+    pub(crate) total: i64,
+}
+
+/// [`DUE_USERS`]'s one row: the due users as column arrays.
+#[derive(sqlx::FromRow)]
+struct ScanRow {
+    total: i64,
+    users: Vec<String>,
+    pending: Vec<i64>,
+    stale: Vec<bool>,
+}
 
 /// Users with `>= threshold` pending actuals, or stale ones, that are not backing off after a
-/// failure, in the order their oldest pending actual arrived.
+/// failure, in the order their oldest pending actual arrived; and the count of all pending
+/// actuals, from the same pass over `refit_pending`.
 pub(crate) async fn due_users(
     pool: &PgPool,
     threshold: i64,
     staleness: Option<Staleness>,
-) -> sqlx::Result<Vec<DueUser>> {
-    query_as(DUE_USERS)
+) -> sqlx::Result<Scan> {
+    let row: ScanRow = query_as(DUE_USERS)
         .bind(threshold)
         .bind(staleness.map(|s| s.after.as_secs_f64()))
         .bind(staleness.map_or(1, |s| s.min_rows))
-        .fetch_all(pool)
-        .await
+        .fetch_one(pool)
+        .await?;
+    let due = row
+        .users
+        .into_iter()
+        .zip(row.pending)
+        .zip(row.stale)
+        .map(|((user_id, pending), stale)| DueUser {
+            user_id,
+            pending,
+            stale,
+        })
+        .collect();
+    Ok(Scan {
+        due,
+        total: row.total,
+    })
 }
 
 /// What the scheduler knows of one user it asked about.
@@ -121,33 +163,80 @@ pub(crate) async fn set_aside_consumed_again(
 }
 
 /// A pending actual with its request's features, and when it became pending.
-#[derive(sqlx::FromRow)]
 pub(crate) struct PendingActual {
-    #[sqlx(flatten)]
     pub(crate) row: ActualRow,
     pub(crate) enqueued_at: DateTime<Utc>,
+}
+
+/// A row of [`READ_PENDING`]: no features when the actual is gone upstream or its request is
+/// now another user's.
+#[derive(sqlx::FromRow)]
+struct PendingRow {
+    actual_id: i64,
+    actual_value: Option<f64>,
+    features: Option<String>,
+    enqueued_at: DateTime<Utc>,
 }
 
 pub const READ_PENDING: &str =
     "SELECT p.actual_id, a.actual_value, r.features::text AS features, p.enqueued_at
            FROM refit_pending p
-           JOIN actual_rentals a ON a.id = p.actual_id
-           JOIN prediction_requests r ON r.request_id = a.request_id
+           LEFT JOIN actual_rentals a ON a.id = p.actual_id
+           LEFT JOIN prediction_requests r
+                  ON r.request_id = a.request_id AND r.user_id = p.user_id
           WHERE p.user_id = $1
           ORDER BY p.actual_id
           LIMIT $2";
 
-/// The user's oldest `limit` pending actuals joined with their requests' features.
+pub const FORGET_PENDING: &str =
+    "DELETE FROM refit_pending WHERE user_id = $1 AND actual_id = ANY($2)";
+
+/// The user's oldest `limit` pending actuals joined with their requests' features, and how many
+/// pending rows were forgotten on the way: those whose actual is gone upstream, or whose id now
+/// belongs to another user's request, are deleted (`refit_pending` has no foreign key to
+/// `actual_rentals`: migration 20261203000012); the `user_id` condition leaves a row the ingest
+/// has just moved to its new user alone. The caller commits the deletions.
 pub(crate) async fn read_pending(
     conn: &mut PgConnection,
     user_id: &str,
     limit: i64,
-) -> sqlx::Result<Vec<PendingActual>> {
-    query_as(READ_PENDING)
-        .bind(user_id)
-        .bind(limit)
-        .fetch_all(conn)
-        .await
+) -> sqlx::Result<(Vec<PendingActual>, u64)> {
+    let mut forgotten = 0;
+    loop {
+        let rows: Vec<PendingRow> = query_as(READ_PENDING)
+            .bind(user_id)
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?;
+        let gone: Vec<i64> = rows
+            .iter()
+            .filter(|r| r.features.is_none())
+            .map(|r| r.actual_id)
+            .collect();
+        if gone.is_empty() {
+            let live = rows.into_iter().filter_map(PendingRow::live).collect();
+            return Ok((live, forgotten));
+        }
+        forgotten += query(FORGET_PENDING)
+            .bind(user_id)
+            .bind(&gone)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+    }
+}
+
+impl PendingRow {
+    fn live(self) -> Option<PendingActual> {
+        Some(PendingActual {
+            row: ActualRow {
+                actual_id: self.actual_id,
+                actual_value: self.actual_value?,
+                features: self.features?,
+            },
+            enqueued_at: self.enqueued_at,
+        })
+    }
 }
 
 /// The actuals one retrain consumes, as the column arrays the consuming statements bind.
@@ -229,7 +318,7 @@ pub const CONSUME: &str = "WITH consumed AS (
                     AS t(id, outcome, reason, detail, line)
          ), removed AS (
              DELETE FROM refit_pending p USING unnest($3::bigint[]) AS c(id)
-              WHERE p.actual_id = c.id RETURNING 1
+              WHERE p.actual_id = c.id AND p.user_id = $1 RETURNING 1
          )
          SELECT count(*) FROM removed";
 

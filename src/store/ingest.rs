@@ -1,13 +1,14 @@
 //! The ingest's statements (src/scheduler/ingest.rs explains the bookkeeping): the cursor
 //! (`refit_ingest_cursor`) and the inserts into `refit_pending` of what the upstream committed.
 
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
 
 use super::query::{query_as, query_scalar};
 use crate::config::{Secret, SessionLimits};
 
 /// What one ingest did.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ingested {
     /// Actuals queued for training.
     pub queued: i64,
@@ -35,36 +36,48 @@ pub const SESSION: &[(&str, &str)] = &[
 ];
 
 /// The ingest's one session (named `refit`, like the service's others), set up as [`SESSION`]
-/// says.
+/// says. Checking it out does not ping it first (sqlx's default, a round trip each time): it is
+/// checked out hundreds of times a second while the upstream writes, and a lost session fails
+/// the ingest's one statement instead, which the loop retries.
 pub(crate) async fn connect(url: &Secret, limits: &SessionLimits) -> anyhow::Result<PgPool> {
-    super::connect_planning("refit", url, limits, 1, SESSION).await
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false);
+    super::open(
+        pool,
+        super::session_options("refit", url, limits, SESSION)?,
+        url,
+    )
+    .await
 }
 
-/// Begins an ingest's transaction. The ingest statement must take its snapshot after the cursor
-/// is locked, to see every actual the previous ingest saw: a statement of its own, under READ
-/// COMMITTED (where FOR UPDATE also returns the cursor as the previous ingest committed it).
-pub(crate) async fn begin(pool: &PgPool) -> sqlx::Result<Transaction<'static, Postgres>> {
-    pool.begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
-        .await
+/// What [`QUEUE_ARRIVALS`] returns: no cursor when it did not hold the cursor's lock.
+#[derive(sqlx::FromRow)]
+struct IngestRow {
+    queued: i64,
+    set_aside: i64,
+    users: i64,
+    cursor: Option<String>,
 }
 
-pub const LOCK_CURSOR: &str =
-    "SELECT snapshot::text FROM refit_ingest_cursor FOR UPDATE SKIP LOCKED";
-
-/// Locks the cursor and returns it; `None` when another replica is ingesting.
-pub(crate) async fn lock_cursor(conn: &mut PgConnection) -> sqlx::Result<Option<String>> {
-    query_scalar(LOCK_CURSOR).fetch_optional(conn).await
-}
-
-pub const QUEUE_ARRIVALS: &str = "WITH arrived AS MATERIALIZED (
+pub const QUEUE_ARRIVALS: &str = "WITH seen AS MATERIALIZED (
+             SELECT snapshot FROM refit_ingest_cursor
+         ),
+         locked AS MATERIALIZED (
+             SELECT snapshot FROM refit_ingest_cursor FOR UPDATE SKIP LOCKED
+         ),
+         taken AS MATERIALIZED (
+             SELECT s.snapshot FROM seen s JOIN locked l ON l.snapshot::text = s.snapshot::text
+         ),
+         arrived AS MATERIALIZED (
              SELECT a.id,
                     (SELECT r.user_id FROM prediction_requests r
                       WHERE r.request_id = a.request_id) AS user_id
                FROM (SELECT id, request_id FROM actual_rentals
-                      WHERE refit_xid >= pg_snapshot_xmax($1::pg_snapshot)
+                      WHERE refit_xid >= (SELECT pg_snapshot_xmax(snapshot) FROM taken)
                      UNION ALL
                      SELECT id, request_id FROM actual_rentals
-                      WHERE refit_xid = ANY ($2::text[]::xid8[])) a
+                      WHERE refit_xid = ANY (ARRAY(SELECT pg_snapshot_xip(snapshot) FROM taken))) a
          ),
          set_aside AS (
              INSERT INTO refit_unconsumable_actuals (actual_id, user_id, reason, detail)
@@ -77,11 +90,14 @@ pub const QUEUE_ARRIVALS: &str = "WITH arrived AS MATERIALIZED (
          queued AS (
              INSERT INTO refit_pending (actual_id, user_id)
              SELECT id, user_id FROM arrived WHERE octet_length(user_id) <= 1000
-             ON CONFLICT DO NOTHING
+             ON CONFLICT (actual_id) DO UPDATE
+                SET user_id = excluded.user_id, enqueued_at = excluded.enqueued_at
+              WHERE refit_pending.user_id <> excluded.user_id
              RETURNING actual_id, user_id
          ),
          advanced AS (
              UPDATE refit_ingest_cursor SET snapshot = pg_current_snapshot(), advanced_at = now()
+              WHERE EXISTS (SELECT FROM taken)
              RETURNING snapshot::text
          ),
          notified AS (
@@ -96,22 +112,30 @@ pub const QUEUE_ARRIVALS: &str = "WITH arrived AS MATERIALIZED (
                 (SELECT count(*) FROM notified) AS users,
                 (SELECT snapshot FROM advanced) AS cursor";
 
-/// The ingest statement: queues (or, for a user id over 1000 bytes, sets aside) every actual
-/// the `cursor` snapshot did not see committed — its transaction id at or past the snapshot's
-/// xmax, or one of those it saw in progress — that this statement's snapshot sees committed,
-/// advances the cursor to this statement's snapshot, and notifies `refit_actuals` once per user
-/// with queued actuals. The two kinds of arrival are two index scans joined by `UNION ALL` (they
-/// cannot overlap: the in-progress list holds ids below xmax); written as one `OR`, PostgreSQL
-/// walks the whole index whenever the list is not empty (tests/integration/explain.rs).
-pub(crate) async fn queue_arrivals(
-    conn: &mut PgConnection,
-    cursor: &str,
-) -> sqlx::Result<Ingested> {
-    query_as(QUEUE_ARRIVALS)
-        .bind(cursor)
-        .bind(in_progress(cursor))
-        .fetch_one(conn)
-        .await
+/// The ingest, one statement in a transaction of its own: queues (or, for a user id over 1000
+/// bytes, sets aside) every actual the cursor snapshot did not see committed — its transaction
+/// id at or past the snapshot's xmax, or one of those it saw in progress — that this statement's
+/// snapshot sees committed, advances the cursor to this statement's snapshot, and notifies
+/// `refit_actuals` once per user with queued actuals. `None`: it did not take the cursor — another
+/// replica holds its lock, or committed a newer cursor after this statement's snapshot was taken
+/// (`locked` differs from `seen`), whose actuals this snapshot might not see; only a snapshot
+/// that sees the cursor it locks covers every actual that cursor did. (Under a database default
+/// stricter than READ COMMITTED, that race fails the statement with a serialization error
+/// instead, which the loop retries.)
+///
+/// The two kinds of arrival are two index scans joined by `UNION ALL` (they cannot overlap: the
+/// in-progress list holds ids below xmax); written as one `OR`, PostgreSQL walks the whole index
+/// whenever the list is not empty (tests/integration/explain.rs). An actual deleted upstream and
+/// inserted again with the same id for another user's request moves its pending row to that user
+/// (`refit_pending` has no foreign key to `actual_rentals`: migration 20261203000012).
+pub(crate) async fn queue_arrivals(pool: &PgPool) -> sqlx::Result<Option<Ingested>> {
+    let row: IngestRow = query_as(QUEUE_ARRIVALS).fetch_one(pool).await?;
+    Ok(row.cursor.map(|cursor| Ingested {
+        queued: row.queued,
+        set_aside: row.set_aside,
+        users: row.users,
+        cursor,
+    }))
 }
 
 pub const ARRIVED: &str = "SELECT coalesce((SELECT max(refit_xid) FROM actual_rentals)

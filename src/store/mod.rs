@@ -36,11 +36,11 @@ pub mod versions;
 #[doc(hidden)]
 pub mod statements {
     pub use super::actuals::{
-        ACTUALS_OF_VERSION, CONSUME, DUE_USERS, PENDING_COUNTS, PENDING_TOTAL, READ_PENDING,
-        RECENT_ACTUALS, RECENT_LINES, SET_ASIDE_CONSUMED_AGAIN,
+        ACTUALS_OF_VERSION, CONSUME, DUE_USERS, FORGET_PENDING, PENDING_COUNTS, PENDING_TOTAL,
+        READ_PENDING, RECENT_ACTUALS, RECENT_LINES, SET_ASIDE_CONSUMED_AGAIN,
     };
     pub use super::audit::PURGE_AUDIT;
-    pub use super::ingest::{ARRIVED, LOCK_CURSOR, QUEUE_ARRIVALS, SESSION as INGEST_SESSION};
+    pub use super::ingest::{ARRIVED, QUEUE_ARRIVALS, SESSION as INGEST_SESSION};
     pub use super::outbox::{
         OUTBOX_BACKLOG, OUTBOX_DEAD_LETTER, OUTBOX_DONE, OUTBOX_DUE_USERS, OUTBOX_FAILED,
         READ_OUTBOXES,
@@ -104,7 +104,24 @@ async fn connect_planning(
     connections: u32,
     planning: &[(&str, &str)],
 ) -> anyhow::Result<PgPool> {
-    let options: PgConnectOptions = url
+    let pool = PgPoolOptions::new().max_connections(connections);
+    open(
+        pool,
+        session_options(application_name, url, limits, planning)?,
+        url,
+    )
+    .await
+}
+
+/// How each of refit's sessions connects: named `application_name`, planning as `planning` says,
+/// with the `limits` set.
+fn session_options(
+    application_name: &str,
+    url: &Secret,
+    limits: &SessionLimits,
+    planning: &[(&str, &str)],
+) -> anyhow::Result<PgConnectOptions> {
+    Ok(url
         .expose()
         .parse::<PgConnectOptions>()
         .with_context(|| format!("DATABASE_URL {url} is not a valid PostgreSQL URL"))?
@@ -112,10 +129,16 @@ async fn connect_planning(
         .options(planning.iter().copied())
         .options(session_settings(limits))
         .log_statements(tracing::log::LevelFilter::Trace)
-        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2));
-    PgPoolOptions::new()
-        .max_connections(connections)
-        .acquire_timeout(Duration::from_secs(10))
+        .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2)))
+}
+
+/// Opens `pool` with `options`, waiting at most 10 s for a session.
+async fn open(
+    pool: PgPoolOptions,
+    options: PgConnectOptions,
+    url: &Secret,
+) -> anyhow::Result<PgPool> {
+    pool.acquire_timeout(Duration::from_secs(10))
         .connect_with(options)
         .await
         .with_context(|| format!("cannot connect to PostgreSQL at {url}"))

@@ -397,7 +397,7 @@ pub const COMMIT_RETRAIN: &str = "WITH version AS (
                     AS t(id, outcome, reason, detail, line)
          ), removed AS (
              DELETE FROM refit_pending p USING unnest($17::bigint[]) AS c(id)
-              WHERE p.actual_id = c.id RETURNING 1
+              WHERE p.actual_id = c.id AND p.user_id = $1 RETURNING 1
          ), activated AS (
              UPDATE refit_models
                 SET active_version = $2, failures = 0, retry_after = NULL, updated_at = now()

@@ -90,6 +90,11 @@ fn statements() -> Vec<Statement> {
         statement("retrain: pending read", READ_PENDING, |q| {
             q.bind(USER).bind(50_i64)
         }),
+        statement(
+            "retrain: forget pending actuals gone upstream",
+            FORGET_PENDING,
+            |q| q.bind(USER).bind(vec![1_i64, 2]),
+        ),
         statement("retrain: artifact", ARTIFACT, |q| q.bind(USER).bind(99_i32)),
         statement("retrain: recent actuals", RECENT_ACTUALS, |q| {
             q.bind(USER).bind(4000_i64)
@@ -170,12 +175,7 @@ fn statements() -> Vec<Statement> {
             ARRIVED,
             bind_cursor_and_in_progress,
         ),
-        statement("ingest: lock the cursor", LOCK_CURSOR, |q| q),
-        statement(
-            "ingest: queue arrivals",
-            QUEUE_ARRIVALS,
-            bind_cursor_and_in_progress,
-        ),
+        statement("ingest: queue arrivals", QUEUE_ARRIVALS, |q| q),
     ]
 }
 

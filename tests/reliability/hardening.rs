@@ -168,6 +168,91 @@ async fn an_actual_inserted_again_with_a_consumed_id_is_set_aside_and_the_user_m
     running.stop().await;
 }
 
+/// The ids of the actuals of `user` a retrain consumed (trained, held out or set aside).
+async fn consumed_ids(env: &TestEnv, user: &str) -> Vec<i64> {
+    sqlx::query_scalar(
+        "SELECT actual_id FROM refit_consumed_actuals WHERE user_id = $1 ORDER BY actual_id",
+    )
+    .bind(user)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap()
+}
+
+/// An actual deleted upstream while it waits in the queue is never trained on, and the queue
+/// forgets it: the user's retrain takes the actuals that remain, and nothing of the deleted one
+/// stays pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_actual_deleted_upstream_while_pending_is_forgotten() {
+    let env = TestEnv::new().await;
+    let running = env.start(&[]).await;
+    let user = "deleted-upstream";
+    let first = env.insert_actuals(user, 30).await;
+    sqlx::query("DELETE FROM actual_rentals WHERE id = ANY($1)")
+        .bind(&first[..5])
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let later = env.insert_actuals(user, 25).await;
+    eventually(WAIT, "version 1 on the 50 actuals left", || async {
+        env.versions(user, "ready").await == [1]
+    })
+    .await;
+    let expected: Vec<i64> = first[5..].iter().chain(&later).copied().collect();
+    assert_eq!(consumed_ids(&env, user).await, expected);
+    assert_eq!(
+        env.pending(user).await,
+        0,
+        "the deleted actuals left the queue"
+    );
+    running.stop().await;
+}
+
+/// An actual deleted upstream while pending and inserted again with the same id for another
+/// user's request belongs to that user: the other user trains on it, its first owner does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_actuals_id_reused_for_another_user_trains_that_user() {
+    let env = TestEnv::new().await;
+    let running = env.start(&[]).await;
+    let (owner, new_owner) = ("first-owner", "new-owner");
+    let owned = env.insert_actuals(owner, 10).await;
+    let moved = owned[3];
+    sqlx::query(
+        "WITH gone AS (DELETE FROM actual_rentals WHERE id = $1 RETURNING id),
+              request AS (INSERT INTO prediction_requests (request_id, user_id, features)
+                          VALUES (gen_random_uuid(), $2, '{\"hour\": 3}') RETURNING request_id)
+         INSERT INTO actual_rentals (id, request_id, actual_value)
+         SELECT gone.id, request_id, 7.0 FROM gone, request",
+    )
+    .bind(moved)
+    .bind(new_owner)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    ingest_all(&env.pool).await;
+    let others = env.insert_actuals(new_owner, 49).await;
+    let more = env.insert_actuals(owner, 41).await;
+    eventually(WAIT, "version 1 of both users", || async {
+        env.versions(new_owner, "ready").await == [1] && env.versions(owner, "ready").await == [1]
+    })
+    .await;
+    let mut expected: Vec<i64> = others.iter().copied().chain([moved]).collect();
+    expected.sort_unstable();
+    assert_eq!(consumed_ids(&env, new_owner).await, expected);
+    let kept: Vec<i64> = owned
+        .iter()
+        .chain(&more)
+        .copied()
+        .filter(|&id| id != moved)
+        .collect();
+    assert_eq!(consumed_ids(&env, owner).await, kept);
+    assert_eq!(
+        (env.pending(owner).await, env.pending(new_owner).await),
+        (0, 0)
+    );
+    running.stop().await;
+}
+
 /// Defect 2: an error at read or commit (here a commit PostgreSQL refuses every time) was retried
 /// at every poll, without back-off. It backs the user off exponentially, like a failed training,
 /// and other users keep training.

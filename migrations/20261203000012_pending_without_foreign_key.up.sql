@@ -1,0 +1,12 @@
+-- refit_pending no longer references actual_rentals (issue 13: what refit costs the upstream).
+--
+-- The foreign key's check ran for every actual the ingest queued: an index probe of
+-- actual_rentals and a FOR KEY SHARE lock on the upstream's row, which writes to the upstream's
+-- heap page and WAL. It was a third of the ingest statement's time. What its ON DELETE CASCADE
+-- did, refit now does itself:
+-- - a retrain drops its user's pending rows whose actual is gone, or now belongs to another
+--   user's request, before it reads its batch (src/store/actuals.rs, READ_PENDING);
+-- - an actual deleted and inserted again with the same id for another user moves its pending
+--   row to that user (the ingest's ON CONFLICT, src/store/ingest.rs);
+-- - consuming removes a pending row only while it is still the retrained user's.
+ALTER TABLE refit_pending DROP CONSTRAINT IF EXISTS refit_pending_actual_id_fkey;
