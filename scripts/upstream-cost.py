@@ -172,8 +172,8 @@ is 10 % or less: {'met' if worst <= 10 else 'not met'}). "refit running" shares 
 two cores with pgbench and PostgreSQL: its ingest's CPU is part of that cost. While it ran,
 `refit run` used {statistics.median(c["refit"] for c in cores):.2f} cores and its PostgreSQL
 backends {statistics.median(c["backends"] for c in cores):.2f} cores (medians over the runs; the
-backends' share is the ingest's statements: queueing each actual, its index entries and its
-foreign-key check, and the per-user NOTIFY).
+backends' share is the ingest's statements: reading each new actual and its request, its row
+and index entry in `refit_pending`, and one NOTIFY per ingest).
 {END}"""
 
 

@@ -370,11 +370,12 @@ section! {
         pub(crate) ingest_interval: Duration = "REFIT_INGEST_INTERVAL_MS",
             Dur::millis(2, 1, 60_000),
             "how often new actuals are looked for in actual_rentals (larger: bigger batches, less CPU)";
-        /// The longest pause between the ingest's looks while nothing arrives: once nothing has
-        /// arrived for a few looks the pause doubles, from `ingest_interval` up to this.
+        /// The longest pause between the ingest's looks: once nothing has arrived for a few
+        /// looks the pause doubles, from `ingest_interval` up to this; after a look that found
+        /// 16 actuals or more it is this at once (scheduler::ingest::Pace).
         pub(crate) ingest_idle_interval: Duration = "REFIT_INGEST_IDLE_INTERVAL_MS",
             Dur::millis(20, 1, 60_000),
-            "longest pause between looks while nothing arrives (the pause grows up to it)";
+            "longest pause between looks: while nothing arrives, and after a look that found 16 or more";
         /// Retrains running at once in this process.
         pub(crate) max_concurrent_retrains: usize = "REFIT_MAX_CONCURRENT_RETRAINS",
             Int::new(4, 1, 1024),

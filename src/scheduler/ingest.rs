@@ -8,9 +8,10 @@
 //! that of the last ingest) had not seen committed and the statement's own snapshot sees
 //! committed, and stores that snapshot as the cursor. A transaction still running when one ingest
 //! looks is taken by the first ingest after it commits, and by no later one (migration
-//! 20261202000009 explains the bookkeeping). The statement NOTIFYs `refit_actuals` once per user
-//! — `<count>:<first actual id>:<user id>`, see `scheduler::pending::Arrival::parse` — from
-//! refit's own transaction, which wakes every replica's scheduler.
+//! 20261202000009 explains the bookkeeping). The statement NOTIFYs `refit_actuals` once, with an
+//! entry per user — `<count>:<first actual id>:<user id's bytes>:<user id>`, see
+//! `scheduler::pending::Arrival::parse` — from refit's own transaction, which wakes every
+//! replica's scheduler.
 //!
 //! Owns `refit_ingest_cursor` and the inserts into `refit_pending` (their SQL is in
 //! [`crate::store::ingest`]); reads nothing a retrain owns.
@@ -43,9 +44,9 @@ pub(crate) async fn run(pool: PgPool, mut pace: Pace, stop: CancellationToken) {
     let mut backoff = FIRST_BACKOFF;
     loop {
         let pause = match watch.tick(&pool).await {
-            Ok(arrived) => {
+            Ok(found) => {
                 backoff = FIRST_BACKOFF;
-                pace.after(arrived)
+                pace.after(found)
             }
             Err(e) => {
                 warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "ingest failed");
@@ -63,10 +64,18 @@ pub(crate) async fn run(pool: PgPool, mut pace: Pace, stop: CancellationToken) {
 }
 
 /// The pause between the ingest's looks: `busy` (REFIT_INGEST_INTERVAL_MS) while actuals keep
-/// arriving; after [`QUIET_LOOKS`] looks in a row that found none it doubles with each further
-/// one, up to `idle` (REFIT_INGEST_IDLE_INTERVAL_MS). Each look costs a wake-up of refit and of
-/// its PostgreSQL session (about 0.35 ms of CPU each on the bench machine): looking every 2 ms
-/// while nothing arrives kept 0.17 cores busy.
+/// arriving a few at a time; `idle` (REFIT_INGEST_IDLE_INTERVAL_MS), the longest, on either side
+/// of that:
+/// - after [`QUIET_LOOKS`] looks in a row that found none it doubles with each further one, up
+///   to `idle`. Each look costs a wake-up of refit and of its PostgreSQL session (about 0.35 ms
+///   of CPU each on the bench machine): looking every 2 ms while nothing arrives kept 0.17 cores
+///   busy;
+/// - after a look that found [`HEAVY_LOOK`] actuals or more (an upstream writing thousands a
+///   second) it is `idle` at once, so each look takes more actuals: what a look costs beyond its
+///   actuals came to half of the ingest's cost, and an upstream committing 8,000 single-row
+///   inserts a second lost 15 % of them at the busy pace, 8 % at 20 ms (`make upstream-cost`).
+///   Such a stream keeps each look at that size; it drops back to `busy` once a look at that
+///   pause finds fewer.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Pace {
     busy: Duration,
@@ -79,6 +88,11 @@ pub(crate) struct Pace {
 /// intervals (200 a second, one every 5 ms) keeps the busy pace, and its freshness.
 const QUIET_LOOKS: u32 = 8;
 
+/// Actuals one look finds from which the next waits the longest pause. At the default 2 ms, a
+/// stream of about 6,000 actuals a second; the freshness bench's 200 and 500 a second find one
+/// or two a look.
+const HEAVY_LOOK: u64 = 16;
+
 impl Pace {
     pub(crate) fn new(busy: Duration, idle: Duration) -> Self {
         Pace {
@@ -88,9 +102,13 @@ impl Pace {
         }
     }
 
-    /// The pause after a look that found actuals (`arrived`) or none.
-    fn after(&mut self, arrived: bool) -> Duration {
-        self.quiet = if arrived {
+    /// The pause after a look that found `found` actuals.
+    fn after(&mut self, found: u64) -> Duration {
+        if found >= HEAVY_LOOK {
+            self.quiet = 0;
+            return self.idle;
+        }
+        self.quiet = if found > 0 {
             0
         } else {
             self.quiet.saturating_add(1)
@@ -116,19 +134,19 @@ struct Watch {
 
 impl Watch {
     /// One look: probes, and ingests if the probe (or the last ingest) says there is something.
-    /// Whether actuals arrived.
-    async fn tick(&mut self, pool: &PgPool) -> sqlx::Result<bool> {
+    /// How many actuals arrived (1 when another replica is ingesting them).
+    async fn tick(&mut self, pool: &PgPool) -> sqlx::Result<u64> {
         if let Some(cursor) = &self.cursor {
             if !ingest_store::arrived(pool, cursor).await? {
-                return Ok(false);
+                return Ok(0);
             }
         }
         let Some(done) = ingest(pool).await? else {
             self.cursor = None; // another replica is ingesting: more may be coming
-            return Ok(true);
+            return Ok(1);
         };
-        let found = done.queued + done.set_aside > 0;
-        if found {
+        let found = done.queued + done.set_aside;
+        if found > 0 {
             debug!(
                 queued = done.queued,
                 set_aside = done.set_aside,
@@ -142,8 +160,8 @@ impl Watch {
                 "actuals set aside: user id over 1000 bytes (refit_unconsumable_actuals)"
             );
         }
-        self.cursor = (!found).then_some(done.cursor);
-        Ok(found)
+        self.cursor = (found == 0).then_some(done.cursor);
+        Ok(found.max(0) as u64)
     }
 }
 
@@ -151,31 +169,46 @@ impl Watch {
 mod tests {
     use std::time::Duration;
 
-    use super::{Pace, QUIET_LOOKS};
+    use super::{Pace, HEAVY_LOOK, QUIET_LOOKS};
 
     const MS: Duration = Duration::from_millis(1);
 
     #[test]
     fn the_pause_doubles_once_nothing_has_arrived_for_a_while_and_drops_back_when_something_does() {
         let mut pace = Pace::new(2 * MS, 20 * MS);
-        let quiet: Vec<Duration> = (0..QUIET_LOOKS).map(|_| pace.after(false)).collect();
+        let quiet: Vec<Duration> = (0..QUIET_LOOKS).map(|_| pace.after(0)).collect();
         assert_eq!(quiet, vec![2 * MS; QUIET_LOOKS as usize], "a short gap");
-        let idle: Vec<Duration> = (0..5).map(|_| pace.after(false)).collect();
+        let idle: Vec<Duration> = (0..5).map(|_| pace.after(0)).collect();
         assert_eq!(idle, [4 * MS, 8 * MS, 16 * MS, 20 * MS, 20 * MS]);
-        assert_eq!(pace.after(true), 2 * MS);
+        assert_eq!(pace.after(1), 2 * MS);
         assert_eq!(
-            pace.after(false),
+            pace.after(0),
             2 * MS,
             "the count of empty looks starts again"
         );
     }
 
     #[test]
+    fn a_heavy_stream_is_looked_at_every_idle_interval_until_it_thins() {
+        let mut pace = Pace::new(2 * MS, 20 * MS);
+        assert_eq!(pace.after(HEAVY_LOOK - 1), 2 * MS);
+        assert_eq!(pace.after(HEAVY_LOOK), 20 * MS);
+        assert_eq!(pace.after(400), 20 * MS);
+        assert_eq!(pace.after(HEAVY_LOOK - 1), 2 * MS, "thinner");
+        for _ in 0..QUIET_LOOKS {
+            pace.after(0);
+        }
+        assert_eq!(pace.after(HEAVY_LOOK), 20 * MS);
+        assert_eq!(pace.after(0), 2 * MS, "an empty look after a heavy one");
+    }
+
+    #[test]
     fn an_idle_interval_below_the_busy_one_keeps_the_busy_one() {
         let mut pace = Pace::new(50 * MS, 20 * MS);
         for _ in 0..=QUIET_LOOKS {
-            assert_eq!(pace.after(false), 50 * MS);
+            assert_eq!(pace.after(0), 50 * MS);
         }
-        assert_eq!(pace.after(true), 50 * MS);
+        assert_eq!(pace.after(1), 50 * MS);
+        assert_eq!(pace.after(HEAVY_LOOK), 50 * MS);
     }
 }

@@ -47,7 +47,9 @@ pub(super) async fn listen(
             };
             match next {
                 Ok(Some(notification)) => {
-                    let _ = to_scheduler.send(Arrival::parse(notification.payload()));
+                    for arrival in Arrival::parse(notification.payload()) {
+                        let _ = to_scheduler.send(arrival);
+                    }
                 }
                 // The connection was lost and re-made: notifications in between are gone.
                 Ok(None) => {

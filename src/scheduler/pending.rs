@@ -21,13 +21,22 @@ pub(crate) enum Arrival {
 }
 
 impl Arrival {
-    /// Reads a notification of the insert trigger: `<count>:<first actual id>:<user id>`, or an
-    /// empty payload (what the trigger sent for a user id too long to notify before migration
-    /// 20261201000008, which sets such actuals aside instead).
-    pub(crate) fn parse(payload: &str) -> Self {
+    /// Reads a notification of the ingest: one entry per user,
+    /// `<count>:<first actual id>:<user id's length in bytes>:<user id>`, back to back (the ingest
+    /// sends one notification per ingest, or a few when its users' ids exceed NOTIFY's 8,000
+    /// bytes). Also reads what earlier versions sent: `<count>:<first actual id>:<user id>`, one
+    /// user per notification, and an empty payload (a user id too long to notify, before
+    /// migration 20261201000008).
+    pub(crate) fn parse(payload: &str) -> Vec<Self> {
         if payload.is_empty() {
-            return Arrival::Rescan;
+            return vec![Arrival::Rescan];
         }
+        entries(payload).unwrap_or_else(|| vec![Self::parse_one(payload)])
+    }
+
+    /// `<count>:<first actual id>:<user id>`, or anything else as a user id to ask the database
+    /// about.
+    fn parse_one(payload: &str) -> Self {
         let mut parts = payload.splitn(3, ':');
         let count = parts.next().and_then(|n| n.parse::<i64>().ok());
         let first = parts.next().and_then(|f| f.parse::<i64>().ok());
@@ -43,6 +52,25 @@ impl Arrival {
             },
         }
     }
+}
+
+/// The entries of an ingest's notification; `None` unless the whole payload is entries.
+fn entries(mut rest: &str) -> Option<Vec<Arrival>> {
+    let mut arrivals = Vec::new();
+    while !rest.is_empty() {
+        let (count, after) = rest.split_once(':')?;
+        let (first, after) = after.split_once(':')?;
+        let (bytes, after) = after.split_once(':')?;
+        first.parse::<i64>().ok()?;
+        let bytes: usize = bytes.parse().ok()?;
+        let user_id = after.get(..bytes)?;
+        arrivals.push(Arrival::Actuals {
+            user_id: user_id.to_owned(),
+            count: Some(count.parse().ok()?),
+        });
+        rest = &after[bytes..];
+    }
+    Some(arrivals)
 }
 
 /// How a worker left its user.
@@ -227,23 +255,37 @@ mod tests {
         }
     }
 
+    fn actuals(user_id: &str, count: i64) -> Arrival {
+        Arrival::Actuals {
+            user_id: user_id.into(),
+            count: Some(count),
+        }
+    }
+
     #[test]
-    fn notifications_are_parsed_with_their_counts() {
+    fn an_ingests_notification_is_read_as_one_arrival_per_user() {
+        let odd = "a:b\n2:3:é🚲";
+        let payload = format!("3:17:5:alice50:20:{}:{odd}1:99:3:bob", odd.len());
+        assert_eq!(
+            Arrival::parse(&payload),
+            [actuals("alice", 3), actuals(odd, 50), actuals("bob", 1)]
+        );
+    }
+
+    #[test]
+    fn notifications_of_earlier_versions_are_still_read() {
         assert_eq!(
             Arrival::parse("3:17:user:with:colons"),
-            Arrival::Actuals {
-                user_id: "user:with:colons".into(),
-                count: Some(3)
-            }
+            [actuals("user:with:colons", 3)]
         );
-        assert_eq!(Arrival::parse(""), Arrival::Rescan);
-        assert_eq!(
-            Arrival::parse("alice"),
-            Arrival::Actuals {
-                user_id: "alice".into(),
-                count: None
-            }
-        );
+        assert_eq!(Arrival::parse(""), [Arrival::Rescan]);
+        let unknown = Arrival::Actuals {
+            user_id: "alice".into(),
+            count: None,
+        };
+        assert_eq!(Arrival::parse("alice"), [unknown]);
+        // A length that does not fit the payload: not an entry list.
+        assert_eq!(Arrival::parse("3:17:9:bob"), [actuals("9:bob", 3)]);
     }
 
     #[test]

@@ -14,8 +14,10 @@ pub struct Ingested {
     pub queued: i64,
     /// Actuals set aside in `refit_unconsumable_actuals` (user id over 1000 bytes).
     pub set_aside: i64,
-    /// Users notified (those with queued actuals).
+    /// Users with queued actuals.
     pub users: i64,
+    /// Notifications sent: one, or more when the users' ids exceed NOTIFY's 8,000 bytes.
+    pub notifications: i64,
     /// The cursor after the ingest (`pg_snapshot` text).
     pub cursor: String,
 }
@@ -57,6 +59,7 @@ struct IngestRow {
     queued: i64,
     set_aside: i64,
     users: i64,
+    notifications: i64,
     cursor: Option<String>,
 }
 
@@ -90,9 +93,7 @@ pub const QUEUE_ARRIVALS: &str = "WITH seen AS MATERIALIZED (
          queued AS (
              INSERT INTO refit_pending (actual_id, user_id)
              SELECT id, user_id FROM arrived WHERE octet_length(user_id) <= 1000
-             ON CONFLICT (actual_id) DO UPDATE
-                SET user_id = excluded.user_id, enqueued_at = excluded.enqueued_at
-              WHERE refit_pending.user_id <> excluded.user_id
+             ON CONFLICT DO NOTHING
              RETURNING actual_id, user_id
          ),
          advanced AS (
@@ -101,22 +102,32 @@ pub const QUEUE_ARRIVALS: &str = "WITH seen AS MATERIALIZED (
              RETURNING snapshot::text
          ),
          notified AS (
-             SELECT pg_notify('refit_actuals', n || ':' || first || ':' || user_id)
-               FROM (SELECT user_id, count(*) AS n, min(actual_id) AS first
-                       FROM queued
-                      GROUP BY user_id
-                      ORDER BY min(actual_id)) per_user
+             SELECT pg_notify('refit_actuals', payload)
+               FROM (SELECT string_agg(entry, '' ORDER BY first) AS payload
+                       FROM (SELECT entry, first,
+                                    (sum(octet_length(entry)) OVER (ORDER BY first)
+                                     - octet_length(entry)) / 6900 AS part
+                               FROM (SELECT n || ':' || first || ':' || octet_length(user_id)
+                                            || ':' || user_id AS entry, first
+                                       FROM (SELECT user_id, count(*) AS n, min(actual_id) AS first
+                                               FROM queued
+                                              GROUP BY user_id) per_user) entries) parts
+                      GROUP BY part
+                      ORDER BY part) payloads
          )
          SELECT (SELECT count(*) FROM queued) AS queued,
                 (SELECT count(*) FROM set_aside) AS set_aside,
-                (SELECT count(*) FROM notified) AS users,
+                (SELECT count(DISTINCT user_id) FROM queued) AS users,
+                (SELECT count(*) FROM notified) AS notifications,
                 (SELECT snapshot FROM advanced) AS cursor";
 
 /// The ingest, one statement in a transaction of its own: queues (or, for a user id over 1000
 /// bytes, sets aside) every actual the cursor snapshot did not see committed — its transaction
 /// id at or past the snapshot's xmax, or one of those it saw in progress — that this statement's
 /// snapshot sees committed, advances the cursor to this statement's snapshot, and notifies
-/// `refit_actuals` once per user with queued actuals. `None`: it did not take the cursor — another
+/// `refit_actuals` of every user with queued actuals: one notification, entries
+/// `<count>:<first actual id>:<user id's bytes>:<user id>` back to back in the order of their
+/// first actual (in parts under NOTIFY's 8,000-byte limit when the ids are long). `None`: it did not take the cursor — another
 /// replica holds its lock, or committed a newer cursor after this statement's snapshot was taken
 /// (`locked` differs from `seen`), whose actuals this snapshot might not see; only a snapshot
 /// that sees the cursor it locks covers every actual that cursor did. (Under a database default
@@ -125,15 +136,16 @@ pub const QUEUE_ARRIVALS: &str = "WITH seen AS MATERIALIZED (
 ///
 /// The two kinds of arrival are two index scans joined by `UNION ALL` (they cannot overlap: the
 /// in-progress list holds ids below xmax); written as one `OR`, PostgreSQL walks the whole index
-/// whenever the list is not empty (tests/integration/explain.rs). An actual deleted upstream and
-/// inserted again with the same id for another user's request moves its pending row to that user
-/// (`refit_pending` has no foreign key to `actual_rentals`: migration 20261203000012).
+/// whenever the list is not empty (tests/integration/explain.rs). An actual already pending for
+/// its user (deleted upstream and inserted again with the same id) is not queued twice; one
+/// inserted again for another user's request is queued for that user (migration 20261203000012).
 pub(crate) async fn queue_arrivals(pool: &PgPool) -> sqlx::Result<Option<Ingested>> {
     let row: IngestRow = query_as(QUEUE_ARRIVALS).fetch_one(pool).await?;
     Ok(row.cursor.map(|cursor| Ingested {
         queued: row.queued,
         set_aside: row.set_aside,
         users: row.users,
+        notifications: row.notifications,
         cursor,
     }))
 }

@@ -63,8 +63,8 @@ use sqlx::{ConnectOptions, PgPool};
 
 use crate::config::{Secret, SessionLimits};
 
-/// The channel the ingest notifies, once per user and ingest, with the payload
-/// `<count>:<first actual id>:<user id>` (`n:first:user`; see `scheduler::pending::Arrival::parse`).
+/// The channel the ingest notifies, once per ingest, with an entry per user:
+/// `<count>:<first actual id>:<user id's bytes>:<user id>` (see `scheduler::pending::Arrival::parse`).
 pub(crate) const ACTUALS_CHANNEL: &str = "refit_actuals";
 
 /// The migrations in `migrations/`, embedded in the binary.
