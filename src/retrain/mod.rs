@@ -232,9 +232,9 @@ impl Retrainer {
         Ok(Ok((tx, head)))
     }
 
-    /// Sets aside what can never be consumed, then reads the pending batch (timed and logged) if
-    /// the user is due; `Err` is [`Outcome::NotDue`] (committing what was set aside or forgotten,
-    /// if any).
+    /// Reads the pending batch (timed and logged) if the user is due, setting aside or forgetting
+    /// on the way what can never be trained on; `Err` is [`Outcome::NotDue`] (committing what was
+    /// set aside or forgotten, if any).
     async fn read_batch<'c>(
         &self,
         mut tx: Tx<'c>,
@@ -243,47 +243,39 @@ impl Retrainer {
         pending: i64,
     ) -> anyhow::Result<Result<(Tx<'c>, ReadBatch), Outcome>> {
         let started = Instant::now();
-        let unconsumable = self
-            .set_aside_unconsumable(&mut tx, user_id, retrain_id)
-            .await?;
         let threshold = self.config.scheduling.retrain_threshold;
-        let (pending_rows, forgotten) =
-            store::actuals::read_pending(&mut tx, user_id, threshold).await?;
-        if forgotten > 0 {
-            info!(step = "read", %retrain_id, user_id, actuals = forgotten,
-                "pending actuals forgotten: deleted upstream, or their id now another user's");
-        }
-        let oldest = pending_rows.iter().map(|p| p.enqueued_at).min();
-        if (pending_rows.len() as i64) < threshold && !self.stale(pending_rows.len(), oldest) {
-            if unconsumable > 0 || forgotten > 0 {
+        let batch = store::actuals::read_pending(&mut tx, user_id, threshold).await?;
+        self.report_unusable(&batch, user_id, retrain_id);
+        let oldest = batch.rows.iter().map(|p| p.enqueued_at).min();
+        if (batch.rows.len() as i64) < threshold && !self.stale(batch.rows.len(), oldest) {
+            if batch.changed() {
                 tx.commit().await?;
             }
             return Ok(Err(Outcome::NotDue {
-                pending: pending_rows.len() as i64,
+                pending: batch.rows.len() as i64,
             }));
         }
         let read_ms = elapsed_ms(started);
         self.metrics.observe_step("read", read_ms);
         info!(step = "detect", %retrain_id, user_id, pending, "user due for retrain");
-        info!(step = "read", %retrain_id, user_id, rows = pending_rows.len(), duration_ms = read_ms, "pending actuals read");
+        info!(step = "read", %retrain_id, user_id, rows = batch.rows.len(), duration_ms = read_ms, "pending actuals read");
         crate::faults::point("after_read");
         let read = ReadBatch {
-            data_until: pending_rows.iter().map(|p| p.enqueued_at).max(),
-            rows: pending_rows.into_iter().map(|p| p.row).collect(),
+            data_until: batch.rows.iter().map(|p| p.enqueued_at).max(),
+            rows: batch.rows.into_iter().map(|p| p.row).collect(),
             read_ms,
         };
         Ok(Ok((tx, read)))
     }
-    /// Sets aside (logs and counts) the user's pending actuals that can never be consumed; returns
-    /// how many.
-    async fn set_aside_unconsumable(
+
+    /// Logs (and counts) the pending actuals the read set aside or forgot.
+    fn report_unusable(
         &self,
-        tx: &mut Tx<'_>,
+        batch: &store::actuals::PendingBatch,
         user_id: &str,
         retrain_id: Uuid,
-    ) -> anyhow::Result<usize> {
-        let ids = store::actuals::set_aside_consumed_again(tx, user_id).await?;
-        for actual_id in &ids {
+    ) {
+        for actual_id in &batch.consumed_again {
             warn!(
                 step = "read", %retrain_id, user_id, actual_id, reason = "already_consumed",
                 "pending actual set aside: its id was consumed before (refit_unconsumable_actuals)"
@@ -292,8 +284,11 @@ impl Retrainer {
         self.metrics
             .unconsumable
             .with_label_values(&["already_consumed"])
-            .inc_by(ids.len() as u64);
-        Ok(ids.len())
+            .inc_by(batch.consumed_again.len() as u64);
+        if batch.forgotten > 0 {
+            info!(step = "read", %retrain_id, user_id, actuals = batch.forgotten,
+                "pending actuals forgotten: deleted upstream, or their id now another user's");
+        }
     }
 
     /// The parameters and feature order the next version trains with: the active version's, or

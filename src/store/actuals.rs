@@ -152,7 +152,7 @@ pub const SET_ASIDE_CONSUMED_AGAIN: &str = "WITH again AS (
 /// again with the same id — out of the queue into `refit_unconsumable_actuals`, with the reason:
 /// consuming them again would violate `refit_consumed_actuals`' primary key and fail every
 /// retrain of the user. Returns their ids.
-pub(crate) async fn set_aside_consumed_again(
+async fn set_aside_consumed_again(
     conn: &mut PgConnection,
     user_id: &str,
 ) -> sqlx::Result<Vec<i64>> {
@@ -176,14 +176,17 @@ struct PendingRow {
     actual_value: Option<f64>,
     features: Option<String>,
     enqueued_at: DateTime<Utc>,
+    consumed_before: bool,
 }
 
 pub const READ_PENDING: &str =
-    "SELECT p.actual_id, a.actual_value, r.features::text AS features, p.enqueued_at
+    "SELECT p.actual_id, a.actual_value, r.features::text AS features, p.enqueued_at,
+                c.actual_id IS NOT NULL AS consumed_before
            FROM refit_pending p
            LEFT JOIN actual_rentals a ON a.id = p.actual_id
            LEFT JOIN prediction_requests r
                   ON r.request_id = a.request_id AND r.user_id = p.user_id
+           LEFT JOIN refit_consumed_actuals c ON c.actual_id = p.actual_id
           WHERE p.user_id = $1
           ORDER BY p.actual_id
           LIMIT $2";
@@ -191,33 +194,60 @@ pub const READ_PENDING: &str =
 pub const FORGET_PENDING: &str =
     "DELETE FROM refit_pending WHERE user_id = $1 AND actual_id = ANY($2)";
 
-/// The user's oldest `limit` pending actuals joined with their requests' features, and how many
-/// pending rows were forgotten on the way: those whose actual is gone upstream, or whose id now
-/// belongs to another user's request, are deleted (`refit_pending` has no foreign key to
-/// `actual_rentals`: migration 20261203000012); the `user_id` condition leaves a row the ingest
-/// has just moved to its new user alone. The caller commits the deletions.
+/// What [`read_pending`] found.
+#[derive(Default)]
+pub(crate) struct PendingBatch {
+    /// The oldest pending actuals that can be trained on.
+    pub(crate) rows: Vec<PendingActual>,
+    /// Pending rows deleted: their actual is gone upstream, or its id is now another user's.
+    pub(crate) forgotten: u64,
+    /// Pending actuals moved to `refit_unconsumable_actuals`: their id was consumed before.
+    pub(crate) consumed_again: Vec<i64>,
+}
+
+impl PendingBatch {
+    /// Whether the read changed the queue (the caller commits it even when not training).
+    pub(crate) fn changed(&self) -> bool {
+        self.forgotten > 0 || !self.consumed_again.is_empty()
+    }
+}
+
+/// The user's oldest `limit` pending actuals joined with their requests' features, in one
+/// statement. What can never be trained on is dealt with on the way, and the read repeated (rare:
+/// it takes an upstream deleting actuals):
+/// - pending rows whose actual is gone upstream, or whose id now belongs to another user's
+///   request, are deleted (`refit_pending` has no foreign key to `actual_rentals`: migration
+///   20261203000012); the `user_id` condition leaves the new user's row alone;
+/// - an actual whose id was consumed before is set aside ([`set_aside_consumed_again`]).
+///
+/// The caller commits.
 pub(crate) async fn read_pending(
     conn: &mut PgConnection,
     user_id: &str,
     limit: i64,
-) -> sqlx::Result<(Vec<PendingActual>, u64)> {
-    let mut forgotten = 0;
+) -> sqlx::Result<PendingBatch> {
+    let mut batch = PendingBatch::default();
     loop {
         let rows: Vec<PendingRow> = query_as(READ_PENDING)
             .bind(user_id)
             .bind(limit)
             .fetch_all(&mut *conn)
             .await?;
+        if rows.iter().any(|r| r.consumed_before) {
+            let ids = set_aside_consumed_again(conn, user_id).await?;
+            batch.consumed_again.extend(ids);
+            continue;
+        }
         let gone: Vec<i64> = rows
             .iter()
             .filter(|r| r.features.is_none())
             .map(|r| r.actual_id)
             .collect();
         if gone.is_empty() {
-            let live = rows.into_iter().filter_map(PendingRow::live).collect();
-            return Ok((live, forgotten));
+            batch.rows = rows.into_iter().filter_map(PendingRow::live).collect();
+            return Ok(batch);
         }
-        forgotten += query(FORGET_PENDING)
+        batch.forgotten += query(FORGET_PENDING)
             .bind(user_id)
             .bind(&gone)
             .execute(&mut *conn)
