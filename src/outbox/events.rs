@@ -76,10 +76,14 @@ impl Events {
     pub(crate) fn new(config: &Config) -> anyhow::Result<Self> {
         let client_config = config.kafka.client_config();
         let mut producer_config = client_config.clone();
+        if producer_config.get("linger.ms").is_none() {
+            // Each event is one retrain's: waiting to batch it with others only delays it
+            // (REFIT_KAFKA_PROPERTIES may still set a linger).
+            producer_config.set("linger.ms", "0");
+        }
         producer_config
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "1")
             .set(
                 "message.timeout.ms",
                 DELIVERY_TIMEOUT.as_millis().to_string(),
