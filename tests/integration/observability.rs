@@ -418,3 +418,29 @@ async fn the_openapi_description_is_served_names_every_route_and_errors_are_json
     }
     running.stop().await;
 }
+
+/// The pending gauge (`refit_pending_actuals`) counts every actual waiting, of all users, from
+/// the scheduler's safety-net pass; a retrain takes its batch out of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pending_gauge_counts_every_waiting_actual() {
+    let env = TestEnv::new().await;
+    let running = env.start(&[("REFIT_POLL_INTERVAL_MS", "50")]).await;
+    let gauge = |n: i64| {
+        let line = format!("\nrefit_pending_actuals {n}\n");
+        let service = &running.service;
+        move || {
+            let found = service.metrics_text().contains(&line);
+            async move { found }
+        }
+    };
+    env.insert_actuals("waiting", 30).await;
+    env.insert_actuals("also-waiting", 12).await;
+    eventually(WAIT, "the gauge at 42", gauge(42)).await;
+    env.insert_actuals("waiting", 20).await;
+    eventually(WAIT, "the first user's batch trained", || async {
+        env.versions("waiting", "ready").await == [1]
+    })
+    .await;
+    eventually(WAIT, "the gauge at 12", gauge(12)).await;
+    running.stop().await;
+}
