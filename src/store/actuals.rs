@@ -168,20 +168,22 @@ pub(crate) struct PendingActual {
     pub(crate) enqueued_at: DateTime<Utc>,
 }
 
-/// A row of [`READ_PENDING`]: no features when the actual is gone upstream or its request is
-/// now another user's.
+/// A row of [`READ_PENDING`]. `gone`: the actual is gone upstream or its request is now another
+/// user's. A NULL value or features (which the data contract rules out) reads as NaN or JSON
+/// `null`, which the batch sets aside with its reason.
 #[derive(sqlx::FromRow)]
 struct PendingRow {
     actual_id: i64,
     actual_value: Option<f64>,
     features: Option<String>,
     enqueued_at: DateTime<Utc>,
+    gone: bool,
     consumed_before: bool,
 }
 
 pub const READ_PENDING: &str =
     "SELECT p.actual_id, a.actual_value, r.features::text AS features, p.enqueued_at,
-                c.actual_id IS NOT NULL AS consumed_before
+                r.request_id IS NULL AS gone, c.actual_id IS NOT NULL AS consumed_before
            FROM refit_pending p
            LEFT JOIN actual_rentals a ON a.id = p.actual_id
            LEFT JOIN prediction_requests r
@@ -240,11 +242,11 @@ pub(crate) async fn read_pending(
         }
         let gone: Vec<i64> = rows
             .iter()
-            .filter(|r| r.features.is_none())
+            .filter(|r| r.gone)
             .map(|r| r.actual_id)
             .collect();
         if gone.is_empty() {
-            batch.rows = rows.into_iter().filter_map(PendingRow::live).collect();
+            batch.rows = rows.into_iter().map(PendingRow::live).collect();
             return Ok(batch);
         }
         batch.forgotten += query(FORGET_PENDING)
@@ -257,15 +259,16 @@ pub(crate) async fn read_pending(
 }
 
 impl PendingRow {
-    fn live(self) -> Option<PendingActual> {
-        Some(PendingActual {
+    /// The row to train on (not `gone`).
+    fn live(self) -> PendingActual {
+        PendingActual {
             row: ActualRow {
                 actual_id: self.actual_id,
-                actual_value: self.actual_value?,
-                features: self.features?,
+                actual_value: self.actual_value.unwrap_or(f64::NAN),
+                features: self.features.unwrap_or_else(|| "null".to_owned()),
             },
             enqueued_at: self.enqueued_at,
-        })
+        }
     }
 }
 

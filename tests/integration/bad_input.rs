@@ -80,6 +80,52 @@ async fn bad_rows_are_set_aside_with_reasons_and_the_rest_trains() {
     running.stop().await;
 }
 
+/// An upstream whose tables allow what the data contract rules out — a NULL actual value or NULL
+/// features — does not stall the user: such rows are set aside with their reasons.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_values_or_features_upstream_are_set_aside_not_stuck() {
+    let env = TestEnv::new().await;
+    let running = env.start(&[]).await;
+    sqlx::raw_sql(
+        "ALTER TABLE actual_rentals ALTER COLUMN actual_value DROP NOT NULL;
+         ALTER TABLE prediction_requests ALTER COLUMN features DROP NOT NULL;",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    // 48 first: the user is due only once the last 2 arrive, after the NULLs are in place.
+    let ids = env.insert_upstream_n("nulls", 48).await;
+    sqlx::raw_sql(&format!(
+        "UPDATE actual_rentals SET actual_value = NULL WHERE id = {};
+         UPDATE prediction_requests SET features = NULL
+          WHERE request_id = (SELECT request_id FROM actual_rentals WHERE id = {});",
+        ids[0], ids[1]
+    ))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    env.insert_actuals("nulls", 2).await;
+    eventually(WAIT, "version 1 on the other 48", || async {
+        env.versions("nulls", "ready").await == [1]
+    })
+    .await;
+    let reasons: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT actual_id, reason FROM refit_consumed_actuals WHERE outcome = 'set_aside' ORDER BY actual_id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        reasons,
+        [
+            (ids[0], "non_finite_actual".to_owned()),
+            (ids[1], "features_not_object".to_owned()),
+        ]
+    );
+    assert_eq!(env.pending("nulls").await, 0);
+    running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_artifact_fails_that_user_only_and_keeps_the_previous_version() {
     let env = TestEnv::new().await;
