@@ -51,35 +51,39 @@ use crate::telemetry::metrics::Metrics;
 /// While due users wait in the queue, the safety-net full scan runs at most this often.
 const BUSY_SCAN_INTERVAL: Duration = Duration::from_secs(30);
 
-/// The safety-net scan reads all of `refit_pending` (58 ms at 500,000 pending actuals in
-/// `make bench`): after a scan that took `d`, the next waits at least `SCAN_SHARE × d`, so it
-/// keeps at most 1 % of a PostgreSQL core busy however long the queue grows.
+/// The safety-net scan reads all of `refit_pending`: 56–64 ms at 500,000 pending actuals on the
+/// bench machine, about 120 ns a row. After a scan of `n` rows the next waits at least
+/// `SCAN_SHARE × n × SCAN_COST_PER_ROW`, so it keeps at most about 1 % of a PostgreSQL core busy
+/// however long the queue grows. (Estimated from the rows, not timed: under CPU contention a
+/// scan of a small table can take tens of milliseconds of waiting, which is not its cost; timing
+/// it delayed the retry of a user backing off, which the scan brings back.)
 const SCAN_SHARE: u32 = 100;
+const SCAN_COST_PER_ROW: Duration = Duration::from_nanos(120);
 
 /// When the poll tick runs the safety-net scan: while no due user waits, every tick (but no
-/// sooner than [`SCAN_SHARE`] times the last scan's duration after it); while due users wait, at
-/// most every [`BUSY_SCAN_INTERVAL`]. A scan the listener asks for (notifications were lost)
-/// runs whatever this says.
+/// sooner than [`SCAN_SHARE`] times the last scan's estimated cost after it); while due users
+/// wait, at most every [`BUSY_SCAN_INTERVAL`]. A scan the listener asks for (notifications were
+/// lost) runs whatever this says.
 #[derive(Debug, Default)]
 struct SafetyNet {
-    /// When the last scan ended, and how long it took.
+    /// When the last scan ended, and its estimated cost.
     last: Option<(Instant, Duration)>,
 }
 
 impl SafetyNet {
     fn due(&self, queue_empty: bool) -> bool {
-        let Some((ended, took)) = self.last else {
+        let Some((ended, cost)) = self.last else {
             return true;
         };
         let wait = match queue_empty {
-            true => took * SCAN_SHARE,
-            false => BUSY_SCAN_INTERVAL.max(took * SCAN_SHARE),
+            true => cost * SCAN_SHARE,
+            false => BUSY_SCAN_INTERVAL.max(cost * SCAN_SHARE),
         };
         ended.elapsed() >= wait
     }
 
-    fn scanned(&mut self, took: Duration) {
-        self.last = Some((Instant::now(), took));
+    fn scanned(&mut self, cost: Duration) {
+        self.last = Some((Instant::now(), cost));
     }
 }
 
@@ -290,8 +294,8 @@ impl Service {
             }
             self.count_unknown(&mut pending).await;
             if scan {
-                let took = self.scan(&mut pending).await;
-                safety_net.scanned(took);
+                let cost = self.scan(&mut pending).await;
+                safety_net.scanned(cost);
             }
             self.start_workers(&mut pending, &mut workers, &shutdown);
         }
@@ -323,7 +327,7 @@ impl Service {
     }
 
     /// The safety-net full scan: every due (or stale) user, and the pending gauge, in one pass.
-    /// Returns how long it took.
+    /// Returns its estimated cost (see [`SCAN_COST_PER_ROW`]).
     async fn scan(&self, pending: &mut Pending) -> Duration {
         let scheduling = &self.config.scheduling;
         let started = Instant::now();
@@ -338,10 +342,13 @@ impl Service {
                 self.metrics.observe_step("detect", elapsed_ms(started));
                 self.metrics.pending.set(scan.total);
                 pending.scanned(scan.due);
+                SCAN_COST_PER_ROW * u32::try_from(scan.total).unwrap_or(u32::MAX)
             }
-            Err(e) => error!(error = %e, "cannot count pending actuals; retrying at the next poll"),
+            Err(e) => {
+                error!(error = %e, "cannot count pending actuals; retrying at the next poll");
+                Duration::ZERO
+            }
         }
-        started.elapsed()
     }
 
     /// Starts a worker for each due user, up to `max_concurrent_retrains` at once.
@@ -484,7 +491,7 @@ mod tests {
     }
 
     #[test]
-    fn a_slow_scan_waits_a_hundred_times_its_duration() {
+    fn a_costly_scan_waits_a_hundred_times_its_cost() {
         let slow = Duration::from_millis(60);
         assert!(!scanned(Duration::from_secs(5), slow).due(true));
         assert!(scanned(Duration::from_secs(6), slow).due(true));
