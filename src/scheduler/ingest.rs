@@ -3,10 +3,11 @@
 //!
 //! Nothing of refit runs in the upstream's transaction: each actual only records the transaction
 //! that inserted it (`actual_rentals.refit_xid`, a column default). Every
-//! `REFIT_INGEST_INTERVAL_MS` (less often while nothing arrives: [`Pace`]), one replica at a
-//! time (the cursor's row lock) queues, in one statement and round trip, every actual whose transaction the cursor snapshot (`refit_ingest_cursor`,
-//! that of the last ingest) had not seen committed and the statement's own snapshot sees
-//! committed, and stores that snapshot as the cursor. A transaction still running when one ingest
+//! `REFIT_INGEST_INTERVAL_MS` (less often while nothing arrives, or while a heavy stream does:
+//! [`Pace`]), one replica at a time (the cursor's row lock) queues, in one statement and round
+//! trip, every actual whose transaction the cursor snapshot (`refit_ingest_cursor`, that of the
+//! last ingest) had not seen committed and the statement's own snapshot sees committed, and
+//! stores that snapshot as the cursor. A transaction still running when one ingest
 //! looks is taken by the first ingest after it commits, and by no later one (migration
 //! 20261202000009 explains the bookkeeping). The statement NOTIFYs `refit_actuals` once, with an
 //! entry per user — `<count>:<first actual id>:<user id's bytes>:<user id>`, see

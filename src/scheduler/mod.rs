@@ -472,10 +472,10 @@ mod tests {
 
     use super::{SafetyNet, BUSY_SCAN_INTERVAL};
 
-    /// A safety net whose last scan ended `ago` and took `took`.
-    fn scanned(ago: Duration, took: Duration) -> SafetyNet {
+    /// A safety net whose last scan ended `ago` and had the estimated `cost`.
+    fn scanned(ago: Duration, cost: Duration) -> SafetyNet {
         SafetyNet {
-            last: Some((Instant::now() - ago, took)),
+            last: Some((Instant::now() - ago, cost)),
         }
     }
 

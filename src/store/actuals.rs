@@ -219,7 +219,7 @@ impl PendingBatch {
 /// it takes an upstream deleting actuals):
 /// - pending rows whose actual is gone upstream, or whose id now belongs to another user's
 ///   request, are deleted (`refit_pending` has no foreign key to `actual_rentals`: migration
-///   20261203000012); the `user_id` condition leaves the new user's row alone;
+///   20261203000012); the new owner's pending row is a row of its own and stays;
 /// - an actual whose id was consumed before is set aside ([`set_aside_consumed_again`]).
 ///
 /// The caller commits.

@@ -58,12 +58,7 @@ async fn history_is_pruned_to_the_policy_and_stops_growing() {
     .await
     .unwrap();
     assert_eq!(kept, [6, 7, 8, 9, 10]);
-    let newest_rows: Vec<i64> = sqlx::query_scalar(
-        "SELECT actual_id FROM refit_consumed_actuals WHERE user_id = 'rita' ORDER BY actual_id",
-    )
-    .fetch_all(&env.pool)
-    .await
-    .unwrap();
+    let newest_rows = env.consumed_ids("rita").await;
     let all: Vec<i64> = sqlx::query_scalar("SELECT id FROM actual_rentals ORDER BY id")
         .fetch_all(&env.pool)
         .await

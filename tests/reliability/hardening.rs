@@ -168,17 +168,6 @@ async fn an_actual_inserted_again_with_a_consumed_id_is_set_aside_and_the_user_m
     running.stop().await;
 }
 
-/// The ids of the actuals of `user` a retrain consumed (trained, held out or set aside).
-async fn consumed_ids(env: &TestEnv, user: &str) -> Vec<i64> {
-    sqlx::query_scalar(
-        "SELECT actual_id FROM refit_consumed_actuals WHERE user_id = $1 ORDER BY actual_id",
-    )
-    .bind(user)
-    .fetch_all(&env.pool)
-    .await
-    .unwrap()
-}
-
 /// An actual deleted upstream while it waits in the queue is never trained on, and the queue
 /// forgets it: the user's retrain takes the actuals that remain, and nothing of the deleted one
 /// stays pending.
@@ -199,7 +188,7 @@ async fn an_actual_deleted_upstream_while_pending_is_forgotten() {
     })
     .await;
     let expected: Vec<i64> = first[5..].iter().chain(&later).copied().collect();
-    assert_eq!(consumed_ids(&env, user).await, expected);
+    assert_eq!(env.consumed_ids(user).await, expected);
     assert_eq!(
         env.pending(user).await,
         0,
@@ -238,14 +227,14 @@ async fn a_pending_actuals_id_reused_for_another_user_trains_that_user() {
     .await;
     let mut expected: Vec<i64> = others.iter().copied().chain([moved]).collect();
     expected.sort_unstable();
-    assert_eq!(consumed_ids(&env, new_owner).await, expected);
+    assert_eq!(env.consumed_ids(new_owner).await, expected);
     let kept: Vec<i64> = owned
         .iter()
         .chain(&more)
         .copied()
         .filter(|&id| id != moved)
         .collect();
-    assert_eq!(consumed_ids(&env, owner).await, kept);
+    assert_eq!(env.consumed_ids(owner).await, kept);
     assert_eq!(
         (env.pending(owner).await, env.pending(new_owner).await),
         (0, 0)

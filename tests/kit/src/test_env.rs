@@ -218,6 +218,17 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// The ids of the actuals of `user` a retrain consumed (trained, held out or set aside).
+    pub async fn consumed_ids(&self, user: &str) -> Vec<i64> {
+        sqlx::query_scalar(
+            "SELECT actual_id FROM refit_consumed_actuals WHERE user_id = $1 ORDER BY actual_id",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
     /// Version numbers of a user with the given status.
     pub async fn versions(&self, user: &str, status: &str) -> Vec<i32> {
         sqlx::query_scalar("SELECT version FROM refit_model_versions WHERE user_id = $1 AND status = $2 ORDER BY version")
