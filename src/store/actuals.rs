@@ -181,17 +181,29 @@ struct PendingRow {
     consumed_before: bool,
 }
 
+/// The batch first (the user's oldest pending rows, by the primary key's order), then each row's
+/// lookups as index probes: the actual with its request, and whether it was consumed before,
+/// each a `LATERAL … LIMIT 1`, which the planner cannot turn into a join (nor an `EXISTS` into a
+/// hashed scan). Written as plain joins, it hash-joined the batch against whole scans of `actual_rentals`
+/// and `refit_consumed_actuals` while they held a few thousand rows (tests/integration/explain.rs).
 pub const READ_PENDING: &str =
-    "SELECT p.actual_id, a.actual_value, r.features::text AS features, p.enqueued_at,
-                r.request_id IS NULL AS gone, c.actual_id IS NOT NULL AS consumed_before
-           FROM refit_pending p
-           LEFT JOIN actual_rentals a ON a.id = p.actual_id
-           LEFT JOIN prediction_requests r
-                  ON r.request_id = a.request_id AND r.user_id = p.user_id
-           LEFT JOIN refit_consumed_actuals c ON c.actual_id = p.actual_id
-          WHERE p.user_id = $1
-          ORDER BY p.actual_id
-          LIMIT $2";
+    "SELECT p.actual_id, x.actual_value, x.features, p.enqueued_at, x.found IS NULL AS gone,
+                c.found IS NOT NULL AS consumed_before
+           FROM (SELECT actual_id, enqueued_at FROM refit_pending
+                  WHERE user_id = $1
+                  ORDER BY actual_id
+                  LIMIT $2) p
+           LEFT JOIN LATERAL (
+                SELECT true AS found, a.actual_value, r.features::text AS features
+                  FROM actual_rentals a
+                  JOIN prediction_requests r ON r.request_id = a.request_id
+                 WHERE a.id = p.actual_id AND r.user_id = $1
+                 LIMIT 1) x ON true
+           LEFT JOIN LATERAL (
+                SELECT true AS found FROM refit_consumed_actuals
+                 WHERE actual_id = p.actual_id
+                 LIMIT 1) c ON true
+          ORDER BY p.actual_id";
 
 pub const FORGET_PENDING: &str =
     "DELETE FROM refit_pending WHERE user_id = $1 AND actual_id = ANY($2)";

@@ -414,3 +414,37 @@ async fn every_statement_of_a_retrain_or_a_sweep_reads_by_index_at_scale() {
         "full scans at {rows} rows: {scanning:?}"
     );
 }
+
+/// The pending read runs on every retrain, at every size of the tables it looks up. Between the
+/// small tables the suite's main check plans with sequential scans disabled and the large ones
+/// where index probes win on cost, the planner once hash-joined a user's batch against a whole
+/// scan of `refit_consumed_actuals` (a few thousand rows in the freshness bench: 1.4 ms of a
+/// 1.6 ms read, growing with every retrain). Each of the batch's lookups is one index probe,
+/// whatever the planner estimates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pending_read_probes_by_index_at_any_table_size() {
+    let env = TestEnv::new().await;
+    let mut conn = PgConnection::connect(&env.database_url).await.unwrap();
+    // 5,000 consumed actuals, 10 users with 50 pending each.
+    sqlx::query("SELECT set_config('refit.explain_rows', '5000', false)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql(include_str!("explain_fill.sql"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("SET plan_cache_mode = force_custom_plan")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let read = statement("retrain: pending read", READ_PENDING, |q| {
+        q.bind("user-000005").bind(50_i64)
+    });
+    let plan = explain(&mut conn, &read).await;
+    println!("{}:\n  {}", read.name, plan.join("\n  "));
+    conn.close().await.unwrap();
+    env.drop_database().await;
+    let whole = full_scans(&plan);
+    assert!(whole.is_empty(), "the pending read scans {whole:?} whole");
+}
