@@ -10,8 +10,10 @@
 //! reads it on the thread that made the call.
 #![allow(unsafe_code)]
 
+use std::cell::Cell;
 use std::ffi::{c_char, CStr, CString};
 use std::ptr;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use xgboost_lib_sys as sys;
 
@@ -50,11 +52,50 @@ fn with_c_strings(
     check(f(pointers.as_mut_ptr(), pointers.len() as sys::bst_ulong))
 }
 
-/// Sets XGBoost's process-wide configuration (for example `{"verbosity": 0}`).
-pub(crate) fn set_global_config(json: &str) -> Result<()> {
-    let config = c_string(json)?;
+/// The OpenMP threads XGBoost uses for the work a booster's `nthread` does not govern: building a
+/// matrix, loading a model, predicting before the version's parameters are set. XGBoost keeps
+/// that setting (its global configuration's `nthread`, OpenMP's own count) per thread, so every
+/// thread that calls XGBoost applies it before its first call ([`on_this_thread`]). Left at
+/// XGBoost's default (every core), a 50-row matrix or a 150 KB model took 10–50 ms instead of
+/// under 1 ms on a 2-core machine busy with PostgreSQL: the second OpenMP thread waited for a
+/// core (BENCHMARKS.md).
+static THREADS: AtomicU32 = AtomicU32::new(1);
+
+thread_local! {
+    /// The thread count this thread last gave XGBoost (0: none yet).
+    static APPLIED: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Sets the thread count every thread gives XGBoost from its next call on (`REFIT_XGB_NTHREAD`).
+pub(crate) fn use_threads(threads: u32) {
+    THREADS.store(threads.max(1), Ordering::Relaxed);
+}
+
+/// Applies [`use_threads`]' count (and XGBoost's default verbosity, warnings) to the calling
+/// thread's XGBoost configuration, once per thread and change.
+fn on_this_thread() -> Result<()> {
+    let threads = THREADS.load(Ordering::Relaxed);
+    if APPLIED.get() == threads {
+        return Ok(());
+    }
+    let config = c_string(&format!(r#"{{"nthread": {threads}, "verbosity": 1}}"#))?;
     // SAFETY: `config` is a valid NUL-terminated string for the duration of the call.
-    check(unsafe { sys::XGBSetGlobalConfig(config.as_ptr()) })
+    check(unsafe { sys::XGBSetGlobalConfig(config.as_ptr()) })?;
+    APPLIED.set(threads);
+    Ok(())
+}
+
+/// The calling thread's XGBoost configuration (JSON).
+#[cfg(test)]
+fn thread_config() -> Result<String> {
+    let mut out: *const c_char = ptr::null();
+    // SAFETY: `out` is a valid out pointer; XGBoost owns the returned thread-local string until
+    // the next call on this thread, and it is copied out at once.
+    check(unsafe { sys::XGBGetGlobalConfig(&mut out) })?;
+    // SAFETY: on success `out` points to a NUL-terminated string (see above).
+    Ok(unsafe { CStr::from_ptr(out) }
+        .to_string_lossy()
+        .into_owned())
 }
 
 /// A dense training or prediction matrix (row-major, `NaN` = missing).
@@ -77,6 +118,7 @@ impl Matrix {
                 values.len()
             )));
         }
+        on_this_thread()?;
         let mut handle = ptr::null_mut();
         // SAFETY: `values` holds rows * columns floats and outlives the call (XGBoost copies).
         check(unsafe {
@@ -150,6 +192,7 @@ unsafe impl Send for Booster {}
 impl Booster {
     /// An empty booster, as Python's `xgb.Booster(params, cache=[dtrain])` creates one.
     pub(crate) fn new(cache: &[&Matrix]) -> Result<Self> {
+        on_this_thread()?;
         let handles: Vec<sys::DMatrixHandle> = cache.iter().map(|m| m.handle).collect();
         let mut handle = ptr::null_mut();
         // SAFETY: `handles` holds live DMatrix handles for the duration of the call.
@@ -185,6 +228,7 @@ impl Booster {
     /// (histograms, gradient buffers) a booster keeps after `update`, which is several times the
     /// model's size. `XGBoosterSlice` over all layers.
     pub(crate) fn model_copy(&self) -> Result<Booster> {
+        on_this_thread()?;
         let mut handle = ptr::null_mut();
         // SAFETY: the handle is live and `handle` is a valid out pointer; layers 0..0 (all) are
         // never out of bounds.
@@ -201,6 +245,7 @@ impl Booster {
 
     /// Runs one boosting round numbered `iteration` on `train`.
     pub(crate) fn update(&mut self, iteration: i32, train: &Matrix) -> Result<()> {
+        on_this_thread()?;
         // SAFETY: both handles are live.
         check(unsafe { sys::XGBoosterUpdateOneIter(self.handle, iteration, train.handle) })
     }
@@ -225,6 +270,7 @@ impl Booster {
     }
 
     fn save(&self, config: &str) -> Result<Vec<u8>> {
+        on_this_thread()?;
         let config = c_string(config)?;
         let mut length: sys::bst_ulong = 0;
         let mut data: *const c_char = ptr::null();
@@ -302,6 +348,7 @@ impl Booster {
 
     /// Predicts one value per row of `data`.
     pub(crate) fn predict(&self, data: &Matrix) -> Result<Vec<f32>> {
+        on_this_thread()?;
         let config = c_string(
             r#"{"type": 0, "training": false, "iteration_begin": 0, "iteration_end": 0, "strict_shape": false}"#,
         )?;
@@ -344,5 +391,27 @@ mod tests {
         let error = Booster::load(&[], &[]).err().expect("an error");
         assert!(error.0.contains("empty"), "{}", error.0);
         assert!(Booster::load(b"x", &[]).is_err());
+    }
+
+    /// XGBoost's thread count is per thread: a fresh thread starts at XGBoost's default (0, every
+    /// core) and takes refit's on its first call (the training runs on tokio's blocking threads,
+    /// made on demand).
+    #[test]
+    fn every_thread_that_calls_xgboost_uses_refits_thread_count() {
+        fn nthread(config: String) -> i64 {
+            let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+            config["nthread"].as_i64().unwrap()
+        }
+        let on_a_new_thread = || {
+            std::thread::spawn(|| {
+                let before = nthread(thread_config().unwrap());
+                let names = vec!["a".to_owned(), "b".to_owned()];
+                Matrix::dense(&[1.0, 2.0, 3.0, 4.0], 2, &names).unwrap();
+                (before, nthread(thread_config().unwrap()))
+            })
+            .join()
+            .unwrap()
+        };
+        assert_eq!(on_a_new_thread(), (0, 1));
     }
 }

@@ -141,7 +141,7 @@ impl Service {
             metrics.clone(),
             outbox.clone(),
         ));
-        crate::model::xgboost::set_global_config(r#"{"verbosity": 1}"#)?;
+        crate::model::xgboost::use_threads(config.training.xgb_nthread);
         let http_listener = match config.http.addr {
             None => None,
             Some(addr) => Some(
