@@ -106,6 +106,10 @@ def main():
 
     params = {k: v for k, v in json.loads(args.params).items()}
     params["nthread"] = args.nthread
+    # The same thread count for what `nthread` in params does not reach (building a DMatrix,
+    # loading a model), as refit gives XGBoost: left at every core, those calls wait for a second
+    # OpenMP thread on a busy 2-core machine (BENCHMARKS.md).
+    xgb.set_config(nthread=args.nthread)
 
     db = psycopg.connect(args.database_url, application_name=app)
     with db.cursor() as cur:
