@@ -409,9 +409,10 @@ section! {
         /// XGBoost parameters for new models (stored with each version and re-applied on load).
         pub xgb_params: BTreeMap<String, String> = "REFIT_XGB_PARAMS", XgbParams,
             "XGBoost parameters for new models, JSON object";
-        /// XGBoost threads per retrain: batches are small, so one thread is fastest.
+        /// XGBoost threads for every call refit makes (training, loading a model, building a
+        /// matrix, predicting): batches are small, so one thread is fastest.
         pub(crate) xgb_nthread: u32 = "REFIT_XGB_NTHREAD", Int::new(1, 1, 256),
-            "XGBoost threads per retrain";
+            "XGBoost threads for every call (training, loading, predicting)";
         /// Bytes of artifacts whose models stay loaded between a user's retrains.
         pub(crate) model_cache_bytes: usize = "REFIT_MODEL_CACHE_MB", Mebibytes(16, 0, 1_000_000),
             "memory for recently trained models kept between retrains (by artifact size; 0 = none)";
