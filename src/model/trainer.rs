@@ -74,7 +74,7 @@ pub struct Trained {
     pub(crate) booster: Option<Booster>,
     pub(crate) trees: i64,
     pub(crate) boosted_rounds: i32,
-    /// Time spent loading the previous model (zero when it was in memory).
+    /// Time spent loading stored models (zero when the model was in memory).
     pub load: Duration,
     /// Time spent in boosting rounds.
     pub train: Duration,
@@ -125,12 +125,13 @@ pub fn train(input: TrainInput<'_>) -> Result<Trained, TrainError> {
         }
     };
 
-    let started = Instant::now();
-    let previous = match input.previous {
-        Previous::None => None,
-        previous => Some(load(previous, &dtrain, batch)?),
+    let (previous, load_time) = match input.previous {
+        Previous::None => (None, Duration::ZERO),
+        previous => {
+            let (booster, took) = load(previous, &dtrain, batch)?;
+            (Some(booster), took)
+        }
     };
-    let load_time = started.elapsed();
     let previous_score = match &previous {
         Some(booster) => score(booster)?,
         None => None,
@@ -212,6 +213,8 @@ pub(crate) struct StepResult {
     /// Rows the new version was trained on in this step.
     pub(crate) rows_trained: usize,
     pub(crate) rounds: i32,
+    /// The active version came from memory (kept since the user's last retrain), not loaded.
+    pub(crate) model_cached: bool,
     /// CPU time the step took on its thread (XGBoost runs there with `nthread` 1; more threads'
     /// work is not counted).
     pub(crate) cpu: Duration,
@@ -237,9 +240,8 @@ pub(crate) fn run_step(input: StepInput<'_>) -> Result<StepResult, TrainError> {
 fn step(mut input: StepInput<'_>) -> Result<StepResult, TrainError> {
     let (policy, batch) = (input.policy, input.batch);
     let data = labelled(batch)?;
-    let started = Instant::now();
     let base = choose_base(input.active.take(), input.rejected, &data, batch)?;
-    let load_time = started.elapsed();
+    let (load_time, model_cached) = (base.load, base.cached);
 
     let lineage = base.booster.as_ref().map(|(_, l)| *l).unwrap_or_default();
     let planned = plan(policy, lineage, base.reinstated);
@@ -286,6 +288,7 @@ fn step(mut input: StepInput<'_>) -> Result<StepResult, TrainError> {
         typical_live: policy::typical_live(input.live_history),
         rows_trained,
         rounds,
+        model_cached,
         cpu: Duration::ZERO,
     })
 }
@@ -300,6 +303,10 @@ struct Base {
     base_live: Option<Errors>,
     /// The rejected version became the base.
     reinstated: bool,
+    /// The active version was the one kept in memory.
+    cached: bool,
+    /// Time spent loading stored models.
+    load: Duration,
 }
 
 /// Loads the active version and reinstates the rejected one instead when it predicts the batch
@@ -310,9 +317,15 @@ fn choose_base(
     data: &Matrix,
     batch: &Batch,
 ) -> Result<Base, TrainError> {
+    let cached = matches!(active, Some((Previous::Loaded(_), _)));
+    let mut load_time = Duration::ZERO;
     let mut booster = match active {
         None => None,
-        Some((previous, lineage)) => Some((load(previous, data, batch)?, lineage)),
+        Some((previous, lineage)) => {
+            let (booster, took) = load(previous, data, batch)?;
+            load_time += took;
+            Some((booster, lineage))
+        }
     };
     let live = match &booster {
         Some((booster, _)) => Some(errors_on(booster, data, batch)?),
@@ -320,7 +333,8 @@ fn choose_base(
     };
     let (mut base_live, mut reinstated) = (live, false);
     if let (Some(active_live), Some((artifact, lineage))) = (live, rejected) {
-        let rejected = load(Previous::Artifact(artifact), data, batch)?;
+        let (rejected, took) = load(Previous::Artifact(artifact), data, batch)?;
+        load_time += took;
         let on_batch = errors_on(&rejected, data, batch)?;
         if policy::reinstate(on_batch, active_live) {
             booster = Some((rejected, lineage));
@@ -332,6 +346,8 @@ fn choose_base(
         live,
         base_live,
         reinstated,
+        cached,
+        load: load_time,
     })
 }
 
@@ -385,6 +401,7 @@ fn fresh(
         typical_live: None,
         rows_trained: rows,
         rounds: input.policy.rebuild_rounds,
+        model_cached: false,
         cpu: Duration::ZERO,
     })
 }
@@ -445,17 +462,24 @@ fn labelled(batch: &Batch) -> Result<Matrix, TrainError> {
     Ok(data)
 }
 
-/// Loads a stored model (or takes the one kept in memory) and checks its features.
-fn load(previous: Previous<'_>, data: &Matrix, batch: &Batch) -> Result<Booster, TrainError> {
-    let booster = match previous {
-        Previous::None => Booster::new(&[data])?,
-        Previous::Artifact(artifact) => {
-            Booster::load(artifact, &[data]).map_err(TrainError::CorruptArtifact)?
-        }
-        Previous::Loaded(booster) => booster,
+/// Loads a stored model (or takes the one kept in memory) and checks its features; with the time
+/// loading took (none for a model kept in memory).
+fn load(
+    previous: Previous<'_>,
+    data: &Matrix,
+    batch: &Batch,
+) -> Result<(Booster, Duration), TrainError> {
+    let started = Instant::now();
+    let (booster, took) = match previous {
+        Previous::None => (Booster::new(&[data])?, started.elapsed()),
+        Previous::Artifact(artifact) => (
+            Booster::load(artifact, &[data]).map_err(TrainError::CorruptArtifact)?,
+            started.elapsed(),
+        ),
+        Previous::Loaded(booster) => (booster, Duration::ZERO),
     };
     check_features(&booster, &batch.feature_names)?;
-    Ok(booster)
+    Ok((booster, took))
 }
 
 fn errors_on(booster: &Booster, data: &Matrix, batch: &Batch) -> Result<Errors, TrainError> {
@@ -707,6 +731,53 @@ mod tests {
                 .sum::<f32>()
         };
         assert!(err(&second.artifact) < err(&first.artifact));
+    }
+
+    /// The train log's `model_cached` and `load_ms` (and the bench's count of cache hits) say
+    /// whether the active model was loaded; they once counted the live prediction as loading, so
+    /// no retrain ever showed a cache hit.
+    #[test]
+    fn a_step_on_the_kept_model_reports_a_cache_hit_and_no_load() {
+        let params = params();
+        let config = crate::config::Config::from_sources(
+            None,
+            &[("DATABASE_URL".to_owned(), "postgres://h/db".to_owned())].into(),
+        )
+        .unwrap();
+        let first = train(TrainInput {
+            previous: Previous::None,
+            mode: TrainMode::Continue,
+            params: &params,
+            rounds: 5,
+            nthread: 1,
+            holdout: None,
+            keep_model: false,
+            batch: &batch(0),
+        })
+        .unwrap();
+        let (recent, next) = (batch(0), batch(50));
+        let step_on = |active: Previous<'_>| {
+            run_step(StepInput {
+                policy: &config.policy,
+                active: Some((active, Lineage::default())),
+                rejected: None,
+                params: &params,
+                nthread: 1,
+                batch: &next,
+                recent: &recent,
+                rejected_rows: &Batch::default(),
+                live_history: &[],
+                keep_model: false,
+            })
+            .unwrap()
+        };
+        let stored = step_on(Previous::Artifact(&first.artifact));
+        assert!(!stored.model_cached);
+        assert!(stored.trained.load > Duration::ZERO);
+        let kept = Booster::load(&first.artifact, &[]).unwrap();
+        let cached = step_on(Previous::Loaded(kept));
+        assert!(cached.model_cached);
+        assert_eq!(cached.trained.load, Duration::ZERO);
     }
 
     #[test]

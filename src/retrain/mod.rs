@@ -770,7 +770,7 @@ fn log_trained(
     info!(
         step = "train", retrain_id = %attempt.retrain_id, user_id = attempt.user_id, samples_used, processing_time_ms = train_ms,
         fetch_ms, load_ms = ms(trained.load), boost_ms = ms(trained.train), save_ms = ms(trained.save),
-        model_cached = trained.load.is_zero(), trees = trained.trees, policy_step = result.step.as_str(),
+        model_cached = result.model_cached, trees = trained.trees, policy_step = result.step.as_str(),
         rows_trained = result.rows_trained, live_mae = result.live.map(|l| l.mae),
         reinstated = result.reinstated, "model trained"
     );
