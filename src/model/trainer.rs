@@ -681,30 +681,38 @@ mod tests {
         prepare(&rows, None)
     }
 
-    fn params() -> BTreeMap<String, String> {
+    /// The defaults of every setting.
+    fn config() -> crate::config::Config {
         crate::config::Config::from_sources(
             None,
             &[("DATABASE_URL".to_owned(), "postgres://h/db".to_owned())].into(),
         )
         .unwrap()
-        .training
-        .xgb_params
     }
 
-    #[test]
-    fn continued_training_adds_rounds_and_keeps_features() {
-        let params = params();
-        let first = train(TrainInput {
+    fn params() -> BTreeMap<String, String> {
+        config().training.xgb_params
+    }
+
+    /// A user's first model: `rounds` rounds on `batch(0)`.
+    fn first_model(params: &BTreeMap<String, String>, rounds: i32) -> Trained {
+        train(TrainInput {
             previous: Previous::None,
             mode: TrainMode::Continue,
-            params: &params,
-            rounds: 5,
+            params,
+            rounds,
             nthread: 1,
             holdout: None,
             keep_model: true,
             batch: &batch(0),
         })
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn continued_training_adds_rounds_and_keeps_features() {
+        let params = params();
+        let first = first_model(&params, 5);
         assert_eq!(first.boosted_rounds, 5);
         assert_eq!(first.trees, 5);
 
@@ -738,23 +746,9 @@ mod tests {
     /// no retrain ever showed a cache hit.
     #[test]
     fn a_step_on_the_kept_model_reports_a_cache_hit_and_no_load() {
-        let params = params();
-        let config = crate::config::Config::from_sources(
-            None,
-            &[("DATABASE_URL".to_owned(), "postgres://h/db".to_owned())].into(),
-        )
-        .unwrap();
-        let first = train(TrainInput {
-            previous: Previous::None,
-            mode: TrainMode::Continue,
-            params: &params,
-            rounds: 5,
-            nthread: 1,
-            holdout: None,
-            keep_model: false,
-            batch: &batch(0),
-        })
-        .unwrap();
+        let config = config();
+        let params = config.training.xgb_params.clone();
+        let first = first_model(&params, 5);
         let (recent, next) = (batch(0), batch(50));
         let step_on = |active: Previous<'_>| {
             run_step(StepInput {
@@ -783,17 +777,7 @@ mod tests {
     #[test]
     fn continuing_the_kept_model_equals_continuing_its_artifact() {
         let params = params();
-        let first = train(TrainInput {
-            previous: Previous::None,
-            mode: TrainMode::Continue,
-            params: &params,
-            rounds: 5,
-            nthread: 1,
-            holdout: None,
-            keep_model: true,
-            batch: &batch(0),
-        })
-        .unwrap();
+        let first = first_model(&params, 5);
         let (next, holdout) = batch(50).split_last(10);
         let from_memory = train(TrainInput {
             previous: Previous::Loaded(first.booster.unwrap()),
@@ -841,17 +825,7 @@ mod tests {
     #[test]
     fn refresh_keeps_the_tree_count_and_refits_leaves() {
         let params = params();
-        let first = train(TrainInput {
-            previous: Previous::None,
-            mode: TrainMode::Continue,
-            params: &params,
-            rounds: 8,
-            nthread: 1,
-            holdout: None,
-            keep_model: true,
-            batch: &batch(0),
-        })
-        .unwrap();
+        let first = first_model(&params, 8);
         let shifted = {
             let mut b = batch(0);
             b.labels.iter_mut().for_each(|y| *y += 100.0);

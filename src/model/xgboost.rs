@@ -402,16 +402,12 @@ mod tests {
             let config: serde_json::Value = serde_json::from_str(&config).unwrap();
             config["nthread"].as_i64().unwrap()
         }
-        let on_a_new_thread = || {
-            std::thread::spawn(|| {
-                let before = nthread(thread_config().unwrap());
-                let names = vec!["a".to_owned(), "b".to_owned()];
-                Matrix::dense(&[1.0, 2.0, 3.0, 4.0], 2, &names).unwrap();
-                (before, nthread(thread_config().unwrap()))
-            })
-            .join()
-            .unwrap()
-        };
-        assert_eq!(on_a_new_thread(), (0, 1));
+        let on_a_new_thread = std::thread::spawn(|| {
+            let before = nthread(thread_config().unwrap());
+            let names = vec!["a".to_owned(), "b".to_owned()];
+            Matrix::dense(&[1.0, 2.0, 3.0, 4.0], 2, &names).unwrap();
+            (before, nthread(thread_config().unwrap()))
+        });
+        assert_eq!(on_a_new_thread.join().unwrap(), (0, 1));
     }
 }

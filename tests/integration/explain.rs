@@ -324,8 +324,9 @@ fn parameters(sql: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// A session on the environment's database, filled for `rows` and planning as the check needs.
-async fn filled(env: &TestEnv, rows: i64) -> PgConnection {
+/// A session on the environment's database, filled (explain_fill.sql) for `rows` consumed
+/// actuals, planning as PostgreSQL does by default.
+async fn fill(env: &TestEnv, rows: i64) -> PgConnection {
     let mut conn = PgConnection::connect(&env.database_url).await.unwrap();
     let started = std::time::Instant::now();
     sqlx::query("SELECT set_config('refit.explain_rows', $1, false)")
@@ -341,6 +342,12 @@ async fn filled(env: &TestEnv, rows: i64) -> PgConnection {
         "filled for {rows} consumed actuals in {:?}",
         started.elapsed()
     );
+    conn
+}
+
+/// A session on the environment's database, filled for `rows` and planning as the check needs.
+async fn filled(env: &TestEnv, rows: i64) -> PgConnection {
+    let mut conn = fill(env, rows).await;
     // The cursor as upstream writers leave it most of the time: transactions still in progress
     // when it was taken (their xids in its list), which the ingest must look up by index too.
     let cursor: String = sqlx::query_scalar(
@@ -424,16 +431,8 @@ async fn every_statement_of_a_retrain_or_a_sweep_reads_by_index_at_scale() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pending_read_probes_by_index_at_any_table_size() {
     let env = TestEnv::new().await;
-    let mut conn = PgConnection::connect(&env.database_url).await.unwrap();
-    // 5,000 consumed actuals, 10 users with 50 pending each.
-    sqlx::query("SELECT set_config('refit.explain_rows', '5000', false)")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    sqlx::raw_sql(include_str!("explain_fill.sql"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    // 5,000 consumed actuals, 10 users with 50 pending each; the planner's own choices.
+    let mut conn = fill(&env, 5_000).await;
     sqlx::query("SET plan_cache_mode = force_custom_plan")
         .execute(&mut conn)
         .await
