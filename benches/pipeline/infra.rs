@@ -63,7 +63,9 @@ pub struct Settings {
     pub users: usize,
     /// Batches completed per second during the freshness phase (one sub-run per rate).
     pub fresh_rates: Vec<f64>,
-    pub fresh_seconds: f64,
+    /// Seconds of paced inserts per rate (BENCH_FRESH_SECONDS); `None`: one rebuild cycle per
+    /// user ([`Settings::fresh_window`]).
+    pub fresh_seconds: Option<f64>,
     /// Users whose actuals stream in during the freshness phase.
     pub fresh_users: usize,
     /// Retrains of each freshness user before the measurement (so the measured ones continue a model).
@@ -73,6 +75,9 @@ pub struct Settings {
     /// Extra environment for every refit child (BENCH_REFIT_ENV="K=V;K=V"), e.g. to compare
     /// REFIT_MAX_CONCURRENT_RETRAINS values.
     pub refit_extra_env: Vec<(String, String)>,
+    /// How long the Python reference sleeps after a poll that found nothing
+    /// (BENCH_PYTHON_POLL_MS, its own default 100), the counterpart of refit's ingest pace.
+    pub python_poll_ms: u64,
     pub growth_timeout: Duration,
     /// Seconds per rate of the ramp (scenario 3).
     pub ramp_seconds: f64,
@@ -148,7 +153,10 @@ impl Settings {
             ),
             users: env_num("BENCH_USERS", if quick { 1000 } else { 10_000 }),
             fresh_rates: env_rates("BENCH_FRESH_RATES", if quick { "10" } else { "4,10" }),
-            fresh_seconds: env_num("BENCH_FRESH_SECONDS", if quick { 10.0 } else { 25.0 }),
+            fresh_seconds: std::env::var("BENCH_FRESH_SECONDS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .or(quick.then_some(10.0)),
             fresh_users: env_num("BENCH_FRESH_USERS", 50),
             fresh_warm: env_num("BENCH_FRESH_WARM", 3),
             growth_runs: growth_runs(quick),
@@ -157,6 +165,7 @@ impl Settings {
                 .filter_map(|kv| kv.split_once('='))
                 .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
                 .collect(),
+            python_poll_ms: env_num("BENCH_PYTHON_POLL_MS", 100),
             growth_timeout: Duration::from_secs(env_num(
                 "BENCH_GROWTH_TIMEOUT_SECS",
                 if quick { 120 } else { 420 },
@@ -174,6 +183,23 @@ impl Settings {
 
     pub fn wants(&self, phase: &str) -> bool {
         self.phases.iter().any(|p| p == phase)
+    }
+
+    /// Seconds of paced inserts at `rate` batches/s: BENCH_FRESH_SECONDS, or as long as it takes
+    /// every user to complete one rebuild cycle (REFIT_REBUILD_EVERY batches, 4 by default), so
+    /// the measured versions are continues and rebuilds in the policy's own proportion (at 4
+    /// batches/s a fixed 25 s made two batches a user, half of them rebuilds).
+    pub fn fresh_window(&self, rate: f64) -> f64 {
+        self.fresh_seconds.unwrap_or_else(|| {
+            let cycle = self
+                .refit_extra_env
+                .iter()
+                .find(|(k, _)| k == "REFIT_REBUILD_EVERY")
+                .and_then(|(_, v)| v.parse::<f64>().ok())
+                .filter(|n| *n > 0.0)
+                .unwrap_or(4.0);
+            cycle * self.fresh_users as f64 / rate
+        })
     }
 }
 

@@ -254,6 +254,11 @@ pub async fn freshness(
         freshness_ms: Summary::rounded(&m.fresh),
         freshness_from_insert_sent_ms: Summary::rounded(&m.fresh_from_send),
         freshness_from_data_until_ms: Summary::rounded(&m.fresh_data_until),
+        freshness_by_step_ms: m
+            .fresh_by_step
+            .iter()
+            .map(|(k, v)| (k.clone(), Summary::rounded(v)))
+            .collect(),
         breakdown_ms: m
             .segments
             .iter()
@@ -286,7 +291,7 @@ struct Window {
     cpu: Cpu,
 }
 
-/// `rate * 50` actuals/s for `fresh_seconds`, then up to 60 s for their events.
+/// `rate * 50` actuals/s for [`Settings::fresh_window`], then up to 60 s for their events.
 async fn paced_window(
     s: &Settings,
     db: &BenchDb,
@@ -299,23 +304,24 @@ async fn paced_window(
     let name = which.name();
     let before = collector.count();
     let inserts_per_sec = rate * THRESHOLD as f64;
+    let seconds = s.fresh_window(rate);
     let t0 = tokio::time::Instant::now() + Duration::from_millis(200);
     let pacing = Pacing {
         t0,
-        until: t0 + Duration::from_secs_f64(s.fresh_seconds),
+        until: t0 + Duration::from_secs_f64(seconds),
         tasks: 2,
         inserts_per_sec,
     };
     let load_before = loadavg();
     log(format!(
         "freshness {rate}/s, {name}: {inserts_per_sec} actuals/s for {} s",
-        s.fresh_seconds
+        seconds
     ));
     let cpu_start = procs.cpu_snap(&db.pool).await;
     let wall_start = now_unix();
     let progress = Progress::new(
         &format!("freshness {rate}/s, {name}"),
-        (rate * s.fresh_seconds).round() as usize,
+        (rate * seconds).round() as usize,
     );
     let (completions, inserted, max_lag) =
         paced_inserts(db, starts, &pacing, progress, collector, before).await?;
@@ -542,6 +548,8 @@ struct Matched<'a> {
     fresh: Vec<f64>,
     fresh_from_send: Vec<f64>,
     fresh_data_until: Vec<f64>,
+    /// Commit → event read by the policy step that made the version (`policy.step`).
+    fresh_by_step: BTreeMap<String, Vec<f64>>,
     segments: BTreeMap<&'static str, Vec<f64>>,
     events: Vec<&'a Received>,
     statuses: Vec<String>,
@@ -562,6 +570,7 @@ fn match_completions<'a>(
         fresh: Vec::new(),
         fresh_from_send: Vec::new(),
         fresh_data_until: Vec::new(),
+        fresh_by_step: BTreeMap::new(),
         segments: BTreeMap::new(),
         events: Vec::new(),
         statuses: Vec::new(),
@@ -574,6 +583,11 @@ fn match_completions<'a>(
         m.statuses
             .push(e.value["status"].as_str().unwrap_or("?").to_owned());
         m.fresh.push((e.at - c.committed) * 1e3);
+        let step = e.value["policy"]["step"].as_str().unwrap_or("none");
+        m.fresh_by_step
+            .entry(step.to_owned())
+            .or_default()
+            .push((e.at - c.committed) * 1e3);
         m.fresh_from_send.push((e.at - c.sent) * 1e3);
         if let Some(du) = e.value["data_until"]
             .as_str()

@@ -229,6 +229,10 @@ pub struct Freshness {
     pub freshness_ms: Summary,
     pub freshness_from_insert_sent_ms: Summary,
     pub freshness_from_data_until_ms: Summary,
+    /// `freshness_ms` by the policy step that made the version (continue, rebuild, fresh);
+    /// empty in results from before it was recorded.
+    #[serde(default)]
+    pub freshness_by_step_ms: BTreeMap<String, Summary>,
     /// Segments of the interval, keyed "<order>_<name>".
     pub breakdown_ms: BTreeMap<String, Summary>,
     pub steps_ms: StepSummaries,

@@ -245,6 +245,7 @@ pub fn python_proc(
 ) -> anyhow::Result<Proc> {
     let script = s.python_script.to_string_lossy().into_owned();
     let params = refit_default_params().to_string();
+    let poll_ms = s.python_poll_ms.to_string();
     let shard_args = shard.map(|(i, n, app)| {
         [
             "--shard".to_owned(),
@@ -276,7 +277,7 @@ pub fn python_proc(
         "--nthread",
         "1",
         "--poll-interval-ms",
-        "100",
+        &poll_ms,
     ];
     args.extend(shard_args.iter().flatten().map(String::as_str));
     Proc::spawn("python", python, &args, &[], log_path)

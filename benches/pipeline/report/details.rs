@@ -268,6 +268,18 @@ fn freshness_table(o: &mut String, runs: &[&Freshness], py_runs: &[&Freshness]) 
     interval_row(o, "refit: INSERT sent → event read", &sent);
     let until = of(runs, |r| &r.freshness_from_data_until_ms);
     interval_row(o, "refit: data_until (trigger time) → event read", &until);
+    for step in runs[0].freshness_by_step_ms.keys() {
+        let by_step: Vec<&Summary> = runs
+            .iter()
+            .filter_map(|r| r.freshness_by_step_ms.get(step))
+            .collect();
+        let n = by_step.first().map_or(0, |s| s.n);
+        interval_row(
+            o,
+            &format!("refit: commit → event read, {step} versions ({n} in the first run)"),
+            &by_step,
+        );
+    }
     for k in runs[0].breakdown_ms.keys() {
         let segment: Vec<&Summary> = runs.iter().filter_map(|r| r.breakdown_ms.get(k)).collect();
         interval_row(o, &format!("refit: {}", &k[2..]), &segment);
