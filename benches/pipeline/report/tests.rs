@@ -203,3 +203,26 @@ fn steady_section_states_cpu_against_xgboost() {
     let back: Results = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
     assert_eq!(crate::report::summarize(&back), o);
 }
+
+#[test]
+fn freshness_shows_continues_and_rebuilds_apart() {
+    let mut results: Results = serde_json::from_str(include_str!("testdata/results.json")).unwrap();
+    let runs = results.freshness.as_mut().unwrap();
+    for (i, run) in runs.iter_mut().enumerate() {
+        let slower = i as f64;
+        run.freshness_by_step_ms = [
+            ("continue".to_owned(), summary(15.0 + slower, 25.0)),
+            ("rebuild".to_owned(), summary(24.0 + slower, 35.0)),
+        ]
+        .into();
+    }
+    let mut o = String::new();
+    crate::report::details::freshness(&mut o, &results);
+    assert!(
+        o.contains("| refit: commit → event read, continue versions (10 in the first run) | 15.0"),
+        "{o}"
+    );
+    assert!(
+        o.contains("| refit: commit → event read, rebuild versions (10 in the first run) | 24.0")
+    );
+}
