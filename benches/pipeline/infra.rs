@@ -41,11 +41,13 @@ pub fn parse_ts(s: &str) -> Option<f64> {
         .map(|t| t.timestamp_micros() as f64 / 1e6)
 }
 
-fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
+/// The variable `name` parsed, if it is set and parses.
+fn env_opt<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+pub(crate) fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
+    env_opt(name).unwrap_or(default)
 }
 
 /// Everything a run can be told through the environment (see BENCHMARKS.md).
@@ -153,10 +155,7 @@ impl Settings {
             ),
             users: env_num("BENCH_USERS", if quick { 1000 } else { 10_000 }),
             fresh_rates: env_rates("BENCH_FRESH_RATES", if quick { "10" } else { "4,10" }),
-            fresh_seconds: std::env::var("BENCH_FRESH_SECONDS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .or(quick.then_some(10.0)),
+            fresh_seconds: env_opt("BENCH_FRESH_SECONDS").or(quick.then_some(10.0)),
             fresh_users: env_num("BENCH_FRESH_USERS", 50),
             fresh_warm: env_num("BENCH_FRESH_WARM", 3),
             growth_runs: growth_runs(quick),

@@ -582,12 +582,13 @@ fn match_completions<'a>(
         m.events.push(*e);
         m.statuses
             .push(e.value["status"].as_str().unwrap_or("?").to_owned());
-        m.fresh.push((e.at - c.committed) * 1e3);
+        let fresh = (e.at - c.committed) * 1e3;
+        m.fresh.push(fresh);
         let step = e.value["policy"]["step"].as_str().unwrap_or("none");
         m.fresh_by_step
             .entry(step.to_owned())
             .or_default()
-            .push((e.at - c.committed) * 1e3);
+            .push(fresh);
         m.fresh_from_send.push((e.at - c.sent) * 1e3);
         if let Some(du) = e.value["data_until"]
             .as_str()

@@ -32,8 +32,8 @@ use anyhow::Context;
 use sqlx::Row;
 
 use crate::infra::{
-    cpu_delta, cpu_snap, free_port, http_get, loadavg, now_unix, refit_config, refit_env, BenchDb,
-    Collector, CpuSnap, LogIndex, Proc, Settings, REFIT_BIN,
+    cpu_delta, cpu_snap, env_num, free_port, http_get, loadavg, now_unix, refit_config, refit_env,
+    BenchDb, Collector, CpuSnap, LogIndex, Proc, Settings, REFIT_BIN,
 };
 use crate::phases::{blocking, count_by, log, memory_of, THRESHOLD};
 use crate::results::{
@@ -66,13 +66,6 @@ const POLICY_KEYS: [&str; 16] = [
     "REFIT_MAX_CONCURRENT_RETRAINS",
     "REFIT_MODEL_CACHE_MB",
 ];
-
-fn env_num<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(default)
-}
 
 /// BENCH_STEADY_USERS, BENCH_STEADY_HISTORY (rounded down to whole batches), BENCH_STEADY_ROUNDS.
 struct Knobs {

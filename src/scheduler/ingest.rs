@@ -149,7 +149,7 @@ impl Watch {
             self.cursor = None; // another replica is ingesting: more may be coming
             return Ok(1);
         };
-        let found = done.queued + done.set_aside;
+        let found = (done.queued + done.set_aside).max(0) as u64;
         if found > 0 {
             debug!(
                 queued = done.queued,
@@ -164,8 +164,8 @@ impl Watch {
                 "actuals set aside: user id over 1000 bytes (refit_unconsumable_actuals)"
             );
         }
-        self.after(found.max(0) as u64, done.cursor);
-        Ok(found.max(0) as u64)
+        self.after(found, done.cursor);
+        Ok(found)
     }
 
     /// Keeps the cursor of an ingest that found `found` actuals to probe with, unless the stream
