@@ -76,8 +76,11 @@ pub(crate) struct Outbox {
 #[derive(Debug, Clone)]
 pub(crate) struct Committed {
     pub(crate) user_id: String,
+    pub(crate) retrain_id: Uuid,
     pub(crate) event_id: Uuid,
     pub(crate) commit_ms: f64,
+    /// The commit recorded an invalidation (serving's model changed), not only an announcement.
+    pub(crate) invalidates: bool,
     /// Set by the invalidation stage when it invalidated this retrain's version.
     pub(crate) invalidate_ms: Option<f64>,
 }
@@ -185,27 +188,67 @@ impl Outbox {
         mut queue: mpsc::UnboundedReceiver<Committed>,
         next: mpsc::UnboundedSender<Committed>,
     ) {
-        while let Some(batch) = next_pass(&mut queue).await {
-            let mut invalidate_ms = HashMap::new();
+        while let Some(mut batch) = next_pass(&mut queue).await {
             // While Redis is known to be down, the sweep carries invalidations out.
             if self.redis_healthy() {
-                let users = users_of(&batch);
-                let mut result = Delivered::default();
-                if let Err(e) = self
-                    .invalidate(&users, &mut invalidate_ms, &mut result)
-                    .await
-                {
-                    warn!(
-                        users = users.len(),
-                        error = format!("{e:#}"),
-                        "cache invalidation failed; the sweep retries"
-                    );
-                }
+                self.invalidate_committed(&mut batch).await;
             }
-            for mut committed in batch {
-                committed.invalidate_ms = invalidate_ms.get(&committed.event_id).copied();
+            for committed in batch {
                 let _ = next.send(committed);
             }
+        }
+    }
+
+    /// Deletes the cache keys of the pass's retrains that changed serving, in one pipeline, then
+    /// marks those invalidations done in one statement. Neither needs the outbox lock or a read
+    /// (two statements and a transaction fewer than the sweep's way): a retrain's invalidation
+    /// is its user's key, and a second `DEL` of it (by the sweep) is harmless. On failure the
+    /// entries stay undone, so their announcements wait, and the sweep takes them after the fast
+    /// path's grace.
+    async fn invalidate_committed(&self, batch: &mut [Committed]) {
+        let due: Vec<(String, Uuid)> = batch
+            .iter()
+            .filter(|c| c.invalidates)
+            .map(|c| (c.user_id.clone(), c.event_id))
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let user_ids: Vec<&str> = due.iter().map(|(user, _)| user.as_str()).collect();
+        let outcome = self.cache.invalidate_many(&user_ids).await;
+        crate::faults::point("after_invalidate");
+        let ms = elapsed_ms(started);
+        self.redis_healthy.store(outcome.is_ok(), Ordering::Relaxed);
+        let keys = match outcome {
+            Ok(keys) => keys,
+            Err(e) => {
+                warn!(
+                    users = due.len(),
+                    error = format!("{e:#}"),
+                    "cache invalidation failed; the sweep retries"
+                );
+                return;
+            }
+        };
+        for (committed, key) in batch.iter_mut().filter(|c| c.invalidates).zip(&keys) {
+            committed.invalidate_ms = Some(ms);
+            self.metrics.observe_step("invalidate", ms);
+            info!(
+                step = "invalidate", retrain_id = %committed.retrain_id, user_id = %committed.user_id,
+                key = %key, duration_ms = ms, batch = due.len(), "cache invalidated"
+            );
+        }
+        let events: Vec<Uuid> = due.iter().map(|(_, event)| *event).collect();
+        let marked =
+            store::outbox::invalidations_done(&self.pool, &user_ids, &events, self.keep_delivered)
+                .await;
+        if let Err(e) = marked {
+            warn!(
+                invalidations = events.len(),
+                error = format!("{e:#}"),
+                "could not mark cache invalidations done; the sweep deletes the keys again"
+            );
         }
     }
 

@@ -631,8 +631,8 @@ impl Retrainer {
         self.after_version_commit(attempt, head, committed).await
     }
 
-    /// After a version's commit: the live-error metric, the kept model, the commit's metrics and
-    /// logs, the fast path, pruning.
+    /// After a version's commit: the fast path, the live-error metric, the kept model, the
+    /// commit's metrics and logs, pruning.
     async fn after_version_commit(
         &self,
         attempt: &Attempt<'_>,
@@ -651,6 +651,8 @@ impl Retrainer {
             reason,
             active_after,
         } = verdict;
+        // The side effects first: nothing below is on the way to serving's new model.
+        self.after_commit(attempt, commit_ms, active_after != head.active_version);
         if let Some(live) = c.result.live {
             self.metrics
                 .observe_live(live.mae, mean_abs(&c.batch.labels));
@@ -676,7 +678,6 @@ impl Retrainer {
         if let Some(reason) = &reason {
             warn!(retrain_id = %attempt.retrain_id, user_id, model_version = version, reason = %reason, "version rejected by the validation gate; serving unchanged");
         }
-        self.after_commit(user_id, attempt.event_id, commit_ms);
         self.prune(user_id, version).await;
         Ok(match reason {
             Some(reason) => Outcome::Rejected { version, reason },
@@ -740,7 +741,7 @@ impl Retrainer {
         .await?;
         let started = Instant::now();
         tx.commit().await?;
-        self.after_commit(user_id, attempt.event_id, elapsed_ms(started));
+        self.after_commit(attempt, elapsed_ms(started), false);
         Ok(Outcome::Failed {
             version,
             reason: failure.reason,
@@ -748,11 +749,13 @@ impl Retrainer {
     }
 
     /// Hands what the commit put in the user's outbox to the fast path.
-    fn after_commit(&self, user_id: &str, event_id: Uuid, commit_ms: f64) {
+    fn after_commit(&self, attempt: &Attempt<'_>, commit_ms: f64, invalidates: bool) {
         self.outbox.deliver_soon(Committed {
-            user_id: user_id.to_owned(),
-            event_id,
+            user_id: attempt.user_id.to_owned(),
+            retrain_id: attempt.retrain_id,
+            event_id: attempt.event_id,
             commit_ms,
+            invalidates,
             invalidate_ms: None,
         });
     }

@@ -128,6 +128,37 @@ pub(crate) async fn lock_outboxes(
     Ok((locked, entries))
 }
 
+pub const INVALIDATIONS_DONE: &str =
+    "WITH settings AS MATERIALIZED (SELECT set_config('synchronous_commit', 'off', true)),
+          deleted AS (
+             DELETE FROM refit_outbox o USING settings
+              WHERE NOT $3 AND o.user_id = ANY($1) AND o.event_id = ANY($2)
+                AND o.kind = 'invalidate' AND o.done_at IS NULL
+         )
+         UPDATE refit_outbox o SET done_at = clock_timestamp(), attempts = o.attempts + 1
+           FROM settings
+          WHERE $3 AND o.user_id = ANY($1) AND o.event_id = ANY($2)
+            AND o.kind = 'invalidate' AND o.done_at IS NULL";
+
+/// Marks the invalidations of these events delivered, by the fast path, which deletes cache keys
+/// without taking the outbox lock (a second `DEL` of a key by the sweep is harmless), in one
+/// statement of its own with an asynchronous commit: a mark lost in a crash only means one more
+/// `DEL`. Deleted, or kept and stamped `done_at` when `keep` (as [`outbox_done`]).
+pub(crate) async fn invalidations_done(
+    pool: &PgPool,
+    users: &[&str],
+    event_ids: &[Uuid],
+    keep: bool,
+) -> sqlx::Result<()> {
+    query(INVALIDATIONS_DONE)
+        .bind(users)
+        .bind(event_ids)
+        .bind(keep)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
 pub const OUTBOX_DONE: &str = "WITH deleted AS (
              DELETE FROM refit_outbox o USING unnest($1::bigint[]) AS d(id)
               WHERE o.id = d.id AND (NOT $2 OR o.payload ? 'erase')

@@ -127,6 +127,16 @@ fn statements() -> Vec<Statement> {
         statement("outbox: lock and read", READ_OUTBOXES, |q| {
             q.bind(vec![USER.to_owned()]).bind("announce")
         }),
+        statement(
+            "outbox: invalidations done (deleted)",
+            INVALIDATIONS_DONE,
+            |q| q.bind(vec![USER]).bind(vec![Uuid::nil()]).bind(false),
+        ),
+        statement(
+            "outbox: invalidations done (kept)",
+            INVALIDATIONS_DONE,
+            |q| q.bind(vec![USER]).bind(vec![Uuid::nil()]).bind(true),
+        ),
         statement("outbox: done (deleted)", OUTBOX_DONE, |q| {
             q.bind(vec![1_i64, 2]).bind(false)
         }),
