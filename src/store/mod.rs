@@ -133,12 +133,27 @@ fn session_options(
 }
 
 /// Opens `pool` with `options`, waiting at most 10 s for a session.
+/// A pooled session idle for longer than this is pinged before it is handed out, in case the
+/// server went away meanwhile. One used more recently is not: sqlx pinged it when it came back to
+/// the pool, and a ping on every checkout is a round trip on every retrain's and every delivery's
+/// way (a failed statement on a dead session is an error its caller already handles).
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 async fn open(
     pool: PgPoolOptions,
     options: PgConnectOptions,
     url: &Secret,
 ) -> anyhow::Result<PgPool> {
     pool.acquire_timeout(Duration::from_secs(10))
+        .test_before_acquire(false)
+        .before_acquire(|session, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE_FOR {
+                    sqlx::Connection::ping(session).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options)
         .await
         .with_context(|| format!("cannot connect to PostgreSQL at {url}"))
