@@ -94,6 +94,11 @@ async fn run(s: Settings) -> anyhow::Result<()> {
         s: &s,
     };
     run.results.redis_floor = Some(phases::redis_floor(&s).await.context("Redis DEL floor")?);
+    run.results.round_trips = Some(
+        phases::round_trip_floors(&s)
+            .await
+            .context("Kafka and PostgreSQL round trips")?,
+    );
     run.save();
     for phase in PHASES {
         if !s.wants(phase) {

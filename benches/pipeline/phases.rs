@@ -11,7 +11,8 @@ use serde_json::{json, Value};
 
 use crate::results::{
     finite, Cpu, Freshness, Growth, GrowthRun, GrowthSummary, GrowthVersion, Logs, Memory,
-    PythonSteps, RedisFloor, Round, StepSummaries, Throughput, ThroughputSteps, VersionBrief,
+    PythonSteps, RedisFloor, Round, RoundTrips, StepSummaries, Throughput, ThroughputSteps,
+    VersionBrief,
 };
 use refit_testkit::MemoryRecord;
 use sqlx::Row;
@@ -187,6 +188,69 @@ pub async fn redis_floor(s: &Settings) -> anyhow::Result<RedisFloor> {
     Ok(RedisFloor {
         del: Summary::rounded(&times[100..]),
     })
+}
+
+/// How many paced calls each round-trip floor makes, and how many of the first it leaves out.
+const FLOOR_CALLS: usize = 300;
+const FLOOR_WARMUP: usize = 50;
+
+/// The pause between two paced calls: the service makes its calls a few at a time, with its
+/// threads idle in between, not back to back.
+const FLOOR_PAUSE: Duration = Duration::from_millis(10);
+
+/// The round trips under refit's freshness, measured from the bench process one call at a time:
+/// a produce to the broker until its acknowledgement (with refit's producer settings), and a
+/// `SELECT 1` through sqlx.
+pub async fn round_trip_floors(s: &Settings) -> anyhow::Result<RoundTrips> {
+    Ok(RoundTrips {
+        kafka_ack: kafka_ack_floor(s).await?,
+        postgres_select: postgres_floor(s).await?,
+    })
+}
+
+async fn kafka_ack_floor(s: &Settings) -> anyhow::Result<Summary> {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let topic = format!("bench-floor-{}", s.run_id);
+    crate::infra::create_topic(&s.brokers, &topic, 1).await?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &s.brokers)
+        .set("linger.ms", "0")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("log_level", "3")
+        .create()?;
+    let mut times = Vec::with_capacity(FLOOR_CALLS);
+    for i in 0..FLOOR_CALLS {
+        let value = format!("{{\"floor\":{i}}}");
+        let started = Instant::now();
+        producer
+            .send(
+                FutureRecord::to(&topic).key("floor").payload(&value),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("produce to {topic}: {e}"))?;
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+        tokio::time::sleep(FLOOR_PAUSE).await;
+    }
+    Ok(Summary::rounded(&times[FLOOR_WARMUP..]))
+}
+
+async fn postgres_floor(s: &Settings) -> anyhow::Result<Summary> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&s.admin_url)
+        .await?;
+    let mut times = Vec::with_capacity(FLOOR_CALLS);
+    for _ in 0..FLOOR_CALLS {
+        let started = Instant::now();
+        let _: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&pool).await?;
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+        tokio::time::sleep(FLOOR_PAUSE).await;
+    }
+    pool.close().await;
+    Ok(Summary::rounded(&times[FLOOR_WARMUP..]))
 }
 
 // ------------------------------------------------------------------------------------------------

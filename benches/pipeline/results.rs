@@ -60,6 +60,8 @@ pub struct Results {
     pub bench_env: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_floor: Option<RedisFloor>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round_trips: Option<RoundTrips>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub floor: Option<Floor>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -112,6 +114,15 @@ pub struct Git {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RedisFloor {
     pub del: Summary,
+}
+
+/// Round trips from the bench process itself, one paced call at a time (ms).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoundTrips {
+    /// A produce until the broker's acknowledgement (acks=all, idempotent, no linger).
+    pub kafka_ack: Summary,
+    /// `SELECT 1` through sqlx.
+    pub postgres_select: Summary,
 }
 
 /// The same XGBoost update through the C API alone; the last repeat, with every repeat.

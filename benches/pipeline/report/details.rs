@@ -339,6 +339,14 @@ pub(crate) fn per_step(o: &mut String, r: &Results) {
         "\nRedis DEL from the bench process itself (the floor): {} ms (p50 / p99).",
         pp(r.redis_floor.as_ref().map(|f| &f.del))
     );
+    if let Some(rt) = &r.round_trips {
+        let _ = writeln!(
+            o,
+            "From the bench process, one call every 10 ms: a produce to the broker until its acknowledgement (refit's producer settings) {} ms, a PostgreSQL `SELECT 1` {} ms (p50 / p99).",
+            pp(Some(&rt.kafka_ack)),
+            pp(Some(&rt.postgres_select))
+        );
+    }
     let _ = writeln!(o, "refit's `read` is the pending-rows query inside the retrain transaction; `train` spans load + boost + save + validation scoring; `commit` is insert version, consume rows, outbox, COMMIT; `invalidate` is the DEL inside the outbox delivery; `announce` is produce → broker ack. Python's `read` is loading the user's latest model row (its actuals were read by the poll).");
 }
 

@@ -226,3 +226,25 @@ fn freshness_shows_continues_and_rebuilds_apart() {
         o.contains("| refit: commit → event read, rebuild versions (10 in the first run) | 24.0")
     );
 }
+
+#[test]
+fn per_step_shows_the_round_trip_floors_when_measured() {
+    let mut r = Results {
+        steps: Some(vec![steps_entry(100, 1, 1.0)]),
+        ..Default::default()
+    };
+    let mut o = String::new();
+    crate::report::details::per_step(&mut o, &r);
+    assert!(!o.contains("until its acknowledgement"), "{o}");
+    r.round_trips = Some(RoundTrips {
+        kafka_ack: summary(0.91, 2.5),
+        postgres_select: summary(0.12, 0.31),
+    });
+    let mut o = String::new();
+    crate::report::details::per_step(&mut o, &r);
+    assert!(
+        o.contains("until its acknowledgement (refit's producer settings) 0.91 / 2.50 ms"),
+        "{o}"
+    );
+    assert!(o.contains("`SELECT 1` 0.12 / 0.31 ms"), "{o}");
+}
