@@ -4,21 +4,24 @@
 //! commit (the fast path) and, for anything left over (a crash, Redis or Kafka down), by the
 //! periodic sweep, with exponential back-off. Delivery is at least once.
 //!
-//! The fast path is two tasks per process, fed by channels: the first takes every user whose
-//! retrain committed since its last pass and deletes their cache keys in one Redis pipeline, then
-//! hands them to the second, which produces all their events at once and awaits the
-//! acknowledgements together; each marks its entries done with one statement — deleting them:
-//! nothing reads a delivered entry, so the outbox holds only what is still to do (unless
-//! `REFIT_OUTBOX_RETENTION_SECS` keeps delivered entries for a while). Under load a pass
-//! costs a few round trips for many retrains; when idle a pass holds one user and starts as soon
-//! as the commit returns. A slow broker holds up only the second task: invalidations go on.
+//! The fast path is two tasks per process, fed by channels, both handed each commit at once. The
+//! first takes every retrain that committed since its last pass, deletes their cache keys in one
+//! Redis pipeline and marks those invalidations done in one statement (no lock: every
+//! invalidation of a user deletes the same key, and a second `DEL` is harmless), then tells the
+//! second how it went. The second meanwhile locks and reads the same users' announcements, waits
+//! for that word, produces all their events at once and awaits the acknowledgements together,
+//! then marks them done. Marking deletes: nothing reads a delivered entry, so the outbox holds
+//! only what is still to do (unless `REFIT_OUTBOX_RETENTION_SECS` keeps delivered entries for a
+//! while). Under load a pass costs a few round trips for many retrains; when idle a pass holds
+//! one user and starts as soon as the commit returns, and the announcements' lock and read
+//! overlap the `DEL`. A slow broker holds up only the second task: invalidations go on.
 //!
-//! Order, per user: invalidations in id order, announcements in id order, and an announcement
-//! only after its own version's invalidation (an event means "serving will load the new model").
-//! Each kind of a user's outbox is delivered by one task at a time (an advisory lock per user and
-//! kind, across all replicas), so invalidations never wait for a slow or unreachable broker, and
-//! a user's events go to the broker in order (key = user id: one partition, and the idempotent
-//! producer keeps the order it was given).
+//! Order, per user: announcements in id order, and an announcement only after its own version's
+//! invalidation is done and marked (an event means "serving will load the new model"). Each kind
+//! of a user's outbox is delivered by one task at a time (an advisory lock per user and kind,
+//! across all replicas; the fast path's invalidations need none, as above), so invalidations
+//! never wait for a slow or unreachable broker, and a user's events go to the broker in order
+//! (key = user id: one partition, and the idempotent producer keeps the order it was given).
 //!
 //! When a system fails, it is marked unhealthy: the fast path then leaves its entries to the
 //! sweep, so an outage never slows retrains down; the sweep's next success marks it healthy.
@@ -33,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use sqlx::{PgPool, Postgres, Transaction};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 use uuid::Uuid;
 
@@ -65,8 +68,8 @@ pub(crate) struct Outbox {
     redis_healthy: AtomicBool,
     /// False after a failed announcement until one succeeds again.
     kafka_healthy: AtomicBool,
-    /// The fast path's queue; `None` until first used and after [`Outbox::drain`].
-    fast_path: std::sync::Mutex<Option<mpsc::UnboundedSender<Committed>>>,
+    /// The fast path's queues; `None` until first used and after [`Outbox::drain`].
+    fast_path: std::sync::Mutex<Option<FastPath>>,
     /// The fast-path task, waited for at shutdown.
     tasks: tokio_util::task::TaskTracker,
 }
@@ -81,8 +84,63 @@ pub(crate) struct Committed {
     pub(crate) commit_ms: f64,
     /// The commit recorded an invalidation (serving's model changed), not only an announcement.
     pub(crate) invalidates: bool,
-    /// Set by the invalidation stage when it invalidated this retrain's version.
-    pub(crate) invalidate_ms: Option<f64>,
+}
+
+/// How the first stage tells the second that an event's invalidation is carried out (`DEL` done
+/// and marked): the time the `DEL` took, or `None` when it was not (left to the sweep).
+type InvalidationOutcome = Option<f64>;
+
+/// A retrain's invalidation, for the fast path's first stage.
+struct ToInvalidate {
+    committed: Committed,
+    outcome: oneshot::Sender<InvalidationOutcome>,
+}
+
+/// A retrain's announcement, for the fast path's second stage; with the first stage's word on
+/// its invalidation, when it has one.
+struct ToAnnounce {
+    committed: Committed,
+    invalidation: Option<oneshot::Receiver<InvalidationOutcome>>,
+}
+
+/// What an announcement knows of its own event's invalidation besides the outbox's rows.
+enum Invalidation {
+    /// Carried out; the time its `DEL` took.
+    Done(f64),
+    /// Being carried out by the fast path's first stage: its word, awaited once the outbox is
+    /// locked and read, so that the read overlaps the `DEL`.
+    Awaited(oneshot::Receiver<InvalidationOutcome>),
+}
+
+/// The fast path's two queues.
+struct FastPath {
+    invalidations: mpsc::UnboundedSender<ToInvalidate>,
+    announcements: mpsc::UnboundedSender<ToAnnounce>,
+}
+
+impl FastPath {
+    /// Queues both stages' parts of a retrain; gives it back if the stages are gone.
+    fn send(&self, committed: Committed) -> Result<(), Committed> {
+        let (to_invalidate, invalidation) = match committed.invalidates {
+            true => {
+                let (outcome, invalidation) = oneshot::channel();
+                let part = ToInvalidate {
+                    committed: committed.clone(),
+                    outcome,
+                };
+                (Some(part), Some(invalidation))
+            }
+            false => (None, None),
+        };
+        if let Some(part) = to_invalidate {
+            self.invalidations.send(part).map_err(|e| e.0.committed)?;
+        }
+        let part = ToAnnounce {
+            committed,
+            invalidation,
+        };
+        self.announcements.send(part).map_err(|e| e.0.committed)
+    }
 }
 
 /// What one delivery pass did.
@@ -152,23 +210,33 @@ impl Outbox {
     }
 
     /// Hands a committed retrain's side effects to the fast path (started on first use).
+    ///
+    /// The two stages start together: while the first deletes the cache key, the second locks
+    /// and reads the user's announcements, then waits for the first's word before it publishes.
     pub(crate) fn deliver_soon(self: &Arc<Self>, committed: Committed) {
         let mut slot = self.fast_path.lock().expect("not poisoned");
         let committed = match slot.as_ref() {
-            Some(queue) => match queue.send(committed) {
+            Some(queues) => match queues.send(committed) {
                 Ok(()) => return,
                 // The tasks ended (their runtime stopped): start others.
-                Err(mpsc::error::SendError(committed)) => committed,
+                Err(committed) => committed,
             },
             None => committed,
         };
-        let (queue, invalidations) = mpsc::unbounded_channel();
+        let (to_invalidate, invalidations) = mpsc::unbounded_channel();
         let (to_announce, announcements) = mpsc::unbounded_channel();
-        queue.send(committed).expect("the receiver is right here");
-        *slot = Some(queue);
+        let queues = FastPath {
+            invalidations: to_invalidate,
+            announcements: to_announce,
+        };
+        queues
+            .send(committed)
+            .map_err(|_| ())
+            .expect("the receivers are right here");
+        *slot = Some(queues);
         let outbox = self.clone();
         self.tasks
-            .spawn(async move { outbox.invalidation_stage(invalidations, to_announce).await });
+            .spawn(async move { outbox.invalidation_stage(invalidations).await });
         let outbox = self.clone();
         self.tasks
             .spawn(async move { outbox.announcement_stage(announcements).await });
@@ -182,40 +250,31 @@ impl Outbox {
         self.tasks.reopen();
     }
 
-    /// The fast path's first task: invalidations, then on to the second.
-    async fn invalidation_stage(
-        &self,
-        mut queue: mpsc::UnboundedReceiver<Committed>,
-        next: mpsc::UnboundedSender<Committed>,
-    ) {
-        while let Some(mut batch) = next_pass(&mut queue).await {
-            // While Redis is known to be down, the sweep carries invalidations out.
-            if self.redis_healthy() {
-                self.invalidate_committed(&mut batch).await;
+    /// The fast path's first task: invalidations, each outcome told to the second.
+    async fn invalidation_stage(&self, mut queue: mpsc::UnboundedReceiver<ToInvalidate>) {
+        while let Some(pass) = next_pass(&mut queue).await {
+            // While Redis is known to be down, the sweep carries invalidations out (a dropped
+            // outcome tells the second stage so).
+            if !self.redis_healthy() {
+                continue;
             }
-            for committed in batch {
-                let _ = next.send(committed);
+            let committed: Vec<&Committed> = pass.iter().map(|p| &p.committed).collect();
+            let outcome = self.invalidate_committed(&committed).await;
+            for part in pass {
+                let _ = part.outcome.send(outcome);
             }
         }
     }
 
-    /// Deletes the cache keys of the pass's retrains that changed serving, in one pipeline, then
-    /// marks those invalidations done in one statement. Neither needs the outbox lock or a read
-    /// (two statements and a transaction fewer than the sweep's way): a retrain's invalidation
-    /// is its user's key, and a second `DEL` of it (by the sweep) is harmless. On failure the
-    /// entries stay undone, so their announcements wait, and the sweep takes them after the fast
-    /// path's grace.
-    async fn invalidate_committed(&self, batch: &mut [Committed]) {
-        let due: Vec<(String, Uuid)> = batch
-            .iter()
-            .filter(|c| c.invalidates)
-            .map(|c| (c.user_id.clone(), c.event_id))
-            .collect();
-        if due.is_empty() {
-            return;
-        }
+    /// Deletes the cache keys of the pass's retrains in one pipeline, then marks those
+    /// invalidations done in one statement; returns the time the `DEL`s took. Neither needs the
+    /// outbox lock or a read (two statements and a transaction fewer than the sweep's way): a
+    /// retrain's invalidation is its user's key, and a second `DEL` of it (by the sweep) is
+    /// harmless. On failure the entries stay undone, so their announcements wait, and the sweep
+    /// takes them after the fast path's grace.
+    async fn invalidate_committed(&self, pass: &[&Committed]) -> InvalidationOutcome {
         let started = Instant::now();
-        let user_ids: Vec<&str> = due.iter().map(|(user, _)| user.as_str()).collect();
+        let user_ids: Vec<&str> = pass.iter().map(|c| c.user_id.as_str()).collect();
         let outcome = self.cache.invalidate_many(&user_ids).await;
         crate::faults::point("after_invalidate");
         let ms = elapsed_ms(started);
@@ -224,50 +283,61 @@ impl Outbox {
             Ok(keys) => keys,
             Err(e) => {
                 warn!(
-                    users = due.len(),
+                    users = pass.len(),
                     error = format!("{e:#}"),
                     "cache invalidation failed; the sweep retries"
                 );
-                return;
+                return None;
             }
         };
-        for (committed, key) in batch.iter_mut().filter(|c| c.invalidates).zip(&keys) {
-            committed.invalidate_ms = Some(ms);
+        for (committed, key) in pass.iter().zip(&keys) {
             self.metrics.observe_step("invalidate", ms);
             info!(
                 step = "invalidate", retrain_id = %committed.retrain_id, user_id = %committed.user_id,
-                key = %key, duration_ms = ms, batch = due.len(), "cache invalidated"
+                key = %key, duration_ms = ms, batch = pass.len(), "cache invalidated"
             );
         }
-        let events: Vec<Uuid> = due.iter().map(|(_, event)| *event).collect();
+        let events: Vec<Uuid> = pass.iter().map(|c| c.event_id).collect();
         let marked =
             store::outbox::invalidations_done(&self.pool, &user_ids, &events, self.keep_delivered)
                 .await;
-        if let Err(e) = marked {
-            warn!(
-                invalidations = events.len(),
-                error = format!("{e:#}"),
-                "could not mark cache invalidations done; the sweep deletes the keys again"
-            );
+        match marked {
+            Ok(()) => Some(ms),
+            Err(e) => {
+                // Announcements wait for a marked invalidation: the sweep redoes both.
+                warn!(
+                    invalidations = events.len(),
+                    error = format!("{e:#}"),
+                    "could not mark cache invalidations done; the sweep deletes the keys again"
+                );
+                None
+            }
         }
     }
 
     /// The fast path's second task: announcements.
-    async fn announcement_stage(&self, mut queue: mpsc::UnboundedReceiver<Committed>) {
-        while let Some(batch) = next_pass(&mut queue).await {
+    async fn announcement_stage(&self, mut queue: mpsc::UnboundedReceiver<ToAnnounce>) {
+        while let Some(pass) = next_pass(&mut queue).await {
             // While Kafka is known to be down, the sweep carries announcements out.
             if !self.kafka_healthy() {
                 continue;
             }
-            let users = users_of(&batch);
-            let commit_ms = batch.iter().map(|c| (c.event_id, c.commit_ms)).collect();
-            let invalidate_ms = batch
+            let committed: Vec<&Committed> = pass.iter().map(|p| &p.committed).collect();
+            let users = users_of(&committed);
+            let commit_ms = committed
                 .iter()
-                .filter_map(|c| Some((c.event_id, c.invalidate_ms?)))
+                .map(|c| (c.event_id, c.commit_ms))
+                .collect();
+            let invalidations = pass
+                .into_iter()
+                .filter_map(|p| {
+                    let invalidation = Invalidation::Awaited(p.invalidation?);
+                    Some((p.committed.event_id, invalidation))
+                })
                 .collect();
             let mut result = Delivered::default();
             if let Err(e) = self
-                .announce(&users, &commit_ms, &invalidate_ms, &mut result)
+                .announce(&users, &commit_ms, invalidations, &mut result)
                 .await
             {
                 warn!(
@@ -299,14 +369,17 @@ impl Outbox {
                 .await?;
         }
         if !skip.kafka {
-            self.announce(users, commit_ms, &invalidate_ms, &mut result)
+            let invalidations = invalidate_ms
+                .into_iter()
+                .map(|(event, ms)| (event, Invalidation::Done(ms)))
+                .collect();
+            self.announce(users, commit_ms, invalidations, &mut result)
                 .await?;
         }
         Ok(result)
     }
 
-    /// Locks one kind of the users' outboxes and returns the entries to deliver now: each user's
-    /// entries in order up to the first that is not due or waits for its invalidation.
+    /// Locks one kind of the users' outboxes and returns their undone entries in order.
     async fn lock(
         &self,
         tx: &mut Transaction<'static, Postgres>,
@@ -316,17 +389,7 @@ impl Outbox {
     ) -> anyhow::Result<Vec<OutboxEntry>> {
         let (locked, entries) = store::outbox::lock_outboxes(tx, users, kind).await?;
         result.busy |= locked.len() < users.len();
-        let mut stopped = HashSet::new();
-        Ok(entries
-            .into_iter()
-            .filter(|e| {
-                if stopped.contains(&e.user_id) || !e.due || e.waiting {
-                    stopped.insert(e.user_id.clone());
-                    return false;
-                }
-                true
-            })
-            .collect())
+        Ok(entries)
     }
 
     /// The invalidations: one pipeline of `DEL`s for all of them.
@@ -337,9 +400,10 @@ impl Outbox {
         result: &mut Delivered,
     ) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
-        let due = self
+        let locked = self
             .lock(&mut tx, users, OutboxKind::Invalidate, result)
             .await?;
+        let due = due_now(locked, &HashMap::new());
         if due.is_empty() {
             tx.commit().await?;
             return Ok(());
@@ -381,17 +445,22 @@ impl Outbox {
     /// together. A user's own events go one after the other, each after the previous one's
     /// acknowledgement, and stop at the first that fails (so none overtakes it); one the broker
     /// can never accept is dead-lettered instead, and the user's next ones follow.
+    ///
+    /// `invalidations` are what the caller knows of some events' invalidations beyond the rows
+    /// read: an announcement waits for its own invalidation, unless it is known to be carried out.
     async fn announce(
         &self,
         users: &[String],
         commit_ms: &HashMap<Uuid, f64>,
-        invalidate_ms: &HashMap<Uuid, f64>,
+        invalidations: HashMap<Uuid, Invalidation>,
         result: &mut Delivered,
     ) -> anyhow::Result<()> {
         let mut tx = self.pool.begin().await?;
-        let due = self
+        let locked = self
             .lock(&mut tx, users, OutboxKind::Announce, result)
             .await?;
+        let invalidate_ms = carried_out(invalidations).await;
+        let due = due_now(locked, &invalidate_ms);
         if due.is_empty() {
             tx.commit().await?;
             return Ok(());
@@ -400,7 +469,7 @@ impl Outbox {
         // broker is slow, another replica takes over these users' events: these copies must not
         // go out after theirs, so what is still queued is purged.
         let outcomes = tokio::select! {
-            outcomes = self.publish_per_user(&due, commit_ms, invalidate_ms) => outcomes,
+            outcomes = self.publish_per_user(&due, commit_ms, &invalidate_ms) => outcomes,
             () = connection_lost(&mut tx) => {
                 self.events.purge_queued();
                 anyhow::bail!("lost the outbox lock while publishing {} events; queued events purged", due.len());
@@ -609,8 +678,43 @@ impl Outbox {
     }
 }
 
-/// Waits for the next committed retrain, then takes whatever else is queued (up to a pass).
-async fn next_pass(queue: &mut mpsc::UnboundedReceiver<Committed>) -> Option<Vec<Committed>> {
+/// The entries to deliver now: each user's entries in order up to the first that is not due, or
+/// waits for an invalidation not in `invalidated` (events whose invalidation is carried out).
+fn due_now(entries: Vec<OutboxEntry>, invalidated: &HashMap<Uuid, f64>) -> Vec<OutboxEntry> {
+    let mut stopped = HashSet::new();
+    entries
+        .into_iter()
+        .filter(|e| {
+            let waiting = e.waiting && !invalidated.contains_key(&e.event_id);
+            if stopped.contains(&e.user_id) || !e.due || waiting {
+                stopped.insert(e.user_id.clone());
+                return false;
+            }
+            true
+        })
+        .collect()
+}
+
+/// The events whose invalidation is carried out, with the time each `DEL` took; waits for the
+/// first stage's word where it is still to come.
+async fn carried_out(invalidations: HashMap<Uuid, Invalidation>) -> HashMap<Uuid, f64> {
+    let mut done = HashMap::with_capacity(invalidations.len());
+    for (event, invalidation) in invalidations {
+        let ms = match invalidation {
+            Invalidation::Done(ms) => Some(ms),
+            // A dropped sender (Redis known down) means not carried out.
+            Invalidation::Awaited(word) => word.await.ok().flatten(),
+        };
+        if let Some(ms) = ms {
+            done.insert(event, ms);
+        }
+    }
+    done
+}
+
+/// Waits for the next part of a committed retrain, then takes whatever else is queued (up to a
+/// pass).
+async fn next_pass<T>(queue: &mut mpsc::UnboundedReceiver<T>) -> Option<Vec<T>> {
     let mut pass = vec![queue.recv().await?];
     while pass.len() < MAX_PASS_USERS {
         match queue.try_recv() {
@@ -655,7 +759,7 @@ fn per_user(entries: &[OutboxEntry]) -> Vec<Vec<&OutboxEntry>> {
 }
 
 /// The distinct users of a pass, in order.
-fn users_of(pass: &[Committed]) -> Vec<String> {
+fn users_of(pass: &[&Committed]) -> Vec<String> {
     let mut seen = HashSet::new();
     pass.iter()
         .filter(|c| seen.insert(c.user_id.as_str()))

@@ -756,7 +756,6 @@ impl Retrainer {
             event_id: attempt.event_id,
             commit_ms,
             invalidates,
-            invalidate_ms: None,
         });
     }
 }
