@@ -112,6 +112,31 @@ async fn the_fiftieth_actual_triggers_exactly_one_retrain_invalidation_and_event
     running.stop().await;
 }
 
+/// The fast path deletes a retrain's cache key without the user's invalidation lock (every
+/// invalidation deletes the same key): a sweep or another replica holding that lock holds up
+/// neither the invalidation nor the event, which waits only for its own invalidation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_invalidation_lock_does_not_hold_up_the_cache_delete_or_the_event() {
+    let env = TestEnv::new().await;
+    let mut holder = env.pool.begin().await.unwrap();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended('refit_outbox:invalidate:alice', 0))",
+    )
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    let _running = env.start(&[]).await;
+    let reader = env.reader();
+    env.cache_model("alice").await;
+
+    env.insert_actuals("alice", 50).await;
+    let events = read_events(&reader, 1, WAIT);
+    assert_eq!(events[0].event.model_version, Some(1));
+    assert!(!env.cached("alice").await, "deleted while the lock is held");
+    env.outbox_drained(WAIT).await;
+    holder.rollback().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_hundred_twenty_actuals_make_two_retrains_and_users_never_mix() {
     let env = TestEnv::new().await;
