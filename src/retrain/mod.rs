@@ -210,8 +210,9 @@ impl Retrainer {
         &self,
         user_id: &str,
     ) -> anyhow::Result<Result<(Tx<'static>, ModelHead), Outcome>> {
+        let metric = self.config.policy.gate.metric.as_str();
         let mut tx = self.pool.begin().await?;
-        let head = match store::versions::lock_model(&mut tx, user_id).await? {
+        let head = match store::versions::lock_model(&mut tx, user_id, metric).await? {
             Some(head) => head,
             // A new user has no registry row yet: make it (outside this transaction, so another
             // replica never waits on it) and lock again.
@@ -219,7 +220,7 @@ impl Retrainer {
                 tx.rollback().await?;
                 store::versions::ensure_model_row(&self.pool, user_id).await?;
                 tx = self.pool.begin().await?;
-                match store::versions::lock_model(&mut tx, user_id).await? {
+                match store::versions::lock_model(&mut tx, user_id, metric).await? {
                     Some(head) => head,
                     None => return Ok(Err(Outcome::Busy)),
                 }
@@ -445,9 +446,7 @@ impl Retrainer {
             None => Batch::default(),
         };
         let live_history = match (&active, policy.gate.enabled) {
-            (Some(_), true) => {
-                store::versions::live_history(tx, user_id, policy.gate.metric.as_str()).await?
-            }
+            (Some(_), true) => head.live_history.clone(),
             _ => Vec::new(),
         };
         Ok(Ok(StepData {

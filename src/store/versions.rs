@@ -57,6 +57,9 @@ pub(crate) struct ModelHead {
     /// The newest version, when it was rejected and made from the active one: a candidate for
     /// reinstatement.
     pub(crate) rejected: Option<RejectedHead>,
+    /// Live errors of the user's newest ready versions, newest first, in the gate's metric: the
+    /// gate's typical error.
+    pub(crate) live_history: Vec<f64>,
 }
 
 /// A rejected version that may be reinstated.
@@ -139,7 +142,13 @@ pub const LOCK_MODEL: &str = "SELECT m.active_version,
                 coalesce((v.metrics->'policy'->>'since_rebuild')::int, 0) AS since_rebuild,
                 n.status = 'rejected' AND n.parent_version = m.active_version AS rejected,
                 n.trees AS rejected_trees,
-                coalesce((n.metrics->'policy'->>'since_rebuild')::int, 0) AS rejected_since_rebuild
+                coalesce((n.metrics->'policy'->>'since_rebuild')::int, 0) AS rejected_since_rebuild,
+                ARRAY(SELECT (h.metrics->'live'->>$2)::float8
+                        FROM refit_model_versions h
+                       WHERE h.user_id = m.user_id AND h.status = 'ready'
+                         AND h.metrics->'live'->>$2 IS NOT NULL
+                       ORDER BY h.version DESC
+                       LIMIT $3) AS live_history
            FROM refit_models m
            LEFT JOIN refit_model_versions v
                   ON v.user_id = m.user_id AND v.version = m.active_version
@@ -152,13 +161,17 @@ pub const LOCK_MODEL: &str = "SELECT m.active_version,
             FOR UPDATE OF m SKIP LOCKED";
 
 /// Locks the user's registry row for this transaction; `None` when another retrain holds it.
-/// Artifacts are not read here: see [`artifact`].
+/// Reads with it the live history in `metric` (mae or rmse), so that the retrain needs no round
+/// trip of its own for it. Artifacts are not read here: see [`artifact`].
 pub(crate) async fn lock_model(
     conn: &mut PgConnection,
     user_id: &str,
+    metric: &str,
 ) -> sqlx::Result<Option<ModelHead>> {
     let row: Option<HeadRow> = query_as(LOCK_MODEL)
         .bind(user_id)
+        .bind(metric)
+        .bind(crate::retrain::policy::LIVE_HISTORY as i64)
         .fetch_optional(conn)
         .await?;
     Ok(row.map(HeadRow::head))
@@ -179,6 +192,7 @@ struct HeadRow {
     rejected: Option<bool>,
     rejected_trees: Option<i32>,
     rejected_since_rebuild: i32,
+    live_history: Vec<f64>,
 }
 
 impl HeadRow {
@@ -198,6 +212,7 @@ impl HeadRow {
                 trees: self.rejected_trees,
                 since_rebuild: self.rejected_since_rebuild.max(0) as u32,
             }),
+            live_history: self.live_history,
         }
     }
 }
@@ -217,27 +232,6 @@ pub(crate) async fn artifact(
         .fetch_optional(conn)
         .await
         .map(Option::flatten)
-}
-
-pub const LIVE_HISTORY: &str = "SELECT (metrics->'live'->>$3)::float8
-           FROM refit_model_versions
-          WHERE user_id = $1 AND status = 'ready' AND metrics->'live'->>$3 IS NOT NULL
-          ORDER BY version DESC
-          LIMIT $2";
-
-/// Live errors (`metric`: mae or rmse) of the user's newest ready versions, newest first: the
-/// gate's typical error.
-pub(crate) async fn live_history(
-    conn: &mut PgConnection,
-    user_id: &str,
-    metric: &str,
-) -> sqlx::Result<Vec<f64>> {
-    query_scalar(LIVE_HISTORY)
-        .bind(user_id)
-        .bind(crate::retrain::policy::LIVE_HISTORY as i64)
-        .bind(metric)
-        .fetch_all(conn)
-        .await
 }
 
 pub const REINSTATE: &str = "UPDATE refit_model_versions

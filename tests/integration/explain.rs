@@ -78,7 +78,9 @@ fn statements() -> Vec<Statement> {
             full_scans_allowed: &["refit_pending"],
             ..statement("scheduler: pending gauge", PENDING_TOTAL, |q| q)
         },
-        statement("retrain: lock the user", LOCK_MODEL, |q| q.bind(USER)),
+        statement("retrain: lock the user", LOCK_MODEL, |q| {
+            q.bind(USER).bind("rmse").bind(20_i64)
+        }),
         statement("retrain: registry row exists", MODEL_ROW_EXISTS, |q| {
             q.bind(USER)
         }),
@@ -107,9 +109,6 @@ fn statements() -> Vec<Statement> {
             ACTUALS_OF_VERSION,
             |q| q.bind(USER).bind(99_i32),
         ),
-        statement("retrain: live history", LIVE_HISTORY, |q| {
-            q.bind(USER).bind(20_i64).bind("rmse")
-        }),
         statement("retrain: reinstate", REINSTATE, |q| {
             q.bind(USER).bind(98_i32).bind(101_i32)
         }),
