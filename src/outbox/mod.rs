@@ -273,12 +273,8 @@ impl Outbox {
     /// harmless. On failure the entries stay undone, so their announcements wait, and the sweep
     /// takes them after the fast path's grace.
     async fn invalidate_committed(&self, pass: &[&Committed]) -> InvalidationOutcome {
-        let started = Instant::now();
         let user_ids: Vec<&str> = pass.iter().map(|c| c.user_id.as_str()).collect();
-        let outcome = self.cache.invalidate_many(&user_ids).await;
-        crate::faults::point("after_invalidate");
-        let ms = elapsed_ms(started);
-        self.redis_healthy.store(outcome.is_ok(), Ordering::Relaxed);
+        let (outcome, ms) = self.delete_keys(&user_ids).await;
         let keys = match outcome {
             Ok(keys) => keys,
             Err(e) => {
@@ -291,11 +287,8 @@ impl Outbox {
             }
         };
         for (committed, key) in pass.iter().zip(&keys) {
-            self.metrics.observe_step("invalidate", ms);
-            info!(
-                step = "invalidate", retrain_id = %committed.retrain_id, user_id = %committed.user_id,
-                key = %key, duration_ms = ms, batch = pass.len(), "cache invalidated"
-            );
+            let retrain_id = committed.retrain_id.to_string();
+            self.invalidated(Some(&retrain_id), &committed.user_id, key, ms, pass.len());
         }
         let events: Vec<Uuid> = pass.iter().map(|c| c.event_id).collect();
         let marked =
@@ -313,6 +306,38 @@ impl Outbox {
                 None
             }
         }
+    }
+
+    /// Deletes the users' cache keys in one Redis pipeline and notes whether Redis answered;
+    /// returns the keys and the time the `DEL`s took (ms).
+    async fn delete_keys(&self, user_ids: &[&str]) -> (anyhow::Result<Vec<String>>, f64) {
+        let started = Instant::now();
+        let outcome = self.cache.invalidate_many(user_ids).await;
+        crate::faults::point("after_invalidate");
+        let ms = elapsed_ms(started);
+        self.redis_healthy.store(outcome.is_ok(), Ordering::Relaxed);
+        (outcome, ms)
+    }
+
+    /// The invalidate step's metric and log line for one deleted key.
+    fn invalidated(
+        &self,
+        retrain_id: Option<&str>,
+        user_id: &str,
+        key: &str,
+        ms: f64,
+        batch: usize,
+    ) {
+        self.metrics.observe_step("invalidate", ms);
+        info!(
+            step = "invalidate",
+            retrain_id,
+            user_id,
+            key,
+            duration_ms = ms,
+            batch,
+            "cache invalidated"
+        );
     }
 
     /// The fast path's second task: announcements.
@@ -408,22 +433,14 @@ impl Outbox {
             tx.commit().await?;
             return Ok(());
         }
-        let started = Instant::now();
         let user_ids: Vec<&str> = due.iter().map(|e| e.user_id.as_str()).collect();
-        let outcome = self.cache.invalidate_many(&user_ids).await;
-        crate::faults::point("after_invalidate");
-        let ms = elapsed_ms(started);
-        self.redis_healthy.store(outcome.is_ok(), Ordering::Relaxed);
+        let (outcome, ms) = self.delete_keys(&user_ids).await;
         match outcome {
             Ok(keys) => {
                 for (entry, key) in due.iter().zip(&keys) {
                     invalidate_ms.insert(entry.event_id, ms);
-                    self.metrics.observe_step("invalidate", ms);
                     let retrain_id = entry.payload.get("retrain_id").and_then(|v| v.as_str());
-                    info!(
-                        step = "invalidate", retrain_id, user_id = %entry.user_id, key = %key,
-                        duration_ms = ms, batch = due.len(), "cache invalidated"
-                    );
+                    self.invalidated(retrain_id, &entry.user_id, key, ms, due.len());
                 }
                 let ids: Vec<i64> = due.iter().map(|e| e.id).collect();
                 store::outbox::outbox_done(&mut tx, &ids, self.keep_delivered).await?;

@@ -132,13 +132,13 @@ fn session_options(
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(2)))
 }
 
-/// Opens `pool` with `options`, waiting at most 10 s for a session.
 /// A pooled session idle for longer than this is pinged before it is handed out, in case the
 /// server went away meanwhile. One used more recently is not: sqlx pinged it when it came back to
 /// the pool, and a ping on every checkout is a round trip on every retrain's and every delivery's
 /// way (a failed statement on a dead session is an error its caller already handles).
 const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
+/// Opens `pool` with `options`, waiting at most 10 s for a session.
 async fn open(
     pool: PgPoolOptions,
     options: PgConnectOptions,
